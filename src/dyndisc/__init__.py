@@ -1,0 +1,80 @@
+"""dyndisc: the discovery plane of a distributed LLM-serving runtime.
+
+Workers register endpoints under a per-process lease kept alive by a background loop; frontends and
+routers watch the live set of instances. See ``docs/`` for the concepts and one page per backend.
+"""
+
+from dyndisc._client import Client
+from dyndisc._errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    DyndiscError,
+    InstanceNotFoundError,
+    InvalidNameError,
+    LeaseLostError,
+    LeaseNotFoundError,
+    NoInstancesError,
+    RecordTooLargeError,
+    RegistrationConflictError,
+    RuntimeNotStartedError,
+)
+from dyndisc._instance_set import InstanceSet
+from dyndisc._lease import LeaseChange
+from dyndisc._models import (
+    MAX_NAME_LENGTH,
+    MAX_RECORD_BYTES,
+    Added,
+    DiscoveryEvent,
+    EndpointId,
+    Instance,
+    InstanceQuery,
+    Readiness,
+    Removed,
+    Resync,
+    Transport,
+)
+from dyndisc._runtime import Component, DistributedRuntime, Endpoint, Namespace
+from dyndisc._settings import LeaseLossPolicy, RuntimeSettings
+from dyndisc.backends import DiscoveryBackend, KeyValueStore, KvDiscovery, Lease, MemoryStore, create_backend
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "MAX_RECORD_BYTES",
+    "Added",
+    "BackendUnavailableError",
+    "Client",
+    "Component",
+    "ConfigurationError",
+    "DiscoveryBackend",
+    "DiscoveryEvent",
+    "DistributedRuntime",
+    "DyndiscError",
+    "Endpoint",
+    "EndpointId",
+    "Instance",
+    "InstanceNotFoundError",
+    "InstanceQuery",
+    "InstanceSet",
+    "InvalidNameError",
+    "KeyValueStore",
+    "KvDiscovery",
+    "Lease",
+    "LeaseChange",
+    "LeaseLossPolicy",
+    "LeaseLostError",
+    "LeaseNotFoundError",
+    "MemoryStore",
+    "Namespace",
+    "NoInstancesError",
+    "Readiness",
+    "RecordTooLargeError",
+    "RegistrationConflictError",
+    "Removed",
+    "Resync",
+    "RuntimeNotStartedError",
+    "RuntimeSettings",
+    "Transport",
+    "create_backend",
+]

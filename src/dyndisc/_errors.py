@@ -1,0 +1,50 @@
+"""Every error dyndisc raises on purpose derives from :class:`DyndiscError`.
+
+Each message names what was wrong and, where it can, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class DyndiscError(Exception):
+    """Base class of the errors dyndisc raises on purpose."""
+
+
+class InvalidNameError(DyndiscError, ValueError):
+    """A namespace, component or endpoint name (or a dotted path of them) is not valid."""
+
+
+class RecordTooLargeError(DyndiscError, ValueError):
+    """An instance record (mostly its metadata) is larger than the backends accept."""
+
+
+class ConfigurationError(DyndiscError, ValueError):
+    """A setting (environment variable or argument) has a value dyndisc cannot use."""
+
+
+class BackendUnavailableError(DyndiscError, ConnectionError):
+    """The discovery backend could not be reached (or refused us) within the allowed time."""
+
+
+class LeaseNotFoundError(DyndiscError):
+    """The server no longer knows the lease: it expired or was revoked."""
+
+
+class LeaseLostError(DyndiscError):
+    """The runtime could not keep its lease alive; raised out of the runtime under the ``shutdown`` policy."""
+
+
+class RegistrationConflictError(DyndiscError):
+    """The key of an instance is already held by another lease (another process)."""
+
+
+class NoInstancesError(DyndiscError, LookupError):
+    """A client was asked to pick an instance while none is live."""
+
+
+class InstanceNotFoundError(DyndiscError, LookupError):
+    """``direct(instance_id)`` named an instance that is not live."""
+
+
+class RuntimeNotStartedError(DyndiscError, RuntimeError):
+    """An operation that needs a running runtime was called outside ``async with DistributedRuntime(...)``."""

@@ -1,0 +1,144 @@
+"""The live cache of one query: fed by one backend watch, read by any number of clients and subscribers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+
+import anyio
+from anyio.abc import TaskStatus
+
+from dyndisc._models import Added, DiscoveryEvent, EndpointId, Instance, InstanceQuery, Removed, Resync
+from dyndisc.backends.base import DiscoveryBackend
+
+log = logging.getLogger("dyndisc.watch")
+
+#: Events a subscriber may have undelivered before they are replaced by one ``Resync``.
+MAX_SUBSCRIBER_BACKLOG = 1_000
+_RETRY_MIN, _RETRY_MAX = 0.1, 5.0
+
+
+class Subscription:
+    """One consumer's queue of events. A consumer that falls far behind gets a single ``Resync`` instead
+    of an unbounded backlog, so a slow consumer never stalls the watch or the other consumers."""
+
+    def __init__(self, source: InstanceSet) -> None:
+        self._source = source
+        self._pending: deque[DiscoveryEvent] = deque([source.resync_event()])
+        self._wake = anyio.Event()
+
+    def _push(self, event: DiscoveryEvent) -> None:
+        if len(self._pending) >= MAX_SUBSCRIBER_BACKLOG or isinstance(event, Resync):
+            self._pending.clear()
+            event = self._source.resync_event()
+        self._pending.append(event)
+        self._wake.set()
+
+    async def next(self) -> DiscoveryEvent:
+        """Wait for the next event."""
+        while not self._pending:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+        return self._pending.popleft()
+
+
+class InstanceSet:
+    """The instances matching one query, kept current by one watch running in the runtime's task group."""
+
+    def __init__(self, backend: DiscoveryBackend, query: InstanceQuery) -> None:
+        self.backend = backend
+        self.query = query
+        self._instances: dict[tuple[EndpointId, int], Instance] = {}
+        self._subscribers: set[Subscription] = set()
+        self._changed = anyio.Event()
+        self._stale_since: float | None = None
+        self.resyncs = 0
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def instances(self) -> list[Instance]:
+        """Every instance, ordered by endpoint then instance id."""
+        return sorted(self._instances.values(), key=lambda i: (str(i.endpoint_id), i.instance_id))
+
+    def resync_event(self) -> Resync:
+        """The current state as a ``Resync``."""
+        return Resync(instances=tuple(self.instances()))
+
+    @property
+    def stale_since(self) -> float | None:
+        """``time.monotonic()`` since when the watch has been broken (being re-established), else ``None``."""
+        return self._stale_since
+
+    async def wait_changed(self) -> None:
+        """Wait for the next change to the set."""
+        await self._changed.wait()
+
+    def subscribe(self) -> Subscription:
+        """A new subscription; its first event is a ``Resync`` of the current state."""
+        sub = Subscription(self)
+        self._subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Stop delivering to ``sub``."""
+        self._subscribers.discard(sub)
+
+    async def events(self) -> AsyncIterator[DiscoveryEvent]:
+        """Async-iterate the events of a new subscription (``Resync`` first)."""
+        sub = self.subscribe()
+        try:
+            while True:
+                yield await sub.next()
+        finally:
+            self.unsubscribe(sub)
+
+    # -- feeding ---------------------------------------------------------------------------------------
+    def _apply(self, event: DiscoveryEvent) -> None:
+        if isinstance(event, Resync):
+            self.resyncs += 1
+            fresh = {i.key: i for i in event.instances}
+            if fresh == self._instances and self.resyncs > 1:
+                return
+            self._instances = fresh
+        elif isinstance(event, Added):
+            if self._instances.get(event.instance.key) == event.instance:
+                return
+            self._instances[event.instance.key] = event.instance
+        elif isinstance(event, Removed):
+            if self._instances.pop(event.key, None) is None:
+                return
+        for sub in self._subscribers:
+            sub._push(event)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Keep the set current until cancelled. Reports started after the first ``Resync``.
+
+        A failure before that propagates to whoever started the watch; later failures are logged and the
+        watch is re-established with backoff (its first event, a ``Resync``, repairs any gap).
+        """
+        started = False
+        delay = _RETRY_MIN
+        while True:
+            try:
+                async with self.backend.watch(self.query) as events:
+                    async for event in events:
+                        self._apply(event)
+                        if self._stale_since is not None and isinstance(event, Resync):
+                            log.info("watch of %s re-established", self.query)
+                            self._stale_since = None
+                        if not started:
+                            started = True
+                            task_status.started()
+                        delay = _RETRY_MIN
+                raise ConnectionError("the watch stream ended")
+            except Exception as exc:
+                if not started:
+                    raise
+                if self._stale_since is None:
+                    self._stale_since = time.monotonic()
+                log.warning("watch of %s failed (%s); retrying in %.1fs", self.query, exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)

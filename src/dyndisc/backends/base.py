@@ -1,0 +1,97 @@
+"""The one interface every discovery backend implements.
+
+A backend owns the connection to its server. The runtime drives it: one lease per process, registrations
+under that lease, lists and watches. Key-value backends share one implementation of this interface
+(:class:`dyndisc.backends.kv.KvDiscovery`); Kubernetes implements it directly.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+from dyndisc._models import DiscoveryEvent, Instance, InstanceQuery
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease granted by the backend: every registration of a process hangs off it.
+
+    ``id`` is also the process's instance id. ``ttl`` is the granted time-to-live in seconds.
+    """
+
+    id: int
+    ttl: float
+
+
+class DiscoveryBackend(abc.ABC):
+    """Where instances are registered and watched. Subclasses must keep the contract in ``docs/concepts.md``:
+
+    * ``register`` is create-if-absent under the lease, idempotent for the same owner, an upsert of the
+      record for the same owner, and a :class:`~dyndisc.RegistrationConflictError` for another owner.
+    * ``watch`` is established before its context is entered; its first event is a ``Resync`` and after any
+      reconnect or lost history it emits a fresh ``Resync``, so a consumer never keeps a vanished instance.
+    * an expired or revoked lease removes every instance registered under it.
+    """
+
+    #: Short name used in settings and logs (``etcd``, ``memory`` ...).
+    name: str = "backend"
+
+    @abc.abstractmethod
+    async def grant_lease(self, ttl: float) -> Lease:
+        """Grant a new lease of ``ttl`` seconds."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    async def keep_alive(self, lease: Lease) -> float:
+        """Renew ``lease``; return the seconds it now has left.
+
+        Raises :class:`~dyndisc.LeaseNotFoundError` if the server no longer knows the lease; any other
+        exception is treated as transient and retried by the runtime within the time left.
+        """
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    async def revoke_lease(self, lease: Lease) -> None:
+        """Revoke ``lease`` now, removing every registration under it. Revoking an unknown lease is a no-op."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    async def register(self, instance: Instance, lease: Lease) -> Instance:
+        """Register ``instance`` under ``lease`` (create-if-absent, idempotent); return what is stored."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    async def unregister(self, instance: Instance) -> None:
+        """Remove the registration of ``instance``. Unregistering something absent is a no-op."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    async def list(self, query: InstanceQuery) -> list[Instance]:
+        """The instances matching ``query`` now."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def watch(self, query: InstanceQuery) -> AbstractAsyncContextManager[AsyncIterator[DiscoveryEvent]]:
+        """Watch ``query``: ``async with backend.watch(q) as events: async for event in events: ...``.
+
+        The watch exists once the ``async with`` is entered. It runs until the block exits; transient server
+        failures are retried inside, and surface as a new ``Resync`` once the watch is re-established.
+        """
+        raise NotImplementedError
+
+    async def aclose(self) -> None:  # noqa: B027 - a no-op default is the right behaviour for most backends
+        """Release connections. The runtime calls this for backends it created."""
+
+    @property
+    def stale_since(self) -> float | None:
+        """``time.monotonic()`` when the backend lost its server, or ``None`` while connected."""
+        return None
+
+    async def __aenter__(self) -> DiscoveryBackend:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,44 @@
+"""The interface a backend's conformance harness implements."""
+
+from __future__ import annotations
+
+import abc
+
+from dyndisc import DiscoveryBackend, Lease
+
+
+class Harness(abc.ABC):
+    """Fresh backends connected to one real server (or store), plus fault hooks for the contract tests.
+
+    Every backend returned by :meth:`new_backend` sees the same data, as separate processes would.
+    """
+
+    name: str = "?"
+    #: Lease TTL the tests use, in seconds: short, so expiry tests are quick.
+    lease_ttl: float = 2.0
+    #: Extra seconds beyond the TTL within which a crashed runtime's instances must be reported removed.
+    expiry_bound: float = 1.5
+    #: Key root the backends write under (``/services`` unless the harness isolates tests another way).
+    root: str = "/services"
+    #: Features of the contract this backend supports; tests of the others are skipped (and say so).
+    supports: frozenset[str] = frozenset({"raw_write", "break_watches", "lease_ttl", "conflict"})
+
+    @abc.abstractmethod
+    def new_backend(self) -> DiscoveryBackend:
+        """A new backend with its own connection; the harness closes it at teardown."""
+
+    async def write_raw(self, key: str, value: bytes) -> None:
+        """Write ``value`` at ``key`` directly, as someone else's process would (garbage included)."""
+        raise NotImplementedError
+
+    async def break_watches(self) -> None:
+        """Break every open watch stream now (events in flight may be lost); watchers must resync."""
+        raise NotImplementedError
+
+    async def kill_lease(self, lease: Lease) -> None:
+        """Make ``lease`` disappear behind its owner's back (another client revokes it)."""
+        async with self.new_backend() as other:
+            await other.revoke_lease(lease)
+
+    async def close(self) -> None:
+        """Release everything."""
