@@ -58,14 +58,17 @@ class Client:
             while len(found := self.instances()) < count:
                 await self._source.wait_changed()
             return found
-        raise TimeoutError(f"{self.endpoint} has {len(self.instances())} ready instances after {timeout}s, "
-                           f"wanted {count}")
+        raise TimeoutError(
+            f"{self.endpoint} has {len(self.instances())} ready instances after {timeout}s, wanted {count}"
+        )
 
     # -- picking ---------------------------------------------------------------------------------------
     def _ready(self) -> list[Instance]:
         found = self.instances()
         if not found:
-            raise NoInstancesError(f"no ready instance of {self.endpoint}; await client.wait_for_instances() first")
+            raise NoInstancesError(
+                f"no ready instance of {self.endpoint}; await client.wait_for_instances() first"
+            )
         return found
 
     def random(self) -> Instance:

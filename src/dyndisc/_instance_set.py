@@ -105,9 +105,8 @@ class InstanceSet:
             if self._instances.get(event.instance.key) == event.instance:
                 return
             self._instances[event.instance.key] = event.instance
-        elif isinstance(event, Removed):
-            if self._instances.pop(event.key, None) is None:
-                return
+        elif isinstance(event, Removed) and self._instances.pop(event.key, None) is None:
+            return
         for sub in self._subscribers:
             sub._push(event)
         self._changed.set()

@@ -46,7 +46,9 @@ async def keep_lease_alive(
         await anyio.sleep(max(next_renewal - clock(), 0.0))
         left = deadline - clock()
         if left <= 0:
-            raise LeaseExpired(f"lease {lease.id:x} expired: no successful keep-alive within its {lease.ttl}s TTL")
+            raise LeaseExpired(
+                f"lease {lease.id:x} expired: no successful keep-alive within its {lease.ttl}s TTL"
+            )
         started = clock()
         try:
             with anyio.fail_after(left):
@@ -56,8 +58,14 @@ async def keep_lease_alive(
         except Exception as exc:
             left = deadline - clock()
             delay = min(delay * 2, RETRY_MAX, max(left / 2, RETRY_MIN))
-            log.warning("keep-alive of lease %x failed (%s: %s); %.2fs left, retrying in %.2fs",
-                        lease.id, type(exc).__name__, exc, left, delay)
+            log.warning(
+                "keep-alive of lease %x failed (%s: %s); %.2fs left, retrying in %.2fs",
+                lease.id,
+                type(exc).__name__,
+                exc,
+                left,
+                delay,
+            )
             next_renewal = clock() + delay
             continue
         if ttl <= 0:

@@ -10,7 +10,7 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dyndisc._errors import InvalidNameError, RecordTooLargeError
 
@@ -55,7 +55,19 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
-class EndpointId(_Frozen):
+class _Named(_Frozen):
+    """Checks name fields before pydantic does, so callers get :class:`InvalidNameError` itself (pydantic
+    would wrap it in a ``ValidationError``); records parsed with ``model_validate*`` are checked by the
+    field validators instead."""
+
+    def __init__(self, **data: Any) -> None:
+        for kind in ("namespace", "component", "endpoint"):
+            if data.get(kind) is not None:
+                validate_name(kind, data[kind])
+        super().__init__(**data)
+
+
+class EndpointId(_Named):
     """Identity of an endpoint: ``namespace.component.endpoint``."""
 
     namespace: str
@@ -90,24 +102,24 @@ class EndpointId(_Frozen):
         return f"{self.namespace}.{self.component}.{self.endpoint}"
 
 
-class InstanceQuery(_Frozen):
+class InstanceQuery(_Named):
     """Which instances a list or watch covers: everything, a namespace, a component or one endpoint."""
 
     namespace: str | None = None
     component: str | None = None
     endpoint: str | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> InstanceQuery:
-        for kind in ("namespace", "component", "endpoint"):
-            value = getattr(self, kind)
-            if value is not None:
-                validate_name(kind, value)
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
         if self.endpoint is not None and self.component is None:
             raise InvalidNameError("a query naming an endpoint must also name its component")
         if self.component is not None and self.namespace is None:
             raise InvalidNameError("a query naming a component must also name its namespace")
-        return self
+
+    @field_validator("namespace", "component", "endpoint", mode="before")
+    @classmethod
+    def _check(cls, value: object, info: Any) -> str | None:
+        return None if value is None else validate_name(info.field_name, value)
 
     @classmethod
     def for_endpoint(cls, endpoint: EndpointId) -> InstanceQuery:
@@ -148,7 +160,9 @@ class Transport(_Frozen):
         if isinstance(value, str):
             kind, sep, address = value.partition("://")
             if not sep or not kind:
-                raise ValueError(f"transport {value!r} must look like 'kind://address', e.g. 'tcp://10.0.0.5:9000'")
+                raise ValueError(
+                    f"transport {value!r} must look like 'kind://address', e.g. 'tcp://10.0.0.5:9000'"
+                )
             return cls(kind=kind, address=address)
         if isinstance(value, dict) and len(value) == 1:
             ((kind, address),) = value.items()
@@ -163,14 +177,14 @@ class Transport(_Frozen):
         return f"{self.kind}://{self.address}"
 
 
-class Readiness(str, enum.Enum):
-    """Whether an instance takes new work: ``ready``, or ``draining`` (shutting down, finish in-flight work)."""
+class Readiness(enum.StrEnum):
+    """Whether an instance takes new work: ``ready``, or ``draining`` (finishing in-flight work, leaving)."""
 
     READY = "ready"
     DRAINING = "draining"
 
 
-class Instance(_Frozen):
+class Instance(_Named):
     """One registered endpoint of one worker process, as every watcher sees it."""
 
     namespace: str
@@ -225,7 +239,8 @@ class Instance(_Frozen):
             raise ValueError(f"metadata of {self.endpoint_id} is not JSON-serialisable: {exc}") from exc
         if len(data) > MAX_RECORD_BYTES:
             raise RecordTooLargeError(
-                f"the record of {self.endpoint_id} is {len(data)} bytes; the limit is {MAX_RECORD_BYTES} bytes "
+                f"the record of {self.endpoint_id} is {len(data)} bytes; the limit is {MAX_RECORD_BYTES} "
+                "bytes "
                 "(keep metadata small: it is sent to every watcher on every change)"
             )
         return data

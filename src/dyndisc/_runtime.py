@@ -16,7 +16,15 @@ from dyndisc._concurrency import background_tasks
 from dyndisc._errors import LeaseLostError, RuntimeNotStartedError
 from dyndisc._instance_set import InstanceSet
 from dyndisc._lease import LeaseChange, LeaseExpired, keep_lease_alive, retry_forever
-from dyndisc._models import DiscoveryEvent, EndpointId, Instance, InstanceQuery, Readiness, Transport, validate_name
+from dyndisc._models import (
+    DiscoveryEvent,
+    EndpointId,
+    Instance,
+    InstanceQuery,
+    Readiness,
+    Transport,
+    validate_name,
+)
 from dyndisc._settings import LeaseLossPolicy, RuntimeSettings, load_settings
 from dyndisc.backends import create_backend
 from dyndisc.backends.base import DiscoveryBackend, Lease
@@ -40,7 +48,8 @@ class DistributedRuntime:
 
     When the lease is lost (expired or revoked behind its back), ``lease_loss_policy`` decides: ``reregister``
     (default) grants a new lease and registers every endpoint again under the new instance id, then calls
-    ``on_lease_change``; ``shutdown`` cancels the body and ``async with`` raises :class:`~dyndisc.LeaseLostError`.
+    ``on_lease_change``; ``shutdown`` cancels the body and ``async with`` raises
+    :class:`~dyndisc.LeaseLostError`.
     """
 
     def __init__(
@@ -94,8 +103,12 @@ class DistributedRuntime:
                 self._backend = create_backend(self.settings.discovery_backend)
                 stack.push_async_callback(self._backend.aclose)
             self._lease = await self._backend.grant_lease(self.lease_ttl)
-            log.info("%s runtime started: instance id %x, lease TTL %ss", self._backend.name, self._lease.id,
-                     self.lease_ttl)
+            log.info(
+                "%s runtime started: instance id %x, lease TTL %ss",
+                self._backend.name,
+                self._lease.id,
+                self.lease_ttl,
+            )
             self._tg = await stack.enter_async_context(background_tasks())
             stack.push_async_callback(self._release_lease)
             self._tg.start_soon(self._hold_lease)
@@ -123,8 +136,12 @@ class DistributedRuntime:
                 await self._backend.revoke_lease(lease)
                 log.info("revoked lease %x: every registration of this runtime is gone", lease.id)
             except Exception as exc:  # the lease will expire on its own; say so instead of failing the exit
-                log.warning("could not revoke lease %x (%s); its registrations expire within %ss",
-                            lease.id, exc, lease.ttl)
+                log.warning(
+                    "could not revoke lease %x (%s); its registrations expire within %ss",
+                    lease.id,
+                    exc,
+                    lease.ttl,
+                )
 
     async def _hold_lease(self) -> None:
         assert self._backend is not None
@@ -162,8 +179,12 @@ class DistributedRuntime:
                 return lease
 
             self._lease = await retry_forever("re-granting the lease", grant_and_register)
-        log.warning("replaced lost lease %x with %x and re-registered %d endpoints",
-                    old.id, self._lease.id, len(self._registered))
+        log.warning(
+            "replaced lost lease %x with %x and re-registered %d endpoints",
+            old.id,
+            self._lease.id,
+            len(self._registered),
+        )
         if self.on_lease_change is not None:
             try:
                 result = self.on_lease_change(LeaseChange(old.id, self._lease.id, reason))
@@ -183,14 +204,18 @@ class DistributedRuntime:
     def backend(self) -> DiscoveryBackend:
         """The discovery backend (available once the runtime has started)."""
         if self._backend is None or self._stack is None:
-            raise RuntimeNotStartedError("use the runtime inside 'async with DistributedRuntime(...) as runtime:'")
+            raise RuntimeNotStartedError(
+                "use the runtime inside 'async with DistributedRuntime(...) as runtime:'"
+            )
         return self._backend
 
     @property
     def lease(self) -> Lease:
         """The current lease."""
         if self._lease is None:
-            raise RuntimeNotStartedError("use the runtime inside 'async with DistributedRuntime(...) as runtime:'")
+            raise RuntimeNotStartedError(
+                "use the runtime inside 'async with DistributedRuntime(...) as runtime:'"
+            )
         return self._lease
 
     @property
@@ -253,7 +278,9 @@ class DistributedRuntime:
             found = self._sets.get(query)
             if found is None:
                 if self._tg is None:
-                    raise RuntimeNotStartedError("watches need a running runtime: 'async with DistributedRuntime()'")
+                    raise RuntimeNotStartedError(
+                        "watches need a running runtime: 'async with DistributedRuntime()'"
+                    )
                 found = InstanceSet(self.backend, query)
                 await self._tg.start(found.run)
                 self._sets[query] = found

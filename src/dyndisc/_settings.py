@@ -25,11 +25,13 @@ def canonical_backend_name(name: str) -> str:
     key = BACKEND_ALIASES.get(key, key)
     if key not in BACKEND_NAMES:
         valid = ", ".join(BACKEND_NAMES) + " (aliases: " + ", ".join(sorted(BACKEND_ALIASES)) + ")"
-        raise ConfigurationError(f"unknown discovery backend {name!r} (DYN_DISCOVERY_BACKEND); valid: {valid}")
+        raise ConfigurationError(
+            f"unknown discovery backend {name!r} (DYN_DISCOVERY_BACKEND); valid: {valid}"
+        )
     return key
 
 
-class LeaseLossPolicy(str, enum.Enum):
+class LeaseLossPolicy(enum.StrEnum):
     """What the runtime does when its lease is lost (expired or revoked behind its back)."""
 
     #: Grant a new lease and register every endpoint again, under a new instance id.
@@ -74,6 +76,7 @@ def load_settings(**overrides: object) -> RuntimeSettings:
         return RuntimeSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"DYN_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors(include_url=False)
+            f"DYN_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors(include_url=False)
         )
         raise ConfigurationError(f"invalid dyndisc settings: {problems}") from None

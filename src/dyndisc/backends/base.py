@@ -55,7 +55,7 @@ class DiscoveryBackend(abc.ABC):
 
     @abc.abstractmethod
     async def revoke_lease(self, lease: Lease) -> None:
-        """Revoke ``lease`` now, removing every registration under it. Revoking an unknown lease is a no-op."""
+        """Revoke ``lease`` now, removing every registration under it; a no-op for an unknown lease."""
         raise NotImplementedError
 
     @abc.abstractmethod

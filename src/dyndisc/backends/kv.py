@@ -1,7 +1,8 @@
 """Discovery over a key-value store with leases: written once, shared by etcd, NATS, file and memory.
 
 A :class:`KeyValueStore` is small (grant / keep-alive / revoke a lease, create-if-absent, put, delete, read a
-prefix, watch a prefix). :class:`KvDiscovery` turns it into a :class:`~dyndisc.backends.base.DiscoveryBackend`:
+prefix, watch a prefix). :class:`KvDiscovery` turns it into a
+:class:`~dyndisc.backends.base.DiscoveryBackend`:
 it lays out keys, serialises records, and turns raw store events into ``Resync`` / ``Added`` / ``Removed``,
 skipping (with a warning) any record it cannot read.
 """
@@ -74,7 +75,7 @@ class KeyValueStore(abc.ABC):
 
     @abc.abstractmethod
     async def keep_alive(self, lease_id: int) -> float:
-        """Renew a lease; return the seconds left. Raise :class:`~dyndisc.LeaseNotFoundError` if it is gone."""
+        """Renew a lease and return the seconds left; :class:`~dyndisc.LeaseNotFoundError` if gone."""
         raise NotImplementedError
 
     @abc.abstractmethod
@@ -145,7 +146,9 @@ class KvDiscovery(DiscoveryBackend):
         rest = key[len(self.root) + 1 :] if key.startswith(self.root + "/") else None
         parts = rest.split("/") if rest is not None else []
         if len(parts) != 4:
-            log.warning("skipping key %r: expected %s/<namespace>/<component>/<endpoint>/<id>", key, self.root)
+            log.warning(
+                "skipping key %r: expected %s/<namespace>/<component>/<endpoint>/<id>", key, self.root
+            )
             return None
         try:
             key_id = int(parts[3], 16)
@@ -227,4 +230,3 @@ class KvDiscovery(DiscoveryBackend):
     @property
     def stale_since(self) -> float | None:
         return self.store.stale_since
-

@@ -23,7 +23,15 @@ import anyio
 from dyndisc._concurrency import background_tasks
 from dyndisc._errors import LeaseNotFoundError
 from dyndisc.backends.base import Lease
-from dyndisc.backends.kv import KeyValueStore, KvDiscovery, StoreDelete, StoredValue, StoreEvent, StorePut, StoreSnapshot
+from dyndisc.backends.kv import (
+    KeyValueStore,
+    KvDiscovery,
+    StoreDelete,
+    StoredValue,
+    StoreEvent,
+    StorePut,
+    StoreSnapshot,
+)
 
 #: Events a watcher may queue before it is switched to a fresh snapshot instead (a slow consumer then
 #: costs memory bounded by the size of the data, never an unbounded backlog).
@@ -156,7 +164,9 @@ class MemoryStore(KeyValueStore):
         self._expire_due()
         state = self._leases.get(lease_id)
         if state is None:
-            raise LeaseNotFoundError(f"lease {lease_id:x} is not known to the memory store (expired or revoked)")
+            raise LeaseNotFoundError(
+                f"lease {lease_id:x} is not known to the memory store (expired or revoked)"
+            )
         return state
 
     def _notify(self, event: StorePut | StoreDelete) -> None:

@@ -1,0 +1,11 @@
+"""Testing support shipped with dyndisc: a pytest plugin, runtime hosting, and real-server process managers.
+
+The pytest plugin (``dyndisc.testing.pytest_plugin``) is registered through the ``pytest11`` entry point,
+so its fixtures are available as soon as dyndisc is installed: ``dyndisc_store``, ``dyndisc_runtime``,
+``make_runtime`` (in-memory discovery), and ``etcd_server``, ``nats_server``, ``kube_apiserver``,
+``tcp_proxy`` (real servers started on loopback).
+"""
+
+from dyndisc.testing.hosting import RuntimeHost
+
+__all__ = ["RuntimeHost"]

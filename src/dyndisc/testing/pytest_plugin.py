@@ -1,0 +1,85 @@
+"""The dyndisc pytest plugin (registered through the ``pytest11`` entry point).
+
+In-memory discovery for your unit tests:
+
+* ``dyndisc_store`` - a fresh :class:`~dyndisc.MemoryStore` per test;
+* ``make_runtime`` - ``await make_runtime(lease_ttl=1)`` starts another runtime on that store, each with its
+  own lease (pass ``backend=`` to use another backend); all are stopped at teardown;
+* ``dyndisc_runtime`` - one runtime on that store.
+
+Real servers on loopback (session-scoped): ``etcd_server``, ``nats_server``, ``kube_apiserver``, and the
+``tcp_proxy`` factory for partition tests. In CI (``CI=true``) a server that cannot start fails the test;
+elsewhere the test is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from dyndisc._runtime import DistributedRuntime
+from dyndisc.backends.memory import MemoryStore
+from dyndisc.testing.hosting import RuntimeHost
+
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - the fixtures below then explain what is missing
+    pytest_asyncio = None  # type: ignore[assignment]
+
+try:
+    from dyndisc.testing.server_fixtures import *  # noqa: F403 - re-exported fixtures
+    from dyndisc.testing.server_fixtures import __all__ as _server_fixture_names
+except ImportError as _exc:  # pragma: no cover - servers need the 'test' extra
+    _server_fixture_names = []
+    _server_import_error: ImportError | None = _exc
+else:
+    _server_import_error = None
+
+MakeRuntime = Callable[..., Awaitable[DistributedRuntime]]
+
+
+def _async_fixture(fn: Any) -> Any:
+    if pytest_asyncio is None:
+
+        @pytest.fixture(name=fn.__name__)
+        def _missing() -> None:
+            pytest.fail("dyndisc's async fixtures need pytest-asyncio: pip install 'dyndisc[test]'")
+
+        return _missing
+    return pytest_asyncio.fixture(fn)
+
+
+@pytest.fixture
+def dyndisc_store() -> MemoryStore:
+    """A fresh in-memory store for this test (leases expire on the clock; fault hooks available)."""
+    return MemoryStore()
+
+
+@_async_fixture
+async def make_runtime(dyndisc_store: MemoryStore) -> AsyncIterator[MakeRuntime]:
+    """A factory of running runtimes on ``dyndisc_store`` (or ``backend=``), stopped at teardown."""
+    hosts: list[RuntimeHost] = []
+
+    async def factory(backend: Any = None, **kwargs: Any) -> DistributedRuntime:
+        runtime = DistributedRuntime(dyndisc_store if backend is None else backend, **kwargs)
+        host = await RuntimeHost.start(runtime)
+        hosts.append(host)
+        return runtime
+
+    yield factory
+    errors: list[BaseException] = []
+    for host in reversed(hosts):
+        try:
+            await host.stop()
+        except Exception as exc:  # report every failure, after stopping everything
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@_async_fixture
+async def dyndisc_runtime(make_runtime: MakeRuntime) -> DistributedRuntime:
+    """A running runtime on ``dyndisc_store``."""
+    return await make_runtime()
