@@ -109,8 +109,9 @@ class DistributedRuntime:
                 self._lease.id,
                 self.lease_ttl,
             )
-            self._tg = await stack.enter_async_context(background_tasks())
+            # Exit order (reverse): stop keep-alive and watches, then revoke, then close the backend.
             stack.push_async_callback(self._release_lease)
+            self._tg = await stack.enter_async_context(background_tasks())
             self._tg.start_soon(self._hold_lease)
             self._stack = stack.pop_all()
         return self

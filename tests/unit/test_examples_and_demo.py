@@ -1,0 +1,38 @@
+"""The README's examples and the demo run as written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_in_process_example_runs_as_written() -> None:
+    result = subprocess.run(
+        [sys.executable, "in_process.py"], cwd=ROOT / "examples", capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("registered dynamo.backend.generate/")
+    assert sum(line.startswith("request ") for line in lines) == 5
+    assert lines[-1] == "unregistered"
+
+
+def test_demo_command_is_installed() -> None:
+    env = {**os.environ, "DYN_DISCOVERY_BACKEND": "etcd"}  # the demo's own default (memory) must win
+    result = subprocess.run(
+        [sys.executable, "-m", "dyndisc.cli", "demo", "--ttl", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "backend 'memory'" in out
+    assert "done: the watcher saw 8 changes" in out  # 4 joins, 1 clean leave, 1 expiry, 2 leaves at the end
+    assert out.count(" joined at tcp://127.0.0.1:900") == 4
+    assert out.count(" left ") == 4

@@ -1,0 +1,192 @@
+"""Runtime behaviour beyond the backend contract: keep-alive, lease loss, shared watches, fixtures."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+import pytest
+
+from dyndisc import (
+    Added,
+    DiscoveryBackend,
+    DistributedRuntime,
+    KvDiscovery,
+    Lease,
+    LeaseChange,
+    MemoryStore,
+    Resync,
+    RuntimeNotStartedError,
+)
+from dyndisc._instance_set import MAX_SUBSCRIBER_BACKLOG
+
+MakeRuntime = Callable[..., Awaitable[DistributedRuntime]]
+
+
+class FlakyKeepAlive(KvDiscovery):
+    """A memory backend whose keep-alives fail on demand, as a flaky network would make them."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store, owns_store=False)
+        self.failures = 0  # fail this many next calls
+        self.failing_lease: int | None = None  # fail every call for this lease
+        self.calls = 0
+        self._called = anyio.Event()
+
+    async def keep_alive(self, lease: Lease) -> float:
+        self.calls += 1
+        self._called.set()
+        self._called = anyio.Event()
+        if self.failures > 0 or lease.id == self.failing_lease:
+            self.failures = max(self.failures - 1, 0)
+            raise ConnectionError("simulated network failure")
+        return await super().keep_alive(lease)
+
+    async def wait_calls(self, count: int) -> None:
+        while self.calls < count:
+            await self._called.wait()
+
+
+async def test_keep_alive_holds_the_lease_past_its_ttl(
+    make_runtime: MakeRuntime, dyndisc_store: MemoryStore
+) -> None:
+    runtime = await make_runtime(lease_ttl=0.4)
+    await anyio.sleep(1.5)  # several TTLs: only renewals can keep the lease
+    assert runtime.instance_id in dyndisc_store.lease_ids
+
+
+async def test_transient_keep_alive_failures_are_retried_in_time(
+    make_runtime: MakeRuntime, dyndisc_store: MemoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = FlakyKeepAlive(dyndisc_store)
+    changes: list[LeaseChange] = []
+    runtime = await make_runtime(backend, lease_ttl=1.0, on_lease_change=changes.append)
+    first_id = runtime.instance_id
+    backend.failures = 3
+    with caplog.at_level(logging.WARNING, logger="dyndisc.lease"), anyio.fail_after(5):
+        await backend.wait_calls(5)  # three failures, then successful renewals
+    assert runtime.instance_id == first_id
+    assert changes == []
+    assert first_id in dyndisc_store.lease_ids
+    assert sum("keep-alive of lease" in r.message for r in caplog.records) == 3
+
+
+async def test_keep_alive_failing_past_the_deadline_replaces_the_lease(
+    make_runtime: MakeRuntime, dyndisc_store: MemoryStore
+) -> None:
+    backend = FlakyKeepAlive(dyndisc_store)
+    changes: list[LeaseChange] = []
+    replaced = anyio.Event()
+
+    def on_change(change: LeaseChange) -> None:
+        changes.append(change)
+        replaced.set()
+
+    runtime = await make_runtime(backend, lease_ttl=0.5, on_lease_change=on_change)
+    first_id = runtime.instance_id
+    await runtime.endpoint("ns.c.e").register("tcp://h:1")
+    backend.failing_lease = first_id
+    with anyio.fail_after(5):
+        await replaced.wait()
+    assert first_id not in dyndisc_store.lease_ids
+    assert changes[0].old_instance_id == first_id
+    assert runtime.instance_id == changes[0].new_instance_id != first_id
+    assert [i.instance_id for i in await runtime.endpoint("ns.c.e").list()] == [runtime.instance_id]
+
+
+async def test_expired_lease_hook_triggers_reregistration(
+    make_runtime: MakeRuntime, dyndisc_store: MemoryStore
+) -> None:
+    changed = anyio.Event()
+    runtime = await make_runtime(lease_ttl=0.6, on_lease_change=lambda change: changed.set())
+    old = runtime.instance_id
+    await runtime.endpoint("ns.c.e").register("tcp://h:1")
+    dyndisc_store.expire_lease(old)
+    with anyio.fail_after(3):
+        await changed.wait()
+    assert runtime.instance_id != old
+    assert [i.instance_id for i in await runtime.endpoint("ns.c.e").list()] == [runtime.instance_id]
+
+
+async def test_clients_of_one_endpoint_share_one_watch(dyndisc_runtime: DistributedRuntime) -> None:
+    first = await dyndisc_runtime.endpoint("ns.c.e").client()
+    second = await dyndisc_runtime.endpoint("ns.c.e").client()
+    assert first._source is second._source
+    assert (await dyndisc_runtime.endpoint("ns.c.other").client())._source is not first._source
+
+
+class CountingBackend(KvDiscovery):
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store, owns_store=False)
+        self.watches = 0
+
+    def watch(self, query):  # type: ignore[no-untyped-def]
+        self.watches += 1
+        return super().watch(query)
+
+
+async def test_concurrent_first_clients_start_one_watch(
+    make_runtime: MakeRuntime, dyndisc_store: MemoryStore
+) -> None:
+    backend = CountingBackend(dyndisc_store)
+    runtime = await make_runtime(backend)
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(runtime.endpoint("ns.c.e").client)
+    assert backend.watches == 1
+
+
+async def test_a_slow_subscriber_gets_a_resync_and_stalls_nobody(make_runtime: MakeRuntime) -> None:
+    worker, frontend = await make_runtime(), await make_runtime()
+    client = await frontend.endpoint("ns.c.e0").client()
+    slow = frontend.namespace("ns").watch()
+    assert await anext(slow) == Resync(instances=())
+    for n in range(MAX_SUBSCRIBER_BACKLOG + 10):  # more changes than the slow one may have queued
+        await worker.endpoint(f"ns.c.e{n}").register("tcp://h:1")
+    assert len(client.instances()) == 1  # the fast client kept up without waiting for the slow one
+    event = await anext(slow)
+    assert isinstance(event, Resync), "an overflowing subscriber is switched to a snapshot"
+    seen = {i.key for i in event.instances}
+    while len(seen) < MAX_SUBSCRIBER_BACKLOG + 10:  # the changes after the snapshot follow as events
+        with anyio.fail_after(1):
+            added = await anext(slow)
+        assert isinstance(added, Added)
+        seen.add(added.instance.key)
+    await slow.aclose()
+
+
+async def test_using_a_runtime_before_it_starts_is_a_clear_error() -> None:
+    runtime = DistributedRuntime(MemoryStore())
+    with pytest.raises(RuntimeNotStartedError, match="async with"):
+        _ = runtime.instance_id
+    with pytest.raises(RuntimeNotStartedError):
+        await runtime.endpoint("ns.c.e").register("tcp://h:1")
+
+
+async def test_a_runtime_can_not_be_entered_twice() -> None:
+    async with DistributedRuntime(MemoryStore()) as runtime:
+        with pytest.raises(RuntimeError, match="already running"):
+            await runtime.__aenter__()
+
+
+async def test_backend_passed_in_is_not_closed(dyndisc_store: MemoryStore) -> None:
+    closed: list[bool] = []
+
+    class Tracking(KvDiscovery):
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    backend: DiscoveryBackend = Tracking(dyndisc_store)
+    async with DistributedRuntime(backend):
+        pass
+    assert closed == []
+
+
+async def test_registrations_survive_until_exit_and_leave_on_exit(dyndisc_store: MemoryStore) -> None:
+    async with DistributedRuntime(dyndisc_store) as runtime:
+        await runtime.endpoint("ns.c.a").register("tcp://h:1")
+        await runtime.endpoint("ns.c.b").register("tcp://h:2")
+        assert len(await runtime.list()) == 2
+        assert {i.endpoint for i in runtime.registrations} == {"a", "b"}
+    assert await dyndisc_store.get_prefix("/") == {}
