@@ -1,0 +1,64 @@
+"""The README's worker and frontend run as written, as two processes sharing the file backend."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_has_a_worker_and_a_frontend_of_about_twenty_lines() -> None:
+    worker, frontend = readme_blocks()[:2]
+    assert "register(" in worker
+    assert "client()" in frontend
+    assert len(worker.splitlines()) <= 22
+    assert len(frontend.splitlines()) <= 22
+
+
+def test_readme_worker_and_frontend_run_as_written(tmp_path: Path) -> None:
+    pytest.importorskip("watchfiles", reason="the file backend needs the 'file' extra")
+    worker_code, frontend_code = readme_blocks()[:2]
+    (tmp_path / "worker.py").write_text(worker_code)
+    (tmp_path / "frontend.py").write_text(frontend_code)
+    env = {
+        **os.environ,
+        "DYN_DISCOVERY_BACKEND": "file",
+        "DYN_FILE_KV": str(tmp_path / "kv"),
+        "DYN_LEASE_TTL": "2",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "worker.py"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None
+        first = worker.stdout.readline()  # blocks until the worker has registered
+        assert first.startswith("registered dynamo.backend.generate/"), (
+            first if first else worker.stderr.read()
+        )
+        frontend = subprocess.run(
+            [sys.executable, "frontend.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert frontend.returncode == 0, frontend.stderr
+        instance_hex = first.split("/")[-1].split()[0]
+        assert frontend.stdout.count(f"-> {instance_hex} at tcp://127.0.0.1:9000") == 5
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _out, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
