@@ -22,14 +22,21 @@ class Client:
         self.endpoint = endpoint
         self._source = source
         self._counter = itertools.count()
+        self._cache: tuple[int, list[Instance], list[Instance]] = (-1, [], [])
+
+    def _view(self) -> tuple[list[Instance], list[Instance]]:
+        # Picking is the router's hot path: derive the lists once per change of the set, not per pick.
+        version, every, ready = self._cache
+        if version != self._source.version:
+            every = [i for i in self._source.instances() if i.endpoint_id == self.endpoint]
+            ready = [i for i in every if i.readiness is Readiness.READY]
+            self._cache = (self._source.version, every, ready)
+        return every, ready
 
     def instances(self, *, include_draining: bool = False) -> list[Instance]:
         """The live instances, ordered by instance id; draining ones only when asked for."""
-        return [
-            i
-            for i in self._source.instances()
-            if i.endpoint_id == self.endpoint and (include_draining or i.readiness is Readiness.READY)
-        ]
+        every, ready = self._view()
+        return list(every if include_draining else ready)
 
     def instance_ids(self) -> list[int]:
         """Ids of the ready instances, ordered."""
@@ -64,7 +71,7 @@ class Client:
 
     # -- picking ---------------------------------------------------------------------------------------
     def _ready(self) -> list[Instance]:
-        found = self.instances()
+        found = self._view()[1]
         if not found:
             raise NoInstancesError(
                 f"no ready instance of {self.endpoint}; await client.wait_for_instances() first"

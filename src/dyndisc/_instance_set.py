@@ -54,12 +54,17 @@ class InstanceSet:
         self._subscribers: set[Subscription] = set()
         self._changed = anyio.Event()
         self._stale_since: float | None = None
+        self._sorted: list[Instance] | None = None
+        #: Bumped on every change, so readers can cache what they derive from the set.
+        self.version = 0
         self.resyncs = 0
 
     # -- reading ---------------------------------------------------------------------------------------
     def instances(self) -> list[Instance]:
-        """Every instance, ordered by endpoint then instance id."""
-        return sorted(self._instances.values(), key=lambda i: (str(i.endpoint_id), i.instance_id))
+        """Every instance, ordered by endpoint then instance id (do not modify the list)."""
+        if self._sorted is None:
+            self._sorted = sorted(self._instances.values(), key=lambda i: (str(i.endpoint_id), i.instance_id))
+        return self._sorted
 
     def resync_event(self) -> Resync:
         """The current state as a ``Resync``."""
@@ -107,6 +112,8 @@ class InstanceSet:
             self._instances[event.instance.key] = event.instance
         elif isinstance(event, Removed) and self._instances.pop(event.key, None) is None:
             return
+        self._sorted = None
+        self.version += 1
         for sub in self._subscribers:
             sub._push(event)
         self._changed.set()
