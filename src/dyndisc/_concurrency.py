@@ -31,3 +31,51 @@ def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
             return inner
         group = inner
     return group
+
+
+class SharedExclusiveLock:
+    """Many holders in ``shared()`` at once, or one in ``exclusive()``; a waiting exclusive holder goes first.
+
+    Registrations run concurrently under the shared side; replacing a lost lease takes the exclusive side,
+    so no registration is half-way through on the old lease while endpoints move to the new one.
+    """
+
+    def __init__(self) -> None:
+        self._condition = anyio.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._condition:
+            while self._exclusive:
+                await self._condition.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._condition:
+                    self._shared -= 1
+                    self._condition.notify_all()
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._condition:
+            while self._exclusive:
+                await self._condition.wait()
+            self._exclusive = True
+            try:
+                while self._shared:
+                    await self._condition.wait()
+            except BaseException:
+                self._exclusive = False
+                self._condition.notify_all()
+                raise
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._condition:
+                    self._exclusive = False
+                    self._condition.notify_all()

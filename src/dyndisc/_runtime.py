@@ -12,7 +12,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from dyndisc._client import Client
-from dyndisc._concurrency import background_tasks
+from dyndisc._concurrency import SharedExclusiveLock, background_tasks
 from dyndisc._errors import LeaseLostError, RuntimeNotStartedError
 from dyndisc._instance_set import InstanceSet
 from dyndisc._lease import LeaseChange, LeaseExpired, keep_lease_alive, retry_forever
@@ -80,7 +80,7 @@ class DistributedRuntime:
         self._lease: Lease | None = None
         self._tg: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
-        self._lock = anyio.Lock()
+        self._lease_lock = SharedExclusiveLock()
         self._sets_lock = anyio.Lock()
         self._registered: dict[EndpointId, Instance] = {}
         self._sets: dict[InstanceQuery, InstanceSet] = {}
@@ -165,7 +165,7 @@ class DistributedRuntime:
                 await backend.revoke_lease(old)
             except Exception as exc:
                 log.debug("revoking lost lease %x failed: %s", old.id, exc)
-        async with self._lock:
+        async with self._lease_lock.exclusive():
 
             async def grant_and_register() -> Lease:
                 lease = await backend.grant_lease(self.lease_ttl)
@@ -251,7 +251,7 @@ class DistributedRuntime:
         readiness: Readiness = Readiness.READY,
     ) -> Instance:
         """Register ``endpoint`` under the runtime's lease; calling again updates the record in place."""
-        async with self._lock:
+        async with self._lease_lock.shared():
             instance = Instance(
                 namespace=endpoint.namespace,
                 component=endpoint.component,
@@ -268,7 +268,7 @@ class DistributedRuntime:
 
     async def unregister(self, endpoint: EndpointId) -> None:
         """Remove the registration of ``endpoint`` (a no-op if it is not registered)."""
-        async with self._lock:
+        async with self._lease_lock.shared():
             instance = self._registered.pop(endpoint, None)
             if instance is not None:
                 await self.backend.unregister(instance)

@@ -12,6 +12,7 @@ from dyndisc import (
     Added,
     DiscoveryBackend,
     DistributedRuntime,
+    Instance,
     KvDiscovery,
     Lease,
     LeaseChange,
@@ -190,3 +191,30 @@ async def test_registrations_survive_until_exit_and_leave_on_exit(dyndisc_store:
         assert len(await runtime.list()) == 2
         assert {i.endpoint for i in runtime.registrations} == {"a", "b"}
     assert await dyndisc_store.get_prefix("/") == {}
+
+
+class BarrierRegister(KvDiscovery):
+    """Holds every register() until ``width`` of them are in flight at once."""
+
+    def __init__(self, store: MemoryStore, width: int) -> None:
+        super().__init__(store, owns_store=False)
+        self.width = width
+        self.in_flight = 0
+        self.all_in = anyio.Event()
+
+    async def register(self, instance: Instance, lease: Lease) -> Instance:
+        self.in_flight += 1
+        if self.in_flight == self.width:
+            self.all_in.set()
+        await self.all_in.wait()
+        return await super().register(instance, lease)
+
+
+async def test_registrations_run_concurrently(make_runtime: MakeRuntime, dyndisc_store: MemoryStore) -> None:
+    backend = BarrierRegister(dyndisc_store, width=16)
+    runtime = await make_runtime(backend)
+    with anyio.fail_after(5):  # deadlocks if registrations were serialised
+        async with anyio.create_task_group() as tg:
+            for n in range(16):
+                tg.start_soon(runtime.endpoint(f"ns.c.e{n}").register, "tcp://h:1")
+    assert len(await runtime.list()) == 16
