@@ -28,7 +28,12 @@ class Client:
         # Picking is the router's hot path: derive the lists once per change of the set, not per pick.
         version, every, ready = self._cache
         if version != self._source.version:
-            every = [i for i in self._source.instances() if i.endpoint_id == self.endpoint]
+            ep = self.endpoint
+            every = [
+                i
+                for i in self._source.instances()
+                if (i.endpoint, i.component, i.namespace) == (ep.endpoint, ep.component, ep.namespace)
+            ]
             ready = [i for i in every if i.readiness is Readiness.READY]
             self._cache = (self._source.version, every, ready)
         return every, ready
@@ -89,9 +94,9 @@ class Client:
 
     def direct(self, instance_id: int) -> Instance:
         """The instance with ``instance_id``; raises :class:`~dyndisc.InstanceNotFoundError` if not live."""
-        for instance in self.instances(include_draining=True):
-            if instance.instance_id == instance_id:
-                return instance
+        instance = self._source.get((self.endpoint, instance_id))
+        if instance is not None:
+            return instance
         raise InstanceNotFoundError(f"instance {instance_id:x} of {self.endpoint} is not live")
 
     def pick(self, strategy: str = "round_robin") -> Instance:

@@ -63,8 +63,14 @@ class InstanceSet:
     def instances(self) -> list[Instance]:
         """Every instance, ordered by endpoint then instance id (do not modify the list)."""
         if self._sorted is None:
-            self._sorted = sorted(self._instances.values(), key=lambda i: (str(i.endpoint_id), i.instance_id))
+            self._sorted = sorted(
+                self._instances.values(), key=lambda i: (i.namespace, i.component, i.endpoint, i.instance_id)
+            )
         return self._sorted
+
+    def get(self, key: tuple[EndpointId, int]) -> Instance | None:
+        """The instance with ``key`` (see :attr:`Instance.key`), if live."""
+        return self._instances.get(key)
 
     def resync_event(self) -> Resync:
         """The current state as a ``Resync``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -32,6 +33,8 @@ def validate_name(kind: str, value: object) -> str:
     """
     if not isinstance(value, str):
         raise InvalidNameError(f"{kind} name must be a string, got {type(value).__name__}")
+    if len(value) <= MAX_NAME_LENGTH and _NAME_RE.fullmatch(value):
+        return value  # the common case: no need to work out what is wrong
     reason = None
     if not value:
         reason = "it is empty"
@@ -209,12 +212,15 @@ class Instance(_Named):
             return Transport.coerce(value)
         return value
 
-    @property
+    @cached_property
     def endpoint_id(self) -> EndpointId:
         """The endpoint this instance serves."""
-        return EndpointId(namespace=self.namespace, component=self.component, endpoint=self.endpoint)
+        # The names were validated when this instance was made: skip validating them again.
+        return EndpointId.model_construct(
+            namespace=self.namespace, component=self.component, endpoint=self.endpoint
+        )
 
-    @property
+    @cached_property
     def key(self) -> tuple[EndpointId, int]:
         """Unique identity within a watch: one process serves many endpoints under one instance id."""
         return (self.endpoint_id, self.instance_id)
