@@ -8,7 +8,8 @@ from __future__ import annotations
 import enum
 import json
 import re
-from functools import cached_property
+import sys
+from functools import cached_property, lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -34,7 +35,8 @@ def validate_name(kind: str, value: object) -> str:
     if not isinstance(value, str):
         raise InvalidNameError(f"{kind} name must be a string, got {type(value).__name__}")
     if len(value) <= MAX_NAME_LENGTH and _NAME_RE.fullmatch(value):
-        return value  # the common case: no need to work out what is wrong
+        # Interned: a watcher holds thousands of instances that share a few names.
+        return sys.intern(value)
     reason = None
     if not value:
         reason = "it is empty"
@@ -103,6 +105,12 @@ class EndpointId(_Named):
 
     def __str__(self) -> str:
         return f"{self.namespace}.{self.component}.{self.endpoint}"
+
+
+@lru_cache(maxsize=4096)
+def _endpoint_id(namespace: str, component: str, endpoint: str) -> EndpointId:
+    # Shared by every instance of an endpoint; the names were validated when the instance was made.
+    return EndpointId.model_construct(namespace=namespace, component=component, endpoint=endpoint)
 
 
 class InstanceQuery(_Named):
@@ -215,10 +223,7 @@ class Instance(_Named):
     @cached_property
     def endpoint_id(self) -> EndpointId:
         """The endpoint this instance serves."""
-        # The names were validated when this instance was made: skip validating them again.
-        return EndpointId.model_construct(
-            namespace=self.namespace, component=self.component, endpoint=self.endpoint
-        )
+        return _endpoint_id(self.namespace, self.component, self.endpoint)
 
     @cached_property
     def key(self) -> tuple[EndpointId, int]:
