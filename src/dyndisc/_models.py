@@ -133,6 +133,14 @@ class InstanceQuery(_Named):
         return None if value is None else validate_name(info.field_name, value)
 
     @classmethod
+    def parse(cls, path: str | None) -> InstanceQuery:
+        """``""``/``None`` (everything), ``"ns"``, ``"ns.comp"`` or ``"ns.comp.ep"``."""
+        parts = (path or "").removeprefix("dyn://").split(".") if path else []
+        if len(parts) > 3:
+            raise InvalidNameError(f"invalid query {path!r}: expected at most 'namespace.component.endpoint'")
+        return cls(**dict(zip(("namespace", "component", "endpoint"), parts, strict=False)))
+
+    @classmethod
     def for_endpoint(cls, endpoint: EndpointId) -> InstanceQuery:
         """The query that matches exactly one endpoint."""
         return cls(namespace=endpoint.namespace, component=endpoint.component, endpoint=endpoint.endpoint)
