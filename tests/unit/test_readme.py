@@ -56,7 +56,7 @@ def test_readme_worker_and_frontend_run_as_written(tmp_path: Path) -> None:
             [sys.executable, "frontend.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
         )
         assert frontend.returncode == 0, frontend.stderr
-        instance_hex = first.split("/")[-1].split()[0]
+        instance_hex = first.split("/")[1].split()[0]
         assert frontend.stdout.count(f"-> {instance_hex} at tcp://127.0.0.1:9000") == 5
     finally:
         worker.send_signal(signal.SIGTERM)
