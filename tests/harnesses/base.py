@@ -21,7 +21,9 @@ class Harness(abc.ABC):
     #: Key root the backends write under (``/services`` unless the harness isolates tests another way).
     root: str = "/services"
     #: Features of the contract this backend supports; tests of the others are skipped (and say so).
-    supports: frozenset[str] = frozenset({"raw_write", "break_watches", "lease_ttl", "conflict"})
+    supports: frozenset[str] = frozenset(
+        {"raw_write", "break_watches", "lease_ttl", "conflict", "new_id_on_lease_loss"}
+    )
 
     @abc.abstractmethod
     def new_backend(self) -> DiscoveryBackend:
