@@ -14,7 +14,7 @@ elsewhere the test is skipped with the reason.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
 
 import pytest
@@ -28,14 +28,23 @@ try:
 except ImportError:  # pragma: no cover - the fixtures below then explain what is missing
     pytest_asyncio = None  # type: ignore[assignment]
 
-try:
-    from dyndisc.testing.server_fixtures import *  # noqa: F403 - re-exported fixtures
-    from dyndisc.testing.server_fixtures import __all__ as _server_fixture_names
-except ImportError as _exc:  # pragma: no cover - servers need the 'test' extra
-    _server_fixture_names = []
-    _server_import_error: ImportError | None = _exc
-else:
-    _server_import_error = None
+from dyndisc.testing.server_fixtures import (
+    etcd_server,
+    kube_apiserver,
+    nats_server,
+    server_log_sections,
+    tcp_proxy,
+)
+
+__all__ = [
+    "dyndisc_runtime",
+    "dyndisc_store",
+    "etcd_server",
+    "kube_apiserver",
+    "make_runtime",
+    "nats_server",
+    "tcp_proxy",
+]
 
 MakeRuntime = Callable[..., Awaitable[DistributedRuntime]]
 
@@ -83,3 +92,14 @@ async def make_runtime(dyndisc_store: MemoryStore) -> AsyncIterator[MakeRuntime]
 async def dyndisc_runtime(make_runtime: MakeRuntime) -> DistributedRuntime:
     """A running runtime on ``dyndisc_store``."""
     return await make_runtime()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the log tails of the servers this session started to a failed test's report."""
+    report = yield
+    if report.failed:
+        report.sections.extend(server_log_sections())
+    return report

@@ -1,0 +1,143 @@
+"""pytest fixtures for real servers on loopback: etcd, nats-server (JetStream), kube-apiserver, TCP proxy.
+
+Re-export them with ``from dyndisc.testing.server_fixtures import *``. A server that cannot start fails
+the test in CI (``CI`` is ``true``/``1``) and skips it elsewhere, with the reason either way.
+:func:`server_log_sections` gives the log tails of every server these fixtures started, for failure
+reports.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import NoReturn, Protocol, TypeVar
+
+import pytest
+
+from dyndisc.testing.servers import (
+    EtcdServer,
+    KubeApiServer,
+    NatsServer,
+    ServerBase,
+    ServerUnavailable,
+    TcpProxy,
+)
+
+__all__ = [
+    "TcpProxyFactory",
+    "etcd_server",
+    "in_ci",
+    "kube_apiserver",
+    "nats_server",
+    "server_log_sections",
+    "server_unavailable",
+    "tcp_proxy",
+]
+
+TcpProxyFactory = Callable[[str, int], TcpProxy]
+
+
+class _HasLogTail(Protocol):
+    def log_tail(self, lines: int = 50) -> str: ...
+
+
+_S = TypeVar("_S", bound=_HasLogTail)
+_B = TypeVar("_B", bound=ServerBase)
+
+# Every server started by these fixtures in this process, by display name, for failure reports.
+_STARTED: dict[str, _HasLogTail] = {}
+
+
+def in_ci() -> bool:
+    """Whether the ``CI`` environment variable says we run in CI (``true``/``1``/``yes``)."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def server_unavailable(reason: str) -> NoReturn:
+    """Fail (in CI) or skip (elsewhere) the current test because a server could not start."""
+    if in_ci():
+        pytest.fail(f"test server unavailable in CI: {reason}", pytrace=False)
+    pytest.skip(f"test server unavailable: {reason}")
+
+
+def server_log_sections(lines: int = 60) -> list[tuple[str, str]]:
+    """``(title, log tail)`` for every server the fixtures started in this session.
+
+    Call it from a ``pytest_runtest_makereport`` hook to attach logs to a failed test's report, e.g.
+    ``for title, text in server_log_sections(): report.sections.append((title, text))``.
+    """
+    return [(f"{name} log (last {lines} lines)", server.log_tail(lines)) for name, server in _STARTED.items()]
+
+
+def _launch(make: Callable[[], _B]) -> _B:
+    server = make()
+    try:
+        server.start()
+    except BaseException:
+        server.close()  # don't leak the temp dir (or a half-started private etcd)
+        raise
+    return server
+
+
+def _started(name: str, factory: Callable[[], _S]) -> _S:
+    try:
+        server = factory()
+    except ServerUnavailable as exc:
+        server_unavailable(f"{name}: {exc}")
+    _STARTED[name] = server
+    return server
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdServer]:
+    """A session-wide single-member etcd on 127.0.0.1 (no TLS, no auth). Don't kill it: make your own."""
+    server = _started("etcd", lambda: _launch(EtcdServer))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    """A session-wide nats-server with JetStream on 127.0.0.1 (no auth)."""
+    server = _started("nats-server", lambda: _launch(NatsServer))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def kube_apiserver() -> Iterator[KubeApiServer]:
+    """A session-wide kube-apiserver (RBAC, admin and restricted tokens) on its own etcd.
+
+    The first use may build the binary (many minutes); CI builds it beforehand with
+    ``tools/kube-apiserver/build.sh``.
+    """
+    server = _started("kube-apiserver", lambda: _launch(KubeApiServer))
+    _STARTED["kube-apiserver etcd"] = server.etcd
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[TcpProxyFactory]:
+    """Factory: ``tcp_proxy(target_host, target_port)`` returns a started :class:`TcpProxy`.
+
+    Every proxy made is stopped at teardown.
+    """
+    proxies: list[TcpProxy] = []
+
+    def make(target_host: str, target_port: int) -> TcpProxy:
+        proxy = TcpProxy(target_host, target_port).start()
+        proxies.append(proxy)
+        return proxy
+
+    try:
+        yield make
+    finally:
+        for proxy in proxies:
+            proxy.stop()

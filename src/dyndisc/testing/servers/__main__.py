@@ -1,0 +1,17 @@
+"""``python -m dyndisc.testing.servers kube build|path``: build (or locate) the cached kube-apiserver."""
+
+from __future__ import annotations
+
+import sys
+
+from dyndisc.testing.servers.kube import _main
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if not args or args[0] != "kube":
+        print(
+            "usage: python -m dyndisc.testing.servers kube {build [--source DIR] [--force] | path}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    raise SystemExit(_main(args[1:]))

@@ -1,0 +1,388 @@
+"""A real kube-apiserver on loopback (no Docker, no kubelet, no controller-manager), for tests.
+
+The binary is built from the published ``k8s.io/kubernetes`` Go module by the tiny wrapper module in
+``tools/kube-apiserver/`` and cached per Kubernetes version under the user cache dir
+(``$XDG_CACHE_HOME`` or ``~/.cache``)``/dyndisc/kube-apiserver-<version>/kube-apiserver``.
+``$DYNDISC_KUBE_APISERVER_BIN`` overrides all of that.
+
+Build from the command line (what CI does through ``tools/kube-apiserver/build.sh``)::
+
+    python -m dyndisc.testing.servers kube build     # prints the binary's path
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+from dyndisc.testing.servers._process import (
+    LOOPBACK,
+    ServerBase,
+    ServerUnavailable,
+    free_ports,
+    http_request,
+)
+from dyndisc.testing.servers._tls import TLSFiles, generate_tls
+from dyndisc.testing.servers.etcd import EtcdServer
+
+__all__ = [
+    "KUBE_VERSION",
+    "KubeApiServer",
+    "build_kube_apiserver",
+    "cached_kube_apiserver_path",
+    "find_kube_apiserver_source",
+]
+
+#: The Kubernetes release built by ``tools/kube-apiserver/go.mod`` (a test keeps the two in step).
+KUBE_VERSION = "v1.36.3"
+KUBE_BIN_ENV = "DYNDISC_KUBE_APISERVER_BIN"
+KUBE_SRC_ENV = "DYNDISC_KUBE_APISERVER_SRC"
+
+ADMIN_USER = "dyndisc-admin"
+RESTRICTED_USER = "restricted"
+
+
+# -- building -----------------------------------------------------------------------------------------
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dyndisc"
+
+
+def cached_kube_apiserver_path(version: str = KUBE_VERSION) -> Path:
+    """Where the built binary for ``version`` lives (it may not exist yet)."""
+    return _cache_root() / f"kube-apiserver-{version}" / "kube-apiserver"
+
+
+def find_kube_apiserver_source() -> Path | None:
+    """The wrapper Go module: ``$DYNDISC_KUBE_APISERVER_SRC`` or ``tools/kube-apiserver`` of a checkout."""
+    override = os.environ.get(KUBE_SRC_ENV)
+    if override:
+        return Path(override)
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "tools" / "kube-apiserver"
+        if (candidate / "go.mod").is_file():
+            return candidate
+    return None
+
+
+def source_kube_version(source_dir: Path) -> str:
+    """The ``k8s.io/kubernetes`` version required by the wrapper module's go.mod."""
+    text = (source_dir / "go.mod").read_text()
+    match = re.search(r"^\s*(?:require\s+)?k8s\.io/kubernetes\s+(v\S+)", text, re.M)
+    if match is None:
+        raise ServerUnavailable(f"{source_dir}/go.mod does not require k8s.io/kubernetes")
+    return match.group(1)
+
+
+def _go_binary() -> str:
+    found = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").is_file() else None)
+    if found is None:
+        raise ServerUnavailable(
+            "building kube-apiserver needs the Go toolchain ('go' on PATH), or set "
+            f"{KUBE_BIN_ENV} to a kube-apiserver binary"
+        )
+    return found
+
+
+def _ldflags(version: str) -> str:
+    """Strip symbols, and stamp the version the way Kubernetes' own build does (else it says v0.0.0)."""
+    major, minor = version.lstrip("v").split(".")[:2]
+    pkg = "k8s.io/component-base/version"
+    stamps = {"gitVersion": version, "gitMajor": major, "gitMinor": minor, "gitTreeState": "clean"}
+    return " ".join(["-s", "-w", *(f"-X {pkg}.{name}={value}" for name, value in stamps.items())])
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    # Parallel test processes (xdist) or CI steps must not build the same binary twice at once.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_kube_apiserver(
+    *, source_dir: Path | None = None, force: bool = False, verbose: bool = False
+) -> Path:
+    """Return a kube-apiserver binary, building and caching it first when needed.
+
+    ``$DYNDISC_KUBE_APISERVER_BIN`` wins; otherwise the cached binary for the wrapper module's Kubernetes
+    version is reused, or built with ``go build`` (``GOFLAGS=-mod=mod``; the first build downloads the
+    modules and compiles for many minutes). Raises :class:`ServerUnavailable` with the reason on failure.
+    """
+    override = os.environ.get(KUBE_BIN_ENV)
+    if override:
+        path = Path(override)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise ServerUnavailable(f"{KUBE_BIN_ENV}={override} is not an executable file")
+        return path
+    source = source_dir or find_kube_apiserver_source()
+    version = source_kube_version(source) if source is not None else KUBE_VERSION
+    target = cached_kube_apiserver_path(version)
+    if target.is_file() and not force:
+        return target
+    if source is None:
+        raise ServerUnavailable(
+            f"no cached kube-apiserver at {target} and no wrapper module to build it: run "
+            f"tools/kube-apiserver/build.sh from a dyndisc checkout, set {KUBE_SRC_ENV} to that directory, "
+            f"or set {KUBE_BIN_ENV}"
+        )
+    go = _go_binary()
+    with _file_lock(target.parent / ".build.lock"):
+        if target.is_file() and not force:
+            return target  # another process built it while we waited
+        log_path = target.parent / "build.log"
+        partial = target.with_name(f".kube-apiserver.{os.getpid()}.partial")
+        env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
+        argv = [go, "build", "-trimpath", f"-ldflags={_ldflags(version)}", "-o", str(partial), "."]
+        started = time.monotonic()
+        if verbose:
+            print(f"building kube-apiserver {version} in {source} (log: {log_path})", file=sys.stderr)
+        with open(log_path, "wb") as log:
+            code = subprocess.call(argv, cwd=source, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if code != 0:
+            partial.unlink(missing_ok=True)
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+            raise ServerUnavailable(
+                f"building kube-apiserver failed (exit {code}): cd {source} && GOFLAGS=-mod=mod "
+                f"{' '.join(argv[1:])}\n{tail}"
+            )
+        os.replace(partial, target)  # atomic: readers never see a half-written binary
+        if verbose:
+            print(f"built in {time.monotonic() - started:.0f}s", file=sys.stderr)
+    return target
+
+
+# -- the server ---------------------------------------------------------------------------------------
+def _write_service_account_keys(directory: Path) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = directory / "sa.key"
+    public = directory / "sa.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    private.chmod(0o600)
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public
+
+
+class KubeApiServer(ServerBase):
+    """A kube-apiserver on 127.0.0.1 with RBAC and static bearer tokens, backed by a real etcd.
+
+    * :attr:`admin_token` belongs to ``dyndisc-admin`` in ``system:masters`` (may do anything);
+    * :attr:`restricted_token` belongs to ``restricted`` with no groups besides ``system:authenticated``
+      (may do nothing until a Role grants it something);
+    * :attr:`kubeconfig_path` is a kubeconfig for the admin; :meth:`write_kubeconfig` writes others.
+
+    Without ``etcd`` the server starts and owns a private :class:`EtcdServer`; with one, it shares it under
+    a distinct ``--etcd-prefix``. No controller-manager runs: admission plugins that wait for controllers
+    (ServiceAccount) are off, and namespaces must be created explicitly.
+    """
+
+    kind = "kube-apiserver"
+
+    def __init__(
+        self,
+        *,
+        etcd: EtcdServer | None = None,
+        binary: Path | str | None = None,
+        build: bool = True,
+        ready_timeout: float = 180.0,
+        base_dir: Path | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        if etcd is not None and etcd.auth:
+            raise ValueError("kube-apiserver cannot log in to an etcd with auth enabled; pass one without")
+        if binary is not None:
+            self.binary = Path(binary)
+        elif build:
+            self.binary = build_kube_apiserver()
+        else:
+            found = os.environ.get(KUBE_BIN_ENV) or str(cached_kube_apiserver_path())
+            if not Path(found).is_file():
+                raise ServerUnavailable(f"no kube-apiserver binary at {found} (building is disabled)")
+            self.binary = Path(found)
+        super().__init__(ready_timeout=ready_timeout, base_dir=base_dir)
+        self._owns_etcd = etcd is None
+        self.etcd = etcd if etcd is not None else EtcdServer(base_dir=self.base_dir / "etcd")
+        self.etcd_prefix = f"/dyndisc-kube-{secrets.token_hex(4)}"
+        self.host = LOOPBACK
+        (self.port,) = free_ports(1)
+        self.extra_args = list(extra_args)
+        self.cert_dir = self.base_dir / "certs"
+        self.tls: TLSFiles = generate_tls(
+            self.cert_dir,
+            server_names=(
+                LOOPBACK,
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+            ),
+        )
+        self.sa_key_path, self.sa_pub_path = _write_service_account_keys(self.cert_dir)
+        self.admin_token = secrets.token_urlsafe(24)
+        self.restricted_token = secrets.token_urlsafe(24)
+        self.token_file = self.base_dir / "tokens.csv"
+        # Format: token,user,uid,"group1,group2"; system:authenticated is added by the server.
+        self.token_file.write_text(
+            f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n'
+            f"{self.restricted_token},{RESTRICTED_USER},{RESTRICTED_USER}\n"
+        )
+        self.token_file.chmod(0o600)
+        self.kubeconfig_path = self.write_kubeconfig(
+            self.admin_token, self.base_dir / "kubeconfig", ADMIN_USER
+        )
+        self.restricted_kubeconfig_path = self.write_kubeconfig(
+            self.restricted_token, self.base_dir / "kubeconfig-restricted", RESTRICTED_USER
+        )
+
+    @property
+    def url(self) -> str:
+        """``https://127.0.0.1:<port>``."""
+        return f"https://{self.host}:{self.port}"
+
+    @property
+    def ca_pem(self) -> str:
+        """PEM of the CA that signed the serving certificate."""
+        return self.tls.ca_pem
+
+    @property
+    def ca_path(self) -> Path:
+        """Path of the CA certificate file."""
+        return self.tls.ca_path
+
+    def write_kubeconfig(self, token: str, path: Path | None = None, user: str = "user") -> Path:
+        """Write a kubeconfig that authenticates with ``token``; return its path.
+
+        It is written as JSON, which every kubeconfig loader accepts (YAML is a superset).
+        """
+        target = path or self.base_dir / f"kubeconfig-{user}"
+        config: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "dyndisc-test",
+                    "cluster": {
+                        "server": self.url,
+                        "certificate-authority-data": base64.b64encode(self.ca_pem.encode()).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": user, "context": {"cluster": "dyndisc-test", "user": user}}],
+            "current-context": user,
+        }
+        target.write_text(json.dumps(config, indent=2))
+        target.chmod(0o600)
+        return target
+
+    def _argv(self) -> list[str]:
+        argv = [
+            str(self.binary),
+            f"--advertise-address={self.host}",
+            f"--bind-address={self.host}",
+            f"--secure-port={self.port}",
+            f"--cert-dir={self.cert_dir}",
+            f"--tls-cert-file={self.tls.server_cert_path}",
+            f"--tls-private-key-file={self.tls.server_key_path}",
+            f"--etcd-servers={self.etcd.client_url}",
+            f"--etcd-prefix={self.etcd_prefix}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--service-account-issuer={self.url}",
+            f"--service-account-key-file={self.sa_pub_path}",
+            f"--service-account-signing-key-file={self.sa_key_path}",
+            f"--token-auth-file={self.token_file}",
+            "--authorization-mode=RBAC",
+            # No controller-manager runs, so nothing would create the default ServiceAccount it waits for.
+            "--disable-admission-plugins=ServiceAccount",
+            "--allow-privileged=true",
+            # No kubelet/scheduler peers to advertise to; keeps etcd traffic down.
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+        ]
+        if self.etcd.tls is not None:
+            argv += [
+                f"--etcd-cafile={self.etcd.tls.ca_path}",
+                f"--etcd-certfile={self.etcd.tls.cert_path}",
+                f"--etcd-keyfile={self.etcd.tls.key_path}",
+            ]
+        return argv + self.extra_args
+
+    def _ready(self) -> bool:
+        status, _ = http_request(
+            f"{self.url}/readyz",
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+            ssl_context=self.tls.client_ssl_context(with_client_cert=False),
+            timeout=5,
+        )
+        return status == 200
+
+    def start(self) -> Self:
+        """Start etcd (when owned) and the API server; wait for ``/readyz``."""
+        if self._owns_etcd:
+            self.etcd.start()
+        super().start()
+        return self
+
+    def close(self) -> None:
+        """Stop the API server, and its private etcd, and delete the temp dir."""
+        self.stop()
+        if self._owns_etcd:
+            self.etcd.close()
+        super().close()
+
+    def log_tail(self, lines: int = 50) -> str:
+        """The last lines of the API server's output."""
+        return super().log_tail(lines)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dyndisc.testing.servers kube")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build (or reuse) the cached kube-apiserver and print its path")
+    build.add_argument("--source", type=Path, default=None, help="the wrapper Go module directory")
+    build.add_argument("--force", action="store_true", help="rebuild even when cached")
+    sub.add_parser("path", help="print where the cached binary is (or would be)")
+    args = parser.parse_args(argv)
+    if args.command == "path":
+        print(cached_kube_apiserver_path())
+        return 0
+    try:
+        print(build_kube_apiserver(source_dir=args.source, force=args.force, verbose=True))
+    except ServerUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
