@@ -1,0 +1,202 @@
+"""The pure part of Kubernetes discovery: read EndpointSlices and DynamoWorkerMetadata objects, and join them.
+
+An instance is live when its pod is an endpoint of some discovery EndpointSlice that is ready (or still
+serving while terminating: then it is reported as draining) **and** the pod's DynamoWorkerMetadata exists
+and parses. Everything here works on the JSON objects the API server sends, and never raises on garbage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dyndisc._models import EndpointId, Instance, InstanceQuery, Readiness
+from dyndisc.backends._kube_siphash import instance_id_for
+
+log = logging.getLogger("dyndisc.kubernetes")
+
+GROUP, VERSION, PLURAL, KIND = "nvidia.com", "v1alpha1", "dynamoworkermetadatas", "DynamoWorkerMetadata"
+#: Labels the operator puts on a component's Service; the EndpointSlice controller copies them to slices.
+DISCOVERY_LABELS = {
+    "nvidia.com/dynamo-discovery-backend": "kubernetes",
+    "nvidia.com/dynamo-discovery-enabled": "true",
+}
+LABEL_SELECTOR = ",".join(f"{k}={v}" for k, v in DISCOVERY_LABELS.items())
+
+
+@dataclass(frozen=True)
+class PodState:
+    """A pod as the EndpointSlices list it: its uid (when the slice names it) and whether it takes work."""
+
+    name: str
+    uid: str | None
+    readiness: Readiness
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A parsed DynamoWorkerMetadata: the worker's registered endpoint instances."""
+
+    name: str
+    uid: str
+    owner_uids: frozenset[str]
+    instances: tuple[Instance, ...]
+
+
+def slice_pods(endpoint_slice: Any) -> list[PodState]:
+    """The pods of one EndpointSlice that take work (ready) or finish it (serving while terminating)."""
+    if not isinstance(endpoint_slice, dict):
+        return []
+    found = []
+    for endpoint in endpoint_slice.get("endpoints") or ():
+        if not isinstance(endpoint, dict):
+            continue
+        ref = endpoint.get("targetRef")
+        if (
+            not isinstance(ref, dict)
+            or ref.get("kind", "Pod") != "Pod"
+            or not isinstance(ref.get("name"), str)
+        ):
+            continue
+        found_conditions = endpoint.get("conditions")
+        conditions: dict[str, Any] = found_conditions if isinstance(found_conditions, dict) else {}
+        ready = conditions.get("ready")
+        # The EndpointSlice API says a missing "ready" means ready. A pod that is terminating but still
+        # passes its readiness probe has ready=false, serving=true: it finishes in-flight work (draining).
+        if ready is None or ready is True:
+            readiness = Readiness.READY
+        elif conditions.get("serving") is True:
+            readiness = Readiness.DRAINING
+        else:
+            continue
+        uid = ref.get("uid")
+        found.append(
+            PodState(name=ref["name"], uid=uid if isinstance(uid, str) and uid else None, readiness=readiness)
+        )
+    return found
+
+
+def merge_pods(groups: Iterable[Iterable[PodState]]) -> dict[str, PodState]:
+    """Pods listed by several slices, deduplicated: a pod ready in any slice is ready."""
+    pods: dict[str, PodState] = {}
+    for group in groups:
+        for pod in group:
+            seen = pods.get(pod.name)
+            if seen is None or (seen.readiness is Readiness.DRAINING and pod.readiness is Readiness.READY):
+                pods[pod.name] = pod
+    return pods
+
+
+def pod_states(slices: Iterable[Any]) -> dict[str, PodState]:
+    """Every pod listed by the EndpointSlice objects ``slices`` (see :func:`merge_pods`)."""
+    return merge_pods(slice_pods(s) for s in slices)
+
+
+def endpoint_key(instance: Instance) -> str:
+    """The key of an instance in ``spec.data.endpoints``: ``ns/comp/ep/{id:x}`` (the reference layout)."""
+    return f"{instance.endpoint_id.path}/{instance.instance_id:x}"
+
+
+def endpoint_entry(instance: Instance) -> dict[str, Any]:
+    """The JSON of one instance in ``spec.data.endpoints``: the reference's tagged shape plus our fields."""
+    body: dict[str, Any] = json.loads(instance.to_json())
+    return {"type": "Endpoint", **body}
+
+
+def worker_data(instances: Iterable[Instance]) -> dict[str, Any]:
+    """``spec.data`` of a worker: every registered endpoint, in the reference runtime's layout."""
+    return {
+        "endpoints": {endpoint_key(i): endpoint_entry(i) for i in instances},
+        "model_cards": {},
+        "event_channels": {},
+        "event_sources": {},
+    }
+
+
+def parse_worker(obj: Any) -> WorkerRecord | None:
+    """Read a DynamoWorkerMetadata object; warn and return ``None`` if it is not one a watcher can use.
+
+    An individual endpoint entry that is unreadable is skipped (with a warning); the others stay.
+    """
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name:
+        log.warning("skipping a DynamoWorkerMetadata without a name")
+        return None
+    assert isinstance(meta, dict)
+    spec = obj.get("spec")
+    data = spec.get("data") if isinstance(spec, dict) else None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        log.warning(
+            "skipping DynamoWorkerMetadata %r: spec.data is %s, not an object", name, type(data).__name__
+        )
+        return None
+    endpoints = data.get("endpoints")
+    if endpoints is None:  # server-side apply may turn an empty map into null
+        endpoints = {}
+    if not isinstance(endpoints, dict):
+        log.warning("skipping DynamoWorkerMetadata %r: spec.data.endpoints is not an object", name)
+        return None
+    expected_id = instance_id_for(name)
+    instances = []
+    for key, entry in sorted(endpoints.items()):
+        instance = _parse_entry(name, key, entry, expected_id)
+        if instance is not None:
+            instances.append(instance)
+    found_owners = meta.get("ownerReferences")
+    owners: list[Any] = found_owners if isinstance(found_owners, list) else []
+    owner_uids = frozenset(
+        str(o["uid"]) for o in owners if isinstance(o, dict) and o.get("kind") == "Pod" and o.get("uid")
+    )
+    return WorkerRecord(
+        name=name, uid=str(meta.get("uid", "")), owner_uids=owner_uids, instances=tuple(instances)
+    )
+
+
+def _parse_entry(name: str, key: str, entry: Any, expected_id: int) -> Instance | None:
+    if not isinstance(entry, dict) or entry.get("type", "Endpoint") != "Endpoint":
+        log.warning("skipping entry %r of DynamoWorkerMetadata %r: not an endpoint record", key, name)
+        return None
+    try:
+        instance = Instance.model_validate(entry)
+    except ValueError as exc:
+        log.warning("skipping malformed entry %r of DynamoWorkerMetadata %r: %s", key, name, exc)
+        return None
+    if instance.instance_id != expected_id:
+        log.warning(
+            "skipping entry %r of DynamoWorkerMetadata %r: instance id %x is not the hash of the name (%x)",
+            key,
+            name,
+            instance.instance_id,
+            expected_id,
+        )
+        return None
+    if key != endpoint_key(instance):
+        log.warning("skipping entry %r of DynamoWorkerMetadata %r: its content names %s", key, name, instance)
+        return None
+    return instance
+
+
+def join(
+    pods: Mapping[str, PodState], workers: Mapping[str, WorkerRecord], query: InstanceQuery
+) -> dict[tuple[EndpointId, int], Instance]:
+    """The live instances matching ``query``: pods that take work and whose metadata exists and parses."""
+    live: dict[tuple[EndpointId, int], Instance] = {}
+    for name, pod in pods.items():
+        worker = workers.get(name)
+        if worker is None:
+            continue
+        if pod.uid is not None and worker.owner_uids and pod.uid not in worker.owner_uids:
+            continue  # metadata left by an earlier pod of the same name, not yet garbage-collected
+        for instance in worker.instances:
+            if not query.matches(instance.endpoint_id):
+                continue
+            if pod.readiness is Readiness.DRAINING and instance.readiness is not Readiness.DRAINING:
+                instance = instance.model_copy(update={"readiness": Readiness.DRAINING})
+            live[instance.key] = instance
+    return live

@@ -1,0 +1,185 @@
+"""The pure join of EndpointSlices and DynamoWorkerMetadata objects (no server needed)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from dyndisc import Instance, InstanceQuery, Readiness
+from dyndisc.backends._kube_join import (
+    endpoint_key,
+    join,
+    parse_worker,
+    pod_states,
+    slice_pods,
+    worker_data,
+)
+from dyndisc.backends._kube_siphash import instance_id_for
+
+
+def endpoint(pod: str, uid: str | None = None, **conditions: bool) -> dict[str, Any]:
+    ref: dict[str, Any] = {"kind": "Pod", "name": pod}
+    if uid:
+        ref["uid"] = uid
+    return {"addresses": ["10.0.0.1"], "conditions": conditions, "targetRef": ref}
+
+
+def slice_of(*endpoints: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": "s"}, "endpoints": list(endpoints)}
+
+
+def instance(pod: str, ep: str = "gen", ns: str = "dyn", **kw: Any) -> Instance:
+    return Instance(namespace=ns, component="backend", endpoint=ep, instance_id=instance_id_for(pod), **kw)
+
+
+def cr(pod: str, *instances: Instance, uid: str = "cr-uid", owner: str | None = "pod-uid") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": pod, "uid": uid}
+    if owner:
+        meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": owner}]
+    return {"metadata": meta, "spec": {"data": worker_data(instances)}}
+
+
+def test_conditions_map_to_readiness() -> None:
+    pods = slice_pods(
+        slice_of(
+            endpoint("ready", ready=True),
+            endpoint("unset"),  # the API says a missing "ready" means ready
+            endpoint("draining", ready=False, serving=True, terminating=True),
+            endpoint("gone", ready=False, serving=False, terminating=True),
+            endpoint("notready", ready=False),
+            {"addresses": ["10.0.0.9"], "conditions": {"ready": True}},  # no targetRef: not a pod
+            {"targetRef": {"kind": "Node", "name": "n"}},
+            "garbage",
+        )
+    )
+    assert {p.name: p.readiness for p in pods} == {
+        "ready": Readiness.READY,
+        "unset": Readiness.READY,
+        "draining": Readiness.DRAINING,
+    }
+
+
+def test_a_pod_in_several_slices_is_counted_once_and_ready_wins() -> None:
+    states = pod_states(
+        [
+            slice_of(endpoint("a", ready=False, serving=True), endpoint("b", ready=True)),
+            slice_of(endpoint("a", ready=True), endpoint("b", ready=True)),
+            {"endpoints": None},
+            None,
+        ]
+    )
+    assert {n: s.readiness for n, s in states.items()} == {"a": Readiness.READY, "b": Readiness.READY}
+
+
+def test_live_means_ready_and_metadata_present() -> None:
+    a, b, c = instance("a"), instance("b"), instance("c")
+    workers = {r.name: r for r in map(parse_worker, [cr("a", a), cr("b", b)]) if r}
+    pods = pod_states([slice_of(endpoint("a"), endpoint("c"))])  # b not ready, c has no metadata
+    assert list(join(pods, workers, InstanceQuery()).values()) == [a]
+    assert c.instance_id not in {i.instance_id for i in join(pods, workers, InstanceQuery()).values()}
+
+
+def test_draining_pods_are_reported_draining() -> None:
+    a = instance("a", transport="tcp://10.0.0.1:1")
+    workers = {"a": parse_worker(cr("a", a))}
+    pods = pod_states([slice_of(endpoint("a", ready=False, serving=True, terminating=True))])
+    (found,) = join(pods, workers, InstanceQuery()).values()  # type: ignore[arg-type]
+    assert found.readiness is Readiness.DRAINING
+    assert found.model_copy(update={"readiness": Readiness.READY}) == a
+
+
+def test_metadata_of_an_earlier_pod_with_the_same_name_is_ignored() -> None:
+    a = instance("a")
+    workers = {"a": parse_worker(cr("a", a, owner="old-uid"))}
+    assert join(pod_states([slice_of(endpoint("a", uid="new-uid"))]), workers, InstanceQuery()) == {}  # type: ignore[arg-type]
+    assert len(join(pod_states([slice_of(endpoint("a", uid="old-uid"))]), workers, InstanceQuery())) == 1  # type: ignore[arg-type]
+
+
+def test_query_filters() -> None:
+    insts = [instance("a", "x"), instance("a", "y"), instance("a", "x", ns="other")]
+    workers = {"a": parse_worker(cr("a", *insts))}
+    pods = pod_states([slice_of(endpoint("a"))])
+    got = join(pods, workers, InstanceQuery(namespace="dyn", component="backend", endpoint="x"))  # type: ignore[arg-type]
+    assert list(got.values()) == [insts[0]]
+    assert len(join(pods, workers, InstanceQuery(namespace="dyn"))) == 2  # type: ignore[arg-type]
+
+
+def test_reference_shaped_records_parse() -> None:
+    # What a Dynamo worker writes: tagged endpoint records, no dyndisc fields, null maps after SSA.
+    iid = instance_id_for("worker-0")
+    obj = {
+        "metadata": {"name": "worker-0", "uid": "u"},
+        "spec": {
+            "data": {
+                "endpoints": {
+                    f"dynamo/backend/generate/{iid:x}": {
+                        "type": "Endpoint",
+                        "namespace": "dynamo",
+                        "component": "backend",
+                        "endpoint": "generate",
+                        "instance_id": iid,
+                        "transport": {"tcp": f"10.0.0.5:41555/{iid:x}/generate"},
+                        "device_type": "Cuda",
+                        "request_plane_codec": "msgpack",
+                    }
+                },
+                "model_cards": None,
+                "event_channels": None,
+            }
+        },
+    }
+    record = parse_worker(obj)
+    assert record is not None
+    (found,) = record.instances
+    assert (found.endpoint, found.instance_id, str(found.transport)) == (
+        "generate",
+        iid,
+        f"tcp://10.0.0.5:41555/{iid:x}/generate",
+    )
+    assert endpoint_key(found) == f"dynamo/backend/generate/{iid:x}"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"data": "not an object"}, "spec.data is str"),
+        ({"data": {"endpoints": [1, 2]}}, "spec.data.endpoints is not an object"),
+    ],
+)
+def test_a_malformed_worker_is_skipped_with_a_warning(
+    spec: Any, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, "dyndisc.kubernetes"):
+        assert parse_worker({"metadata": {"name": "w"}, "spec": spec}) is None
+    assert message in caplog.text
+    assert "'w'" in caplog.text
+
+
+def test_bad_entries_are_skipped_and_good_ones_kept(caplog: pytest.LogCaptureFixture) -> None:
+    good = instance("w")
+    data = worker_data([good])
+    iid = instance_id_for("w")
+    data["endpoints"].update(
+        {
+            "dyn/backend/bad/1": "not an object",
+            f"dyn/backend/worse/{iid:x}": {"namespace": "dyn", "component": "backend"},  # incomplete
+            "dyn/backend/alien/7": {**good.model_dump(mode="json"), "endpoint": "alien", "instance_id": 7},
+            "dyn/backend/wrongkey/0": {**good.model_dump(mode="json"), "transport": None},
+            "x/y/z/1": {"type": "Model", "card_json": {}},
+        }
+    )
+    with caplog.at_level(logging.WARNING, "dyndisc.kubernetes"):
+        record = parse_worker({"metadata": {"name": "w", "uid": "u"}, "spec": {"data": data}})
+    assert record is not None
+    assert record.instances == (good,)
+    assert caplog.text.count("skipping") == 5
+    assert "not the hash of the name" in caplog.text
+
+
+def test_a_nameless_object_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "dyndisc.kubernetes"):
+        assert parse_worker({"spec": {}}) is None
+        assert parse_worker("garbage") is None
+    assert "without a name" in caplog.text

@@ -1,0 +1,89 @@
+"""The shipped least-privilege Role is enough to work in its namespace, and nothing more."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from kube_helpers import Workers, everything, next_event
+
+from dyndisc import BackendUnavailableError, Resync
+from dyndisc.backends._kube_api import KubeStatusError, connect
+from dyndisc.backends.kubernetes import KubernetesDiscovery, manifest
+from dyndisc.testing.servers.kube import RESTRICTED_USER
+from harnesses.kubernetes import Cluster, kubeconfig
+
+
+async def grant_role(cluster: Cluster, namespace: str) -> None:
+    """Apply the shipped rbac.yaml with kubectl, and bind its Role to the restricted test user as well."""
+    await anyio.run_process(
+        ["kubectl", "--kubeconfig", str(cluster.server.kubeconfig_path), "apply", "-f", "-"],
+        input=manifest("rbac.yaml", namespace).encode(),
+    )
+    await cluster.call(
+        "POST",
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
+        body={
+            "metadata": {"name": "restricted-discovery"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "dyndisc-discovery"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": RESTRICTED_USER}],
+        },
+    )
+
+
+async def test_restricted_token_works_in_its_namespace_and_is_refused_elsewhere(
+    workers: Workers, cluster: Cluster, namespace: str
+) -> None:
+    await grant_role(cluster, namespace)
+    other_namespace = await cluster.create_namespace()
+    restricted = kubeconfig(cluster.server, cluster.server.restricted_token)
+
+    # Everything a worker and a watcher do works with the Role alone.
+    host = await workers.start(await workers.pod("worker-0"), kubeconfig=restricted)
+    instance = await host.runtime.endpoint("dyn.c.e").register("tcp://h:1")
+    watcher = workers.backend(kubeconfig=restricted)
+    assert await watcher.list(everything()) == [instance]
+    async with watcher.watch(everything()) as events:
+        assert await next_event(events) == Resync(instances=(instance,))
+
+    # Another namespace is refused, and the error says what and how to fix it.
+    elsewhere = KubernetesDiscovery(namespace=other_namespace, kubeconfig=restricted)
+    workers.backends.append(elsewhere)
+    pattern = (
+        rf"(?s)EndpointSlices in {other_namespace}: forbidden.*{RESTRICTED_USER}.*bind the discovery Role"
+    )
+    with pytest.raises(BackendUnavailableError, match=pattern) as refused:
+        await elsewhere.list(everything())
+    print(refused.value)
+    with pytest.raises(BackendUnavailableError, match=pattern):
+        async with elsewhere.watch(everything()):
+            pass
+
+    # The Role grants nothing beyond discovery: no secrets, even in its own namespace.
+    api = await connect(restricted)
+    try:
+        with pytest.raises(KubeStatusError) as caught:
+            await api.request("GET", f"/api/v1/namespaces/{namespace}/secrets", what="listing secrets")
+        assert caught.value.status == 403
+    finally:
+        await api.aclose()
+
+
+async def test_a_bad_token_is_reported_clearly(cluster: Cluster, namespace: str) -> None:
+    backend = KubernetesDiscovery(namespace=namespace, kubeconfig=kubeconfig(cluster.server, "not-a-token"))
+    try:
+        with pytest.raises(BackendUnavailableError, match=r"rejected our credentials \(HTTP 401"):
+            await backend.list(everything())
+    finally:
+        await backend.aclose()
+
+
+async def test_an_unreachable_server_is_reported_clearly(cluster: Cluster, namespace: str) -> None:
+    config = kubeconfig(cluster.server, cluster.server.admin_token, "https://127.0.0.1:9")
+    backend = KubernetesDiscovery(namespace=namespace, kubeconfig=config)
+    try:
+        with pytest.raises(
+            BackendUnavailableError, match=r"API server at https://127.0.0.1:9 is unreachable"
+        ):
+            await backend.list(everything())
+    finally:
+        await backend.aclose()
