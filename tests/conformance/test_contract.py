@@ -177,7 +177,13 @@ async def test_lost_lease_is_replaced_and_endpoints_reregistered(
 ) -> None:
     requires(harness, "new_id_on_lease_loss")  # Kubernetes keeps the pod's id: its own test covers it
     changes: list[LeaseChange] = []
-    worker = await runtimes.start(on_lease_change=changes.append)
+    told = anyio.Event()
+
+    def on_lease_change(change: LeaseChange) -> None:
+        changes.append(change)
+        told.set()
+
+    worker = await runtimes.start(on_lease_change=on_lease_change)
     frontend = await runtimes.start()
     old = await worker.endpoint(f"{ns}.c.e").register("tcp://h:1", {"k": "v"})
     client = await frontend.endpoint(f"{ns}.c.e").client()
@@ -195,6 +201,8 @@ async def test_lost_lease_is_replaced_and_endpoints_reregistered(
     assert client.instance_ids() == [worker.instance_id] != [old.instance_id]
     (new,) = client.instances()
     assert (new.transport, new.metadata) == (old.transport, old.metadata)
+    with anyio.fail_after(PROMPT):  # the callback runs once every endpoint is registered again
+        await told.wait()
     assert changes == [LeaseChange(old.instance_id, worker.instance_id, changes[0].reason)]
 
 
