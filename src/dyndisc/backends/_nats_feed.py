@@ -1,0 +1,121 @@
+"""One ordered JetStream consumer over a KV key filter: the current value of every key, then each change.
+
+nats-py's own ``KeyValue.watch`` drops message headers (we need the lease owner and the server's expiry
+markers) and blocks its delivery task on a 256-entry queue. A :class:`KvFeed` instead hands every message to
+synchronous callbacks, so the subscription is always drained and the caller decides how much to buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+#: Header naming the lease (hex) that owns a key; absent for keys written without a lease.
+LEASE_HEADER = "Dyndisc-Lease"
+#: KV operation header written by clients for deletes and purges.
+KV_OPERATION = "KV-Operation"
+#: Header the server (>= 2.11) puts on the marker it writes when a message's TTL or max age ends.
+MARKER_REASON = "Nats-Marker-Reason"
+
+
+def is_removal(headers: Mapping[str, str] | None) -> bool:
+    """Whether a stored KV message is a delete/purge marker rather than a value."""
+    if not headers:
+        return False
+    return headers.get(KV_OPERATION) in ("DEL", "PURGE") or MARKER_REASON in headers
+
+
+def lease_of(headers: Mapping[str, str] | None) -> int:
+    """The lease id a message was written under (0 when none, or when the header is unreadable)."""
+    raw = (headers or {}).get(LEASE_HEADER, "")
+    try:
+        return int(raw, 16)
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class KvChange:
+    """One KV message: ``value`` is ``None`` for a deletion. ``nats_key`` is the raw (encoded) key."""
+
+    nats_key: str
+    value: bytes | None
+    lease_id: int
+    revision: int
+
+
+class KvFeed:
+    """Subscribe to ``$KV.<bucket>.<filter>``: report the initial state once, then every change in order.
+
+    ``on_snapshot`` receives the last value of every key (deleted keys left out) when the consumer has
+    caught up with what the stream held when it was created; ``on_change`` receives each later message.
+    """
+
+    def __init__(
+        self,
+        on_snapshot: Callable[[dict[str, KvChange]], None],
+        on_change: Callable[[KvChange], None],
+    ) -> None:
+        self._on_snapshot = on_snapshot
+        self._on_change = on_change
+        self._initial: dict[str, KvChange] = {}
+        self._received = 0
+        self._expected: int | None = None
+        self._live = False
+        self._subject_prefix = ""
+        self._sub: JetStreamContext.PushSubscription | None = None
+
+    async def open(self, js: JetStreamContext, stream: str, subject_prefix: str, key_filter: str) -> None:
+        """Create the consumer (deliver last per subject) and learn how much initial state to expect."""
+        self._subject_prefix = subject_prefix
+        self._sub = await js.subscribe(
+            subject_prefix + key_filter,
+            stream=stream,
+            cb=self._on_msg,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            inactive_threshold=300.0,
+        )
+        info = await self._sub.consumer_info()
+        delivered = info.delivered.consumer_seq if info.delivered and info.delivered.consumer_seq else 0
+        self._expected = delivered + (info.num_pending or 0)
+        self._check_caught_up(last_pending=None)
+
+    async def close(self) -> None:
+        """Unsubscribe (the server drops the ephemeral consumer); errors of a dead connection are ignored."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with suppress(Exception):  # the connection is gone: so is the subscription
+                await sub.unsubscribe()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        # Runs on nats-py's delivery task: must not block, so no awaits past this point.
+        meta = msg.metadata
+        headers = msg.headers
+        change = KvChange(
+            nats_key=msg.subject[len(self._subject_prefix) :],
+            value=None if is_removal(headers) else msg.data,
+            lease_id=lease_of(headers),
+            revision=meta.sequence.stream,
+        )
+        if self._live:
+            self._on_change(change)
+            return
+        if change.value is None:
+            self._initial.pop(change.nats_key, None)
+        else:
+            self._initial[change.nats_key] = change
+        self._received = max(self._received, meta.sequence.consumer)
+        self._check_caught_up(last_pending=meta.num_pending)
+
+    def _check_caught_up(self, last_pending: int | None) -> None:
+        if self._live:
+            return
+        if last_pending == 0 or (self._expected is not None and self._received >= self._expected):
+            self._live = True
+            initial, self._initial = self._initial, {}
+            self._on_snapshot(initial)

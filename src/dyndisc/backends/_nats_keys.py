@@ -1,0 +1,94 @@
+"""Reversible mapping between dyndisc's ``/``-separated keys and NATS KV keys.
+
+NATS KV keys are subject tokens joined by ``.`` and may only use ``[-/_=.a-zA-Z0-9]``; a token cannot be
+empty. Each ``/``-separated segment of a key becomes one token, so a prefix of whole segments is a subject
+wildcard (``a.b.>``) the server filters on. Inside a token, letters, digits, ``-`` and ``_`` stand for
+themselves; every other character (``.``, ``=``, ``/`` cannot occur) becomes ``=XX`` per UTF-8 byte, in
+upper-case hex. An empty segment (the one before a leading ``/``) is the token ``=``.
+
+So ``/services/ns/comp/ep/1a`` is stored as ``=.services.ns.comp.ep.1a``. Tokens holding a ``/`` are never
+produced by the encoding: the store keeps its own bookkeeping (lease keys) there, out of every watch.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+
+_PLAIN = frozenset(string.ascii_letters + string.digits + "-_")
+_EMPTY = "="
+_TOKEN_RE = re.compile(r"(?:[-_A-Za-z0-9]|=[0-9A-F]{2})+")
+
+#: First token of the store's own keys (leases): it holds a ``/`` so no encoded key can collide with it.
+INTERNAL_TOKEN = "_dyndisc/lease"
+
+
+def encode_segment(segment: str) -> str:
+    """One key segment as a NATS subject token."""
+    if not segment:
+        return _EMPTY
+    out: list[str] = []
+    for char in segment:
+        if char in _PLAIN:
+            out.append(char)
+        else:
+            out.extend(f"={byte:02X}" for byte in char.encode("utf-8"))
+    return "".join(out)
+
+
+def decode_segment(token: str) -> str | None:
+    """The key segment a token encodes, or ``None`` if the token is not in canonical form."""
+    if token == _EMPTY:
+        return ""
+    if not _TOKEN_RE.fullmatch(token):
+        return None
+    raw = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == "=":
+            raw.append(int(token[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.append(ord(token[i]))
+            i += 1
+    try:
+        segment = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    # Only the canonical spelling is accepted, so two stored keys never decode to the same key.
+    return segment if encode_segment(segment) == token else None
+
+
+def encode_key(key: str) -> str:
+    """A dyndisc key as a NATS KV key (reversible with :func:`decode_key`)."""
+    return ".".join(encode_segment(segment) for segment in key.split("/"))
+
+
+def decode_key(nats_key: str) -> str | None:
+    """The dyndisc key a NATS KV key encodes, or ``None`` if it was not written by this encoding."""
+    segments = [decode_segment(token) for token in nats_key.split(".")]
+    if any(segment is None for segment in segments):
+        return None
+    return "/".join(s for s in segments if s is not None)
+
+
+def prefix_filter(prefix: str) -> str:
+    """The NATS KV key filter covering every key that starts with ``prefix``.
+
+    Whole segments become literal tokens; a trailing partial segment is matched by the ``>`` wildcard, so
+    callers must still check ``key.startswith(prefix)`` on what they receive.
+    """
+    whole = prefix.split("/")[:-1]
+    if not whole:
+        return ">"
+    return ".".join(encode_segment(segment) for segment in whole) + ".>"
+
+
+def is_internal(nats_key: str) -> bool:
+    """Whether ``nats_key`` is one of the store's own bookkeeping keys."""
+    return nats_key.split(".", 1)[0] == INTERNAL_TOKEN
+
+
+def lease_key(lease_id: int) -> str:
+    """The NATS KV key recording that lease ``lease_id`` is alive."""
+    return f"{INTERNAL_TOKEN}.{lease_id:x}"

@@ -1,0 +1,130 @@
+"""Settings of the NATS backend, read from ``NATS_*`` environment variables, and connection error messages."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dyndisc._errors import ConfigurationError
+
+
+class NatsSettings(BaseSettings):
+    """Connection settings, read from ``NATS_*`` environment variables.
+
+    ``NATS_SERVER`` (comma-separated URLs), ``NATS_USER``/``NATS_PASSWORD`` or ``NATS_TOKEN`` or
+    ``NATS_CREDS`` (a ``.creds`` file), ``NATS_CA``/``NATS_CERT``/``NATS_KEY`` (TLS, PEM file paths),
+    ``NATS_KV_BUCKET``, ``NATS_KV_MARKER_TTL`` and ``NATS_TIMEOUT``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="NATS_", extra="ignore", case_sensitive=False)
+
+    server: str = "nats://localhost:4222"
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    creds: Path | None = None
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    kv_bucket: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]+$", max_length=128)] = "dyndisc"
+    #: Seconds the server keeps the delete marker it writes when a key expires (>= 1).
+    kv_marker_ttl: Annotated[int, Field(ge=1, le=86_400)] = 60
+    #: Seconds to wait for the server: connecting, and each JetStream request.
+    timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+
+    @field_validator("server")
+    @classmethod
+    def _servers(cls, value: str) -> str:
+        urls = [u.strip() for u in value.split(",") if u.strip()]
+        if not urls:
+            raise ValueError("give at least one URL such as nats://localhost:4222")
+        for url in urls:
+            if "://" not in url:
+                raise ValueError(f"{url!r} is not a URL: write nats://host:4222 (or tls://host:4222)")
+        return ",".join(urls)
+
+    @property
+    def servers(self) -> list[str]:
+        """The server URLs."""
+        return self.server.split(",")
+
+    @property
+    def display_servers(self) -> str:
+        """The server URLs with any embedded password hidden, for messages."""
+        return ",".join(redact(url) for url in self.servers)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> NatsSettings:
+        """Read the settings; a bad value is one clear :class:`~dyndisc.ConfigurationError`."""
+        try:
+            settings = cls(**overrides)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"NATS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            )
+            raise ConfigurationError(f"invalid NATS settings: {problems}") from None
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Reject combinations that cannot work, naming the variables involved."""
+        if (self.user is None) != (self.password is None):
+            raise ConfigurationError("set both NATS_USER and NATS_PASSWORD, or neither")
+        if self.token is not None and self.user is not None:
+            raise ConfigurationError("set NATS_TOKEN or NATS_USER/NATS_PASSWORD, not both")
+        if (self.cert is None) != (self.key is None):
+            raise ConfigurationError("set both NATS_CERT and NATS_KEY (client certificate and its key)")
+        for name, path in (("NATS_CREDS", self.creds), ("NATS_CA", self.ca), ("NATS_CERT", self.cert)):
+            if path is not None and not path.is_file():
+                raise ConfigurationError(f"{name}={path} is not a readable file")
+        if self.key is not None and not self.key.is_file():
+            raise ConfigurationError(f"NATS_KEY={self.key} is not a readable file")
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context for ``NATS_CA``/``NATS_CERT``/``NATS_KEY``, or ``None`` when none is set."""
+        if self.ca is None and self.cert is None and not any(u.startswith("tls://") for u in self.servers):
+            return None
+        context = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
+        if self.cert is not None and self.key is not None:
+            try:
+                context.load_cert_chain(str(self.cert), str(self.key))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigurationError(
+                    f"cannot load the client certificate NATS_CERT={self.cert} / NATS_KEY={self.key}: {exc}"
+                ) from exc
+        return context
+
+
+def redact(url: str) -> str:
+    """``url`` with any embedded password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}" if ":" in userinfo else f"{scheme}{sep}***@{host}"
+
+
+def connect_failure_message(where: str, settings: NatsSettings, errors: list[Exception]) -> str:
+    """Why connecting failed, naming the setting to fix (credentials are never included)."""
+    text = " / ".join(dict.fromkeys(str(e) or type(e).__name__ for e in errors))
+    lowered = text.lower()
+    if "authorization" in lowered or "authentication" in lowered:
+        if settings.user is not None:
+            who = f"the password for user {settings.user!r} (NATS_USER / NATS_PASSWORD)"
+        elif settings.token is not None:
+            who = "the token (NATS_TOKEN)"
+        elif settings.creds is not None:
+            who = f"the credentials file {settings.creds} (NATS_CREDS)"
+        else:
+            who = "a connection without credentials: set NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS"
+        return f"{where} refused {who} ({text})"
+    return (
+        f"cannot connect to {where} within {settings.timeout}s per try ({text}); check NATS_SERVER and that "
+        "nats-server is running"
+    )

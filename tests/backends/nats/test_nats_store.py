@@ -1,0 +1,195 @@
+"""NatsStore on a real nats-server: emulated leases, expiry seen by watchers, foreign data, slow watchers."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+import nats
+import pytest
+from nats.js import api
+from nats_helpers import PROMPT, MakeStore, eventually, next_event, unique_prefix
+
+from dyndisc import ConfigurationError, LeaseNotFoundError
+from dyndisc.backends import _nats_watch
+from dyndisc.backends.kv import StoreDelete, StoredValue, StorePut, StoreSnapshot
+from dyndisc.testing.servers import NatsServer
+
+
+async def test_a_lease_without_keep_alive_expires_and_watchers_see_it(
+    nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    owner, watcher = make_store(nats_server.url), make_store(nats_server.url)
+    prefix = unique_prefix()
+    lease = await owner.grant(1)
+    await owner.create(f"{prefix}a", b"1", lease.id)
+    async with watcher.watch(prefix) as events:
+        assert await next_event(events) == StoreSnapshot(items={f"{prefix}a": b"1"})
+        started = time.monotonic()
+        assert await next_event(events, timeout=3) == StoreDelete(key=f"{prefix}a")
+        # The TTL was set at create, at most 1 s before; the server writes the marker on time.
+        assert time.monotonic() - started <= 1.5
+    with pytest.raises(LeaseNotFoundError, match="expired"):
+        await owner.keep_alive(lease.id)
+    assert await watcher.get_prefix(prefix) == {}
+
+
+async def test_keep_alive_holds_keys_past_their_ttl(nats_server: NatsServer, make_store: MakeStore) -> None:
+    owner, watcher = make_store(nats_server.url), make_store(nats_server.url)
+    prefix = unique_prefix()
+    lease = await owner.grant(1)
+    await owner.create(f"{prefix}a", b"1", lease.id)
+    async with watcher.watch(prefix) as events:
+        assert await next_event(events) == StoreSnapshot(items={f"{prefix}a": b"1"})
+        for _ in range(6):  # 3 s: three TTLs
+            await anyio.sleep(0.5)
+            assert await owner.keep_alive(lease.id) == 1
+        # Re-publishing a key is a put of the same value: a watcher may hear it, never a deletion.
+        with anyio.move_on_after(0.5):
+            while True:
+                assert await next_event(events) == StorePut(key=f"{prefix}a", value=b"1")
+    assert await watcher.get_prefix(prefix) == {f"{prefix}a": b"1"}
+    await owner.revoke(lease.id)
+    assert await watcher.get_prefix(prefix) == {}
+
+
+async def test_keep_alive_never_resurrects_a_key_deleted_by_someone_else(
+    nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    owner, other = make_store(nats_server.url), make_store(nats_server.url)
+    prefix = unique_prefix()
+    lease = await owner.grant(5)
+    await owner.create(f"{prefix}a", b"1", lease.id)
+    await owner.create(f"{prefix}b", b"2", lease.id)
+    await other.delete(f"{prefix}a")
+    assert await owner.keep_alive(lease.id) == 5
+    assert await other.get_prefix(prefix) == {f"{prefix}b": b"2"}
+
+
+async def test_revoke_by_another_client_removes_every_key_of_the_lease(
+    nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    owner, other = make_store(nats_server.url), make_store(nats_server.url)
+    prefix = unique_prefix()
+    lease = await owner.grant(30)
+    survivor = await owner.grant(30)
+    await owner.create(f"{prefix}a", b"1", lease.id)
+    await owner.create(f"{prefix}b", b"2", lease.id)
+    await owner.create(f"{prefix}c", b"3", survivor.id)
+    async with other.watch(prefix) as events:
+        assert isinstance(await next_event(events), StoreSnapshot)
+        await other.revoke(lease.id)
+        gone = {await next_event(events), await next_event(events)}
+    assert gone == {StoreDelete(key=f"{prefix}a"), StoreDelete(key=f"{prefix}b")}
+    assert await other.get_prefix(prefix) == {f"{prefix}c": b"3"}
+    with pytest.raises(LeaseNotFoundError, match="revoked"):
+        await owner.keep_alive(lease.id)
+    assert await owner.keep_alive(survivor.id) == 30
+    await other.revoke(lease.id)  # revoking an unknown lease is a no-op
+
+
+async def test_create_reports_the_owner_and_adopts_its_own_key(
+    nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    first, second = make_store(nats_server.url), make_store(nats_server.url)
+    prefix = unique_prefix()
+    one, two = await first.grant(30), await second.grant(30)
+    assert await first.create(f"{prefix}a", b"1", one.id) is None
+    assert await second.create(f"{prefix}a", b"2", two.id) == StoredValue(value=b"1", lease_id=one.id)
+    assert await first.create(f"{prefix}a", b"x", one.id) == StoredValue(value=b"1", lease_id=one.id)
+    await first.delete(f"{prefix}a")
+    # The deletion marker is the key's last message: create must still succeed over it.
+    assert await second.create(f"{prefix}a", b"2", two.id) is None
+    assert await first.get_prefix(prefix) == {f"{prefix}a": b"2"}
+
+
+async def test_an_empty_bucket_lists_nothing(private_nats: object, make_store: MakeStore) -> None:
+    server = private_nats()  # type: ignore[operator]
+    store = make_store(server.url, kv_bucket="empty")
+    assert await store.get_prefix("/") == {}
+    async with store.watch("/") as events:
+        assert await next_event(events) == StoreSnapshot(items={})
+
+
+async def test_foreign_keys_are_skipped_with_a_warning_and_the_watch_goes_on(
+    nats_server: NatsServer, make_store: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make_store(nats_server.url, kv_bucket="foreign")
+    await store.get_prefix("/")  # creates the bucket
+    nc = await nats.connect(nats_server.url)
+    try:
+        kv = await nc.jetstream().key_value("foreign")
+        await kv.put("=.services.=zz", b"not our encoding")
+        async with store.watch("") as events:
+            assert await next_event(events) == StoreSnapshot(items={})
+            await kv.put("=.services.a=41", b"non-canonical")
+            await store.put("/services/ok", b"1", 0)
+            assert await next_event(events) == StorePut(key="/services/ok", value=b"1")
+    finally:
+        await nc.close()
+    skipped = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("'=.services.=zz'" in m and "not written by dyndisc" in m for m in skipped), skipped
+    assert any("'=.services.a=41'" in m for m in skipped), skipped
+
+
+async def test_a_bucket_without_ttl_markers_is_refused_with_a_fix(
+    nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().create_key_value(api.KeyValueConfig(bucket="plain", history=1))
+    finally:
+        await nc.close()
+    store = make_store(nats_server.url, kv_bucket="plain")
+    with pytest.raises(ConfigurationError, match=r"'plain' \(NATS_KV_BUCKET\).*without per-message TTLs"):
+        await store.grant(5)
+
+
+async def test_a_slow_watcher_resyncs_and_does_not_stall_others(
+    nats_server: NatsServer, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_nats_watch, "MAX_PENDING_EVENTS", 20)
+    writer, slow_store, fast_store = (make_store(nats_server.url) for _ in range(3))
+    prefix = unique_prefix()
+    async with slow_store.watch(prefix) as slow, fast_store.watch(prefix) as fast:
+        assert await next_event(slow) == StoreSnapshot(items={})
+        assert await next_event(fast) == StoreSnapshot(items={})
+        for i in range(50):
+            await writer.put(f"{prefix}{i:02}", b"x", 0)
+            assert await next_event(fast) == StorePut(key=f"{prefix}{i:02}", value=b"x")
+        # The slow one overflowed: its backlog was dropped for a fresh snapshot, then it goes on.
+        seen: dict[str, bytes] = {}
+        snapshots = 0
+        with anyio.fail_after(PROMPT):
+            while len(seen) < 50:
+                event = await next_event(slow)
+                if isinstance(event, StoreSnapshot):
+                    snapshots, seen = snapshots + 1, dict(event.items)
+                elif isinstance(event, StorePut):
+                    seen[event.key] = event.value
+        assert snapshots >= 1, "a watcher that fell behind must be resynced, not fed an unbounded backlog"
+        await writer.delete(f"{prefix}00")
+        assert await next_event(slow) == StoreDelete(key=f"{prefix}00")
+
+
+async def test_deleted_keys_leave_nothing_behind_after_the_marker_ttl(
+    private_nats: object, make_store: MakeStore
+) -> None:
+    server = private_nats()  # type: ignore[operator]
+    store = make_store(server.url, kv_bucket="markers", kv_marker_ttl=1)
+    lease = await store.grant(1)
+    await store.create("/a", b"1", lease.id)  # expires
+    await store.put("/b", b"2", 0)
+    await store.delete("/b")  # deleted
+    nc = await nats.connect(server.url)
+    try:
+        js = nc.jetstream()
+
+        async def empty() -> bool:
+            return (await js.stream_info("KV_markers")).state.messages == 0
+
+        # Values, the lease key and every deletion marker expire: the stream holds nothing at all.
+        await eventually(empty, 6, "the stream to be empty")
+    finally:
+        await nc.close()
