@@ -192,12 +192,12 @@ async def test_lost_lease_is_replaced_and_endpoints_reregistered(
     await harness.kill_lease(worker.lease)
 
     bound = harness.lease_ttl + PROMPT
-    await wait_until(
-        client._source,
-        lambda: client.instance_ids() not in ([], [old.instance_id]),
-        bound,
-        "a new instance id",
-    )
+
+    def replaced() -> bool:  # the old id gone and exactly one new one (it may arrive before the removal)
+        ids = client.instance_ids()
+        return len(ids) == 1 and ids[0] != old.instance_id
+
+    await wait_until(client._source, replaced, bound, "the old id replaced by a new one")
     assert client.instance_ids() == [worker.instance_id] != [old.instance_id]
     (new,) = client.instances()
     assert (new.transport, new.metadata) == (old.transport, old.metadata)
