@@ -169,6 +169,8 @@ class DistributedRuntime:
 
             async def grant_and_register() -> Lease:
                 lease = await backend.grant_lease(self.lease_ttl)
+                # The new id is ours from now on: watchers may see it before re-registration completes.
+                self._lease = lease
                 try:
                     for endpoint, instance in list(self._registered.items()):
                         moved = instance.model_copy(update={"instance_id": lease.id})

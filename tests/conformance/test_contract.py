@@ -198,11 +198,11 @@ async def test_lost_lease_is_replaced_and_endpoints_reregistered(
         return len(ids) == 1 and ids[0] != old.instance_id
 
     await wait_until(client._source, replaced, bound, "the old id replaced by a new one")
+    with anyio.fail_after(PROMPT):  # the callback runs once every endpoint is registered again
+        await told.wait()
     assert client.instance_ids() == [worker.instance_id] != [old.instance_id]
     (new,) = client.instances()
     assert (new.transport, new.metadata) == (old.transport, old.metadata)
-    with anyio.fail_after(PROMPT):  # the callback runs once every endpoint is registered again
-        await told.wait()
     assert changes == [LeaseChange(old.instance_id, worker.instance_id, changes[0].reason)]
 
 

@@ -1,0 +1,244 @@
+"""One etcd watch per prefix, shared by every subscriber of an :class:`~dyndisc.backends.etcd.EtcdStore`.
+
+The shared watch keeps the prefix's current contents and the revision they reflect. A broken stream is
+re-opened from ``revision + 1``, so etcd replays exactly what was missed (lease-expiry deletes included) and
+no resync is needed. Only when that history is gone (compacted) or the cluster's history restarted does it
+list the prefix again and send every subscriber a fresh snapshot.
+
+Structured concurrency without a store-wide task group: every subscriber's ``watch()`` context runs a task
+that waits on :attr:`SharedWatch.leader` and, holding it, pumps the stream. When the pumping subscriber
+leaves, the next one takes over from the recorded revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import grpc
+from aetcd import rpc
+from aetcd.utils import prefix_range_end
+
+from dyndisc._errors import BackendUnavailableError
+from dyndisc.backends._etcd_connection import EtcdConnection, Stubs, Transient, grpc_await
+from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
+
+log = logging.getLogger("dyndisc.etcd")
+
+#: Events a subscriber may queue before it is switched to a fresh snapshot instead.
+MAX_PENDING_EVENTS = 10_000
+RETRY_MIN, RETRY_MAX = 0.1, 5.0
+
+_PUT = 0  # mvccpb.Event.EventType
+
+
+class _Relist(Exception):
+    """Internal: the history needed to resume is gone; list the prefix again."""
+
+
+class Subscriber:
+    """One consumer of a shared watch: a snapshot first, then puts and deletes, resynced if it lags."""
+
+    def __init__(self, shared: SharedWatch) -> None:
+        self.shared = shared
+        self.pending: deque[StoreEvent] = deque()
+        self.needs_snapshot = True
+        self.wake = anyio.Event()
+
+    def push(self, event: StorePut | StoreDelete) -> None:
+        if not self.needs_snapshot:
+            if len(self.pending) >= MAX_PENDING_EVENTS:
+                self.resync()
+                return
+            self.pending.append(event)
+            self.wake.set()
+
+    def resync(self) -> None:
+        self.pending.clear()
+        self.needs_snapshot = True
+        self.wake.set()
+
+    async def events(self) -> AsyncIterator[StoreEvent]:
+        while True:
+            if self.needs_snapshot and self.shared.listed:
+                # The shared contents are exactly what every later push builds on.
+                self.needs_snapshot = False
+                self.pending.clear()
+                yield StoreSnapshot(items=dict(self.shared.items))
+            elif self.pending and not self.needs_snapshot:
+                yield self.pending.popleft()
+            else:
+                await self.wake.wait()
+                self.wake = anyio.Event()
+
+
+class SharedWatch:
+    """The one etcd watch of ``prefix`` in a store, and the prefix contents it maintains."""
+
+    def __init__(self, connection: EtcdConnection, prefix: str) -> None:
+        self.connection = connection
+        self.prefix = prefix
+        self.items: dict[str, bytes] = {}
+        self.revision = 0
+        self.cluster_id: int | None = None
+        self.listed = False
+        self.needs_list = True
+        self.subscribers: set[Subscriber] = set()
+        self.leader = anyio.Lock()
+        self.established = anyio.Event()
+        #: Set once the watch is established or etcd refused it (bad credentials, permissions, TLS).
+        self.settled = anyio.Event()
+        self.refusal: Exception | None = None
+        self._created = False
+        self.last_error: str | None = None
+        #: How many times the prefix was listed again after the first time (compaction, history reset).
+        self.relists = 0
+        #: How many times the stream was re-opened from the recorded revision.
+        self.resumes = 0
+
+    # -- fan-out ---------------------------------------------------------------------------------------
+    def _broadcast(self, event: StorePut | StoreDelete) -> None:
+        for subscriber in self.subscribers:
+            subscriber.push(event)
+
+    def _resync_all(self) -> None:
+        for subscriber in self.subscribers:
+            subscriber.resync()
+
+    # -- pump ------------------------------------------------------------------------------------------
+    async def lead(self) -> None:
+        """Run in every subscriber's context: whoever holds :attr:`leader` keeps the watch going."""
+        async with self.leader:
+            await self._pump()
+
+    async def _pump(self) -> None:
+        delay = RETRY_MIN
+        while True:
+            try:
+                if self.needs_list:
+                    await self._list()
+                await self._stream()
+            except _Relist as exc:
+                log.warning("etcd watch of %r: %s; listing the prefix again", self.prefix, exc)
+                self.needs_list = True
+                continue
+            except Transient as exc:
+                self.last_error = str(exc)
+            except BackendUnavailableError as exc:
+                self._refused(exc)
+            except grpc.aio.AioRpcError as exc:
+                failure = self.connection.translate(exc, f"watching {self.prefix!r}")
+                if isinstance(failure, Transient):
+                    self.last_error = str(failure)
+                else:
+                    self.connection.invalidate_token()  # an auth failure is the usual cause
+                    self._refused(failure)
+            else:
+                continue
+            if self._created:  # the stream had been working: start the backoff over
+                self._created, delay = False, RETRY_MIN
+            self.resumes += 1
+            log.warning(
+                "etcd watch of %r broke (%s); resuming from revision %d in %.2fs",
+                self.prefix,
+                self.last_error,
+                self.revision + 1,
+                delay,
+            )
+            await anyio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    def _refused(self, error: Exception) -> None:
+        """etcd refused us (or stayed away past the call deadline): tell waiting subscribers, keep trying."""
+        self.last_error = str(error)
+        if not self.established.is_set():
+            self.refusal = error
+            self.settled.set()
+        log.error("etcd watch of %r failed: %s; retrying", self.prefix, error)
+
+    async def _list(self) -> None:
+        key = self.prefix.encode()
+
+        async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
+            request = rpc.RangeRequest(key=key, range_end=prefix_range_end(key))
+            return await stubs.kv.Range(request, timeout=timeout, metadata=metadata)
+
+        reply = await self.connection.call(f"listing {self.prefix!r}", attempt)
+        self.items = {kv.key.decode(errors="replace"): bytes(kv.value) for kv in reply.kvs}
+        self.revision = int(reply.header.revision)
+        self.cluster_id = int(reply.header.cluster_id)
+        relisted, self.listed, self.needs_list = self.listed, True, False
+        if relisted:
+            self.relists += 1
+        self._resync_all()
+
+    async def _stream(self) -> None:
+        stubs, metadata = await self.connection.stubs()
+        call = stubs.watch.Watch(metadata=metadata)
+        try:
+            create = rpc.WatchCreateRequest(
+                key=self.prefix.encode(),
+                range_end=prefix_range_end(self.prefix.encode()),
+                start_revision=self.revision + 1,
+                progress_notify=True,
+            )
+            with anyio.fail_after(self.connection.request_timeout):
+                await grpc_await(call.write(rpc.WatchRequest(create_request=create)))
+            while True:
+                reply = await grpc_await(call.read())
+                if reply is grpc.aio.EOF:
+                    raise Transient("etcd closed the watch stream")
+                self._handle(reply, stubs)
+        except TimeoutError:
+            await self.connection.mark_failed(stubs.generation)
+            raise Transient("etcd did not accept the watch request in time") from None
+        except (Transient, grpc.aio.AioRpcError):
+            await self.connection.mark_failed(stubs.generation)
+            raise
+        except asyncio.CancelledError:
+            if not self.connection.closed_under(stubs.generation):
+                raise
+            raise Transient("the channel was closed by a failover") from None
+        finally:
+            call.cancel()
+
+    def _handle(self, reply: Any, stubs: Stubs) -> None:
+        if reply.compact_revision:
+            raise _Relist(
+                f"etcd compacted its history past revision {self.revision + 1} (compacted at "
+                f"{reply.compact_revision}) while the watch was away"
+            )
+        if reply.canceled:
+            raise Transient(f"etcd cancelled the watch: {reply.cancel_reason or 'no reason given'}")
+        if reply.created:
+            header = reply.header
+            if self.cluster_id not in (None, int(header.cluster_id)) or int(header.revision) < self.revision:
+                # A different cluster, or one restored from an older backup: our revision means nothing there.
+                raise _Relist(
+                    f"the cluster's history changed (cluster {header.cluster_id:x} at revision "
+                    f"{header.revision}, we were at {self.revision})"
+                )
+            self.connection.mark_ok()
+            self._created = True
+            self.last_error = self.refusal = None
+            self.established.set()
+            self.settled.set()
+            return
+        if not reply.events:
+            # A progress notification: every event up to the header's revision has been delivered.
+            self.revision = max(self.revision, int(reply.header.revision))
+            return
+        for event in reply.events:
+            kv = event.kv
+            key = kv.key.decode(errors="replace")
+            if event.type == _PUT:
+                value = bytes(kv.value)
+                self.items[key] = value
+                self._broadcast(StorePut(key=key, value=value))
+            elif self.items.pop(key, None) is not None:
+                self._broadcast(StoreDelete(key=key))
+            self.revision = max(self.revision, int(kv.mod_revision))
