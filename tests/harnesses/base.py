@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import abc
 
-from dyndisc import DiscoveryBackend, Lease
+from dyndisc import DiscoveryBackend, KvDiscovery, Lease
+from dyndisc.backends.kv import KeyValueStore
+from dyndisc.testing.servers import TcpProxy
 
 
 class Harness(abc.ABC):
@@ -44,3 +46,39 @@ class Harness(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - most harnesses hold nothing
         """Release everything."""
+
+
+class ProxiedStoreHarness(Harness):
+    """A key-value backend whose stores under test dial the server through a TCP proxy.
+
+    :meth:`break_watches` therefore really resets their connections (watches must resume or resync);
+    raw writes and lease kills go straight to the server from another client, ``direct``.
+    """
+
+    def __init__(self, proxy: TcpProxy, direct: KeyValueStore) -> None:
+        self.proxy = proxy
+        self.direct = direct
+        self.stores: list[KeyValueStore] = [direct]
+
+    @abc.abstractmethod
+    def store_via_proxy(self) -> KeyValueStore:
+        """A new store connected through :attr:`proxy`."""
+
+    def new_backend(self) -> DiscoveryBackend:
+        store = self.store_via_proxy()
+        self.stores.append(store)
+        return KvDiscovery(store, root=self.root)
+
+    async def write_raw(self, key: str, value: bytes) -> None:
+        await self.direct.put(key, value, 0)
+
+    async def break_watches(self) -> None:
+        self.proxy.cut()
+        self.proxy.restore()
+
+    async def kill_lease(self, lease: Lease) -> None:
+        await self.direct.revoke(lease.id)
+
+    async def close(self) -> None:
+        for store in self.stores:
+            await store.aclose()

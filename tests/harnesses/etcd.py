@@ -11,11 +11,10 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from dyndisc import DiscoveryBackend, KvDiscovery, Lease
 from dyndisc.backends.etcd import EtcdSettings, EtcdStore
 from dyndisc.testing.servers import EtcdServer, TcpProxy
 
-from .base import Harness
+from .base import Harness, ProxiedStoreHarness
 
 NAME = "etcd"
 
@@ -31,36 +30,18 @@ def settings_for(url: str, **overrides: object) -> EtcdSettings:
     return EtcdSettings.load(**values)
 
 
-class EtcdHarness(Harness):
+class EtcdHarness(ProxiedStoreHarness):
     name = NAME
     lease_ttl = 2.0
     # etcd checks lease expiry every 500 ms and then revokes through raft; watch delivery adds a little.
     expiry_bound = 1.5
 
     def __init__(self, server: EtcdServer, proxy: TcpProxy) -> None:
+        super().__init__(proxy, EtcdStore(settings_for(server.client_url)))
         self.server = server
-        self.proxy = proxy
-        self.direct = EtcdStore(settings_for(server.client_url))
-        self.stores: list[EtcdStore] = [self.direct]
 
-    def new_backend(self) -> DiscoveryBackend:
-        store = EtcdStore(settings_for(self.proxy.url))
-        self.stores.append(store)
-        return KvDiscovery(store, root=self.root)
-
-    async def write_raw(self, key: str, value: bytes) -> None:
-        await self.direct.put(key, value, 0)
-
-    async def break_watches(self) -> None:
-        self.proxy.cut()
-        self.proxy.restore()
-
-    async def kill_lease(self, lease: Lease) -> None:
-        await self.direct.revoke(lease.id)
-
-    async def close(self) -> None:
-        for store in self.stores:
-            await store.aclose()
+    def store_via_proxy(self) -> EtcdStore:
+        return EtcdStore(settings_for(self.proxy.url))
 
 
 @asynccontextmanager

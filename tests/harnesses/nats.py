@@ -7,17 +7,15 @@ straight to the server from another client.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 
-from dyndisc import DiscoveryBackend, KvDiscovery, Lease
 from dyndisc.backends.nats import NatsSettings, NatsStore
 from dyndisc.testing.servers import NatsServer, TcpProxy
 
-from .base import Harness
+from .base import Harness, ProxiedStoreHarness
 
 NAME = "nats"
 
@@ -29,12 +27,7 @@ def settings_for(url: str, **overrides: object) -> NatsSettings:
     return NatsSettings.from_env(**values)
 
 
-def fresh_bucket() -> str:
-    """A bucket name no other test uses."""
-    return f"t{uuid.uuid4().hex[:12]}"
-
-
-class NatsHarness(Harness):
+class NatsHarness(ProxiedStoreHarness):
     name = NAME
     lease_ttl = 2.0
     # Per-key TTLs are whole seconds and the server writes the expiry marker on time (measured: < 10 ms
@@ -42,29 +35,11 @@ class NatsHarness(Harness):
     expiry_bound = 1.5
 
     def __init__(self, server: NatsServer, proxy: TcpProxy) -> None:
+        super().__init__(proxy, NatsStore(settings_for(server.url)))
         self.server = server
-        self.proxy = proxy
-        self.direct = NatsStore(settings_for(server.url))
-        self.stores: list[NatsStore] = [self.direct]
 
-    def new_backend(self) -> DiscoveryBackend:
-        store = NatsStore(settings_for(self.proxy.url_for("nats")))
-        self.stores.append(store)
-        return KvDiscovery(store, root=self.root)
-
-    async def write_raw(self, key: str, value: bytes) -> None:
-        await self.direct.put(key, value, 0)
-
-    async def break_watches(self) -> None:
-        self.proxy.cut()
-        self.proxy.restore()
-
-    async def kill_lease(self, lease: Lease) -> None:
-        await self.direct.revoke(lease.id)
-
-    async def close(self) -> None:
-        for store in self.stores:
-            await store.aclose()
+    def store_via_proxy(self) -> NatsStore:
+        return NatsStore(settings_for(self.proxy.url_for("nats")))
 
 
 @asynccontextmanager
