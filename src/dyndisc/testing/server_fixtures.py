@@ -22,6 +22,7 @@ from dyndisc.testing.servers import (
     ServerUnavailable,
     TcpProxy,
 )
+from dyndisc.testing.servers.external import ExternalEtcd, ExternalNats
 
 __all__ = [
     "TcpProxyFactory",
@@ -90,7 +91,14 @@ def _started(name: str, factory: Callable[[], _S]) -> _S:
 
 @pytest.fixture(scope="session")
 def etcd_server() -> Iterator[EtcdServer]:
-    """A session-wide single-member etcd on 127.0.0.1 (no TLS, no auth). Don't kill it: make your own."""
+    """A session-wide single-member etcd on 127.0.0.1 (no TLS, no auth). Don't kill it: make your own.
+
+    ``DYNDISC_TEST_ETCD_URL`` points the tests at an etcd you run instead.
+    """
+    external = os.environ.get("DYNDISC_TEST_ETCD_URL")
+    if external:
+        yield _started("etcd", lambda: ExternalEtcd(external))  # type: ignore[misc]
+        return
     server = _started("etcd", lambda: _launch(EtcdServer))
     try:
         yield server
@@ -100,7 +108,14 @@ def etcd_server() -> Iterator[EtcdServer]:
 
 @pytest.fixture(scope="session")
 def nats_server() -> Iterator[NatsServer]:
-    """A session-wide nats-server with JetStream on 127.0.0.1 (no auth)."""
+    """A session-wide nats-server with JetStream on 127.0.0.1 (no auth).
+
+    ``DYNDISC_TEST_NATS_URL`` points the tests at a nats-server (>= 2.11, JetStream on) you run instead.
+    """
+    external = os.environ.get("DYNDISC_TEST_NATS_URL")
+    if external:
+        yield _started("nats-server", lambda: ExternalNats(external))  # type: ignore[misc]
+        return
     server = _started("nats-server", lambda: _launch(NatsServer))
     try:
         yield server
