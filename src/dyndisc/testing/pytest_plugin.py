@@ -32,6 +32,7 @@ from dyndisc.testing.server_fixtures import (
     etcd_server,
     kube_apiserver,
     nats_server,
+    private_servers,
     server_log_sections,
     tcp_proxy,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "kube_apiserver",
     "make_runtime",
     "nats_server",
+    "private_servers",
     "tcp_proxy",
 ]
 

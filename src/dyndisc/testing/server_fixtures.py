@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import pytest
 
@@ -25,11 +25,13 @@ from dyndisc.testing.servers import (
 from dyndisc.testing.servers.external import ExternalEtcd, ExternalNats
 
 __all__ = [
+    "PrivateServers",
     "TcpProxyFactory",
     "etcd_server",
     "in_ci",
     "kube_apiserver",
     "nats_server",
+    "private_servers",
     "server_log_sections",
     "server_unavailable",
     "tcp_proxy",
@@ -156,3 +158,39 @@ def tcp_proxy() -> Iterator[TcpProxyFactory]:
     finally:
         for proxy in proxies:
             proxy.stop()
+
+
+class PrivateServers:
+    """Factory of servers owned by one test (to kill, restart, or start with TLS/auth), closed at teardown.
+
+    ``private_servers(EtcdServer, tls=True)`` starts one; ``start=False`` returns it unstarted. A server that
+    cannot start fails the test in CI and skips it elsewhere, like the session fixtures.
+    """
+
+    def __init__(self) -> None:
+        self.servers: list[ServerBase] = []
+
+    def __call__(self, kind: Callable[..., _B], *, start: bool = True, **kwargs: Any) -> _B:
+        try:
+            server = kind(**kwargs)
+            self.servers.append(server)
+            if start:
+                server.start()
+        except ServerUnavailable as exc:
+            server_unavailable(f"{getattr(kind, '__name__', kind)}: {exc}")
+        return server
+
+    def close(self) -> None:
+        """Stop and remove every server made."""
+        for server in self.servers:
+            server.close()
+
+
+@pytest.fixture
+def private_servers() -> Iterator[PrivateServers]:
+    """A :class:`PrivateServers` factory for this test."""
+    servers = PrivateServers()
+    try:
+        yield servers
+    finally:
+        servers.close()

@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import functools
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from etcd_helpers import MakeServer, MakeStore
 
 from dyndisc.backends.etcd import EtcdSettings, EtcdStore
-from dyndisc.testing.server_fixtures import server_unavailable
-from dyndisc.testing.servers import EtcdServer, ServerUnavailable
+from dyndisc.testing.server_fixtures import PrivateServers
+from dyndisc.testing.servers import EtcdServer
 
 
 @pytest.fixture
-def private_etcd() -> Iterator[MakeServer]:
+def private_etcd(private_servers: PrivateServers) -> MakeServer:
     """Factory of etcd servers of this test's own (to restart, kill, or configure with TLS/auth)."""
-    servers: list[EtcdServer] = []
-
-    def make(*, start: bool = True, **kwargs: Any) -> EtcdServer:
-        try:
-            server = EtcdServer(**kwargs)
-            servers.append(server)
-            if start:
-                server.start()
-        except ServerUnavailable as exc:
-            server_unavailable(f"etcd: {exc}")
-        return server
-
-    try:
-        yield make
-    finally:
-        for server in servers:
-            server.close()
+    return functools.partial(private_servers, EtcdServer)
 
 
 @pytest.fixture

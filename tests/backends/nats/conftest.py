@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import functools
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from nats_helpers import MakeServer, MakeStore
 
 from dyndisc.backends.nats import NatsSettings, NatsStore
-from dyndisc.testing.server_fixtures import server_unavailable
-from dyndisc.testing.servers import NatsServer, ServerUnavailable
+from dyndisc.testing.server_fixtures import PrivateServers
+from dyndisc.testing.servers import NatsServer
 
 
 @pytest.fixture
-def private_nats() -> Iterator[MakeServer]:
+def private_nats(private_servers: PrivateServers) -> MakeServer:
     """Factory of nats-servers of this test's own (to restart or kill, or with user/password)."""
-    servers: list[NatsServer] = []
-
-    def make(*, start: bool = True, **kwargs: Any) -> NatsServer:
-        try:
-            server = NatsServer(**kwargs)
-            servers.append(server)
-            if start:
-                server.start()
-        except ServerUnavailable as exc:
-            server_unavailable(f"nats-server: {exc}")
-        return server
-
-    try:
-        yield make
-    finally:
-        for server in servers:
-            server.close()
+    return functools.partial(private_servers, NatsServer)
 
 
 @pytest.fixture
