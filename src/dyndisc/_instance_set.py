@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import anyio
 from anyio.abc import TaskStatus
 
+from dyndisc._metrics import metrics
 from dyndisc._models import Added, DiscoveryEvent, EndpointId, Instance, InstanceQuery, Removed, Resync
 from dyndisc.backends.base import DiscoveryBackend
 
@@ -27,13 +28,19 @@ class Subscription:
     def __init__(self, source: InstanceSet) -> None:
         self._source = source
         self._pending: deque[DiscoveryEvent] = deque([source.resync_event()])
+        # When metrics are on, when each pending event reached the runtime (for the watch lag).
+        self._stamps: deque[float] | None = deque([time.monotonic()]) if source.metrics.enabled else None
         self._wake = anyio.Event()
 
     def _push(self, event: DiscoveryEvent) -> None:
         if len(self._pending) >= MAX_SUBSCRIBER_BACKLOG or isinstance(event, Resync):
             self._pending.clear()
             event = self._source.resync_event()
+            if self._stamps is not None:
+                self._stamps.clear()
         self._pending.append(event)
+        if self._stamps is not None:
+            self._stamps.append(time.monotonic())
         self._wake.set()
 
     async def next(self) -> DiscoveryEvent:
@@ -41,6 +48,9 @@ class Subscription:
         while not self._pending:
             await self._wake.wait()
             self._wake = anyio.Event()
+        if self._stamps is not None:
+            lag = time.monotonic() - self._stamps.popleft()
+            self._source.metrics.watch_lag(self._source.backend.name, lag)
         return self._pending.popleft()
 
 
@@ -58,6 +68,7 @@ class InstanceSet:
         #: Bumped on every change, so readers can cache what they derive from the set.
         self.version = 0
         self.resyncs = 0
+        self.metrics = metrics()
 
     # -- reading ---------------------------------------------------------------------------------------
     def instances(self) -> list[Instance]:
@@ -125,6 +136,11 @@ class InstanceSet:
         self._changed.set()
         self._changed = anyio.Event()
 
+    def _record(self, event: DiscoveryEvent) -> None:
+        self.metrics.watch_event(self.backend.name, event.type)
+        if isinstance(event, Resync) and self.resyncs > 0:
+            self.metrics.resync(self.backend.name)
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Keep the set current until cancelled. Reports started after the first ``Resync``.
 
@@ -137,6 +153,8 @@ class InstanceSet:
             try:
                 async with self.backend.watch(self.query) as events:
                     async for event in events:
+                        if self.metrics.enabled:
+                            self._record(event)
                         self._apply(event)
                         if self._stale_since is not None and isinstance(event, Resync):
                             log.info("watch of %s re-established", self.query)

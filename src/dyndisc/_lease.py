@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import anyio
 
 from dyndisc._errors import LeaseNotFoundError
+from dyndisc._metrics import metrics
 from dyndisc.backends.base import DiscoveryBackend, Lease
 
 log = logging.getLogger("dyndisc.lease")
@@ -39,6 +40,7 @@ async def keep_lease_alive(
     The next renewal is due at half the time left (as the reference runtime does), so a failed renewal
     leaves time for retries, with backoff, before the deadline.
     """
+    recorder = metrics()
     deadline = clock() + lease.ttl
     delay = RETRY_MIN
     next_renewal = clock() + lease.ttl / 2
@@ -56,6 +58,7 @@ async def keep_lease_alive(
         except LeaseNotFoundError as exc:
             raise LeaseExpired(str(exc)) from exc
         except Exception as exc:
+            recorder.keep_alive_failed(backend.name)
             left = deadline - clock()
             delay = min(delay * 2, RETRY_MAX, max(left / 2, RETRY_MIN))
             log.warning(
@@ -71,6 +74,8 @@ async def keep_lease_alive(
         if ttl <= 0:
             raise LeaseExpired(f"lease {lease.id:x} expired or was revoked (the server answered TTL {ttl})")
         deadline = started + ttl
+        if recorder.enabled:
+            recorder.keep_alive_succeeded(backend.name, clock() - started)
         delay = RETRY_MIN
         next_renewal = clock() + (deadline - clock()) / 2
         log.debug("lease %x renewed: %.2fs left", lease.id, deadline - clock())

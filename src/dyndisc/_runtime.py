@@ -16,6 +16,7 @@ from dyndisc._concurrency import SharedExclusiveLock, background_tasks
 from dyndisc._errors import LeaseLostError, RuntimeNotStartedError
 from dyndisc._instance_set import InstanceSet
 from dyndisc._lease import LeaseChange, LeaseExpired, keep_lease_alive, retry_forever
+from dyndisc._metrics import metrics
 from dyndisc._models import (
     DiscoveryEvent,
     EndpointId,
@@ -86,6 +87,9 @@ class DistributedRuntime:
         self._sets: dict[InstanceQuery, InstanceSet] = {}
         self._keepalive_scope: anyio.CancelScope | None = None
         self._abandoned = False
+        self._metrics = metrics()
+        #: Registrations reported to the metrics (so leaving the runtime subtracts exactly those).
+        self._counted = 0
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> DistributedRuntime:
@@ -130,6 +134,7 @@ class DistributedRuntime:
     async def _release_lease(self) -> None:
         assert self._backend is not None
         lease, self._lease = self._lease, None
+        self._count_registrations(live=False)
         if lease is None or self._abandoned:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -154,6 +159,7 @@ class DistributedRuntime:
                 return  # cancelled by _abandon()
             except LeaseExpired as exc:
                 log.error("lost lease %x: %s", lease.id, exc)
+                self._metrics.lease_lost(self.backend.name)
                 if self.lease_loss_policy is LeaseLossPolicy.SHUTDOWN:
                     raise LeaseLostError(f"runtime shut down: {exc} (lease_loss_policy=shutdown)") from exc
                 await self._replace_lease(lease, str(exc))
@@ -201,6 +207,13 @@ class DistributedRuntime:
         self._abandoned = True
         if self._keepalive_scope is not None:
             self._keepalive_scope.cancel()
+
+    def _count_registrations(self, *, live: bool = True) -> None:
+        if self._metrics.enabled and self._backend is not None:
+            now = len(self._registered) if live else 0
+            if now != self._counted:
+                self._metrics.registered(self._backend.name, now - self._counted)
+                self._counted = now
 
     # -- state -----------------------------------------------------------------------------------------
     @property
@@ -266,6 +279,7 @@ class DistributedRuntime:
             instance.to_json()  # size and JSON checks before anything is written
             stored = await self.backend.register(instance, self.lease)
             self._registered[endpoint] = stored
+            self._count_registrations()
             return stored
 
     async def unregister(self, endpoint: EndpointId) -> None:
@@ -273,7 +287,10 @@ class DistributedRuntime:
         async with self._lease_lock.shared():
             instance = self._registered.pop(endpoint, None)
             if instance is not None:
-                await self.backend.unregister(instance)
+                try:
+                    await self.backend.unregister(instance)
+                finally:
+                    self._count_registrations()
 
     async def instance_set(self, query: InstanceQuery) -> InstanceSet:
         """The shared live set for ``query``, watched once per runtime; established before it returns."""
