@@ -248,6 +248,11 @@ class Instance(_Named):
         }
         if self.transport is not None:
             body["transport"] = self.transport.to_wire()
+        return self.encode_record(body)
+
+    def encode_record(self, body: dict[str, Any]) -> bytes:
+        """``body`` (this instance's identity in some record shape) plus ``metadata`` and a ``readiness``
+        other than ready, when set, as compact JSON; raises ``ValueError`` if that cannot be written."""
         if self.metadata:
             body["metadata"] = self.metadata
         if self.readiness is not Readiness.READY:
@@ -259,8 +264,7 @@ class Instance(_Named):
         if len(data) > MAX_RECORD_BYTES:
             raise RecordTooLargeError(
                 f"the record of {self.endpoint_id} is {len(data)} bytes; the limit is {MAX_RECORD_BYTES} "
-                "bytes "
-                "(keep metadata small: it is sent to every watcher on every change)"
+                "bytes (keep metadata small: it is sent to every watcher on every change)"
             )
         return data
 

@@ -15,14 +15,13 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
-from dyndisc._errors import RegistrationConflictError
+from dyndisc._errors import ConfigurationError, RegistrationConflictError
 from dyndisc._models import Added, DiscoveryEvent, Instance, InstanceQuery, Removed, Resync
+from dyndisc.backends._layouts import DEFAULT_ROOT as DEFAULT_ROOT  # re-exported: the default key root
+from dyndisc.backends._layouts import KeyLayout, make_layout
 from dyndisc.backends.base import DiscoveryBackend, Lease
 
 log = logging.getLogger("dyndisc.kv")
-
-#: Default key root: instances live at ``/services/{namespace}/{component}/{endpoint}/{instance_id:x}``.
-DEFAULT_ROOT = "/services"
 
 
 @dataclass(frozen=True)
@@ -120,48 +119,47 @@ class KeyValueStore(abc.ABC):
 class KvDiscovery(DiscoveryBackend):
     """Discovery over any :class:`KeyValueStore`.
 
-    Keys are ``{root}/{namespace}/{component}/{endpoint}/{instance_id:x}`` and values are the compact JSON
-    record of the :class:`~dyndisc.Instance`. The instance id of a process is its lease id.
+    By default keys are ``{root}/{namespace}/{component}/{endpoint}/{instance_id:x}`` and values are the
+    compact JSON record of the :class:`~dyndisc.Instance`; ``layout="dynamo-v1"`` (or
+    ``DYN_KV_LAYOUT=dynamo-v1``) reads and writes the reference runtime's keys and records instead (see
+    :mod:`dyndisc.backends._layouts`). The instance id of a process is its lease id.
     """
 
-    def __init__(self, store: KeyValueStore, *, root: str = DEFAULT_ROOT, owns_store: bool = True) -> None:
-        if not root.startswith("/") or root.endswith("/"):
-            raise ValueError(f"key root {root!r} must start with '/' and not end with '/'")
+    def __init__(
+        self,
+        store: KeyValueStore,
+        *,
+        root: str | None = None,
+        owns_store: bool = True,
+        layout: str | KeyLayout | None = None,
+    ) -> None:
+        self.layout = make_layout(layout, root=root)
+        if self.layout.name == "dynamo-v1" and store.name == "file":
+            raise ConfigurationError(
+                "the dynamo-v1 key layout needs a store the reference runtime shares (etcd, nats or memory); "
+                "the file backend keeps its own layout: unset DYN_KV_LAYOUT or pick another backend"
+            )
         self.store = store
-        self.root = root
+        self.root = self.layout.root
         self.name = store.name
         self._owns_store = owns_store
 
     # -- keys -------------------------------------------------------------------------------------------
     def key_for(self, instance: Instance) -> str:
         """The key an instance is stored under."""
-        return f"{self.root}/{instance.endpoint_id.path}/{instance.instance_id:x}"
+        return self.layout.key_for(instance)
 
     def prefix_for(self, query: InstanceQuery) -> str:
         """The key prefix covering ``query``; it ends with ``/`` so ``ns`` never matches ``ns2``."""
-        return "/".join((self.root, *query.parts)) + "/"
+        return self.layout.prefix_for(query)
+
+    def encode(self, instance: Instance) -> bytes:
+        """The record stored for ``instance`` under this layout."""
+        return self.layout.encode(instance)
 
     def parse(self, key: str, value: bytes) -> Instance | None:
         """Read one stored record, or warn and return ``None`` if it is not one of ours."""
-        rest = key[len(self.root) + 1 :] if key.startswith(self.root + "/") else None
-        parts = rest.split("/") if rest is not None else []
-        if len(parts) != 4:
-            log.warning(
-                "skipping key %r: expected %s/<namespace>/<component>/<endpoint>/<id>", key, self.root
-            )
-            return None
-        try:
-            key_id = int(parts[3], 16)
-            instance = Instance.from_json(value)
-        except ValueError as exc:
-            log.warning("skipping malformed record at %r: %s", key, exc)
-            return None
-        if (instance.namespace, instance.component, instance.endpoint) != tuple(parts[:3]) or (
-            instance.instance_id != key_id
-        ):
-            log.warning("skipping record at %r: its content names another key (%s)", key, instance)
-            return None
-        return instance
+        return self.layout.parse(key, value)
 
     # -- DiscoveryBackend ----------------------------------------------------------------------------------
     async def grant_lease(self, ttl: float) -> Lease:
@@ -175,7 +173,7 @@ class KvDiscovery(DiscoveryBackend):
 
     async def register(self, instance: Instance, lease: Lease) -> Instance:
         key = self.key_for(instance)
-        value = instance.to_json()
+        value = self.encode(instance)
         existing = await self.store.create(key, value, lease.id)
         if existing is None:
             return instance

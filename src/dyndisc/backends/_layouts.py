@@ -1,0 +1,182 @@
+"""Key layouts of the key-value backends: where an instance is stored and in what shape.
+
+``dyndisc`` (the default) stores ``{root}/{namespace}/{component}/{endpoint}/{instance_id:x}`` with the
+compact record of :meth:`~dyndisc.Instance.to_json`, under ``/services``.
+
+``dynamo-v1`` reads and writes what the reference runtime (NVIDIA Dynamo) writes, so dyndisc frontends see
+Dynamo workers and Dynamo frontends see dyndisc workers: the key is
+``v1/instances/{namespace}/{component}/{endpoint}/{instance_id:x}`` (no leading slash) and the value is
+Dynamo's internally tagged ``DiscoveryInstance::Endpoint`` record::
+
+    {"type":"Endpoint","component":"backend","endpoint":"generate","namespace":"dynamo",
+     "instance_id":7587890213466789413,"transport":{"tcp":"10.0.0.5:41555/694d98147d54be25/generate"}}
+
+Select it with ``KvDiscovery(store, layout="dynamo-v1")`` or ``DYN_KV_LAYOUT=dynamo-v1``.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import os
+from typing import Any
+
+from pydantic import ValidationError
+
+from dyndisc._errors import ConfigurationError
+from dyndisc._models import Instance, InstanceQuery
+
+log = logging.getLogger("dyndisc.kv")
+
+#: Default key root of the ``dyndisc`` layout.
+DEFAULT_ROOT = "/services"
+#: Layout names accepted by ``DYN_KV_LAYOUT`` and ``KvDiscovery(layout=...)``.
+LAYOUT_NAMES = ("dyndisc", "dynamo-v1")
+#: Key prefix of endpoint instances in the reference runtime (its ``v1/instances`` bucket).
+DYNAMO_V1_ROOT = "v1/instances"
+#: Fields of Dynamo's endpoint record that dyndisc models itself; any other field (``device_type``,
+#: ``request_plane_codec`` ...) is kept in the instance's metadata so a router can read it.
+_DYNAMO_CORE_FIELDS = frozenset(
+    {"type", "namespace", "component", "endpoint", "instance_id", "transport", "metadata", "readiness"}
+)
+
+
+class KeyLayout(abc.ABC):
+    """Where instances live in a key-value store, and how their records are encoded."""
+
+    #: Name used by ``DYN_KV_LAYOUT``.
+    name: str
+    #: The key prefix of every instance, without the trailing ``/``.
+    root: str
+
+    def key_for(self, instance: Instance) -> str:
+        """The key an instance is stored under."""
+        return f"{self.root}/{instance.endpoint_id.path}/{instance.instance_id:x}"
+
+    def prefix_for(self, query: InstanceQuery) -> str:
+        """The key prefix covering ``query``; it ends with ``/`` so ``ns`` never matches ``ns2``."""
+        return "/".join((self.root, *query.parts)) + "/"
+
+    @abc.abstractmethod
+    def encode(self, instance: Instance) -> bytes:
+        """The stored record of ``instance``; raises ``ValueError`` if it cannot be written."""
+
+    @abc.abstractmethod
+    def decode(self, value: bytes) -> Instance:
+        """Read a stored record; raises ``ValueError`` if it is not one."""
+
+    def parse(self, key: str, value: bytes) -> Instance | None:
+        """Read one stored record, or warn and return ``None`` if it is not one of ours."""
+        rest = key[len(self.root) + 1 :] if key.startswith(self.root + "/") else None
+        parts = rest.split("/") if rest is not None else []
+        if len(parts) != 4:
+            log.warning(
+                "skipping key %r: expected %s/<namespace>/<component>/<endpoint>/<id>", key, self.root
+            )
+            return None
+        try:
+            key_id = int(parts[3], 16)
+            instance = self.decode(value)
+        except ValueError as exc:
+            log.warning("skipping malformed record at %r: %s", key, exc)
+            return None
+        if (instance.namespace, instance.component, instance.endpoint) != tuple(parts[:3]) or (
+            instance.instance_id != key_id
+        ):
+            log.warning("skipping record at %r: its content names another key (%s)", key, instance)
+            return None
+        return instance
+
+
+class DyndiscLayout(KeyLayout):
+    """``{root}/{namespace}/{component}/{endpoint}/{instance_id:x}`` holding :meth:`Instance.to_json`."""
+
+    name = "dyndisc"
+
+    def __init__(self, root: str = DEFAULT_ROOT) -> None:
+        if not root.startswith("/") or root.endswith("/"):
+            raise ValueError(f"key root {root!r} must start with '/' and not end with '/'")
+        self.root = root
+
+    def encode(self, instance: Instance) -> bytes:
+        return instance.to_json()
+
+    def decode(self, value: bytes) -> Instance:
+        return Instance.from_json(value)
+
+
+class DynamoV1Layout(KeyLayout):
+    """The reference runtime's ``v1/instances/...`` keys and tagged ``"type":"Endpoint"`` records.
+
+    Written fields, in the reference's order: ``type``, ``component``, ``endpoint``, ``namespace``,
+    ``instance_id``, ``transport`` (externally tagged, e.g. ``{"tcp": "host:port/<id hex>/<endpoint>"}``;
+    a Dynamo frontend routes TCP requests to exactly that address, so give the worker's transport in that
+    form). dyndisc's own ``metadata`` and a ``readiness`` other than ``ready`` are added only when set;
+    the reference ignores unknown fields. On read, Dynamo's optional fields (``device_type``,
+    ``request_plane_codec``, ...) land in :attr:`Instance.metadata`. A record without a transport (which
+    the reference cannot route to) is written with ``"transport": null`` and skipped by Dynamo readers.
+    """
+
+    name = "dynamo-v1"
+    root = DYNAMO_V1_ROOT
+
+    def encode(self, instance: Instance) -> bytes:
+        body: dict[str, Any] = {
+            "type": "Endpoint",
+            "component": instance.component,
+            "endpoint": instance.endpoint,
+            "namespace": instance.namespace,
+            "instance_id": instance.instance_id,
+            "transport": instance.transport.to_wire() if instance.transport is not None else None,
+        }
+        return instance.encode_record(body)
+
+    def decode(self, value: bytes) -> Instance:
+        try:
+            body = json.loads(value)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ValueError(f"expected a JSON object, got {type(body).__name__}")
+        if body.get("type") != "Endpoint":
+            raise ValueError(f"expected a Dynamo record of type 'Endpoint', got type {body.get('type')!r}")
+        own = body.get("metadata")
+        metadata: dict[str, Any] = own if isinstance(own, dict) else {}
+        extras = {k: v for k, v in body.items() if k not in _DYNAMO_CORE_FIELDS}
+        fields = {k: body[k] for k in ("namespace", "component", "endpoint", "instance_id") if k in body}
+        if body.get("transport") is not None:
+            fields["transport"] = body["transport"]
+        if "readiness" in body:
+            fields["readiness"] = body["readiness"]
+        try:
+            return Instance.model_validate({**fields, "metadata": {**extras, **metadata}})
+        except ValidationError as exc:
+            raise ValueError(f"not an instance record: {exc.errors(include_url=False)}") from None
+
+
+def layout_from_env() -> str:
+    """``DYN_KV_LAYOUT`` (default ``dyndisc``)."""
+    return os.environ.get("DYN_KV_LAYOUT", "dyndisc").strip().lower() or "dyndisc"
+
+
+def make_layout(layout: str | KeyLayout | None, *, root: str | None = None) -> KeyLayout:
+    """A :class:`KeyLayout` from a name (``dyndisc``, ``dynamo-v1``), an instance, or ``DYN_KV_LAYOUT``."""
+    if isinstance(layout, KeyLayout):
+        if root is not None:
+            raise ValueError("give either a KeyLayout or a root, not both")
+        return layout
+    name = layout_from_env() if layout is None else layout.strip().lower()
+    if name == "dyndisc":
+        return DyndiscLayout(DEFAULT_ROOT if root is None else root)
+    if name in ("dynamo-v1", "dynamo"):
+        if root is not None and root != DYNAMO_V1_ROOT:
+            raise ConfigurationError(
+                f"the dynamo-v1 layout always uses the key root {DYNAMO_V1_ROOT!r} "
+                f"(the reference runtime's); drop root={root!r} or use layout='dyndisc'"
+            )
+        return DynamoV1Layout()
+    raise ConfigurationError(
+        f"unknown key layout {layout if layout is not None else name!r} (DYN_KV_LAYOUT); valid: "
+        + ", ".join(LAYOUT_NAMES)
+    )
