@@ -35,6 +35,9 @@ class NatsSettings(BaseSettings):
     kv_marker_ttl: Annotated[int, Field(ge=1, le=86_400)] = 60
     #: Seconds to wait for the server: connecting, and each JetStream request.
     timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+    #: How long a process started before nats-server keeps retrying (with backoff) to make its first
+    #: connection; 0 fails at the first unanswered try. Refused credentials always fail at once.
+    startup_connect_timeout: Annotated[float, Field(ge=0, le=3600)] = 0.0
 
     @field_validator("server")
     @classmethod

@@ -93,6 +93,9 @@ class NatsStore(KeyValueStore):
         self._stale_since: float | None = None
         self._closed = False
 
+    def __repr__(self) -> str:
+        return f"NatsStore({self.settings.display_servers}, bucket {self.bucket!r})"
+
     # -- connection ------------------------------------------------------------------------------------
     @property
     def stale_since(self) -> float | None:
@@ -142,13 +145,30 @@ class NatsStore(KeyValueStore):
         if tls is not None:
             options["tls"] = tls
 
-        nc = Client()
-        try:
-            with anyio.fail_after(settings.timeout * 4 * len(settings.servers) + 1):
-                await nc.connect(**options)
-        except Exception as exc:
-            await _close_quietly(nc)
-            raise BackendUnavailableError(connect_failure_message(where, settings, errors or [exc])) from exc
+        # A server that is not up yet is waited for (NATS_STARTUP_CONNECT_TIMEOUT), with backoff; refused
+        # credentials are final, so they fail at once.
+        deadline = time.monotonic() + settings.startup_connect_timeout
+        delay = 0.1
+        while True:
+            nc = Client()
+            try:
+                with anyio.fail_after(settings.timeout * 4 * len(settings.servers) + 1):
+                    await nc.connect(**options)
+                break
+            except Exception as exc:
+                await _close_quietly(nc)
+                message = connect_failure_message(where, settings, errors or [exc])
+                refused = message.startswith(f"{where} refused")
+                if refused or time.monotonic() + delay > deadline:
+                    if settings.startup_connect_timeout and not refused:
+                        message += (
+                            f" (waited {settings.startup_connect_timeout:g}s: NATS_STARTUP_CONNECT_TIMEOUT)"
+                        )
+                    raise BackendUnavailableError(message) from exc
+                log.info("%s is not reachable yet (%s); retrying in %.1fs", where, message, delay)
+                errors.clear()
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
         nc.options["max_reconnect_attempts"] = -1
         try:
             self._check_server_version(nc, where)
