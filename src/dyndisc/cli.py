@@ -171,5 +171,48 @@ def demo(backend: str, ttl: float) -> None:
     _run(run_demo, backend, ttl)
 
 
+@main.command()
+@backend_option
+@click.option(
+    "--ttl", default=2.0, show_default=True, type=click.FloatRange(1, 60), help="TTL of the probe lease, s."
+)
+@click.option(
+    "--timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.5, 300),
+    help="How long each check may take, seconds.",
+)
+def doctor(backend: str, ttl: float, timeout: float) -> None:
+    """Check the configured backend: connectivity, auth, lease and watch round trips, CRD and RBAC on
+    Kubernetes, clocks. Prints what is wrong and how to fix it; exits 1 if a check failed."""
+    from dyndisc._doctor import run_doctor
+
+    report = _run(lambda: run_doctor(backend, ttl=ttl, timeout=timeout))
+    click.echo(report.render())
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.group()
+def kube() -> None:
+    """Kubernetes helpers."""
+
+
+@kube.command("manifests")
+@click.option("--namespace", default=None, help="The namespace the workers run in (needed for the RBAC).")
+@click.option("--only", type=click.Choice(["crd", "rbac"]), default=None, help="Print only one of the two.")
+def kube_manifests(namespace: str | None, only: str | None) -> None:
+    """Print the DynamoWorkerMetadata CRD and the least-privilege RBAC: pipe into 'kubectl apply -f -'."""
+    from dyndisc.backends.kubernetes import manifest
+
+    if only != "crd" and namespace is None:
+        raise click.UsageError("--namespace is required for the RBAC manifests (or pass --only crd)")
+    parts = [] if only == "rbac" else [manifest("crd.yaml")]
+    if only != "crd":
+        parts.append(manifest("rbac.yaml", namespace))
+    click.echo("---\n".join(parts), nl=False)
+
+
 if __name__ == "__main__":
     main()
