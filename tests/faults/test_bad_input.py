@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import string
+from collections.abc import Callable
 
 import anyio
 import pytest
+from faultkit import PROMPT, assert_converged, key_of, unique_namespace, watching
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +29,10 @@ from dyndisc import (
     RecordTooLargeError,
     Resync,
 )
+from dyndisc.backends.etcd import EtcdSettings, EtcdStore
+from dyndisc.backends.file import FileStore
+from dyndisc.backends.kv import KeyValueStore
+from dyndisc.backends.nats import NatsSettings, NatsStore
 
 NAME_CHARS = string.ascii_letters + string.digits + "_-"
 valid_names = st.text(alphabet=NAME_CHARS, min_size=1, max_size=MAX_NAME_LENGTH)
@@ -138,3 +144,68 @@ async def _watch_survives(samples: list[tuple[str, bytes]]) -> None:
 @given(st.lists(st.tuples(garbage_keys, garbage_values), max_size=30))
 def test_a_watch_survives_any_garbage(samples: list[tuple[str, bytes]]) -> None:
     anyio.run(_watch_survives, samples)
+
+
+# -- foreign records written into real stores ---------------------------------------------------------------
+
+
+def _real_store(kind: str, request: pytest.FixtureRequest, root: str) -> Callable[[], KeyValueStore]:
+    """A factory of new stores on the session's real server (or a file root) for ``kind``."""
+    if kind == "etcd":
+        url = request.getfixturevalue("etcd_server").client_url
+        return lambda: EtcdStore(EtcdSettings.load(endpoints=url, request_timeout_seconds=5.0))
+    if kind == "nats":
+        url = request.getfixturevalue("nats_server").url
+        return lambda: NatsStore(NatsSettings.from_env(server=url, kv_bucket="dyndisc_faults", timeout=5.0))
+    return lambda: FileStore(root)
+
+
+async def _real_watch_survives(
+    make_store: Callable[[], KeyValueStore], samples: list[tuple[str, bytes]]
+) -> None:
+    """Garbage written by someone else into a real store: every watcher skips it (with a warning), goes on,
+    and converges on the one good instance; the writes themselves either succeed or fail clearly."""
+    ns = unique_namespace("bad")
+    query = InstanceQuery(namespace=ns)
+    writer, worker_store = make_store(), make_store()
+    backends = [KvDiscovery(make_store()) for _ in range(2)]
+    try:
+        worker = KvDiscovery(worker_store, owns_store=False)
+        lease = await worker.grant_lease(10)
+        good = Instance(
+            namespace=ns, component="c", endpoint="e", instance_id=lease.id, transport="tcp://h:1"
+        )
+        async with watching(backends, query) as watchers:
+            for key, value in samples:
+                try:
+                    await writer.put(f"/services/{ns}/{key}", value, 0)
+                except ValueError as exc:  # a key the store cannot hold: refused, saying why
+                    assert str(exc)
+            await worker.register(good, lease)
+            fresh = lambda: KvDiscovery(make_store())  # noqa: E731
+            await assert_converged(
+                watchers, fresh, query, bound=PROMPT, expected=lambda: {key_of(good): good}
+            )
+        for key in await writer.get_prefix(f"/services/{ns}/"):  # leave the shared server clean
+            await writer.delete(key)
+        await worker.revoke_lease(lease)
+    finally:
+        for backend in backends:
+            await backend.aclose()
+        await writer.aclose()
+        await worker_store.aclose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["etcd", "nats", "file"])
+def test_a_real_backend_watch_survives_foreign_garbage(
+    kind: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    make_store = _real_store(kind, request, str(tmp_path_factory.mktemp("bad-kv")))
+
+    @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.tuples(garbage_keys, garbage_values), min_size=1, max_size=12))
+    def check(samples: list[tuple[str, bytes]]) -> None:
+        anyio.run(_real_watch_survives, make_store, samples)
+
+    check()

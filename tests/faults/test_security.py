@@ -1,0 +1,184 @@
+"""Security checks of the fault suite: secured servers work end to end (ending in the invariant check) and
+every misconfiguration is a clear error at start. Lease TTL 2 s.
+
+etcd with TLS + client certificates and with user/password; NATS with credentials; Kubernetes with the
+restricted token (forbidden outside its namespace); the file backend's permissions and a name that tries to
+escape the root. The backends' own suites (``tests/backends/*/test_*security*.py``, ``test_kube_rbac.py``)
+go through each error message in detail.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import anyio
+import pytest
+from fault_targets import MakeTarget, Target
+from faultkit import PROMPT, assert_converged, registrations, unique_namespace, watching
+
+from dyndisc import BackendUnavailableError, DistributedRuntime, InstanceQuery, InvalidNameError, KvDiscovery
+from dyndisc.backends.file import FileStore
+from dyndisc.backends.kubernetes import KubernetesDiscovery, manifest
+from dyndisc.testing import RuntimeHost
+from dyndisc.testing.servers import EtcdServer, KubeApiServer, NatsServer
+from dyndisc.testing.servers.kube import RESTRICTED_USER
+from harnesses.kubernetes import Cluster, kubeconfig
+
+#: A misconfigured client must fail this fast, not after any startup wait.
+FAIL_FAST = 5.0
+
+
+async def works_end_to_end(target: Target) -> None:
+    """A worker and two watchers on ``target``'s secured server; the invariant holds."""
+    ns = unique_namespace()
+    query = InstanceQuery(namespace=ns)
+    host = await target.start()
+    await host.runtime.endpoint(f"{ns}.w.a").register("tcp://10.0.0.1:1")
+    async with watching([target.backend(), target.backend()], query) as watchers:
+        await assert_converged(
+            watchers, target.fresh, query, bound=PROMPT, expected=lambda: registrations([host.runtime], query)
+        )
+        assert len(watchers[0].instances) == 1
+
+
+async def refused_at_start(target: Target, match: str, **settings: object) -> str:
+    """A runtime whose store has ``settings`` fails to start, at once, with an error matching ``match``."""
+    started = anyio.current_time()
+    with anyio.fail_after(FAIL_FAST), pytest.raises(BackendUnavailableError, match=match) as info:
+        async with DistributedRuntime(target.store(**settings), lease_ttl=2):
+            pytest.fail("the runtime must not start")
+    assert anyio.current_time() - started < FAIL_FAST
+    return str(info.value)
+
+
+async def test_etcd_with_tls_and_client_certificates(make_target: MakeTarget) -> None:
+    target = make_target("etcd", private_server=True, tls=True)
+    assert isinstance(target.server, EtcdServer)
+    tls = target.server.tls
+    assert tls is not None
+    target.store_settings = {
+        "auth_ca": str(tls.ca_path),
+        "auth_client_cert": str(tls.cert_path),
+        "auth_client_key": str(tls.key_path),
+    }
+    await works_end_to_end(target)
+    message = await refused_at_start(
+        target, r"TLS handshake with etcd", auth_client_cert=None, auth_client_key=None
+    )
+    assert "ETCD_AUTH_CLIENT_CERT" in message
+
+
+async def test_etcd_with_user_and_password(make_target: MakeTarget) -> None:
+    target = make_target("etcd", private_server=True, auth=True)
+    server = target.server
+    assert isinstance(server, EtcdServer)
+    target.store_settings = {"auth_username": server.username, "auth_password": server.password}
+    await works_end_to_end(target)
+    message = await refused_at_start(
+        target, r"refused the password for user 'root' \(ETCD_AUTH_USERNAME", auth_password="not-it"
+    )
+    assert "not-it" not in message, "a password never appears in messages"
+
+
+async def test_nats_with_credentials(make_target: MakeTarget) -> None:
+    target = make_target("nats", private_server=True, user="svc", password="right-pw")
+    assert isinstance(target.server, NatsServer)
+    target.store_settings = {"user": "svc", "password": "right-pw"}
+    await works_end_to_end(target)
+    message = await refused_at_start(
+        target, r"refused the password for user 'svc' \(NATS_USER", password="wrong-pw"
+    )
+    assert "wrong-pw" not in message, "a password never appears in messages"
+
+
+@pytest.mark.slow
+async def test_kubernetes_restricted_token_works_in_its_namespace_only(kube_apiserver: KubeApiServer) -> None:
+    restricted = kubeconfig(kube_apiserver, kube_apiserver.restricted_token)
+    admin = kubeconfig(kube_apiserver, kube_apiserver.admin_token)
+    backends: list[KubernetesDiscovery] = []
+    async with Cluster.open(kube_apiserver) as cluster:
+        namespace = await cluster.create_namespace()
+        elsewhere = await cluster.create_namespace()
+        # The shipped least-privilege Role, bound to the restricted user.
+        await anyio.run_process(
+            ["kubectl", "--kubeconfig", str(kube_apiserver.kubeconfig_path), "apply", "-f", "-"],
+            input=manifest("rbac.yaml", namespace).encode(),
+        )
+        await cluster.call(
+            "POST",
+            f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
+            body={
+                "metadata": {"name": "restricted-discovery"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "dyndisc-discovery",
+                },
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": RESTRICTED_USER}
+                ],
+            },
+        )
+
+        def backend(ns: str = namespace, **kwargs: object) -> KubernetesDiscovery:
+            made = KubernetesDiscovery(namespace=ns, kubeconfig=restricted, debounce=0.05, **kwargs)  # type: ignore[arg-type]
+            backends.append(made)
+            return made
+
+        try:
+            pod = await cluster.ready_pod(namespace, "worker-0")
+            host = await RuntimeHost.start(DistributedRuntime(backend(identity=pod), lease_ttl=2))
+            try:
+                await host.runtime.endpoint("dyn.w.a").register("tcp://10.0.0.1:1")
+                query = InstanceQuery()
+                async with watching([backend(), backend()], query) as watchers:
+                    await assert_converged(
+                        watchers,
+                        lambda: KubernetesDiscovery(namespace=namespace, kubeconfig=admin),
+                        query,
+                        bound=PROMPT,
+                        expected=lambda: registrations([host.runtime], query),
+                    )
+            finally:
+                await host.stop()
+            with anyio.fail_after(FAIL_FAST), pytest.raises(BackendUnavailableError, match=r"forbidden"):
+                await backend(elsewhere).list(InstanceQuery())
+        finally:
+            for made in backends:
+                await made.aclose()
+
+
+def all_paths(directory: Path) -> list[Path]:
+    """Every path under ``directory`` (a blocking walk, run in a thread)."""
+    return list(directory.rglob("*"))
+
+
+async def test_file_backend_permissions_and_names_that_try_to_escape(
+    make_target: MakeTarget, tmp_path: Path
+) -> None:
+    os.umask(0o022)  # a permissive umask: the backend must still keep its files private
+    target = make_target("file")
+    assert target.root is not None
+    await works_end_to_end(target)
+    host = await target.start()
+    for bad in ("..", "../etc", "a/b", ".", "ns.comp", "a\x00b"):
+        with pytest.raises(InvalidNameError) as refused:
+            await host.runtime.namespace(bad).component("c").endpoint("e").register("tcp://h:1")
+        assert repr(bad) in str(refused.value), "the error names the bad name"
+    assert host.runtime.registrations == [], "nothing was written"
+    # Someone else's store writes keys made of dot segments: they stay inside the root, encoded.
+    store = FileStore(target.root)
+    await store.put("/services/../../../escaped/x", b"v", 0)
+    await store.put("/services/./../c/e/1", b"v", 0)
+    root = target.root
+    everything = await anyio.to_thread.run_sync(all_paths, tmp_path)
+    outside = [p for p in everything if root not in p.parents]
+    assert [p for p in outside if p.name in {"escaped", "x", "x.rec"}] == []
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [root, *everything] if root in (p, *p.parents)}
+    assert {p: m for p, m in modes.items() if p.is_dir() and m != 0o700} == {}
+    assert {p: m for p, m in modes.items() if p.is_file() and m != 0o600} == {}
+    # A watcher lists only what it can read as records; the dot-segment keys are skipped, not followed.
+    async with KvDiscovery(FileStore(target.root)) as reader:
+        assert await reader.list(InstanceQuery(namespace="escaped")) == []
