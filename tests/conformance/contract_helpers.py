@@ -5,17 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-import pytest
 
 from dyndisc import DiscoveryBackend, DistributedRuntime, InstanceQuery, InstanceSet
 from dyndisc.testing import RuntimeHost
 from harnesses.base import Harness
-
-
-def requires(harness: Harness, feature: str) -> None:
-    """Skip (saying why) when the backend does not support a part of the contract."""
-    if feature not in harness.supports:
-        pytest.skip(f"the {harness.name} backend does not support {feature!r} (see its docs page)")
 
 
 class Runtimes:

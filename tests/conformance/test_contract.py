@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from contract_helpers import Runtimes, query, requires, wait_until
+from contract_helpers import Runtimes, query, wait_until
 
 from dyndisc import (
     Added,
@@ -91,8 +91,8 @@ async def test_unregister_emits_removed(runtimes: Runtimes, ns: str) -> None:
     await endpoint.unregister()  # unregistering again is a no-op
 
 
+@pytest.mark.contract("lease_ttl")
 async def test_crashed_runtime_disappears_within_ttl(runtimes: Runtimes, harness: Harness, ns: str) -> None:
-    requires(harness, "lease_ttl")
     frontend = await runtimes.start()
     host = await runtimes.host()
     instance = await host.runtime.endpoint(f"{ns}.c.e").register("tcp://h:1")
@@ -151,10 +151,10 @@ async def test_watch_is_filtered_by_namespace_component_and_endpoint(runtimes: R
         assert sorted(await watcher.list(q), key=str) == sorted(want, key=str), f"list of {q}"
 
 
+@pytest.mark.contract("break_watches")
 async def test_broken_watch_resyncs_with_nothing_stale_or_missing(
     runtimes: Runtimes, harness: Harness, ns: str
 ) -> None:
-    requires(harness, "break_watches")
     worker, frontend = await runtimes.start(), await runtimes.start()
     a = worker.endpoint(f"{ns}.c.a")
     await a.register("tcp://h:1")
@@ -172,10 +172,10 @@ async def test_broken_watch_resyncs_with_nothing_stale_or_missing(
     await wait_until(source, lambda: source.instances() == truth, PROMPT * 2, "the watcher to converge")
 
 
+@pytest.mark.contract("new_id_on_lease_loss")  # Kubernetes keeps the pod's id: its own test covers it
 async def test_lost_lease_is_replaced_and_endpoints_reregistered(
     runtimes: Runtimes, harness: Harness, ns: str
 ) -> None:
-    requires(harness, "new_id_on_lease_loss")  # Kubernetes keeps the pod's id: its own test covers it
     changes: list[LeaseChange] = []
     told = anyio.Event()
 
@@ -236,10 +236,10 @@ async def test_oversized_or_unserialisable_metadata_is_refused(runtimes: Runtime
     assert await endpoint.list() == []
 
 
+@pytest.mark.contract("raw_write")
 async def test_garbage_records_are_skipped_and_the_watch_goes_on(
     runtimes: Runtimes, harness: Harness, ns: str
 ) -> None:
-    requires(harness, "raw_write")
     worker, frontend = await runtimes.start(), await runtimes.start()
     source = await frontend.instance_set(query(ns))
     base = f"{harness.root}/{ns}/c"
@@ -258,10 +258,10 @@ async def test_garbage_records_are_skipped_and_the_watch_goes_on(
     assert await frontend.list(query(ns)) == source.instances()
 
 
+@pytest.mark.contract("conflict")
 async def test_a_key_held_by_another_lease_is_a_clear_error(
     runtimes: Runtimes, harness: Harness, ns: str
 ) -> None:
-    requires(harness, "conflict")
     first, second = await runtimes.start(), await runtimes.start()
     taken = await first.endpoint(f"{ns}.c.e").register("tcp://h:1")
     with pytest.raises(RegistrationConflictError, match=f"{first.lease.id:x}"):

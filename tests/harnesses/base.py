@@ -22,7 +22,8 @@ class Harness(abc.ABC):
     expiry_bound: float = 1.5
     #: Key root the backends write under (``/services`` unless the harness isolates tests another way).
     root: str = "/services"
-    #: Features of the contract this backend supports; tests of the others are skipped (and say so).
+    #: Features of the contract this backend supports; tests of the others are not collected for it
+    #: (``@pytest.mark.contract`` in ``tests/conformance``).
     supports: frozenset[str] = frozenset(
         {"raw_write", "break_watches", "lease_ttl", "conflict", "new_id_on_lease_loss"}
     )
