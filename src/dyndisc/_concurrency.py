@@ -37,45 +37,46 @@ class SharedExclusiveLock:
     """Many holders in ``shared()`` at once, or one in ``exclusive()``; a waiting exclusive holder goes first.
 
     Registrations run concurrently under the shared side; replacing a lost lease takes the exclusive side,
-    so no registration is half-way through on the old lease while endpoints move to the new one.
+    so no registration is half-way through on the old lease while endpoints move to the new one. The
+    shared side takes no turn of the event loop unless an exclusive holder is waiting or inside: it is on
+    every registration's path, and each turn of a busy loop costs more than the bookkeeping.
     """
 
     def __init__(self) -> None:
-        self._condition = anyio.Condition()
         self._shared = 0
         self._exclusive = False
+        self._changed = anyio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
 
     @asynccontextmanager
     async def shared(self) -> AsyncIterator[None]:
-        async with self._condition:
-            while self._exclusive:
-                await self._condition.wait()
-            self._shared += 1
+        while self._exclusive:
+            await self._changed.wait()
+        self._shared += 1
         try:
             yield
         finally:
-            with anyio.CancelScope(shield=True):
-                async with self._condition:
-                    self._shared -= 1
-                    self._condition.notify_all()
+            self._shared -= 1
+            if self._exclusive and not self._shared:  # the exclusive holder waits for the last of us
+                self._notify()
 
     @asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
-        async with self._condition:
-            while self._exclusive:
-                await self._condition.wait()
-            self._exclusive = True
-            try:
-                while self._shared:
-                    await self._condition.wait()
-            except BaseException:
-                self._exclusive = False
-                self._condition.notify_all()
-                raise
+        while self._exclusive:
+            await self._changed.wait()
+        self._exclusive = True
+        try:
+            while self._shared:
+                await self._changed.wait()
+        except BaseException:
+            self._exclusive = False
+            self._notify()
+            raise
         try:
             yield
         finally:
-            with anyio.CancelScope(shield=True):
-                async with self._condition:
-                    self._exclusive = False
-                    self._condition.notify_all()
+            self._exclusive = False
+            self._notify()
