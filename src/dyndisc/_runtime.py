@@ -276,7 +276,6 @@ class DistributedRuntime:
                 metadata=metadata or {},
                 readiness=readiness,
             )
-            instance.to_json()  # size and JSON checks before anything is written
             stored = await self.backend.register(instance, self.lease)
             self._registered[endpoint] = stored
             self._count_registrations()

@@ -15,6 +15,7 @@ from contract_helpers import Runtimes, query, wait_until
 from dyndisc import (
     Added,
     DiscoveryEvent,
+    Instance,
     InstanceNotFoundError,
     InvalidNameError,
     LeaseChange,
@@ -233,7 +234,18 @@ async def test_oversized_or_unserialisable_metadata_is_refused(runtimes: Runtime
         await endpoint.register("tcp://h:1", {"blob": "x" * 100_000})
     with pytest.raises(ValueError, match="JSON"):
         await endpoint.register("tcp://h:1", {"obj": object()})
+    # The backend itself refuses before writing anything, whoever calls it.
+    big = Instance(
+        namespace=ns,
+        component="c",
+        endpoint="e",
+        instance_id=worker.instance_id,
+        metadata={"b": "x" * 70_000},
+    )
+    with pytest.raises(RecordTooLargeError):
+        await worker.backend.register(big, worker.lease)
     assert await endpoint.list() == []
+    assert worker.registrations == []
 
 
 @pytest.mark.contract("raw_write")

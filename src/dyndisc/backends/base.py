@@ -60,7 +60,11 @@ class DiscoveryBackend(abc.ABC):
 
     @abc.abstractmethod
     async def register(self, instance: Instance, lease: Lease) -> Instance:
-        """Register ``instance`` under ``lease`` (create-if-absent, idempotent); return what is stored."""
+        """Register ``instance`` under ``lease`` (create-if-absent, idempotent); return what is stored.
+
+        A record that cannot be written (:class:`~dyndisc.RecordTooLargeError`, metadata that is not JSON)
+        is refused with that error before anything is written.
+        """
         raise NotImplementedError
 
     @abc.abstractmethod

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
+import anyio.lowlevel
 
 from dyndisc._concurrency import background_tasks
 from dyndisc._errors import LeaseNotFoundError
@@ -175,7 +176,10 @@ class MemoryStore(KeyValueStore):
                 watcher.push(event)
 
     # -- KeyValueStore ---------------------------------------------------------------------------------
+    # Every operation starts with a checkpoint: like a call to a real server, it lets other tasks (the
+    # watchers) run and honours cancellation, so code tested on memory is scheduled as it will be in prod.
     async def grant(self, ttl: float) -> Lease:
+        await anyio.lowlevel.checkpoint()
         if ttl <= 0:
             raise ValueError(f"lease TTL must be positive, got {ttl}")
         lease_id = 0
@@ -187,14 +191,17 @@ class MemoryStore(KeyValueStore):
         return Lease(id=lease_id, ttl=ttl)
 
     async def keep_alive(self, lease_id: int) -> float:
+        await anyio.lowlevel.checkpoint()
         state = self._live_lease(lease_id)
         state.deadline = self._clock() + state.ttl
         return state.ttl
 
     async def revoke(self, lease_id: int) -> None:
+        await anyio.lowlevel.checkpoint()
         self._drop_lease(lease_id)
 
     async def create(self, key: str, value: bytes, lease_id: int) -> StoredValue | None:
+        await anyio.lowlevel.checkpoint()
         if lease_id:
             self._live_lease(lease_id)
         existing = self._data.get(key)
@@ -204,14 +211,17 @@ class MemoryStore(KeyValueStore):
         return None
 
     async def put(self, key: str, value: bytes, lease_id: int) -> None:
+        await anyio.lowlevel.checkpoint()
         if lease_id:
             self._live_lease(lease_id)
         self._write(key, value, lease_id)
 
     async def delete(self, key: str) -> None:
+        await anyio.lowlevel.checkpoint()
         self._remove(key)
 
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        await anyio.lowlevel.checkpoint()
         return self._items(prefix)
 
     @asynccontextmanager
