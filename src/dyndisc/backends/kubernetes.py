@@ -253,21 +253,24 @@ class KubernetesDiscovery(DiscoveryBackend):
         """Check that the custom resource still exists (and re-apply it if its content was changed)."""
         pod = await self._identity()
         path = f"{self._crs_path(pod.namespace)}/{pod.name}"
-        try:
-            found = await self._call("GET", path, f"reading {KIND} {pod.namespace}/{pod.name}")
-        except KubeStatusError as exc:
-            if exc.status == 404:
-                raise LeaseNotFoundError(
-                    f"{KIND} {pod.namespace}/{pod.name} was deleted behind this worker's back"
-                ) from None
-            raise
-        spec = found.get("spec")
-        data = spec.get("data") if isinstance(spec, dict) else None
-        endpoints = data.get("endpoints") if isinstance(data, dict) else None
-        wanted = worker_data(self._endpoints.values())["endpoints"]
-        if (endpoints or {}) != wanted:
-            log.warning("%s %s/%s was changed by someone else; re-applying it", KIND, pod.namespace, pod.name)
-            async with self._apply_lock:
+        # Under the apply lock, so a registration applied meanwhile is not mistaken for a foreign change.
+        async with self._apply_lock:
+            try:
+                found = await self._call("GET", path, f"reading {KIND} {pod.namespace}/{pod.name}")
+            except KubeStatusError as exc:
+                if exc.status == 404:
+                    raise LeaseNotFoundError(
+                        f"{KIND} {pod.namespace}/{pod.name} was deleted behind this worker's back"
+                    ) from None
+                raise
+            spec = found.get("spec")
+            data = spec.get("data") if isinstance(spec, dict) else None
+            endpoints = data.get("endpoints") if isinstance(data, dict) else None
+            wanted = worker_data(self._endpoints.values())["endpoints"]
+            if (endpoints or {}) != wanted:
+                log.warning(
+                    "%s %s/%s was changed by someone else; re-applying it", KIND, pod.namespace, pod.name
+                )
                 await self._apply(pod)
         return lease.ttl
 
