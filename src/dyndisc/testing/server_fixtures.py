@@ -22,6 +22,7 @@ from dyndisc.testing.servers import (
     ServerUnavailable,
     TcpProxy,
 )
+from dyndisc.testing.servers.containers import ContainerServer, etcd_container, nats_container, servers_mode
 from dyndisc.testing.servers.external import ExternalEtcd, ExternalNats
 
 __all__ = [
@@ -91,15 +92,35 @@ def _started(name: str, factory: Callable[[], _S]) -> _S:
     return server
 
 
+def _in_container(name: str, start: Callable[[], ContainerServer]) -> Iterator[Any]:
+    """Run a session server in a container (``DYNDISC_TEST_SERVERS=containers``); yield its address handle."""
+    container = _started(name, start)
+    try:
+        yield container.handle
+    finally:
+        container.close()
+
+
+def _containers_wanted() -> bool:
+    try:
+        return servers_mode() == "containers"
+    except ServerUnavailable as exc:
+        server_unavailable(str(exc))
+
+
 @pytest.fixture(scope="session")
 def etcd_server() -> Iterator[EtcdServer]:
     """A session-wide single-member etcd on 127.0.0.1 (no TLS, no auth). Don't kill it: make your own.
 
-    ``DYNDISC_TEST_ETCD_URL`` points the tests at an etcd you run instead.
+    ``DYNDISC_TEST_ETCD_URL`` points the tests at an etcd you run instead; ``DYNDISC_TEST_SERVERS=containers``
+    runs it in Docker through testcontainers.
     """
     external = os.environ.get("DYNDISC_TEST_ETCD_URL")
     if external:
         yield _started("etcd", lambda: ExternalEtcd(external))  # type: ignore[misc]
+        return
+    if _containers_wanted():
+        yield from _in_container("etcd", etcd_container)
         return
     server = _started("etcd", lambda: _launch(EtcdServer))
     try:
@@ -112,11 +133,15 @@ def etcd_server() -> Iterator[EtcdServer]:
 def nats_server() -> Iterator[NatsServer]:
     """A session-wide nats-server with JetStream on 127.0.0.1 (no auth).
 
-    ``DYNDISC_TEST_NATS_URL`` points the tests at a nats-server (>= 2.11, JetStream on) you run instead.
+    ``DYNDISC_TEST_NATS_URL`` points the tests at a nats-server (>= 2.11, JetStream on) you run instead;
+    ``DYNDISC_TEST_SERVERS=containers`` runs it in Docker through testcontainers.
     """
     external = os.environ.get("DYNDISC_TEST_NATS_URL")
     if external:
         yield _started("nats-server", lambda: ExternalNats(external))  # type: ignore[misc]
+        return
+    if _containers_wanted():
+        yield from _in_container("nats-server", nats_container)
         return
     server = _started("nats-server", lambda: _launch(NatsServer))
     try:
