@@ -80,3 +80,32 @@ class SharedExclusiveLock:
         finally:
             self._exclusive = False
             self._notify()
+
+
+class KeyedLocks:
+    """One lock per key, made on first use and dropped once nobody holds or waits for it.
+
+    Writes to different keys proceed concurrently; writes to one key (and a keep-alive's conditional
+    re-publish of it) take turns.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[anyio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = (anyio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)

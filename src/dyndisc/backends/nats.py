@@ -32,7 +32,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 
-from dyndisc._concurrency import background_tasks
+from dyndisc._concurrency import KeyedLocks, SharedExclusiveLock, background_tasks
 from dyndisc._errors import BackendUnavailableError, ConfigurationError, LeaseNotFoundError
 from dyndisc.backends._nats_feed import KV_OPERATION, LEASE_HEADER, KvChange, KvFeed, is_removal, lease_of
 from dyndisc.backends._nats_keys import encode_key, is_internal, lease_key, prefix_filter
@@ -50,6 +50,8 @@ _T = TypeVar("_T")
 MIN_SERVER_VERSION = (2, 11)
 #: Seconds between client pings; a silent (partitioned) connection is dropped after two unanswered ones.
 PING_INTERVAL = 3.0
+#: Keys of a lease re-published at once by a keep-alive (each is one JetStream request).
+REFRESH_CONCURRENCY = 64
 #: JetStream error code for a failed ``Nats-Expected-Last-Subject-Sequence`` check.
 _WRONG_LAST_SEQUENCE = 10071
 
@@ -85,9 +87,11 @@ class NatsStore(KeyValueStore):
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._connect_lock = anyio.Lock()
-        # Serialises writes under leases with the keep-alive: the keep-alive's conditional re-publish
-        # must see the revisions our own writes produced.
-        self._write_lock = anyio.Lock()
+        # Writes of one key take turns with each other and with the keep-alive's conditional re-publish of
+        # it (which must see the revisions our own writes produced); different keys go concurrently.
+        self._key_locks = KeyedLocks()
+        # Revoking takes the store exclusively, so no write under the lease lands after it.
+        self._revoke_lock = SharedExclusiveLock()
         self._leases: dict[int, _LeaseState] = {}
         self._watches: set[NatsWatch] = set()
         self._stale_since: float | None = None
@@ -399,8 +403,9 @@ class NatsStore(KeyValueStore):
 
     async def keep_alive(self, lease_id: int) -> float:
         state = self._live_lease(lease_id)
-        async with self._write_lock:
-            revision = await self._refresh(lease_key(lease_id), None, state, lease_id, state.revision)
+        async with self._revoke_lock.shared():
+            async with self._key_locks.hold(lease_key(lease_id)):
+                revision = await self._refresh(lease_key(lease_id), None, state, lease_id, state.revision)
             if revision is None:
                 await self._drop_lease(lease_id)
                 raise LeaseNotFoundError(
@@ -408,8 +413,25 @@ class NatsStore(KeyValueStore):
                     f"keep-alive within {state.ttl}s) or another client revoked it"
                 )
             state.revision = revision
-            for nats_key, (key_revision, value) in list(state.keys.items()):
-                new = await self._refresh(nats_key, value, state, lease_id, key_revision)
+            await self._refresh_keys(state, lease_id)
+        return state.ttl
+
+    async def _refresh_keys(self, state: _LeaseState, lease_id: int) -> None:
+        """Re-publish every key of the lease, up to :data:`REFRESH_CONCURRENCY` at a time."""
+        limiter = anyio.CapacityLimiter(REFRESH_CONCURRENCY)
+        failures: list[Exception] = []
+
+        async def refresh(nats_key: str) -> None:
+            async with limiter, self._key_locks.hold(nats_key):
+                entry = state.keys.get(nats_key)
+                if entry is None or failures:
+                    return  # deleted meanwhile (or the connection is failing: the retry redoes all)
+                key_revision, value = entry
+                try:
+                    new = await self._refresh(nats_key, value, state, lease_id, key_revision)
+                except Exception as exc:
+                    failures.append(exc)
+                    return
                 if new is None:
                     # Deleted or taken over by someone else: not ours to bring back.
                     log.info(
@@ -420,7 +442,12 @@ class NatsStore(KeyValueStore):
                     state.keys.pop(nats_key, None)
                 else:
                     state.keys[nats_key] = (new, value)
-        return state.ttl
+
+        async with anyio.create_task_group() as tg:
+            for nats_key in list(state.keys):
+                tg.start_soon(refresh, nats_key)
+        if failures:
+            raise failures[0]
 
     async def _refresh(
         self, nats_key: str, value: bytes | None, state: _LeaseState, lease_id: int, expected: int
@@ -457,7 +484,7 @@ class NatsStore(KeyValueStore):
                 )
 
     async def revoke(self, lease_id: int) -> None:
-        async with self._write_lock:
+        async with self._revoke_lock.exclusive():
             state = self._leases.get(lease_id)
             if state is not None:
                 await self._drop_lease(lease_id)
@@ -484,7 +511,7 @@ class NatsStore(KeyValueStore):
         state = self._live_lease(lease_id) if lease_id else None
         nats_key = encode_key(key)
         ttl = state.key_ttl if state is not None else None
-        async with self._write_lock:
+        async with self._revoke_lock.shared(), self._key_locks.hold(nats_key):
             expected = 0
             for _ in range(5):
                 try:
@@ -514,7 +541,7 @@ class NatsStore(KeyValueStore):
     async def put(self, key: str, value: bytes, lease_id: int) -> None:
         state = self._live_lease(lease_id) if lease_id else None
         nats_key = encode_key(key)
-        async with self._write_lock:
+        async with self._revoke_lock.shared(), self._key_locks.hold(nats_key):
             revision = await self._publish(
                 nats_key, value, ttl=state.key_ttl if state is not None else None, lease_id=lease_id
             )
@@ -522,7 +549,7 @@ class NatsStore(KeyValueStore):
 
     async def delete(self, key: str) -> None:
         nats_key = encode_key(key)
-        async with self._write_lock:
+        async with self._revoke_lock.shared(), self._key_locks.hold(nats_key):
             for state in self._leases.values():
                 state.keys.pop(nats_key, None)
             for _ in range(5):

@@ -54,6 +54,40 @@ async def test_keep_alive_holds_keys_past_their_ttl(nats_server: NatsServer, mak
     assert await watcher.get_prefix(prefix) == {}
 
 
+async def test_keep_alives_and_concurrent_writes_hold_every_key(
+    nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    # Writes of different keys run concurrently with each other and with the keep-alive's re-publishing;
+    # none may be lost (a key written during a keep-alive is still kept alive by the next one).
+    owner, watcher = make_store(nats_server.url), make_store(nats_server.url)
+    prefix = unique_prefix()
+    lease = await owner.grant(1)  # TTL 1 s
+    keys = {f"{prefix}k{n}": f"{n}".encode() for n in range(200)}
+    async with watcher.watch(prefix) as events:
+        assert await next_event(events) == StoreSnapshot(items={})
+
+        async def keep_alive_for(seconds: float) -> None:
+            with anyio.move_on_after(seconds):
+                while True:
+                    assert await owner.keep_alive(lease.id) == 1
+                    await anyio.sleep(0.4)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_alive_for, 3.0)  # three TTLs
+            for key, value in keys.items():
+                tg.start_soon(owner.create, key, value, lease.id)
+        seen: dict[str, bytes] = {}
+        with anyio.move_on_after(0.5):
+            while True:
+                event = await next_event(events)
+                assert isinstance(event, StorePut), f"a key was lost: {event}"
+                seen[event.key] = event.value
+        assert seen == keys
+    assert await watcher.get_prefix(prefix) == keys
+    await owner.revoke(lease.id)
+    assert await watcher.get_prefix(prefix) == {}
+
+
 async def test_keep_alive_never_resurrects_a_key_deleted_by_someone_else(
     nats_server: NatsServer, make_store: MakeStore
 ) -> None:
