@@ -56,8 +56,21 @@ def validate_name(kind: str, value: object) -> str:
     return value
 
 
+#: One ``model_fields_set`` per distinct combination of set fields (see ``_Frozen.model_post_init``).
+_FIELDS_SETS: dict[frozenset[str], set[str]] = {}
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
+
+    def model_post_init(self, context: Any, /) -> None:
+        # A frozen record's ``model_fields_set`` never changes (pydantic copies it before changing it in
+        # ``model_copy``), so records with the same fields set share one: a set of five names costs 728
+        # bytes, more than the rest of an instance, and a watcher holds every instance it sees.
+        fields = self.__pydantic_fields_set__
+        shared = _FIELDS_SETS.setdefault(frozenset(fields), fields)
+        if shared is not fields:
+            object.__setattr__(self, "__pydantic_fields_set__", shared)
 
 
 class _Named(_Frozen):
@@ -70,6 +83,10 @@ class _Named(_Frozen):
             if data.get(kind) is not None:
                 validate_name(kind, data[kind])
         super().__init__(**data)
+
+    # Tells pydantic this ``__init__`` is not a custom one to call when validating: without it, every
+    # record parsed by ``model_validate_json`` would go through ``__init__`` and be validated twice.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
 
 class EndpointId(_Named):

@@ -110,3 +110,16 @@ def test_queries() -> None:
     assert InstanceQuery.for_endpoint(endpoint).parts == ("ns", "c", "e")
     with pytest.raises(InvalidNameError, match="component"):
         InstanceQuery(namespace="ns", endpoint="e")
+
+
+def test_records_share_their_fields_set_and_copies_leave_it_alone() -> None:
+    # Memory: instances with the same fields set share one model_fields_set (see _Frozen.model_post_init).
+    a = Instance(namespace="ns", component="c", endpoint="e", instance_id=1, transport="tcp://h:1")
+    b = Instance.from_json(Instance(namespace="ns", component="c", endpoint="e", instance_id=2).to_json())
+    c = Instance(namespace="ns", component="c", endpoint="e", instance_id=3, transport="tcp://h:2")
+    assert a.model_fields_set is c.model_fields_set
+    before = set(a.model_fields_set)
+    changed = a.model_copy(update={"metadata": {"x": 1}})
+    assert "metadata" in changed.model_fields_set
+    assert a.model_fields_set == before == c.model_fields_set
+    assert "transport" not in b.model_fields_set
