@@ -1,0 +1,64 @@
+"""The benchmark harness cannot rot: its reduced version (``--quick``, seconds, no thresholds) runs against
+every target and must produce every figure, and the plots draw. Performance itself is judged by
+``python -m benchmarks``, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+#: The figures each case must produce on every target where it applies.
+EXPECTED = {
+    "propagation": {"count", "p50_ms", "p99_ms", "e2e_p50_ms", "e2e_p99_ms"},
+    "throughput": {"seq_per_s", "c64_per_s"},
+    "failure": {"clean_p50_ms", "clean_max_ms"},
+}
+#: Targets that have a raw client of the same store, so their figures come with ratios.
+WITH_RAW = {"memory", "etcd", "nats", "file"}
+
+
+@pytest.mark.slow
+def test_quick_benchmarks_produce_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"memory", "etcd", "nats", "file", "kubernetes"}
+    for target, found in results.items():
+        for case, figures in EXPECTED.items():
+            assert figures <= set(found[case]), (target, case, found[case])
+        if target in WITH_RAW:
+            assert {"ratio_p50", "ratio_e2e_p50"} <= set(found["propagation"]), target
+            assert {"ratio_seq", "ratio_c64"} <= set(found["throughput"]), target
+            assert found["keepalive"]["1_endpoints_req_per_s"] > 0, target
+    for target in ("memory", "etcd"):
+        (scale,) = results[target]["scale"]
+        assert scale["bytes_per_instance"] > 0
+        assert scale["snapshot_ms"] > 0
+    # The table is printed for people, with every target in it.
+    for target in results:
+        assert f"## {target}" in done.stdout
+    plotted = subprocess.run(
+        [sys.executable, "-m", "benchmarks.plot", str(out), str(tmp_path / "img")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plotted.returncode == 0, plotted.stderr[-4000:]
+    for name in ("propagation.png", "scale.png"):
+        assert (tmp_path / "img" / name).stat().st_size > 10_000, name
