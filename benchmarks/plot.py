@@ -56,7 +56,12 @@ def scale(results: dict[str, Any], out: Path) -> Path:
             rows = found.get("scale")
             if not rows:
                 continue
-            ax.plot([r["instances"] for r in rows], [r[key] for r in rows], marker="o", label=target)
+            sizes = [r["instances"] for r in rows]
+            line = ax.plot(sizes, [r[key] for r in rows], marker="o", label=target)[0]
+            raw_key = f"raw_{key}"
+            if all(raw_key in r for r in rows):  # the raw client's figure, dashed in the same colour
+                raw = [r[raw_key] for r in rows]
+                ax.plot(sizes, raw, "--", color=line.get_color(), label=f"{target} raw")
         ax.set_xscale("log")
         ax.set_title(title, fontsize="medium")
         ax.set_xlabel("instances (100 watchers)")
