@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -25,12 +23,11 @@ from aetcd.utils import prefix_range_end
 
 from dyndisc._errors import BackendUnavailableError
 from dyndisc.backends._etcd_connection import EtcdConnection, Stubs, Transient, grpc_await
-from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
+from dyndisc.backends._event_queue import StoreEventQueue
+from dyndisc.backends.kv import StoreDelete, StorePut
 
 log = logging.getLogger("dyndisc.etcd")
 
-#: Events a subscriber may queue before it is switched to a fresh snapshot instead.
-MAX_PENDING_EVENTS = 10_000
 RETRY_MIN, RETRY_MAX = 0.1, 5.0
 
 _PUT = 0  # mvccpb.Event.EventType
@@ -40,40 +37,13 @@ class _Relist(Exception):
     """Internal: the history needed to resume is gone; list the prefix again."""
 
 
-class Subscriber:
+class Subscriber(StoreEventQueue):
     """One consumer of a shared watch: a snapshot first, then puts and deletes, resynced if it lags."""
 
     def __init__(self, shared: SharedWatch) -> None:
+        # The shared contents are exactly what every later push builds on, once listed.
+        super().__init__(lambda: dict(shared.items) if shared.listed else None)
         self.shared = shared
-        self.pending: deque[StoreEvent] = deque()
-        self.needs_snapshot = True
-        self.wake = anyio.Event()
-
-    def push(self, event: StorePut | StoreDelete) -> None:
-        if not self.needs_snapshot:
-            if len(self.pending) >= MAX_PENDING_EVENTS:
-                self.resync()
-                return
-            self.pending.append(event)
-            self.wake.set()
-
-    def resync(self) -> None:
-        self.pending.clear()
-        self.needs_snapshot = True
-        self.wake.set()
-
-    async def events(self) -> AsyncIterator[StoreEvent]:
-        while True:
-            if self.needs_snapshot and self.shared.listed:
-                # The shared contents are exactly what every later push builds on.
-                self.needs_snapshot = False
-                self.pending.clear()
-                yield StoreSnapshot(items=dict(self.shared.items))
-            elif self.pending and not self.needs_snapshot:
-                yield self.pending.popleft()
-            else:
-                await self.wake.wait()
-                self.wake = anyio.Event()
 
 
 class SharedWatch:

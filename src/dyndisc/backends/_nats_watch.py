@@ -10,14 +10,13 @@ from functools import partial
 import anyio
 from anyio.abc import TaskStatus
 
+from dyndisc.backends._event_queue import MAX_PENDING_EVENTS as MAX_PENDING_EVENTS  # the same bound
 from dyndisc.backends._nats_feed import KvChange, KvFeed
 from dyndisc.backends._nats_keys import decode_key, is_internal, prefix_filter
 from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
 
 log = logging.getLogger("dyndisc.nats")
 
-#: Events a watcher may queue before it is switched to a fresh snapshot instead.
-MAX_PENDING_EVENTS = 10_000
 #: Seconds a watch waits for its initial state before it gives up on the consumer and makes a new one.
 SNAPSHOT_TIMEOUT = 10.0
 #: Backoff bounds between attempts to re-create a consumer while the server is away.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import anyio.lowlevel
 
 from dyndisc._concurrency import background_tasks
 from dyndisc._errors import LeaseNotFoundError
+from dyndisc.backends._event_queue import StoreEventQueue
 from dyndisc.backends.base import Lease
 from dyndisc.backends.kv import (
     KeyValueStore,
@@ -31,12 +31,7 @@ from dyndisc.backends.kv import (
     StoredValue,
     StoreEvent,
     StorePut,
-    StoreSnapshot,
 )
-
-#: Events a watcher may queue before it is switched to a fresh snapshot instead (a slow consumer then
-#: costs memory bounded by the size of the data, never an unbounded backlog).
-MAX_PENDING_EVENTS = 10_000
 
 
 @dataclass
@@ -46,39 +41,12 @@ class _LeaseState:
     keys: set[str] = field(default_factory=set)
 
 
-class _Watcher:
+class _Watcher(StoreEventQueue):
     def __init__(self, store: MemoryStore, prefix: str) -> None:
+        super().__init__(lambda: store._items(prefix))
         self.store = store
         self.prefix = prefix
-        self.pending: deque[StoreEvent] = deque()
-        self.needs_snapshot = True
-        self.wake = anyio.Event()
         self.leases_changed = anyio.Event()
-
-    def push(self, event: StorePut | StoreDelete) -> None:
-        if not self.needs_snapshot:
-            if len(self.pending) >= MAX_PENDING_EVENTS:
-                self.resync()
-                return
-            self.pending.append(event)
-        self.wake.set()
-
-    def resync(self) -> None:
-        self.pending.clear()
-        self.needs_snapshot = True
-        self.wake.set()
-
-    async def events(self) -> AsyncIterator[StoreEvent]:
-        while True:
-            if self.needs_snapshot:
-                self.needs_snapshot = False
-                self.pending.clear()
-                yield StoreSnapshot(items=self.store._items(self.prefix))
-            elif self.pending:
-                yield self.pending.popleft()
-            else:
-                await self.wake.wait()
-                self.wake = anyio.Event()
 
     async def expire_leases(self) -> None:
         """Drive lease expiry while this watch is open: nobody else may be calling the store."""

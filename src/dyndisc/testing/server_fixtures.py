@@ -92,20 +92,30 @@ def _started(name: str, factory: Callable[[], _S]) -> _S:
     return server
 
 
-def _in_container(name: str, start: Callable[[], ContainerServer]) -> Iterator[Any]:
-    """Run a session server in a container (``DYNDISC_TEST_SERVERS=containers``); yield its address handle."""
-    container = _started(name, start)
+def _session_server(
+    name: str,
+    url_variable: str,
+    external: Callable[[str], Any],
+    in_container: Callable[[], ContainerServer],
+    local: Callable[[], ServerBase],
+) -> Iterator[Any]:
+    """A session server: yours (``url_variable``), in Docker (``DYNDISC_TEST_SERVERS=containers``), or
+    started here from a local binary."""
+    url = os.environ.get(url_variable)
+    if url:
+        yield _started(name, lambda: external(url))
+        return
     try:
-        yield container.handle
-    finally:
-        container.close()
-
-
-def _containers_wanted() -> bool:
-    try:
-        return servers_mode() == "containers"
+        containers = servers_mode() == "containers"
     except ServerUnavailable as exc:
         server_unavailable(str(exc))
+    server: ContainerServer | ServerBase = (
+        _started(name, in_container) if containers else _started(name, lambda: _launch(local))
+    )
+    try:
+        yield server.handle if isinstance(server, ContainerServer) else server
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="session")
@@ -115,18 +125,7 @@ def etcd_server() -> Iterator[EtcdServer]:
     ``DYNDISC_TEST_ETCD_URL`` points the tests at an etcd you run instead; ``DYNDISC_TEST_SERVERS=containers``
     runs it in Docker through testcontainers.
     """
-    external = os.environ.get("DYNDISC_TEST_ETCD_URL")
-    if external:
-        yield _started("etcd", lambda: ExternalEtcd(external))  # type: ignore[misc]
-        return
-    if _containers_wanted():
-        yield from _in_container("etcd", etcd_container)
-        return
-    server = _started("etcd", lambda: _launch(EtcdServer))
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _session_server("etcd", "DYNDISC_TEST_ETCD_URL", ExternalEtcd, etcd_container, EtcdServer)
 
 
 @pytest.fixture(scope="session")
@@ -136,18 +135,9 @@ def nats_server() -> Iterator[NatsServer]:
     ``DYNDISC_TEST_NATS_URL`` points the tests at a nats-server (>= 2.11, JetStream on) you run instead;
     ``DYNDISC_TEST_SERVERS=containers`` runs it in Docker through testcontainers.
     """
-    external = os.environ.get("DYNDISC_TEST_NATS_URL")
-    if external:
-        yield _started("nats-server", lambda: ExternalNats(external))  # type: ignore[misc]
-        return
-    if _containers_wanted():
-        yield from _in_container("nats-server", nats_container)
-        return
-    server = _started("nats-server", lambda: _launch(NatsServer))
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _session_server(
+        "nats-server", "DYNDISC_TEST_NATS_URL", ExternalNats, nats_container, NatsServer
+    )
 
 
 @pytest.fixture(scope="session")
