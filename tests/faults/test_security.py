@@ -24,7 +24,7 @@ from dyndisc.backends.kubernetes import KubernetesDiscovery, manifest
 from dyndisc.testing import RuntimeHost
 from dyndisc.testing.servers import EtcdServer, KubeApiServer, NatsServer
 from dyndisc.testing.servers.kube import RESTRICTED_USER
-from harnesses.kubernetes import Cluster, kubeconfig
+from harnesses.kubernetes import Cluster, apply_manifest, kubeconfig
 
 #: A misconfigured client must fail this fast, not after any startup wait.
 FAIL_FAST = 5.0
@@ -102,10 +102,7 @@ async def test_kubernetes_restricted_token_works_in_its_namespace_only(kube_apis
         namespace = await cluster.create_namespace()
         elsewhere = await cluster.create_namespace()
         # The shipped least-privilege Role, bound to the restricted user.
-        await anyio.run_process(
-            ["kubectl", "--kubeconfig", str(kube_apiserver.kubeconfig_path), "apply", "-f", "-"],
-            input=manifest("rbac.yaml", namespace).encode(),
-        )
+        await apply_manifest(cluster, manifest("rbac.yaml", namespace))
         await cluster.call(
             "POST",
             f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import base64
 import itertools
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import pytest
+import yaml
 
 from dyndisc import DiscoveryBackend, Lease
 from dyndisc.backends._kube_api import JsonObject, KubeApi, KubeStatusError, connect
@@ -36,25 +37,26 @@ NAME = "kubernetes"
 
 _installed: set[str] = set()
 
+#: Where each kind in the shipped manifests lives in the API (what kubectl would look up by discovery).
+_RESOURCE_PATHS = {
+    "CustomResourceDefinition": "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+    "ServiceAccount": "/api/v1/namespaces/{namespace}/serviceaccounts/{name}",
+    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles/{name}",
+    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings/{name}",
+}
 
-def install_crd(server: KubeApiServer) -> None:
-    """``kubectl apply`` the shipped CRD (once per server) and wait until it is served."""
-    if server.url in _installed:
-        return
-    kubectl = ["kubectl", "--kubeconfig", str(server.kubeconfig_path)]
-    subprocess.run([*kubectl, "apply", "-f", "-"], input=manifest("crd.yaml"), text=True, check=True)
-    subprocess.run(
-        [
-            *kubectl,
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/dynamoworkermetadatas.nvidia.com",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    _installed.add(server.url)
+
+async def apply_manifest(cluster: Cluster, text: str) -> None:
+    """Server-side apply every document of a manifest, as ``kubectl apply --server-side -f -`` would.
+
+    The tests need no kubectl binary: the API server itself checks and stores what the users apply.
+    """
+    for document in yaml.safe_load_all(text):
+        if not document:
+            continue
+        meta = document["metadata"]
+        path = _RESOURCE_PATHS[document["kind"]].format(name=meta["name"], namespace=meta.get("namespace"))
+        await cluster.apply(path, document)
 
 
 def kubeconfig(server: KubeApiServer, token: str, url: str | None = None) -> JsonObject:
@@ -98,12 +100,28 @@ class Cluster:
     @classmethod
     @asynccontextmanager
     async def open(cls, server: KubeApiServer) -> AsyncIterator[Cluster]:
-        install_crd(server)
+        """Admin access to ``server``, with the shipped CRD installed (once per server) and served."""
         api = await connect(kubeconfig(server, server.admin_token))
         try:
-            yield cls(server, api)
+            cluster = cls(server, api)
+            if server.url not in _installed:
+                await cluster.install_crd()
+                _installed.add(server.url)
+            yield cluster
         finally:
             await api.aclose()
+
+    async def install_crd(self) -> None:
+        """Apply the shipped CRD and wait until the API server serves it (its Established condition)."""
+        await apply_manifest(self, manifest("crd.yaml"))
+        path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/dynamoworkermetadatas.nvidia.com"
+        with anyio.fail_after(60):
+            # Nothing notifies us short of a watch; the condition turns true within a second.
+            while not any(  # noqa: ASYNC110 - a condition on the server, not in this process
+                c.get("type") == "Established" and c.get("status") == "True"
+                for c in ((await self.call("GET", path)).get("status") or {}).get("conditions") or ()
+            ):
+                await anyio.sleep(0.1)
 
     async def call(self, method: str, path: str, **kwargs: Any) -> JsonObject:
         return await self.api.request(method, path, what=f"{method} {path}", **kwargs)

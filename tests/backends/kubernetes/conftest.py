@@ -13,7 +13,7 @@ from harnesses.kubernetes import Cluster
 
 @pytest.fixture
 async def cluster(kube_apiserver: KubeApiServer) -> AsyncIterator[Cluster]:
-    """Admin access to the session's kube-apiserver (the CRD installed with kubectl)."""
+    """Admin access to the session's kube-apiserver (the shipped CRD installed)."""
     async with Cluster.open(kube_apiserver) as found:
         yield found
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import anyio
 import pytest
 from kube_helpers import Workers, everything, next_event
 
@@ -10,15 +9,12 @@ from dyndisc import BackendUnavailableError, Resync
 from dyndisc.backends._kube_api import KubeStatusError, connect
 from dyndisc.backends.kubernetes import KubernetesDiscovery, manifest
 from dyndisc.testing.servers.kube import RESTRICTED_USER
-from harnesses.kubernetes import Cluster, kubeconfig
+from harnesses.kubernetes import Cluster, apply_manifest, kubeconfig
 
 
 async def grant_role(cluster: Cluster, namespace: str) -> None:
-    """Apply the shipped rbac.yaml with kubectl, and bind its Role to the restricted test user as well."""
-    await anyio.run_process(
-        ["kubectl", "--kubeconfig", str(cluster.server.kubeconfig_path), "apply", "-f", "-"],
-        input=manifest("rbac.yaml", namespace).encode(),
-    )
+    """Apply the shipped rbac.yaml, and bind its Role to the restricted test user as well."""
+    await apply_manifest(cluster, manifest("rbac.yaml", namespace))
     await cluster.call(
         "POST",
         f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
