@@ -20,11 +20,10 @@ from faultkit import PROMPT, assert_converged, registrations, unique_namespace, 
 
 from dyndisc import BackendUnavailableError, DistributedRuntime, InstanceQuery, InvalidNameError, KvDiscovery
 from dyndisc.backends.file import FileStore
-from dyndisc.backends.kubernetes import KubernetesDiscovery, manifest
+from dyndisc.backends.kubernetes import KubernetesDiscovery
 from dyndisc.testing import RuntimeHost
 from dyndisc.testing.servers import EtcdServer, KubeApiServer, NatsServer
-from dyndisc.testing.servers.kube import RESTRICTED_USER
-from harnesses.kubernetes import Cluster, apply_manifest, kubeconfig
+from harnesses.kubernetes import Cluster, kubeconfig
 
 #: A misconfigured client must fail this fast, not after any startup wait.
 FAIL_FAST = 5.0
@@ -102,22 +101,7 @@ async def test_kubernetes_restricted_token_works_in_its_namespace_only(kube_apis
         namespace = await cluster.create_namespace()
         elsewhere = await cluster.create_namespace()
         # The shipped least-privilege Role, bound to the restricted user.
-        await apply_manifest(cluster, manifest("rbac.yaml", namespace))
-        await cluster.call(
-            "POST",
-            f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
-            body={
-                "metadata": {"name": "restricted-discovery"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "Role",
-                    "name": "dyndisc-discovery",
-                },
-                "subjects": [
-                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": RESTRICTED_USER}
-                ],
-            },
-        )
+        await cluster.grant_discovery_role(namespace)
 
         def backend(ns: str = namespace, **kwargs: object) -> KubernetesDiscovery:
             made = KubernetesDiscovery(namespace=ns, kubeconfig=restricted, debounce=0.05, **kwargs)  # type: ignore[arg-type]

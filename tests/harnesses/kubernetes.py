@@ -30,6 +30,7 @@ from dyndisc.backends._kube_api import JsonObject, KubeApi, KubeStatusError, con
 from dyndisc.backends._kube_join import DISCOVERY_LABELS
 from dyndisc.backends.kubernetes import KubernetesDiscovery, PodIdentity, manifest
 from dyndisc.testing.servers import KubeApiServer, TcpProxy
+from dyndisc.testing.servers.kube import RESTRICTED_USER
 
 from .base import Harness
 
@@ -134,6 +135,25 @@ class Cluster:
             body=body,
             content_type="application/apply-patch+yaml",
         )
+
+    async def bind_to_restricted_user(self, namespace: str, role: str, binding: str) -> None:
+        """Bind the Role ``role`` of ``namespace`` to the test server's restricted user."""
+        await self.call(
+            "POST",
+            f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
+            body={
+                "metadata": {"name": binding},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": RESTRICTED_USER}
+                ],
+            },
+        )
+
+    async def grant_discovery_role(self, namespace: str) -> None:
+        """Apply the shipped rbac.yaml in ``namespace`` and bind its Role to the restricted user as well."""
+        await apply_manifest(self, manifest("rbac.yaml", namespace))
+        await self.bind_to_restricted_user(namespace, "dyndisc-discovery", "restricted-discovery")
 
     async def create_namespace(self, prefix: str = "dd") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"

@@ -10,7 +10,6 @@ from typing import Any
 import anyio
 import pytest
 from click.testing import CliRunner
-from test_kube_rbac import grant_role
 
 from dyndisc._doctor import Report, Status, run_doctor
 from dyndisc._doctor_kube import required_rights
@@ -47,7 +46,7 @@ def status(report: Report, name: str) -> Status | None:
 
 
 async def test_a_namespace_set_up_as_documented_passes(cluster: Cluster, namespace: str, doctor: Any) -> None:
-    await grant_role(cluster, namespace)
+    await cluster.grant_discovery_role(namespace)
     report = await doctor(
         namespace=namespace, kubeconfig=kubeconfig(cluster.server, cluster.server.restricted_token)
     )
@@ -119,15 +118,7 @@ async def test_one_missing_right_is_named_alone(cluster: Cluster, namespace: str
         f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles",
         body={"metadata": {"name": "partial"}, "rules": rules},
     )
-    await cluster.call(
-        "POST",
-        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
-        body={
-            "metadata": {"name": "partial"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "partial"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": RESTRICTED_USER}],
-        },
-    )
+    await cluster.bind_to_restricted_user(namespace, "partial", "partial")
     report = await doctor(
         namespace=namespace, kubeconfig=kubeconfig(cluster.server, cluster.server.restricted_token)
     )

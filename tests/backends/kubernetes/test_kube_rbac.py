@@ -7,29 +7,15 @@ from kube_helpers import Workers, everything, next_event
 
 from dyndisc import BackendUnavailableError, Resync
 from dyndisc.backends._kube_api import KubeStatusError, connect
-from dyndisc.backends.kubernetes import KubernetesDiscovery, manifest
+from dyndisc.backends.kubernetes import KubernetesDiscovery
 from dyndisc.testing.servers.kube import RESTRICTED_USER
-from harnesses.kubernetes import Cluster, apply_manifest, kubeconfig
-
-
-async def grant_role(cluster: Cluster, namespace: str) -> None:
-    """Apply the shipped rbac.yaml, and bind its Role to the restricted test user as well."""
-    await apply_manifest(cluster, manifest("rbac.yaml", namespace))
-    await cluster.call(
-        "POST",
-        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
-        body={
-            "metadata": {"name": "restricted-discovery"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "dyndisc-discovery"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": RESTRICTED_USER}],
-        },
-    )
+from harnesses.kubernetes import Cluster, kubeconfig
 
 
 async def test_restricted_token_works_in_its_namespace_and_is_refused_elsewhere(
     workers: Workers, cluster: Cluster, namespace: str
 ) -> None:
-    await grant_role(cluster, namespace)
+    await cluster.grant_discovery_role(namespace)
     other_namespace = await cluster.create_namespace()
     restricted = kubeconfig(cluster.server, cluster.server.restricted_token)
 
