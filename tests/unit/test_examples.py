@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.streams.text import TextReceiveStream
+from worker_frontend import run_worker_and_frontend
 
 from dyndisc import Added, InstanceQuery, KvDiscovery, Removed, Resync
 from dyndisc.backends.file import FileStore
@@ -41,33 +42,7 @@ def test_worker_and_frontend_run_as_written(
     backend: str, tmp_path: Path, private_servers: PrivateServers
 ) -> None:
     env = backend_env(backend, tmp_path, private_servers)
-    worker = subprocess.Popen(
-        [sys.executable, "worker.py"],
-        cwd=EXAMPLES,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert worker.stdout is not None
-        first = worker.stdout.readline()  # blocks until the worker has registered
-        assert first.startswith("registered dynamo.backend.generate/"), first or worker.stderr.read()  # type: ignore[union-attr]
-        frontend = subprocess.run(
-            [sys.executable, "frontend.py"],
-            cwd=EXAMPLES,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
-        assert frontend.returncode == 0, frontend.stderr
-        instance_hex = first.split("/")[1].split()[0]
-        assert frontend.stdout.count(f"-> {instance_hex} at tcp://127.0.0.1:9000") == 5, frontend.stdout
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        out, err = worker.communicate(timeout=TIMEOUT)
-    assert worker.returncode == 0, err
+    out = run_worker_and_frontend(EXAMPLES, env, timeout=TIMEOUT)
     assert out.splitlines()[-1] == "unregistered"
 
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from worker_frontend import run_worker_and_frontend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,27 +36,4 @@ def test_readme_worker_and_frontend_run_as_written(tmp_path: Path) -> None:
         "DYN_FILE_KV": str(tmp_path / "kv"),
         "DYN_LEASE_TTL": "2",
     }
-    worker = subprocess.Popen(
-        [sys.executable, "worker.py"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert worker.stdout is not None
-        first = worker.stdout.readline()  # blocks until the worker has registered
-        assert first.startswith("registered dynamo.backend.generate/"), (
-            first if first else worker.stderr.read()
-        )
-        frontend = subprocess.run(
-            [sys.executable, "frontend.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
-        )
-        assert frontend.returncode == 0, frontend.stderr
-        instance_hex = first.split("/")[1].split()[0]
-        assert frontend.stdout.count(f"-> {instance_hex} at tcp://127.0.0.1:9000") == 5
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        _out, err = worker.communicate(timeout=30)
-    assert worker.returncode == 0, err
+    run_worker_and_frontend(tmp_path, env, timeout=60, stop_timeout=30)
