@@ -17,6 +17,13 @@ matplotlib.use("Agg")  # files only: no display on a CI machine
 import matplotlib.pyplot as plt  # after choosing the backend
 
 
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def propagation(results: dict[str, Any], out: Path) -> Path:
     """End-to-end propagation (register called -> Added seen elsewhere), p50 and p99, ours and raw."""
     targets = [t for t in results if "propagation" in results[t]]
@@ -36,11 +43,7 @@ def propagation(results: dict[str, Any], out: Path) -> Path:
     ax.set_ylabel("ms (log scale)")
     ax.set_title("Watch propagation: register() called -> Added in another runtime")
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    path = out / "propagation.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "propagation.png")
 
 
 def scale(results: dict[str, Any], out: Path) -> Path:
@@ -66,11 +69,7 @@ def scale(results: dict[str, Any], out: Path) -> Path:
         ax.set_title(title, fontsize="medium")
         ax.set_xlabel("instances (100 watchers)")
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    path = out / "scale.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "scale.png")
 
 
 def main() -> None:
