@@ -191,9 +191,8 @@ async def run_doctor(
 def _describe(backend: DiscoveryBackend) -> str:
     store = getattr(backend, "store", None)
     layout = getattr(backend, "layout", None)
-    # Stores that describe themselves say where they are (etcd, NATS: URLs; file: its directory).
-    described = store is not None and "object at 0x" not in repr(store)
-    where = f" {store!r}" if described else ""
+    # A store's repr says where it is (etcd, NATS: URLs; file: its directory).
+    where = f" {store!r}" if store is not None else ""
     keys = f", key layout {layout.name} under {layout.root}/" if layout is not None else ""
     return f"{backend.name} backend{where}{keys}"
 

@@ -67,6 +67,10 @@ class KeyValueStore(abc.ABC):
     #: Short name used in settings and logs.
     name: str = "kv"
 
+    def __repr__(self) -> str:
+        """Where the store is; stores with a server or a directory override it to say which."""
+        return f"{type(self).__name__}()"
+
     @abc.abstractmethod
     async def grant(self, ttl: float) -> Lease:
         """Grant a lease of ``ttl`` seconds; its id is never 0."""
