@@ -183,6 +183,11 @@ class ManagedProcess:
 
     def start(self) -> None:
         """Spawn the process and wait until ``ready()`` is true; raise :class:`ServerUnavailable` if not."""
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
+        """Spawn the process without waiting for it to be ready (members of a cluster start together)."""
         if self.running:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,11 +210,10 @@ class ManagedProcess:
             self._reap()
             raise ServerUnavailable(f"{self.name}: cannot execute {self.argv[0]}: {exc}") from exc
         _LIVE.add(self)
-        self._wait_ready()
 
     def _probe(self) -> bool:
         if self._proc is None or self._proc.poll() is not None:
-            return True  # stop polling; _wait_ready reports the exit
+            return True  # stop polling; wait_ready reports the exit
         try:
             ok = self.ready()
         except Exception as exc:  # not up yet: connection refused, TLS not ready, 5xx...
@@ -217,7 +221,8 @@ class ManagedProcess:
             return False
         return ok
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
+        """Wait until ``ready()`` is true; raise :class:`ServerUnavailable` (killing it) if not."""
         try:
             poll_until(self._probe, self.ready_timeout, describe=f"{self.name} readiness")
         except TimeoutError:
@@ -324,6 +329,11 @@ class ServerBase:
 
     def start(self) -> Self:
         """Start the server and wait until it serves requests. Idempotent while running."""
+        self.spawn()
+        return self.wait_ready()
+
+    def spawn(self) -> Self:
+        """Start the process without waiting (the members of a cluster must all run to elect a leader)."""
         if self._closed:
             raise ServerUnavailable(f"{self.kind} was closed; create a new one")
         if self.running:
@@ -337,7 +347,13 @@ class ServerBase:
             env=self._env(),
             cwd=self.base_dir,
         )
-        self._process.start()
+        self._process.spawn()
+        return self
+
+    def wait_ready(self) -> Self:
+        """Wait until the spawned server serves requests, then run its first-start hook."""
+        assert self._process is not None, "spawn() first"
+        self._process.wait_ready()
         try:
             self._after_start()
         except Exception:

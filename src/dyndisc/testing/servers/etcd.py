@@ -62,11 +62,20 @@ class EtcdServer(ServerBase):
         binary: Path | str | None = None,
         ready_timeout: float = 30.0,
         base_dir: Path | None = None,
+        name: str = "dyndisc-test",
+        ports: tuple[int, int] | None = None,
+        initial_cluster: str | None = None,
+        election_ms: tuple[int, int] = (10, 100),
     ) -> None:
         self.binary = Path(binary) if binary is not None else find_etcd_binary()
         super().__init__(ready_timeout=ready_timeout, base_dir=base_dir)
         self.host = LOOPBACK
-        self.client_port, self.peer_port = free_ports(2)
+        self.name = name
+        self.client_port, self.peer_port = ports if ports is not None else free_ports(2)
+        #: ``name=peer-url,...`` of every member (a cluster sets it; alone, this member only).
+        self.initial_cluster = initial_cluster or f"{name}={self.peer_url}"
+        #: Raft heartbeat interval and election timeout, milliseconds.
+        self.election_ms = election_ms
         self.data_dir = self.base_dir / "data"
         self.tls: TLSFiles | None = generate_tls(self.base_dir / "tls") if tls else None
         self.auth = auth
@@ -104,18 +113,18 @@ class EtcdServer(ServerBase):
     def _argv(self) -> list[str]:
         argv = [
             str(self.binary),
-            "--name=dyndisc-test",
+            f"--name={self.name}",
             f"--data-dir={self.data_dir}",
             f"--listen-client-urls={self.client_url}",
             f"--advertise-client-urls={self.client_url}",
             f"--listen-peer-urls={self.peer_url}",
             f"--initial-advertise-peer-urls={self.peer_url}",
-            f"--initial-cluster=dyndisc-test={self.peer_url}",
+            f"--initial-cluster={self.initial_cluster}",
             "--initial-cluster-state=new",
             "--initial-cluster-token=dyndisc-test",
-            # Fast elections on restart; a single member on loopback needs no slack.
-            "--heartbeat-interval=10",
-            "--election-timeout=100",
+            # Fast elections on restart by default; a single member on loopback needs no slack.
+            f"--heartbeat-interval={self.election_ms[0]}",
+            f"--election-timeout={self.election_ms[1]}",
             # Tests compact explicitly (compact()); automatic compaction would make revisions vanish.
             "--auto-compaction-retention=0",
             # Test data is throwaway; fsync only slows tests (a SIGKILL still keeps written pages).
@@ -137,8 +146,13 @@ class EtcdServer(ServerBase):
         return self.tls.client_ssl_context() if self.tls is not None else None
 
     def _ready(self) -> bool:
+        # /health is true once this member sees a leader: a cluster member is ready with quorum only.
         status, body = http_request(f"{self.client_url}/health", ssl_context=self.ssl_context(), timeout=2)
         return status == 200 and json.loads(body).get("health") == "true"
+
+    def status(self) -> dict[str, Any]:
+        """``/v3/maintenance/status``: this member (``header.member_id``), the ``leader``, the raft term."""
+        return self.api("/v3/maintenance/status", {})
 
     def _after_start(self) -> None:
         if self.auth and not self._auth_enabled:
