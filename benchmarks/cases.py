@@ -19,6 +19,7 @@ import anyio
 from benchmarks.raw import RawClient
 from benchmarks.targets import Target
 from dyndisc import Added, DistributedRuntime, InstanceQuery, KvDiscovery, Lease, Removed, Resync
+from dyndisc.testing import CrashableBackend
 from dyndisc.testing.hosting import RuntimeHost
 
 Figures = dict[str, Any]
@@ -176,7 +177,7 @@ async def scale(target: Target, instances: int, watchers: int) -> Figures:
     lease = await backend.grant_lease(60)
     async with DistributedRuntime(backend, lease_ttl=60) as seeder:
         template = await seeder.endpoint(f"{ns}.c.e").register("tcp://127.0.0.1:1")
-        await _seed(backend, lease, template.model_copy(update={"instance_id": lease.id}), instances - 1)
+        await _seed(backend, lease, template.replace(instance_id=lease.id), instances - 1)
         runtimes = [DistributedRuntime(target.new_backend(), lease_ttl=60) for _ in range(watchers)]
         async with AsyncExitStack() as stack:
             for runtime in runtimes:
@@ -254,7 +255,7 @@ async def _raw_fanout(target: Target, watchers: int) -> list[float]:
 
 async def _seed(backend: KvDiscovery, lease: Lease, template: Any, count: int) -> None:
     async def one(n: int) -> None:
-        await backend.register(template.model_copy(update={"instance_id": n + 1}), lease)
+        await backend.register(template.replace(instance_id=n + 1), lease)
 
     await _run_bounded(count, 64, one)
 
@@ -433,7 +434,8 @@ async def _abandon_runtimes(
 ) -> list[float]:
     hosts = []
     for n in range(workers):
-        host = await RuntimeHost.start(DistributedRuntime(target.new_backend(), lease_ttl=ttl))
+        backend = CrashableBackend(target.new_backend())
+        host = await RuntimeHost.start(DistributedRuntime(backend, lease_ttl=ttl))
         await host.runtime.endpoint(f"{ns}.c.w{ttl:g}x{n}").register("tcp://127.0.0.1:1")
         hosts.append(host)
     ids = [h.runtime.instance_id for h in hosts]

@@ -193,7 +193,7 @@ class FileRawClient(RawClient):
     async def watch_puts(self, ns: str) -> AsyncIterator[AsyncIterator[int]]:
         from watchfiles._rust_notify import RustNotify
 
-        from dyndisc.backends.file import DEBOUNCE_MS, STEP_MS
+        from dyndisc.backends.file.changes import DEBOUNCE_MS, STEP_MS
 
         directory = self.root / ns
         directory.mkdir(parents=True, exist_ok=True)

@@ -116,7 +116,7 @@ async def nats_target() -> AsyncIterator[Target]:
 
     with NatsServer() as server:
         bucket = "dyndisc_bench"
-        settings = NatsSettings.from_env(server=server.url, kv_bucket=bucket, timeout=5.0)
+        settings = NatsSettings.load(server=server.url, kv_bucket=bucket, timeout=5.0)
         # The backend creates the bucket (with per-key TTLs) before the raw client uses it.
         first = NatsStore(settings)
         await first.get_prefix("/")

@@ -8,7 +8,6 @@ sends each request to ``client.round_robin()``; when a worker leaves, the next p
 """
 
 import os
-from contextlib import aclosing
 
 import anyio
 from anyio.abc import SocketStream, TaskGroup
@@ -71,7 +70,7 @@ async def main() -> None:
         for n in range(6):
             print(await send(client.round_robin(), f"request {n}"), flush=True)
 
-        async with aclosing(runtime.endpoint(ENDPOINT).watch()) as events:
+        async with runtime.endpoint(ENDPOINT).watch() as events:
             stops["worker-b"].set()  # worker-b leaves; the router's watch sees it go
             with anyio.fail_after(30):
                 async for event in events:

@@ -3,15 +3,17 @@
 pytest examples/test_with_dyndisc.py
 
 ``make_runtime`` starts runtimes on the test's in-memory store (``dyndisc_store``), each with its own lease;
-``dyndisc_store.expire_lease()`` makes a worker vanish as if it had crashed. For a real server use the same
-tests with a backend from the ``etcd_server`` / ``nats_server`` fixtures.
+``await dyndisc_store.expire_lease(id)`` makes a worker vanish as if it had crashed (the store injects
+faults on demand: ``dyndisc.testing.FaultyStore``). For a real server use the same tests with a backend from
+the ``etcd_server`` / ``nats_server`` fixtures.
 """
 
 from collections.abc import Awaitable, Callable
 
 import anyio
 
-from dyndisc import Client, DistributedRuntime, MemoryStore, Removed
+from dyndisc import Client, DistributedRuntime, Removed
+from dyndisc.testing import FaultyStore
 
 MakeRuntime = Callable[..., Awaitable[DistributedRuntime]]
 
@@ -44,7 +46,7 @@ async def test_router_picks_every_worker_in_turn(make_runtime: MakeRuntime) -> N
 
 
 async def test_a_crashed_worker_leaves_the_router(
-    make_runtime: MakeRuntime, dyndisc_store: MemoryStore
+    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
     crashed, alive = await make_runtime(lease_ttl=1), await make_runtime(lease_ttl=1)  # TTL 1 s
     for worker in (crashed, alive):
@@ -52,11 +54,11 @@ async def test_a_crashed_worker_leaves_the_router(
     router = await make_runtime()
     client = await router.endpoint("ns.backend.generate").client()
     await client.wait_for(2, timeout=5)
-    events = router.endpoint("ns.backend.generate").watch()
-    assert (await anext(events)).type == "resync"
-    dyndisc_store.expire_lease(crashed.instance_id)  # as if its process had been killed
-    with anyio.fail_after(5):
-        removed = await anext(events)
+    async with router.endpoint("ns.backend.generate").watch() as events:
+        assert (await anext(events)).type == "resync"
+        await dyndisc_store.expire_lease(crashed.instance_id)  # as if its process had been killed
+        with anyio.fail_after(5):
+            removed = await anext(events)
     assert isinstance(removed, Removed)
     assert removed.instance_id == crashed.instance_id
     assert client.instance_ids() == [alive.instance_id]

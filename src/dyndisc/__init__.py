@@ -11,6 +11,7 @@ from dyndisc._errors import (
     DyndiscError,
     InstanceNotFoundError,
     InvalidNameError,
+    InvalidRecordError,
     LeaseLostError,
     LeaseNotFoundError,
     NoInstancesError,
@@ -20,6 +21,7 @@ from dyndisc._errors import (
 )
 from dyndisc._instance_set import InstanceSet
 from dyndisc._lease import LeaseChange
+from dyndisc._metadata import MAX_METADATA_DEPTH
 from dyndisc._models import (
     MAX_NAME_LENGTH,
     MAX_RECORD_BYTES,
@@ -40,6 +42,7 @@ from dyndisc.backends import DiscoveryBackend, KeyValueStore, KvDiscovery, Lease
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "MAX_METADATA_DEPTH",
     "MAX_NAME_LENGTH",
     "MAX_RECORD_BYTES",
     "Added",
@@ -58,6 +61,7 @@ __all__ = [
     "InstanceQuery",
     "InstanceSet",
     "InvalidNameError",
+    "InvalidRecordError",
     "KeyValueStore",
     "KvDiscovery",
     "Lease",

@@ -109,3 +109,23 @@ class KeyedLocks:
 
     def __len__(self) -> int:
         return len(self._locks)
+
+
+class Wake:
+    """A level-triggered flag a task can wait on: set by producers, cleared by the one consumer."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        """Wake the consumer (now, or at its next wait)."""
+        self._event.set()
+
+    def clear(self) -> None:
+        """Forget earlier wake-ups (the consumer is about to look)."""
+        if self._event.is_set():
+            self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        """Wait until set."""
+        await self._event.wait()

@@ -9,6 +9,8 @@ import anyio
 
 from dyndisc._models import Added, Removed, Resync
 from dyndisc._runtime import DistributedRuntime
+from dyndisc.backends import create_backend
+from dyndisc.testing.faults import CrashableBackend
 
 ENDPOINT = "demo.backend.generate"
 
@@ -20,13 +22,15 @@ class _Worker:
         self.crash = False
 
     async def run(self, backend: str, ttl: float) -> None:
-        async with DistributedRuntime(backend, lease_ttl=ttl) as runtime:
+        # On a crashable backend, so the demo can show a crash in-process: no keep-alive, no revoke.
+        crashable = CrashableBackend(create_backend(backend))
+        async with crashable, DistributedRuntime(crashable, lease_ttl=ttl) as runtime:
             await runtime.endpoint(ENDPOINT).register(
                 f"tcp://127.0.0.1:{9000 + self.number}", {"worker": self.number}
             )
             await self.leave.wait()
             if self.crash:
-                runtime._abandon()  # no revoke: the lease must expire on its own
+                crashable.crash()  # its lease must expire on the server's clock
 
 
 async def run_demo(backend: str = "memory", ttl: float = 2.0, out: Callable[[str], object] = print) -> int:
@@ -40,20 +44,21 @@ async def run_demo(backend: str = "memory", ttl: float = 2.0, out: Callable[[str
     async def watch(frontend: DistributedRuntime, ready: anyio.Event) -> None:
         nonlocal changes
         live: dict[int, str] = {}
-        async for event in frontend.endpoint(ENDPOINT).watch():
-            if isinstance(event, Resync):
-                live = {i.instance_id: str(i.transport) for i in event.instances}
-                say(f"watching {ENDPOINT}: {len(live)} live")
-                ready.set()
-                continue
-            changes += 1
-            if isinstance(event, Added):
-                live[event.instance.instance_id] = str(event.instance.transport)
-                instance = event.instance
-                say(f"+ {instance.instance_id:016x} joined at {instance.transport}  (live: {len(live)})")
-            elif isinstance(event, Removed):
-                live.pop(event.instance_id, None)
-                say(f"- {event.instance_id:016x} left  (live: {len(live)})")
+        async with frontend.endpoint(ENDPOINT).watch() as events:
+            async for event in events:
+                if isinstance(event, Resync):
+                    live = {i.instance_id: str(i.transport) for i in event.instances}
+                    say(f"watching {ENDPOINT}: {len(live)} live")
+                    ready.set()
+                    continue
+                changes += 1
+                if isinstance(event, Added):
+                    instance = event.instance
+                    live[instance.instance_id] = str(instance.transport)
+                    say(f"+ {instance.instance_id:016x} joined at {instance.transport}  (live: {len(live)})")
+                elif isinstance(event, Removed):
+                    live.pop(event.instance_id, None)
+                    say(f"- {event.instance_id:016x} left  (live: {len(live)})")
 
     async with DistributedRuntime(backend, lease_ttl=ttl) as frontend, anyio.create_task_group() as tg:
         say(f"backend {frontend.backend.name!r}, lease TTL {ttl}s")

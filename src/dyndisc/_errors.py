@@ -14,7 +14,12 @@ class InvalidNameError(DyndiscError, ValueError):
     """A namespace, component or endpoint name (or a dotted path of them) is not valid."""
 
 
-class RecordTooLargeError(DyndiscError, ValueError):
+class InvalidRecordError(DyndiscError, ValueError):
+    """An instance record is not valid: its id, transport, readiness or metadata (or a stored record that
+    cannot be read as one)."""
+
+
+class RecordTooLargeError(InvalidRecordError):
     """An instance record (mostly its metadata) is larger than the backends accept."""
 
 

@@ -5,25 +5,27 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 
 import anyio
 from anyio.abc import TaskStatus
 
 from dyndisc._metrics import metrics
 from dyndisc._models import Added, DiscoveryEvent, EndpointId, Instance, InstanceQuery, Removed, Resync
+from dyndisc._retry import Backoff
 from dyndisc.backends.base import DiscoveryBackend
 
 log = logging.getLogger("dyndisc.watch")
 
 #: Events a subscriber may have undelivered before they are replaced by one ``Resync``.
 MAX_SUBSCRIBER_BACKLOG = 1_000
-_RETRY_MIN, _RETRY_MAX = 0.1, 5.0
+#: Backoff between attempts to re-establish a broken watch (the first attempt is immediate-ish).
+RESUME_INITIAL, RESUME_CAP = 0.1, 1.0
 
 
 class Subscription:
-    """One consumer's queue of events. A consumer that falls far behind gets a single ``Resync`` instead
-    of an unbounded backlog, so a slow consumer never stalls the watch or the other consumers."""
+    """One consumer's queue of events, and an async iterator over them. A consumer that falls far behind
+    gets a single ``Resync`` instead of an unbounded backlog, so a slow consumer never stalls the watch or
+    the other consumers."""
 
     def __init__(self, source: InstanceSet) -> None:
         self._source = source
@@ -52,6 +54,12 @@ class Subscription:
             lag = time.monotonic() - self._stamps.popleft()
             self._source.metrics.watch_lag(self._source.backend.name, lag)
         return self._pending.popleft()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> DiscoveryEvent:
+        return await self.next()
 
 
 class InstanceSet:
@@ -106,15 +114,6 @@ class InstanceSet:
         """Stop delivering to ``sub``."""
         self._subscribers.discard(sub)
 
-    async def events(self) -> AsyncIterator[DiscoveryEvent]:
-        """Async-iterate the events of a new subscription (``Resync`` first)."""
-        sub = self.subscribe()
-        try:
-            while True:
-                yield await sub.next()
-        finally:
-            self.unsubscribe(sub)
-
     # -- feeding ---------------------------------------------------------------------------------------
     def _apply(self, event: DiscoveryEvent) -> None:
         if isinstance(event, Resync):
@@ -148,7 +147,7 @@ class InstanceSet:
         watch is re-established with backoff (its first event, a ``Resync``, repairs any gap).
         """
         started = False
-        delay = _RETRY_MIN
+        backoff = Backoff(RESUME_INITIAL, RESUME_CAP)
         while True:
             try:
                 async with self.backend.watch(self.query) as events:
@@ -162,13 +161,13 @@ class InstanceSet:
                         if not started:
                             started = True
                             task_status.started()
-                        delay = _RETRY_MIN
+                        backoff.reset()
                 raise ConnectionError("the watch stream ended")
             except Exception as exc:
                 if not started:
                     raise
                 if self._stale_since is None:
                     self._stale_since = time.monotonic()
-                log.warning("watch of %s failed (%s); retrying in %.1fs", self.query, exc, delay)
+                delay = backoff.next_delay()
+                log.warning("watch of %s failed (%s); retrying in %.2fs", self.query, exc, delay)
                 await anyio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX)

@@ -11,12 +11,15 @@ import anyio
 
 from dyndisc._errors import LeaseNotFoundError
 from dyndisc._metrics import metrics
+from dyndisc._retry import Backoff
 from dyndisc.backends.base import DiscoveryBackend, Lease
 
 log = logging.getLogger("dyndisc.lease")
 
 #: Retry backoff bounds after a failed renewal (always capped by half the time left).
 RETRY_MIN, RETRY_MAX = 0.05, 2.0
+#: Retry backoff bounds while granting a replacement lease.
+REGRANT_MIN, REGRANT_MAX = 0.05, 5.0
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ async def keep_lease_alive(
     """
     recorder = metrics()
     deadline = clock() + lease.ttl
-    delay = RETRY_MIN
+    backoff = Backoff(RETRY_MIN, RETRY_MAX)
     next_renewal = clock() + lease.ttl / 2
     while True:
         await anyio.sleep(max(next_renewal - clock(), 0.0))
@@ -60,7 +63,7 @@ async def keep_lease_alive(
         except Exception as exc:
             recorder.keep_alive_failed(backend.name)
             left = deadline - clock()
-            delay = min(delay * 2, RETRY_MAX, max(left / 2, RETRY_MIN))
+            delay = backoff.next_delay(limit=max(left / 2, RETRY_MIN))
             log.warning(
                 "keep-alive of lease %x failed (%s: %s); %.2fs left, retrying in %.2fs",
                 lease.id,
@@ -76,18 +79,18 @@ async def keep_lease_alive(
         deadline = started + ttl
         if recorder.enabled:
             recorder.keep_alive_succeeded(backend.name, clock() - started)
-        delay = RETRY_MIN
+        backoff.reset()
         next_renewal = clock() + (deadline - clock()) / 2
         log.debug("lease %x renewed: %.2fs left", lease.id, deadline - clock())
 
 
 async def retry_forever(what: str, attempt: Callable[[], Awaitable[Lease]]) -> Lease:
     """Call ``attempt`` until it succeeds, with backoff, logging each failure."""
-    delay = RETRY_MIN
+    backoff = Backoff(REGRANT_MIN, REGRANT_MAX)
     while True:
         try:
             return await attempt()
         except Exception as exc:
+            delay = backoff.next_delay()
             log.warning("%s failed (%s: %s); retrying in %.2fs", what, type(exc).__name__, exc, delay)
             await anyio.sleep(delay)
-            delay = min(delay * 2, 5.0)

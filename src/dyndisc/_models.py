@@ -1,185 +1,59 @@
-"""The discovery data model: endpoint identity, instances, queries and watch events.
+"""The discovery data model: instances, their transports, and watch events.
 
-Everything here is a frozen pydantic model, so values can be shared between tasks and used as dict keys.
+Every value here is immutable and hashable, so it can be shared between tasks and used as a dict key:
+an :class:`Instance` hashes by its identity (:attr:`Instance.key`), its metadata is a read-only mapping, and
+changing a field raises. A record that cannot be read raises :class:`~dyndisc.InvalidRecordError`.
+
+Stored records are decoded by pydantic-core straight into these classes (names and ids checked by its
+schema, no Python ``__init__`` per record): a watcher decodes every instance it sees.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
-import re
-import sys
-from functools import cached_property, lru_cache
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import SchemaValidator, ValidationError, core_schema
 
-from dyndisc._errors import InvalidNameError, RecordTooLargeError
+from dyndisc._errors import InvalidRecordError, RecordTooLargeError
+from dyndisc._metadata import EMPTY, FrozenDict, check_text, freeze_metadata, freeze_wire
+from dyndisc._names import (
+    MAX_NAME_LENGTH,
+    NAME_PATTERN,
+    EndpointId,
+    InstanceQuery,
+    endpoint_id,
+    validate_name,
+)
 
-#: Longest accepted namespace, component or endpoint name.
-MAX_NAME_LENGTH = 128
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "MAX_RECORD_BYTES",
+    "Added",
+    "DiscoveryEvent",
+    "EndpointId",
+    "Instance",
+    "InstanceQuery",
+    "Readiness",
+    "Removed",
+    "Resync",
+    "Transport",
+    "validate_name",
+]
+
 #: Largest accepted serialised instance record (JSON bytes). etcd, NATS and Kubernetes all accept far more,
 #: but discovery records are read by every watcher on every change, so they must stay small.
 MAX_RECORD_BYTES = 64 * 1024
-
-_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
-_NAME_RULE = f"names are 1-{MAX_NAME_LENGTH} characters of letters, digits, '_' and '-'"
-
-
-def validate_name(kind: str, value: object) -> str:
-    """Return ``value`` if it is a valid ``kind`` name (namespace, component or endpoint), else raise.
-
-    Names become path segments in every backend (etcd keys, file names, NATS subjects, Kubernetes data keys),
-    so they are restricted to a charset that needs no escaping anywhere and cannot form a path.
-    """
-    if not isinstance(value, str):
-        raise InvalidNameError(f"{kind} name must be a string, got {type(value).__name__}")
-    if len(value) <= MAX_NAME_LENGTH and _NAME_RE.fullmatch(value):
-        # Interned: a watcher holds thousands of instances that share a few names.
-        return sys.intern(value)
-    reason = None
-    if not value:
-        reason = "it is empty"
-    elif len(value) > MAX_NAME_LENGTH:
-        reason = f"it is {len(value)} characters long"
-    elif "/" in value:
-        reason = "it contains '/'"
-    elif "." in value:
-        reason = "it contains '.', which separates the parts of a dotted path"
-    elif any(c.isspace() for c in value):
-        reason = "it contains whitespace"
-    elif not _NAME_RE.fullmatch(value):
-        bad = next(c for c in value if not _NAME_RE.fullmatch(c))
-        reason = f"it contains {bad!r}"
-    if reason:
-        raise InvalidNameError(f"invalid {kind} name {value!r}: {reason}; {_NAME_RULE}")
-    return value
+#: Largest instance id: ids are unsigned 64-bit integers (etcd lease ids, the reference's ids).
+MAX_INSTANCE_ID = 2**64 - 1
 
 
-#: One ``model_fields_set`` per distinct combination of set fields (see ``_Frozen.model_post_init``).
-_FIELDS_SETS: dict[frozenset[str], set[str]] = {}
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    def model_post_init(self, context: Any, /) -> None:
-        # A frozen record's ``model_fields_set`` never changes (pydantic copies it before changing it in
-        # ``model_copy``), so records with the same fields set share one: a set of five names costs 728
-        # bytes, more than the rest of an instance, and a watcher holds every instance it sees.
-        fields = self.__pydantic_fields_set__
-        shared = _FIELDS_SETS.setdefault(frozenset(fields), fields)
-        if shared is not fields:
-            object.__setattr__(self, "__pydantic_fields_set__", shared)
-
-
-class _Named(_Frozen):
-    """Checks name fields before pydantic does, so callers get :class:`InvalidNameError` itself (pydantic
-    would wrap it in a ``ValidationError``); records parsed with ``model_validate*`` are checked by the
-    field validators instead."""
-
-    def __init__(self, **data: Any) -> None:
-        for kind in ("namespace", "component", "endpoint"):
-            if data.get(kind) is not None:
-                validate_name(kind, data[kind])
-        super().__init__(**data)
-
-    # Tells pydantic this ``__init__`` is not a custom one to call when validating: without it, every
-    # record parsed by ``model_validate_json`` would go through ``__init__`` and be validated twice.
-    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
-
-
-class EndpointId(_Named):
-    """Identity of an endpoint: ``namespace.component.endpoint``."""
-
-    namespace: str
-    component: str
-    endpoint: str
-
-    @field_validator("namespace", "component", "endpoint", mode="before")
-    @classmethod
-    def _check(cls, value: object, info: Any) -> str:
-        return validate_name(info.field_name, value)
-
-    @classmethod
-    def parse(cls, path: str) -> EndpointId:
-        """Parse ``"ns.comp.ep"`` (optionally prefixed with ``dyn://``), as the reference runtime does."""
-        if not isinstance(path, str):
-            raise InvalidNameError(f"endpoint path must be a string, got {type(path).__name__}")
-        text = path.removeprefix("dyn://")
-        parts = text.split(".")
-        if len(parts) != 3:
-            raise InvalidNameError(
-                f"invalid endpoint path {path!r}: expected 'namespace.component.endpoint' (3 parts), "
-                f"got {len(parts)}"
-            )
-        return cls(namespace=parts[0], component=parts[1], endpoint=parts[2])
-
-    @property
-    def path(self) -> str:
-        """``namespace/component/endpoint``: the relative key path used by the key-value backends."""
-        return f"{self.namespace}/{self.component}/{self.endpoint}"
-
-    def __str__(self) -> str:
-        return f"{self.namespace}.{self.component}.{self.endpoint}"
-
-
-@lru_cache(maxsize=4096)
-def _endpoint_id(namespace: str, component: str, endpoint: str) -> EndpointId:
-    # Shared by every instance of an endpoint; the names were validated when the instance was made.
-    return EndpointId.model_construct(namespace=namespace, component=component, endpoint=endpoint)
-
-
-class InstanceQuery(_Named):
-    """Which instances a list or watch covers: everything, a namespace, a component or one endpoint."""
-
-    namespace: str | None = None
-    component: str | None = None
-    endpoint: str | None = None
-
-    def __init__(self, **data: Any) -> None:
-        super().__init__(**data)
-        if self.endpoint is not None and self.component is None:
-            raise InvalidNameError("a query naming an endpoint must also name its component")
-        if self.component is not None and self.namespace is None:
-            raise InvalidNameError("a query naming a component must also name its namespace")
-
-    @field_validator("namespace", "component", "endpoint", mode="before")
-    @classmethod
-    def _check(cls, value: object, info: Any) -> str | None:
-        return None if value is None else validate_name(info.field_name, value)
-
-    @classmethod
-    def parse(cls, path: str | None) -> InstanceQuery:
-        """``""``/``None`` (everything), ``"ns"``, ``"ns.comp"`` or ``"ns.comp.ep"``."""
-        parts = (path or "").removeprefix("dyn://").split(".") if path else []
-        if len(parts) > 3:
-            raise InvalidNameError(f"invalid query {path!r}: expected at most 'namespace.component.endpoint'")
-        return cls(**dict(zip(("namespace", "component", "endpoint"), parts, strict=False)))
-
-    @classmethod
-    def for_endpoint(cls, endpoint: EndpointId) -> InstanceQuery:
-        """The query that matches exactly one endpoint."""
-        return cls(namespace=endpoint.namespace, component=endpoint.component, endpoint=endpoint.endpoint)
-
-    @property
-    def parts(self) -> tuple[str, ...]:
-        """The named parts, outermost first (empty for "everything")."""
-        return tuple(p for p in (self.namespace, self.component, self.endpoint) if p is not None)
-
-    def matches(self, endpoint: EndpointId) -> bool:
-        """True if ``endpoint`` is covered by this query."""
-        return (
-            (self.namespace is None or self.namespace == endpoint.namespace)
-            and (self.component is None or self.component == endpoint.component)
-            and (self.endpoint is None or self.endpoint == endpoint.endpoint)
-        )
-
-    def __str__(self) -> str:
-        return ".".join(self.parts) or "*"
-
-
-class Transport(_Frozen):
+@dataclass(frozen=True, slots=True)
+class Transport:
     """How to reach an instance: a transport kind (``tcp``, ``nats_tcp``, ``http`` ...) and its address.
 
     Serialised in the reference runtime's externally tagged shape, ``{"tcp": "10.0.0.5:41555/..."}``.
@@ -188,22 +62,35 @@ class Transport(_Frozen):
     kind: str
     address: str
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, str) or not self.kind or not isinstance(self.address, str):
+            raise InvalidRecordError(
+                f"a transport is a non-empty kind and an address, both strings; got {self.kind!r}, "
+                f"{self.address!r}"
+            )
+        check_text(self.kind, "the transport kind")
+        check_text(self.address, "the transport address")
+
     @classmethod
-    def coerce(cls, value: Transport | str | dict[str, str] | None) -> Transport | None:
-        """Accept a ``Transport``, ``"kind://address"``, ``{"kind": "address"}`` or ``None``."""
+    def coerce(cls, value: Transport | str | Mapping[str, str] | None) -> Transport | None:
+        """Accept a ``Transport``, ``"kind://address"``, ``{"kind": "address"}`` or ``None``; raise
+        :class:`~dyndisc.InvalidRecordError` for anything else."""
         if value is None or isinstance(value, Transport):
             return value
         if isinstance(value, str):
             kind, sep, address = value.partition("://")
             if not sep or not kind:
-                raise ValueError(
+                raise InvalidRecordError(
                     f"transport {value!r} must look like 'kind://address', e.g. 'tcp://10.0.0.5:9000'"
                 )
-            return cls(kind=kind, address=address)
-        if isinstance(value, dict) and len(value) == 1:
+            return cls(kind, address)
+        if isinstance(value, Mapping) and len(value) == 1:
             ((kind, address),) = value.items()
-            return cls(kind=str(kind), address=str(address))
-        raise ValueError(f"cannot read a transport from {value!r}")
+            if isinstance(kind, str) and kind and isinstance(address, str):
+                return cls(kind, address)
+        raise InvalidRecordError(
+            f"cannot read a transport from {value!r}: give 'kind://address' or {{'kind': 'address'}}"
+        )
 
     def to_wire(self) -> dict[str, str]:
         """The externally tagged wire shape."""
@@ -220,43 +107,85 @@ class Readiness(enum.StrEnum):
     DRAINING = "draining"
 
 
-class Instance(_Named):
-    """One registered endpoint of one worker process, as every watcher sees it."""
+@dataclass(frozen=True, slots=True, init=False)
+class Instance:
+    """One registered endpoint of one worker process, as every watcher sees it.
+
+    Immutable: :meth:`replace` makes a changed copy. Two instances are equal when every field is; an
+    instance hashes by :attr:`key` (its endpoint and id), so it can key a dict or sit in a set.
+    """
 
     namespace: str
     component: str
     endpoint: str
-    instance_id: Annotated[int, Field(ge=0, lt=2**64)]
-    transport: Transport | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    readiness: Readiness = Readiness.READY
+    instance_id: int
+    transport: Transport | None
+    metadata: FrozenDict
+    readiness: Readiness
+    _key: tuple[EndpointId, int] = field(init=False, repr=False, compare=False)
 
-    @field_validator("namespace", "component", "endpoint", mode="before")
-    @classmethod
-    def _check_name(cls, value: object, info: Any) -> str:
-        return validate_name(info.field_name, value)
+    def __init__(
+        self,
+        namespace: str,
+        component: str,
+        endpoint: str,
+        instance_id: int,
+        transport: Transport | str | Mapping[str, str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        readiness: Readiness | str = Readiness.READY,
+    ) -> None:
+        names = (
+            validate_name("namespace", namespace),
+            validate_name("component", component),
+            validate_name("endpoint", endpoint),
+        )
+        where = ".".join(names)
+        if isinstance(instance_id, bool) or not isinstance(instance_id, int):
+            raise InvalidRecordError(f"instance id of {where} must be an integer, got {instance_id!r}")
+        if not 0 <= instance_id <= MAX_INSTANCE_ID:
+            raise InvalidRecordError(
+                f"instance id {instance_id} of {where} is not an unsigned 64-bit integer"
+            )
+        try:
+            state = Readiness(readiness)
+        except ValueError:
+            raise InvalidRecordError(
+                f"readiness of {where} must be one of "
+                f"{', '.join(r.value for r in Readiness)}, got {readiness!r}"
+            ) from None
+        setter = object.__setattr__
+        setter(self, "namespace", names[0])
+        setter(self, "component", names[1])
+        setter(self, "endpoint", names[2])
+        setter(self, "instance_id", int(instance_id))
+        setter(self, "transport", Transport.coerce(transport))
+        setter(self, "metadata", freeze_metadata(metadata, where))
+        setter(self, "readiness", state)
 
-    @field_validator("transport", mode="before")
-    @classmethod
-    def _coerce_transport(cls, value: Any) -> Any:
-        if isinstance(value, dict) and set(value) != {"kind", "address"}:
-            return Transport.coerce(value)
-        if isinstance(value, str):
-            return Transport.coerce(value)
-        return value
+    def __hash__(self) -> int:
+        return hash(self.key)
 
-    @cached_property
+    @property
     def endpoint_id(self) -> EndpointId:
         """The endpoint this instance serves."""
-        return _endpoint_id(self.namespace, self.component, self.endpoint)
+        return self.key[0]
 
-    @cached_property
+    @property
     def key(self) -> tuple[EndpointId, int]:
         """Unique identity within a watch: one process serves many endpoints under one instance id."""
-        return (self.endpoint_id, self.instance_id)
+        try:
+            return self._key
+        except AttributeError:  # computed once, on first use (decoded records skip __init__)
+            key = (endpoint_id(self.namespace, self.component, self.endpoint), self.instance_id)
+            object.__setattr__(self, "_key", key)
+            return key
 
-    def to_json(self) -> bytes:
-        """Compact JSON record, as stored by the key-value backends; raises if it is too large."""
+    def replace(self, **changes: Any) -> Instance:
+        """A copy with ``changes`` applied (checked like a new instance)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-native values (the shape :meth:`to_json` writes)."""
         body: dict[str, Any] = {
             "namespace": self.namespace,
             "component": self.component,
@@ -265,19 +194,24 @@ class Instance(_Named):
         }
         if self.transport is not None:
             body["transport"] = self.transport.to_wire()
-        return self.encode_record(body)
-
-    def encode_record(self, body: dict[str, Any]) -> bytes:
-        """``body`` (this instance's identity in some record shape) plus ``metadata`` and a ``readiness``
-        other than ready, when set, as compact JSON; raises ``ValueError`` if that cannot be written."""
         if self.metadata:
             body["metadata"] = self.metadata
         if self.readiness is not Readiness.READY:
             body["readiness"] = self.readiness.value
-        try:
-            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"metadata of {self.endpoint_id} is not JSON-serialisable: {exc}") from exc
+        return body
+
+    def to_json(self) -> bytes:
+        """Compact JSON record, as stored by the key-value backends; raises if it is too large."""
+        return self.encode_record(self.to_dict())
+
+    def encode_record(self, body: dict[str, Any]) -> bytes:
+        """``body`` (this instance's record in some shape) as compact JSON; raise
+        :class:`~dyndisc.RecordTooLargeError` past :data:`MAX_RECORD_BYTES`."""
+        if self.metadata:
+            body.setdefault("metadata", self.metadata)
+        if self.readiness is not Readiness.READY:
+            body.setdefault("readiness", self.readiness.value)
+        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
         if len(data) > MAX_RECORD_BYTES:
             raise RecordTooLargeError(
                 f"the record of {self.endpoint_id} is {len(data)} bytes; the limit is {MAX_RECORD_BYTES} "
@@ -287,37 +221,124 @@ class Instance(_Named):
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Instance:
-        """Parse a record written by :meth:`to_json` (unknown fields are ignored); raises ``ValueError``."""
+        """Parse a record written by :meth:`to_json` (unknown fields are ignored); raise
+        :class:`~dyndisc.InvalidRecordError` if it is not one."""
         try:
-            return cls.model_validate_json(data)
+            found: Instance = _DECODER.validate_json(data)
         except ValidationError as exc:
-            raise ValueError(f"not an instance record: {exc.errors(include_url=False)}") from None
+            raise InvalidRecordError(f"not an instance record: {_summary(exc)}") from None
+        return found
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Instance:
+        """Read a record already parsed from JSON (a stored record's fields); unknown fields are ignored."""
+        try:
+            found: Instance = _DECODER.validate_python(data)
+        except ValidationError as exc:
+            raise InvalidRecordError(f"not an instance record: {_summary(exc)}") from None
+        return found
 
     def __str__(self) -> str:
         where = f" at {self.transport}" if self.transport else ""
         return f"{self.endpoint_id}/{self.instance_id:x}{where}"
 
 
-class Resync(_Frozen):
+def _summary(exc: ValidationError) -> str:
+    problems = [
+        f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in exc.errors(include_url=False)
+    ]
+    return "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+
+
+def _transport_from_wire(value: dict[str, str] | None) -> Transport | None:
+    if value is None:
+        return None
+    ((kind, address),) = value.items()
+    return Transport(kind, address)
+
+
+def _decoder() -> SchemaValidator:
+    """pydantic-core's validator of stored records: builds :class:`Instance` objects without ``__init__``."""
+    name = core_schema.str_schema(pattern=NAME_PATTERN)
+    wire_transport = core_schema.dict_schema(
+        core_schema.str_schema(min_length=1), core_schema.str_schema(), min_length=1, max_length=1
+    )
+    fields = [
+        core_schema.dataclass_field("namespace", name),
+        core_schema.dataclass_field("component", name),
+        core_schema.dataclass_field("endpoint", name),
+        core_schema.dataclass_field(
+            "instance_id", core_schema.int_schema(ge=0, le=MAX_INSTANCE_ID, strict=True)
+        ),
+        core_schema.dataclass_field(
+            "transport",
+            core_schema.with_default_schema(
+                core_schema.no_info_after_validator_function(
+                    _transport_from_wire, core_schema.nullable_schema(wire_transport)
+                ),
+                default=None,
+            ),
+        ),
+        core_schema.dataclass_field(
+            "metadata",
+            core_schema.with_default_schema(
+                core_schema.no_info_after_validator_function(
+                    freeze_wire, core_schema.dict_schema(core_schema.str_schema(), core_schema.any_schema())
+                ),
+                default=EMPTY,
+            ),
+        ),
+        core_schema.dataclass_field(
+            "readiness",
+            core_schema.with_default_schema(
+                core_schema.enum_schema(Readiness, list(Readiness), sub_type="str"), default=Readiness.READY
+            ),
+        ),
+    ]
+    schema = core_schema.dataclass_schema(
+        Instance,
+        core_schema.dataclass_args_schema("Instance", fields, collect_init_only=False),
+        [f["name"] for f in fields],
+        slots=True,
+        frozen=True,
+        post_init=False,
+    )
+    return SchemaValidator(schema)
+
+
+_DECODER = _decoder()
+
+
+def _as_tuple(value: Any) -> tuple[Instance, ...]:
+    return value if isinstance(value, tuple) else tuple(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
     """The authoritative set of instances matching the watch; replace whatever you had."""
 
-    type: Literal["resync"] = "resync"
     instances: tuple[Instance, ...]
+    type: ClassVar[Literal["resync"]] = "resync"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "instances", _as_tuple(self.instances))
 
 
-class Added(_Frozen):
+@dataclass(frozen=True, slots=True)
+class Added:
     """An instance appeared, or its record changed (an upsert: replace the one with the same key)."""
 
-    type: Literal["added"] = "added"
     instance: Instance
+    type: ClassVar[Literal["added"]] = "added"
 
 
-class Removed(_Frozen):
+@dataclass(frozen=True, slots=True)
+class Removed:
     """An instance is gone (unregistered, lease expired or revoked, pod no longer ready)."""
 
-    type: Literal["removed"] = "removed"
     endpoint: EndpointId
     instance_id: int
+    type: ClassVar[Literal["removed"]] = "removed"
 
     @property
     def key(self) -> tuple[EndpointId, int]:

@@ -4,32 +4,26 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
-from dyndisc._client import Client
 from dyndisc._concurrency import SharedExclusiveLock, background_tasks
 from dyndisc._errors import LeaseLostError, RuntimeNotStartedError
+from dyndisc._handles import Component, Endpoint, Namespace
 from dyndisc._instance_set import InstanceSet
 from dyndisc._lease import LeaseChange, LeaseExpired, keep_lease_alive, retry_forever
 from dyndisc._metrics import metrics
-from dyndisc._models import (
-    DiscoveryEvent,
-    EndpointId,
-    Instance,
-    InstanceQuery,
-    Readiness,
-    Transport,
-    validate_name,
-)
-from dyndisc._settings import LeaseLossPolicy, RuntimeSettings, load_settings
+from dyndisc._models import DiscoveryEvent, EndpointId, Instance, InstanceQuery, Readiness, Transport
+from dyndisc._settings import DEFAULT_LEASE_TTL, LeaseLossPolicy, RuntimeSettings, canonical_backend_name
 from dyndisc.backends import create_backend
 from dyndisc.backends.base import DiscoveryBackend, Lease
 from dyndisc.backends.kv import KeyValueStore, KvDiscovery
+
+__all__ = ["Component", "DistributedRuntime", "Endpoint", "LeaseChangeCallback", "Namespace"]
 
 log = logging.getLogger("dyndisc.runtime")
 
@@ -62,21 +56,31 @@ class DistributedRuntime:
         on_lease_change: LeaseChangeCallback | None = None,
     ) -> None:
         overrides: dict[str, object] = {}
-        if isinstance(backend, str):
-            overrides["discovery_backend"] = backend
         if lease_ttl is not None:
             overrides["lease_ttl"] = lease_ttl
         if lease_loss_policy is not None:
             overrides["lease_loss_policy"] = lease_loss_policy
-        self.settings: RuntimeSettings = load_settings(**overrides)
-        self.lease_ttl = self.settings.effective_lease_ttl()
+        self.settings: RuntimeSettings = RuntimeSettings.load(**overrides)
         self.lease_loss_policy = self.settings.lease_loss_policy
         self.on_lease_change = on_lease_change
+        #: The backend name to create at every start, or ``None`` for a backend given as an object.
+        self._backend_name: str | None = None
         self._given_backend: DiscoveryBackend | None = None
         if isinstance(backend, KeyValueStore):
             self._given_backend = KvDiscovery(backend, owns_store=False)
         elif isinstance(backend, DiscoveryBackend):
             self._given_backend = backend
+        elif isinstance(backend, str):
+            self._backend_name = canonical_backend_name(backend, "the backend argument of DistributedRuntime")
+        else:
+            self._backend_name = canonical_backend_name(self.settings.discovery_backend)
+        # A backend made by name is made now, so a bad setting of it fails here rather than at start.
+        self._made_backend = create_backend(self._backend_name) if self._backend_name else None
+        chosen = self._given_backend or self._made_backend
+        default_ttl = chosen.default_lease_ttl if chosen is not None else None
+        #: The lease TTL: the argument, else ``DYN_LEASE_TTL``, else the backend's (``ETCD_LEASE_TTL``),
+        #: else 10 seconds.
+        self.lease_ttl: float = self.settings.lease_ttl or default_ttl or DEFAULT_LEASE_TTL
         self._backend: DiscoveryBackend | None = None
         self._lease: Lease | None = None
         self._tg: TaskGroup | None = None
@@ -85,8 +89,6 @@ class DistributedRuntime:
         self._sets_lock = anyio.Lock()
         self._registered: dict[EndpointId, Instance] = {}
         self._sets: dict[InstanceQuery, InstanceSet] = {}
-        self._keepalive_scope: anyio.CancelScope | None = None
-        self._abandoned = False
         self._metrics = metrics()
         #: Registrations reported to the metrics (so leaving the runtime subtracts exactly those).
         self._counted = 0
@@ -104,7 +106,9 @@ class DistributedRuntime:
             if self._given_backend is not None:
                 self._backend = self._given_backend
             else:
-                self._backend = create_backend(self.settings.discovery_backend)
+                assert self._backend_name is not None
+                made, self._made_backend = self._made_backend, None
+                self._backend = made or create_backend(self._backend_name)
                 stack.push_async_callback(self._backend.aclose)
             self._lease = await self._backend.grant_lease(self.lease_ttl)
             log.info(
@@ -135,7 +139,7 @@ class DistributedRuntime:
         assert self._backend is not None
         lease, self._lease = self._lease, None
         self._count_registrations(live=False)
-        if lease is None or self._abandoned:
+        if lease is None:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
@@ -154,9 +158,7 @@ class DistributedRuntime:
         while True:
             lease = self.lease
             try:
-                with anyio.CancelScope() as self._keepalive_scope:
-                    await keep_lease_alive(self._backend, lease)
-                return  # cancelled by _abandon()
+                await keep_lease_alive(self._backend, lease)
             except LeaseExpired as exc:
                 log.error("lost lease %x: %s", lease.id, exc)
                 self._metrics.lease_lost(self.backend.name)
@@ -179,7 +181,7 @@ class DistributedRuntime:
                 self._lease = lease
                 try:
                     for endpoint, instance in list(self._registered.items()):
-                        moved = instance.model_copy(update={"instance_id": lease.id})
+                        moved = instance.replace(instance_id=lease.id)
                         self._registered[endpoint] = await backend.register(moved, lease)
                 except BaseException:
                     with anyio.CancelScope(shield=True):
@@ -201,12 +203,6 @@ class DistributedRuntime:
                     await result
             except Exception:  # the application's callback must not take the keep-alive loop down
                 log.exception("on_lease_change callback failed")
-
-    def _abandon(self) -> None:
-        """Testing aid: stop renewing the lease and skip the revoke on exit, as if the process had crashed."""
-        self._abandoned = True
-        if self._keepalive_scope is not None:
-            self._keepalive_scope.cancel()
 
     def _count_registrations(self, *, live: bool = True) -> None:
         if self._metrics.enabled and self._backend is not None:
@@ -255,14 +251,14 @@ class DistributedRuntime:
 
     def namespace(self, name: str) -> Namespace:
         """The namespace ``name``."""
-        return Namespace(self, validate_name("namespace", name))
+        return Namespace(self, name)
 
     # -- operations used by the handles ----------------------------------------------------------------
     async def register(
         self,
         endpoint: EndpointId,
-        transport: Transport | str | dict[str, str] | None = None,
-        metadata: dict[str, Any] | None = None,
+        transport: Transport | str | Mapping[str, str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
         readiness: Readiness = Readiness.READY,
     ) -> Instance:
         """Register ``endpoint`` under the runtime's lease; calling again updates the record in place."""
@@ -273,7 +269,7 @@ class DistributedRuntime:
                 endpoint=endpoint.endpoint,
                 instance_id=self.lease.id,
                 transport=Transport.coerce(transport),
-                metadata=metadata or {},
+                metadata=metadata,
                 readiness=readiness,
             )
             stored = await self.backend.register(instance, self.lease)
@@ -309,87 +305,16 @@ class DistributedRuntime:
         """One-shot list of the instances matching ``query`` (everything by default)."""
         return await self.backend.list(query or InstanceQuery())
 
-    async def watch(self, query: InstanceQuery | None = None) -> AsyncIterator[DiscoveryEvent]:
-        """Async-iterate events for ``query``: a ``Resync`` first, then ``Added`` / ``Removed``."""
-        source = await self.instance_set(query or InstanceQuery())
-        async for event in source.events():
-            yield event
+    @asynccontextmanager
+    async def watch(self, query: InstanceQuery | None = None) -> AsyncIterator[AsyncIterator[DiscoveryEvent]]:
+        """Watch ``query`` (everything by default): ``async with runtime.watch(q) as events:``, then
+        ``async for event in events`` gives a ``Resync`` first, then ``Added`` / ``Removed``.
 
-
-class Namespace:
-    """A namespace handle: ``runtime.namespace("ns")``."""
-
-    def __init__(self, runtime: DistributedRuntime, name: str) -> None:
-        self.runtime = runtime
-        self.name = name
-
-    def component(self, name: str) -> Component:
-        """The component ``name`` in this namespace."""
-        return Component(self, validate_name("component", name))
-
-    def watch(self) -> AsyncIterator[DiscoveryEvent]:
-        """Events for every instance in this namespace."""
-        return self.runtime.watch(InstanceQuery(namespace=self.name))
-
-
-class Component:
-    """A component handle: ``runtime.namespace("ns").component("comp")``."""
-
-    def __init__(self, namespace: Namespace, name: str) -> None:
-        self.namespace = namespace
-        self.name = name
-
-    def endpoint(self, name: str) -> Endpoint:
-        """The endpoint ``name`` of this component."""
-        endpoint = EndpointId(namespace=self.namespace.name, component=self.name, endpoint=name)
-        return Endpoint(self.namespace.runtime, endpoint)
-
-    def watch(self) -> AsyncIterator[DiscoveryEvent]:
-        """Events for every instance of this component."""
-        return self.namespace.runtime.watch(InstanceQuery(namespace=self.namespace.name, component=self.name))
-
-
-class Endpoint:
-    """An endpoint handle: register it (worker side) or get a client of it (frontend/router side)."""
-
-    def __init__(self, runtime: DistributedRuntime, endpoint_id: EndpointId) -> None:
-        self.runtime = runtime
-        self.id = endpoint_id
-
-    async def register(
-        self,
-        transport: Transport | str | dict[str, str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        *,
-        readiness: Readiness = Readiness.READY,
-    ) -> Instance:
-        """Register this process as an instance of the endpoint; returns the stored :class:`Instance`.
-
-        ``transport`` is how to reach it (``"tcp://host:port"``, ``{"tcp": "host:port"}`` or a
-        :class:`Transport`). Registering again is idempotent, and replaces the record if it changed.
+        The watch is live when the block starts and stops when it ends, however the block ends.
         """
-        return await self.runtime.register(self.id, transport, metadata, readiness)
-
-    async def unregister(self) -> None:
-        """Remove this process's instance of the endpoint (the lease and other endpoints stay)."""
-        await self.runtime.unregister(self.id)
-
-    async def client(self) -> Client:
-        """A :class:`Client` of this endpoint; the watch behind it is live when this returns."""
-        source = await self.runtime.instance_set(InstanceQuery.for_endpoint(self.id))
-        return Client(self.id, source)
-
-    def watch(self) -> AsyncIterator[DiscoveryEvent]:
-        """Events for this endpoint: a ``Resync`` first, then ``Added`` / ``Removed``."""
-        return self.runtime.watch(InstanceQuery.for_endpoint(self.id))
-
-    async def list(self) -> list[Instance]:
-        """One-shot list of this endpoint's instances."""
-        return await self.runtime.list(InstanceQuery.for_endpoint(self.id))
-
-    def connection_id(self) -> int:
-        """The process's instance id, the reference runtime's name for it."""
-        return self.runtime.instance_id
-
-    def __repr__(self) -> str:
-        return f"Endpoint({str(self.id)!r})"
+        source = await self.instance_set(query or InstanceQuery())
+        subscription = source.subscribe()
+        try:
+            yield subscription
+        finally:
+            source.unsubscribe(subscription)

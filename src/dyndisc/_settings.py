@@ -1,15 +1,16 @@
-"""Runtime settings read from the environment (pydantic-settings).
+"""Settings read from the environment (pydantic-settings), and the runtime's own.
 
-Backend-specific settings (``ETCD_*``, ``NATS_*``, ``DYN_FILE_KV``, ``POD_*``) live with their backend.
+Every settings class derives from :class:`Settings`, so a bad value anywhere becomes one
+:class:`~dyndisc.ConfigurationError` naming the variable. Backend settings (``ETCD_*``, ``NATS_*``,
+``DYN_FILE_*``, ``POD_*``) live with their backend and are read only when that backend is created by name.
 """
 
 from __future__ import annotations
 
 import enum
-import os
-from typing import Annotated
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dyndisc._errors import ConfigurationError
@@ -19,16 +20,38 @@ BACKEND_NAMES = ("etcd", "kubernetes", "memory", "nats", "file")
 BACKEND_ALIASES = {"mem": "memory", "k8s": "kubernetes", "kube": "kubernetes"}
 
 
-def canonical_backend_name(name: str) -> str:
-    """Map a backend name or alias to its canonical name, or raise a :class:`ConfigurationError`."""
+def canonical_backend_name(name: str, source: str = "DYN_DISCOVERY_BACKEND") -> str:
+    """Map a backend name or alias to its canonical name, or raise a :class:`ConfigurationError`.
+
+    ``source`` says where the name came from (a variable or an argument), for the message.
+    """
     key = name.strip().lower()
     key = BACKEND_ALIASES.get(key, key)
     if key not in BACKEND_NAMES:
         valid = ", ".join(BACKEND_NAMES) + " (aliases: " + ", ".join(sorted(BACKEND_ALIASES)) + ")"
-        raise ConfigurationError(
-            f"unknown discovery backend {name!r} (DYN_DISCOVERY_BACKEND); valid: {valid}"
-        )
+        raise ConfigurationError(f"unknown discovery backend {name!r} ({source}); valid: {valid}")
     return key
+
+
+class Settings(BaseSettings):
+    """Base of every settings class: :meth:`load` reads the environment and reports bad values clearly."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+    #: What these settings are, for messages ("etcd settings").
+    what: ClassVar[str] = "settings"
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Self:
+        """Read the settings (``overrides`` win); a bad value is one :class:`ConfigurationError`."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            prefix = str(cls.model_config.get("env_prefix") or "")
+            problems = "; ".join(
+                f"{prefix}{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            )
+            raise ConfigurationError(f"invalid {cls.what}: {problems}") from None
 
 
 class LeaseLossPolicy(enum.StrEnum):
@@ -40,43 +63,20 @@ class LeaseLossPolicy(enum.StrEnum):
     SHUTDOWN = "shutdown"
 
 
-class RuntimeSettings(BaseSettings):
-    """``DYN_DISCOVERY_BACKEND``, ``DYN_LEASE_TTL`` and ``DYN_LEASE_LOSS_POLICY``."""
+class RuntimeSettings(Settings):
+    """``DYN_DISCOVERY_BACKEND``, ``DYN_LEASE_TTL`` and ``DYN_LEASE_LOSS_POLICY``.
+
+    The backend name is checked only when the runtime creates its backend by name: a runtime given a
+    backend object does not depend on the variable.
+    """
 
     model_config = SettingsConfigDict(env_prefix="DYN_", extra="ignore", case_sensitive=False)
+    what: ClassVar[str] = "dyndisc settings"
 
     discovery_backend: str = "etcd"
     lease_ttl: Annotated[float | None, Field(gt=0, le=3600)] = None
     lease_loss_policy: LeaseLossPolicy = LeaseLossPolicy.REREGISTER
 
-    @field_validator("discovery_backend")
-    @classmethod
-    def _backend(cls, value: str) -> str:
-        return canonical_backend_name(value)
 
-    def effective_lease_ttl(self) -> float:
-        """``DYN_LEASE_TTL``; on etcd ``ETCD_LEASE_TTL`` as the reference documents; else 10 seconds."""
-        if self.lease_ttl is not None:
-            return self.lease_ttl
-        if self.discovery_backend == "etcd" and os.environ.get("ETCD_LEASE_TTL"):
-            raw = os.environ["ETCD_LEASE_TTL"]
-            try:
-                ttl = float(raw)
-            except ValueError:
-                ttl = 0.0
-            if not 0 < ttl <= 3600:
-                raise ConfigurationError(f"ETCD_LEASE_TTL={raw!r} must be a number of seconds in (0, 3600]")
-            return ttl
-        return 10.0
-
-
-def load_settings(**overrides: object) -> RuntimeSettings:
-    """Read :class:`RuntimeSettings`; turn validation errors into one clear :class:`ConfigurationError`."""
-    try:
-        return RuntimeSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"DYN_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
-        raise ConfigurationError(f"invalid dyndisc settings: {problems}") from None
+#: The lease TTL when neither the runtime, ``DYN_LEASE_TTL`` nor the backend (``ETCD_LEASE_TTL``) sets one.
+DEFAULT_LEASE_TTL = 10.0

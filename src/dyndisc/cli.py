@@ -93,7 +93,7 @@ def get(instance: str, backend: str) -> None:
     )
     for candidate in found:
         if candidate.instance_id == instance_id:
-            click.echo(json.dumps(candidate.model_dump(mode="json"), indent=2))
+            click.echo(json.dumps(candidate.to_dict(), indent=2))
             return
     raise click.ClickException(f"no live instance {instance_id:x} of {endpoint}")
 
@@ -204,14 +204,11 @@ def kube() -> None:
 @click.option("--only", type=click.Choice(["crd", "rbac"]), default=None, help="Print only one of the two.")
 def kube_manifests(namespace: str | None, only: str | None) -> None:
     """Print the DynamoWorkerMetadata CRD and the least-privilege RBAC: pipe into 'kubectl apply -f -'."""
-    from dyndisc.backends.kubernetes import manifest
+    from dyndisc.backends.kubernetes.manifests import manifests
 
     if only != "crd" and namespace is None:
         raise click.UsageError("--namespace is required for the RBAC manifests (or pass --only crd)")
-    parts = [] if only == "rbac" else [manifest("crd.yaml")]
-    if only != "crd":
-        parts.append(manifest("rbac.yaml", namespace))
-    click.echo("---\n".join(parts), nl=False)
+    click.echo(manifests(namespace, only), nl=False)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 
 from dyndisc import DiscoveryBackend, DistributedRuntime, InstanceQuery, InstanceSet
-from dyndisc.testing import RuntimeHost
+from dyndisc.testing import CrashableBackend, RuntimeHost
 from harnesses.base import Harness
 
 
@@ -26,7 +26,7 @@ class Runtimes:
 
     async def host(self, **kwargs: Any) -> RuntimeHost:
         kwargs.setdefault("lease_ttl", self.harness.lease_ttl)
-        host = await RuntimeHost.start(DistributedRuntime(self.backend(), **kwargs))
+        host = await RuntimeHost.start(DistributedRuntime(CrashableBackend(self.backend()), **kwargs))
         self.hosts.append(host)
         return host
 

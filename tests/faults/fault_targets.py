@@ -18,7 +18,7 @@ from dyndisc.backends.etcd import EtcdSettings, EtcdStore
 from dyndisc.backends.file import FileStore
 from dyndisc.backends.kv import KeyValueStore
 from dyndisc.backends.nats import NatsSettings, NatsStore
-from dyndisc.testing import RuntimeHost
+from dyndisc.testing import CrashableBackend, RuntimeHost
 from dyndisc.testing.servers import EtcdServer, NatsServer, TcpProxy
 
 #: The backends with a store another process can share (the SIGKILL, partition and revoke scenarios).
@@ -104,7 +104,7 @@ class Target:
                 **self.store_settings,
                 **overrides,
             }
-            store = NatsStore(NatsSettings.from_env(**values))
+            store = NatsStore(NatsSettings.load(**values))
         self.stores.append(store)
         return store
 
@@ -123,7 +123,8 @@ class Target:
     async def start(self, backend: DiscoveryBackend | None = None, **kwargs: Any) -> RuntimeHost:
         """A worker runtime (TTL :attr:`ttl` unless given), stopped at teardown unless it ended."""
         kwargs.setdefault("lease_ttl", self.ttl)
-        host = await RuntimeHost.start(DistributedRuntime(backend or self.backend(), **kwargs))
+        crashable = CrashableBackend(backend or self.backend())
+        host = await RuntimeHost.start(DistributedRuntime(crashable, **kwargs))
         self.hosts.append(host)
         return host
 

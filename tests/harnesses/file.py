@@ -1,8 +1,10 @@
 """Conformance harness for the file backend: one fresh directory per test, one :class:`FileStore` per backend.
 
 Every backend gets its own store on the shared directory, as separate processes would (the multi-process
-tests in ``tests/backends/file/`` use real processes). ``break_watches`` restarts the inotify watcher of every
-open watch and drops the changes it had queued: what an inotify queue overflow or a watcher restart does.
+tests in ``tests/backends/file/`` use real processes). ``break_watches`` breaks every open watch stream (a
+:class:`~dyndisc.testing.FaultyStore` around each store): changes in flight are lost and each watch resumes
+from a fresh scan, as after a watcher restart. The file-specific tests restart the real watcher by
+replacing the directories under it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 
 from dyndisc import DiscoveryBackend, KvDiscovery
 from dyndisc.backends.file import FileStore
+from dyndisc.testing import FaultyStore
 
 from .base import Harness
 
@@ -27,11 +30,12 @@ class FileHarness(Harness):
 
     def __init__(self, root: str) -> None:
         self.root_dir = root
-        self.stores: list[FileStore] = []
+        self.stores: list[FaultyStore] = []
         self.raw = FileStore(root)
 
     def new_backend(self) -> DiscoveryBackend:
-        store = FileStore(self.root_dir, rescan_interval=60.0)  # rescans must not hide missed events
+        # Rescans must not hide missed events.
+        store = FaultyStore(FileStore(self.root_dir, rescan_interval=60.0))
         self.stores.append(store)
         return KvDiscovery(store, root=self.root)
 

@@ -26,9 +26,10 @@ import pytest
 import yaml
 
 from dyndisc import DiscoveryBackend, Lease
-from dyndisc.backends._kube_api import JsonObject, KubeApi, KubeStatusError, connect
-from dyndisc.backends._kube_join import DISCOVERY_LABELS
 from dyndisc.backends.kubernetes import KubernetesDiscovery, PodIdentity, manifest
+from dyndisc.backends.kubernetes.api import KubeApi, connect
+from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError
+from dyndisc.backends.kubernetes.join import DISCOVERY_LABELS
 from dyndisc.testing.servers import KubeApiServer, TcpProxy
 from dyndisc.testing.servers.kube import RESTRICTED_USER
 

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from dyndisc import DiscoveryBackend, KvDiscovery, MemoryStore
+from dyndisc.testing import FaultyStore
 
 from .base import Harness
 
@@ -20,7 +21,7 @@ class MemoryHarness(Harness):
     expiry_bound = 0.5
 
     def __init__(self) -> None:
-        self.store = MemoryStore()
+        self.store = FaultyStore(MemoryStore())
 
     def new_backend(self) -> DiscoveryBackend:
         return KvDiscovery(self.store, root=self.root, owns_store=False)

@@ -24,7 +24,7 @@ def settings_for(url: str, **overrides: object) -> NatsSettings:
     """Settings for a test store on the session's bucket (override ``kv_bucket`` to isolate a test)."""
     values: dict[str, object] = {"server": url, "kv_bucket": "dyndisc_tests", "timeout": 3.0}
     values.update(overrides)
-    return NatsSettings.from_env(**values)
+    return NatsSettings.load(**values)
 
 
 class NatsHarness(ProxiedStoreHarness):

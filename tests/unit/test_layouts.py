@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from dyndisc import ConfigurationError, DistributedRuntime, Instance, InstanceQuery, KvDiscovery, MemoryStore
-from dyndisc.backends._layouts import DynamoV1Layout, DyndiscLayout, make_layout
 from dyndisc.backends.file import FileStore
+from dyndisc.backends.kv.layouts import DynamoV1Layout, DyndiscLayout, make_layout
 
 WORKER = Instance(
     namespace="dynamo",
@@ -77,7 +77,7 @@ def test_bad_layout_choices_say_what_to_do(tmp_path: object, monkeypatch: pytest
         KvDiscovery(MemoryStore())
     with pytest.raises(ConfigurationError, match="always uses the key root 'v1/instances'"):
         make_layout("dynamo-v1", root="/svc")
-    with pytest.raises(ConfigurationError, match="the file backend keeps its own layout"):
+    with pytest.raises(ConfigurationError, match="cannot hold the dynamo-v1 key layout"):
         KvDiscovery(FileStore(str(tmp_path)), layout="dynamo-v1")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import aclosing
 
 import anyio
 import prometheus_client
@@ -14,6 +13,7 @@ import pytest
 from dyndisc import Added, DistributedRuntime, KvDiscovery, Lease, MemoryStore
 from dyndisc._errors import ConfigurationError
 from dyndisc._metrics import Metrics, PrometheusMetrics, _choose, metrics, set_metrics
+from dyndisc.testing import FaultyStore
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def sample(registry: prometheus_client.CollectorRegistry, name: str, **labels: s
 async def test_the_runtime_records_registrations_renewals_and_watches(
     registry: prometheus_client.CollectorRegistry,
 ) -> None:
-    store = MemoryStore()
+    store = FaultyStore(MemoryStore())
     backend = FailingOnce(store)
     async with DistributedRuntime(backend, lease_ttl=1.0) as runtime:  # TTL 1 s: renewals every ~0.5 s
         endpoint = runtime.endpoint("ns.c.e")
@@ -76,7 +76,7 @@ async def test_the_runtime_records_registrations_renewals_and_watches(
         store.break_watches()
         await until(lambda: sample(registry, "dyndisc_watch_resyncs_total") == 1, "a resync")
         # A subscriber taking events measures the lag.
-        async with aclosing(runtime.namespace("ns").watch()) as events:
+        async with runtime.namespace("ns").watch() as events:
             first = await anext(events)
             assert first.type == "resync"
             await endpoint.register("tcp://h:2")
@@ -89,7 +89,7 @@ async def test_the_runtime_records_registrations_renewals_and_watches(
         assert sample(registry, "dyndisc_registered_endpoints") == 0
         await endpoint.register("tcp://h:3")
         # A lease revoked behind the runtime's back is lost (and replaced).
-        store.expire_lease(runtime.instance_id)
+        await store.expire_lease(runtime.instance_id)
         await until(lambda: sample(registry, "dyndisc_lease_losses_total") == 1, "a lease loss")
     assert sample(registry, "dyndisc_registered_endpoints") == 0, (
         "leaving the runtime drops its registrations"

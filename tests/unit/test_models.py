@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 
 from dyndisc import (
+    MAX_METADATA_DEPTH,
     MAX_RECORD_BYTES,
+    Added,
+    DyndiscError,
     EndpointId,
     Instance,
     InstanceQuery,
     InvalidNameError,
+    InvalidRecordError,
     Readiness,
     RecordTooLargeError,
+    Removed,
+    Resync,
     Transport,
 )
 
@@ -112,14 +119,117 @@ def test_queries() -> None:
         InstanceQuery(namespace="ns", endpoint="e")
 
 
-def test_records_share_their_fields_set_and_copies_leave_it_alone() -> None:
-    # Memory: instances with the same fields set share one model_fields_set (see _Frozen.model_post_init).
-    a = Instance(namespace="ns", component="c", endpoint="e", instance_id=1, transport="tcp://h:1")
-    b = Instance.from_json(Instance(namespace="ns", component="c", endpoint="e", instance_id=2).to_json())
-    c = Instance(namespace="ns", component="c", endpoint="e", instance_id=3, transport="tcp://h:2")
-    assert a.model_fields_set is c.model_fields_set
-    before = set(a.model_fields_set)
-    changed = a.model_copy(update={"metadata": {"x": 1}})
-    assert "metadata" in changed.model_fields_set
-    assert a.model_fields_set == before == c.model_fields_set
-    assert "transport" not in b.model_fields_set
+def _instance(**changes: object) -> Instance:
+    fields: dict[str, object] = {
+        "namespace": "ns",
+        "component": "c",
+        "endpoint": "e",
+        "instance_id": 1,
+        "transport": "tcp://h:1",
+        "metadata": {"model": "m", "tags": ["a", {"b": [1, 2.5, None, True]}]},
+    }
+    return Instance(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+VALUES = [
+    EndpointId.parse("ns.c.e"),
+    InstanceQuery.parse("ns.c"),
+    Transport(kind="tcp", address="h:1"),
+    _instance(),
+    Resync(instances=(_instance(),)),
+    Added(instance=_instance()),
+    Removed(endpoint=EndpointId.parse("ns.c.e"), instance_id=1),
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
+def test_every_model_is_hashable_and_immutable(value: object) -> None:
+    assert hash(value) == hash(copy.deepcopy(value))
+    assert {value: 1}[copy.deepcopy(value)] == 1, "usable as a dict key"
+    field = next(iter(vars(type(value)).get("__dataclass_fields__", {})))
+    with pytest.raises(AttributeError):
+        setattr(value, field, None)
+
+
+def test_instances_hash_by_identity_and_compare_by_content() -> None:
+    a, b = _instance(), _instance(metadata={"model": "other"})
+    assert hash(a) == hash(b)
+    assert a.key == b.key
+    assert a != b, "two records of one instance differ when a field does"
+    assert len({a, b}) == 2
+
+
+def test_metadata_is_read_only_all_the_way_down_and_still_json() -> None:
+    instance = _instance()
+    with pytest.raises(TypeError, match="read-only"):
+        instance.metadata["x"] = 1  # type: ignore[index]
+    with pytest.raises(TypeError, match="read-only"):
+        instance.metadata["tags"].append("c")
+    with pytest.raises(TypeError, match="read-only"):
+        instance.metadata["tags"][1]["b"].pop()
+    with pytest.raises(TypeError, match="read-only"):
+        instance.metadata.update(x=1)
+    assert instance.metadata == {"model": "m", "tags": ["a", {"b": [1, 2.5, None, True]}]}
+    assert json.loads(instance.to_json())["metadata"] == instance.metadata
+    assert Instance.from_json(instance.to_json()).metadata == instance.metadata
+    copied = copy.deepcopy(instance.metadata)
+    assert copied == instance.metadata
+
+
+def test_the_metadata_given_is_copied_so_changing_it_later_changes_nothing() -> None:
+    given = {"model": "m", "tags": ["a"]}
+    instance = _instance(metadata=given)
+    given["model"] = "changed"
+    given["tags"].append("b")  # type: ignore[attr-defined]
+    assert instance.metadata == {"model": "m", "tags": ["a"]}
+
+
+def test_replace_makes_a_checked_copy_with_a_fresh_key() -> None:
+    instance = _instance()
+    moved = instance.replace(instance_id=7)
+    assert moved.key == (instance.endpoint_id, 7), "the key follows the new id (it is not carried over)"
+    assert moved.metadata == instance.metadata
+    assert instance.instance_id == 1
+    with pytest.raises(InvalidNameError):
+        instance.replace(endpoint="a b")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"transport": "10.0.0.1:80"}, "kind://address"),
+        ({"transport": {"tcp": 1}}, "cannot read a transport"),
+        ({"metadata": {"n": float("nan")}}, "NaN"),
+        ({"metadata": {1: "x"}}, "JSON keys are strings"),
+        ({"metadata": {"t": (1, 2)}}, "use a list"),
+        ({"metadata": {"s": {1}}}, "set"),
+        ({"metadata": {"o": object()}}, "object"),
+        ({"metadata": "not a mapping"}, "must be a mapping"),
+        ({"readiness": "sleeping"}, "readiness"),
+        ({"instance_id": -1}, "unsigned 64-bit"),
+        ({"instance_id": 2**64}, "unsigned 64-bit"),
+        ({"instance_id": "1"}, "must be an integer"),
+    ],
+)
+def test_every_invalid_field_is_a_dyndisc_error(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRecordError, match=message) as info:
+        _instance(**changes)
+    assert isinstance(info.value, DyndiscError)
+
+
+def test_metadata_deeper_than_the_shared_limit_is_refused_before_writing_and_skipped_on_read() -> None:
+    deep: dict[str, object] = {}
+    inner = deep
+    for _ in range(MAX_METADATA_DEPTH - 1):
+        inner["x"] = {}
+        inner = inner["x"]  # type: ignore[assignment]
+    instance = _instance(metadata=deep)  # exactly at the limit: accepted and read back the same
+    assert Instance.from_json(instance.to_json()).metadata == deep
+    inner["x"] = {}
+    with pytest.raises(InvalidRecordError, match=f"deeper than {MAX_METADATA_DEPTH}"):
+        _instance(metadata=deep)
+    record = json.dumps(
+        {"namespace": "ns", "component": "c", "endpoint": "e", "instance_id": 1, "metadata": deep}
+    )
+    with pytest.raises(InvalidRecordError, match="deeper"):
+        Instance.from_json(record)

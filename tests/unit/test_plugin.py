@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from dyndisc import DistributedRuntime, MemoryStore
+from dyndisc import DistributedRuntime
+from dyndisc.testing import FaultyStore
 
 
 async def test_worker_and_frontend_on_the_fixture_store(
-    make_runtime: Callable[..., Awaitable[DistributedRuntime]], dyndisc_store: MemoryStore
+    make_runtime: Callable[..., Awaitable[DistributedRuntime]], dyndisc_store: FaultyStore
 ) -> None:
     worker = await make_runtime(lease_ttl=1)
     frontend = await make_runtime()
@@ -17,7 +18,7 @@ async def test_worker_and_frontend_on_the_fixture_store(
     client = await frontend.endpoint("ns.backend.generate").client()
     (instance,) = await client.wait_for_instances(timeout=1)
     assert instance.instance_id == worker.instance_id
-    assert worker.instance_id in dyndisc_store.lease_ids
+    assert worker.instance_id in dyndisc_store.inner.lease_ids
 
 
 async def test_dyndisc_runtime_is_running(dyndisc_runtime: DistributedRuntime) -> None:

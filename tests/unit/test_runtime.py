@@ -21,6 +21,7 @@ from dyndisc import (
     RuntimeNotStartedError,
 )
 from dyndisc._instance_set import MAX_SUBSCRIBER_BACKLOG
+from dyndisc.testing import FaultyStore
 
 MakeRuntime = Callable[..., Awaitable[DistributedRuntime]]
 
@@ -50,15 +51,15 @@ class FlakyKeepAlive(KvDiscovery):
 
 
 async def test_keep_alive_holds_the_lease_past_its_ttl(
-    make_runtime: MakeRuntime, dyndisc_store: MemoryStore
+    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
     runtime = await make_runtime(lease_ttl=0.4)
     await anyio.sleep(1.5)  # several TTLs: only renewals can keep the lease
-    assert runtime.instance_id in dyndisc_store.lease_ids
+    assert runtime.instance_id in dyndisc_store.inner.lease_ids
 
 
 async def test_transient_keep_alive_failures_are_retried_in_time(
-    make_runtime: MakeRuntime, dyndisc_store: MemoryStore, caplog: pytest.LogCaptureFixture
+    make_runtime: MakeRuntime, dyndisc_store: FaultyStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     backend = FlakyKeepAlive(dyndisc_store)
     changes: list[LeaseChange] = []
@@ -69,12 +70,12 @@ async def test_transient_keep_alive_failures_are_retried_in_time(
         await backend.wait_calls(5)  # three failures, then successful renewals
     assert runtime.instance_id == first_id
     assert changes == []
-    assert first_id in dyndisc_store.lease_ids
+    assert first_id in dyndisc_store.inner.lease_ids
     assert sum("keep-alive of lease" in r.message for r in caplog.records) == 3
 
 
 async def test_keep_alive_failing_past_the_deadline_replaces_the_lease(
-    make_runtime: MakeRuntime, dyndisc_store: MemoryStore
+    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
     backend = FlakyKeepAlive(dyndisc_store)
     changes: list[LeaseChange] = []
@@ -90,20 +91,20 @@ async def test_keep_alive_failing_past_the_deadline_replaces_the_lease(
     backend.failing_lease = first_id
     with anyio.fail_after(5):
         await replaced.wait()
-    assert first_id not in dyndisc_store.lease_ids
+    assert first_id not in dyndisc_store.inner.lease_ids
     assert changes[0].old_instance_id == first_id
     assert runtime.instance_id == changes[0].new_instance_id != first_id
     assert [i.instance_id for i in await runtime.endpoint("ns.c.e").list()] == [runtime.instance_id]
 
 
 async def test_expired_lease_hook_triggers_reregistration(
-    make_runtime: MakeRuntime, dyndisc_store: MemoryStore
+    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
     changed = anyio.Event()
     runtime = await make_runtime(lease_ttl=0.6, on_lease_change=lambda change: changed.set())
     old = runtime.instance_id
     await runtime.endpoint("ns.c.e").register("tcp://h:1")
-    dyndisc_store.expire_lease(old)
+    await dyndisc_store.expire_lease(old)
     with anyio.fail_after(3):
         await changed.wait()
     assert runtime.instance_id != old
@@ -128,7 +129,7 @@ class CountingBackend(KvDiscovery):
 
 
 async def test_concurrent_first_clients_start_one_watch(
-    make_runtime: MakeRuntime, dyndisc_store: MemoryStore
+    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
     backend = CountingBackend(dyndisc_store)
     runtime = await make_runtime(backend)
@@ -141,20 +142,19 @@ async def test_concurrent_first_clients_start_one_watch(
 async def test_a_slow_subscriber_gets_a_resync_and_stalls_nobody(make_runtime: MakeRuntime) -> None:
     worker, frontend = await make_runtime(), await make_runtime()
     client = await frontend.endpoint("ns.c.e0").client()
-    slow = frontend.namespace("ns").watch()
-    assert await anext(slow) == Resync(instances=())
-    for n in range(MAX_SUBSCRIBER_BACKLOG + 10):  # more changes than the slow one may have queued
-        await worker.endpoint(f"ns.c.e{n}").register("tcp://h:1")
-    assert len(client.instances()) == 1  # the fast client kept up without waiting for the slow one
-    event = await anext(slow)
-    assert isinstance(event, Resync), "an overflowing subscriber is switched to a snapshot"
-    seen = {i.key for i in event.instances}
-    while len(seen) < MAX_SUBSCRIBER_BACKLOG + 10:  # the changes after the snapshot follow as events
-        with anyio.fail_after(1):
-            added = await anext(slow)
-        assert isinstance(added, Added)
-        seen.add(added.instance.key)
-    await slow.aclose()
+    async with frontend.namespace("ns").watch() as slow:
+        assert await anext(slow) == Resync(instances=())
+        for n in range(MAX_SUBSCRIBER_BACKLOG + 10):  # more changes than the slow one may have queued
+            await worker.endpoint(f"ns.c.e{n}").register("tcp://h:1")
+        assert len(client.instances()) == 1  # the fast client kept up without waiting for the slow one
+        event = await anext(slow)
+        assert isinstance(event, Resync), "an overflowing subscriber is switched to a snapshot"
+        seen = {i.key for i in event.instances}
+        while len(seen) < MAX_SUBSCRIBER_BACKLOG + 10:  # the changes after the snapshot follow as events
+            with anyio.fail_after(1):
+                added = await anext(slow)
+            assert isinstance(added, Added)
+            seen.add(added.instance.key)
 
 
 async def test_using_a_runtime_before_it_starts_is_a_clear_error() -> None:
@@ -171,7 +171,7 @@ async def test_a_runtime_can_not_be_entered_twice() -> None:
             await runtime.__aenter__()
 
 
-async def test_backend_passed_in_is_not_closed(dyndisc_store: MemoryStore) -> None:
+async def test_backend_passed_in_is_not_closed(dyndisc_store: FaultyStore) -> None:
     closed: list[bool] = []
 
     class Tracking(KvDiscovery):
@@ -184,7 +184,7 @@ async def test_backend_passed_in_is_not_closed(dyndisc_store: MemoryStore) -> No
     assert closed == []
 
 
-async def test_registrations_survive_until_exit_and_leave_on_exit(dyndisc_store: MemoryStore) -> None:
+async def test_registrations_survive_until_exit_and_leave_on_exit(dyndisc_store: FaultyStore) -> None:
     async with DistributedRuntime(dyndisc_store) as runtime:
         await runtime.endpoint("ns.c.a").register("tcp://h:1")
         await runtime.endpoint("ns.c.b").register("tcp://h:2")
@@ -210,7 +210,7 @@ class BarrierRegister(KvDiscovery):
         return await super().register(instance, lease)
 
 
-async def test_registrations_run_concurrently(make_runtime: MakeRuntime, dyndisc_store: MemoryStore) -> None:
+async def test_registrations_run_concurrently(make_runtime: MakeRuntime, dyndisc_store: FaultyStore) -> None:
     backend = BarrierRegister(dyndisc_store, width=16)
     runtime = await make_runtime(backend)
     with anyio.fail_after(5):  # deadlocks if registrations were serialised

@@ -1,7 +1,8 @@
-"""Discovery backends, side by side: one module each, created by name.
+"""Discovery backends, a room each: ``etcd/``, ``kubernetes/``, ``nats/``, ``file/`` and ``memory``.
 
-Every backend module defines ``from_env() -> DiscoveryBackend`` reading its own settings from the
-environment; its third-party client is imported only when the backend is used, so the extras stay optional.
+Every backend offers ``from_env(*, startup_timeout=None) -> DiscoveryBackend``, reading its own settings
+from the environment only when it is created; its third-party client is imported only when the backend is
+used, so the extras stay optional. The key-value backends share :mod:`dyndisc.backends.kv`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,16 @@ __all__ = ["DiscoveryBackend", "KeyValueStore", "KvDiscovery", "Lease", "MemoryS
 _EXTRAS = {"etcd": "etcd", "kubernetes": "kubernetes", "nats": "nats", "file": "file"}
 
 
-def create_backend(name: str) -> DiscoveryBackend:
-    """Create the backend called ``name`` (or an alias such as ``mem``) from environment settings."""
-    canonical = canonical_backend_name(name)
+def create_backend(
+    name: str, *, startup_timeout: float | None = None, source: str = "DYN_DISCOVERY_BACKEND"
+) -> DiscoveryBackend:
+    """Create the backend called ``name`` (or an alias such as ``mem``) from environment settings.
+
+    ``startup_timeout`` bounds how long the backend waits for its server on first contact (default: its
+    own setting, such as ``ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS``). ``source`` says where ``name`` came
+    from, for error messages.
+    """
+    canonical = canonical_backend_name(name, source)
     try:
         module = importlib.import_module(f"dyndisc.backends.{canonical}")
     except ModuleNotFoundError as exc:
@@ -32,5 +40,5 @@ def create_backend(name: str) -> DiscoveryBackend:
         raise ConfigurationError(
             f"the {canonical!r} backend needs {exc.name!r}: pip install 'dyndisc[{extra}]'"
         ) from exc
-    backend: DiscoveryBackend = module.from_env()
+    backend: DiscoveryBackend = module.from_env(startup_timeout=startup_timeout)
     return backend

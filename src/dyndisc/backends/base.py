@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
+from dyndisc._diagnosis import BackendDoctor
 from dyndisc._models import DiscoveryEvent, Instance, InstanceQuery
 
 
@@ -26,7 +27,32 @@ class Lease:
     ttl: float
 
 
-class DiscoveryBackend(abc.ABC):
+class Connected:
+    """What backends and stores say about their server, beyond their operations: closing the connection,
+    since when the server is lost, the lease TTL their settings ask for, and their ``dyndisc doctor`` checks.
+
+    The defaults suit a store with no server (memory).
+    """
+
+    async def aclose(self) -> None:
+        """Release the connection. The runtime calls this for backends it created."""
+
+    @property
+    def stale_since(self) -> float | None:
+        """``time.monotonic()`` when the server was lost, or ``None`` while connected."""
+        return None
+
+    @property
+    def default_lease_ttl(self) -> float | None:
+        """The lease TTL the settings ask for (``ETCD_LEASE_TTL``), or ``None``."""
+        return None
+
+    def doctor(self) -> BackendDoctor:
+        """What ``dyndisc doctor`` checks here beyond the checks every backend shares."""
+        return BackendDoctor()
+
+
+class DiscoveryBackend(Connected, abc.ABC):
     """Where instances are registered and watched. Subclasses must keep the contract in ``docs/concepts.md``:
 
     * ``register`` is create-if-absent under the lease, idempotent for the same owner, an upsert of the
@@ -85,14 +111,6 @@ class DiscoveryBackend(abc.ABC):
         failures are retried inside, and surface as a new ``Resync`` once the watch is re-established.
         """
         raise NotImplementedError
-
-    async def aclose(self) -> None:  # noqa: B027 - a no-op default is the right behaviour for most backends
-        """Release connections. The runtime calls this for backends it created."""
-
-    @property
-    def stale_since(self) -> float | None:
-        """``time.monotonic()`` when the backend lost its server, or ``None`` while connected."""
-        return None
 
     async def __aenter__(self) -> DiscoveryBackend:
         return self

@@ -1,9 +1,8 @@
 """An in-process key-value store with real lease expiry: for development and users' unit tests.
 
 It is not a mock: leases expire on the clock (a runtime whose keep-alive stops disappears after its TTL),
-deletions reach watchers, and watches that fall behind get a fresh snapshot. Two fault hooks make the
-runtime's recovery paths testable without a server: :meth:`MemoryStore.expire_lease` and
-:meth:`MemoryStore.break_watches`.
+deletions reach watchers, and watches that fall behind get a fresh snapshot. Faults (a lease expired now, a
+broken watch) come from :mod:`dyndisc.testing.faults`, which wraps any store.
 
 One store serves one event loop at a time (it is not thread-safe), which is what tests and single-process
 applications need.
@@ -21,17 +20,11 @@ import anyio
 import anyio.lowlevel
 
 from dyndisc._concurrency import background_tasks
+from dyndisc._diagnosis import BackendDoctor, Report, Status
 from dyndisc._errors import LeaseNotFoundError
-from dyndisc.backends._event_queue import StoreEventQueue
 from dyndisc.backends.base import Lease
-from dyndisc.backends.kv import (
-    KeyValueStore,
-    KvDiscovery,
-    StoreDelete,
-    StoredValue,
-    StoreEvent,
-    StorePut,
-)
+from dyndisc.backends.kv import KeyValueStore, KvDiscovery, StoreDelete, StoredValue, StoreEvent, StorePut
+from dyndisc.backends.kv.event_queue import StoreEventQueue
 
 
 @dataclass
@@ -77,15 +70,8 @@ class MemoryStore(KeyValueStore):
             cls._shared = cls()
         return cls._shared
 
-    # -- test hooks ------------------------------------------------------------------------------------
-    def expire_lease(self, lease_id: int) -> None:
-        """Expire a lease now, as if its keep-alives had stopped: its keys go and watchers see it."""
-        self._drop_lease(lease_id)
-
-    def break_watches(self) -> None:
-        """Drop every watch's undelivered events, as a broken stream would; each must resync to recover."""
-        for watcher in self._watchers:
-            watcher.resync()
+    def doctor(self) -> BackendDoctor:
+        return _MemoryDoctor()
 
     @property
     def lease_ids(self) -> set[int]:
@@ -204,6 +190,11 @@ class MemoryStore(KeyValueStore):
             self._watchers.discard(watcher)
 
 
-def from_env() -> KvDiscovery:
+class _MemoryDoctor(BackendDoctor):
+    async def check_clock(self, report: Report) -> None:
+        report.add("clock", Status.OK, "in-process leases: one clock")
+
+
+def from_env(*, startup_timeout: float | None = None) -> KvDiscovery:
     """The ``memory`` backend: the process-wide :meth:`MemoryStore.shared` store."""
     return KvDiscovery(MemoryStore.shared(), owns_store=False)

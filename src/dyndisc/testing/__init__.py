@@ -3,9 +3,11 @@
 The pytest plugin (``dyndisc.testing.pytest_plugin``) is registered through the ``pytest11`` entry point,
 so its fixtures are available as soon as dyndisc is installed: ``dyndisc_store``, ``dyndisc_runtime``,
 ``make_runtime`` (in-memory discovery), and ``etcd_server``, ``nats_server``, ``kube_apiserver``,
-``tcp_proxy`` (real servers started on loopback).
+``tcp_proxy`` (real servers started on loopback). Faults on demand (a broken watch, an expired lease, an
+outage, a crashed worker) come from :mod:`dyndisc.testing.faults`.
 """
 
+from dyndisc.testing.faults import CrashableBackend, FaultyStore
 from dyndisc.testing.hosting import RuntimeHost
 
-__all__ = ["RuntimeHost"]
+__all__ = ["CrashableBackend", "FaultyStore", "RuntimeHost"]

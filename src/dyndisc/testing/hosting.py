@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from dyndisc._runtime import DistributedRuntime
+from dyndisc.testing.faults import CrashableBackend
 
 
 class RuntimeHost:
@@ -56,6 +57,16 @@ class RuntimeHost:
             await self._task
 
     async def crash(self) -> None:
-        """Stop as a killed process would: no more keep-alives and no revoke; the lease expires by itself."""
-        self.runtime._abandon()
+        """Stop as a killed process would: no more keep-alives and no revoke; the lease expires by itself.
+
+        The runtime must run on a :class:`~dyndisc.testing.faults.CrashableBackend` (the fixtures' runtimes
+        do): ``DistributedRuntime(CrashableBackend(backend))``.
+        """
+        backend = self.runtime.backend
+        if not isinstance(backend, CrashableBackend):
+            raise TypeError(
+                f"cannot crash a runtime on {type(backend).__name__}: build it on "
+                "dyndisc.testing.CrashableBackend(backend) to crash it in a test"
+            )
+        backend.crash()
         await self.stop()

@@ -2,7 +2,8 @@
 
 In-memory discovery for your unit tests:
 
-* ``dyndisc_store`` - a fresh :class:`~dyndisc.MemoryStore` per test;
+* ``dyndisc_store`` - a fresh :class:`~dyndisc.MemoryStore` per test, in a
+  :class:`~dyndisc.testing.FaultyStore` (faults on demand);
 * ``make_runtime`` - ``await make_runtime(lease_ttl=1)`` starts another runtime on that store, each with its
   own lease (pass ``backend=`` to use another backend); all are stopped at teardown;
 * ``dyndisc_runtime`` - one runtime on that store.
@@ -21,6 +22,7 @@ import pytest
 
 from dyndisc._runtime import DistributedRuntime
 from dyndisc.backends.memory import MemoryStore
+from dyndisc.testing.faults import FaultyStore
 from dyndisc.testing.hosting import RuntimeHost
 
 try:
@@ -29,6 +31,7 @@ except ImportError:  # pragma: no cover - the fixtures below then explain what i
     pytest_asyncio = None  # type: ignore[assignment]
 
 from dyndisc.testing.server_fixtures import (
+    etcd_cluster,
     etcd_server,
     kube_apiserver,
     nats_server,
@@ -40,6 +43,7 @@ from dyndisc.testing.server_fixtures import (
 __all__ = [
     "dyndisc_runtime",
     "dyndisc_store",
+    "etcd_cluster",
     "etcd_server",
     "kube_apiserver",
     "make_runtime",
@@ -63,13 +67,14 @@ def _async_fixture(fn: Any) -> Any:
 
 
 @pytest.fixture
-def dyndisc_store() -> MemoryStore:
-    """A fresh in-memory store for this test (leases expire on the clock; fault hooks available)."""
-    return MemoryStore()
+def dyndisc_store() -> FaultyStore:
+    """A fresh in-memory store for this test: leases expire on the clock, and faults come on demand
+    (``await dyndisc_store.expire_lease(id)``, ``break_watches()``, ``take_down()`` / ``bring_back()``)."""
+    return FaultyStore(MemoryStore())
 
 
 @_async_fixture
-async def make_runtime(dyndisc_store: MemoryStore) -> AsyncIterator[MakeRuntime]:
+async def make_runtime(dyndisc_store: FaultyStore) -> AsyncIterator[MakeRuntime]:
     """A factory of running runtimes on ``dyndisc_store`` (or ``backend=``), stopped at teardown."""
     hosts: list[RuntimeHost] = []
 

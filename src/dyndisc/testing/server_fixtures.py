@@ -15,6 +15,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 import pytest
 
 from dyndisc.testing.servers import (
+    EtcdCluster,
     EtcdServer,
     KubeApiServer,
     NatsServer,
@@ -28,6 +29,7 @@ from dyndisc.testing.servers.external import ExternalEtcd, ExternalNats
 __all__ = [
     "PrivateServers",
     "TcpProxyFactory",
+    "etcd_cluster",
     "etcd_server",
     "in_ci",
     "kube_apiserver",
@@ -153,6 +155,18 @@ def kube_apiserver() -> Iterator[KubeApiServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    """A 3-member etcd cluster of this test's own (kill its leader, lose quorum, restart members); closed at
+    teardown. ``cluster.endpoints`` is the value for ``ETCD_ENDPOINTS``."""
+    cluster = _started("etcd cluster", lambda: EtcdCluster(3).start())
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+        _STARTED.pop("etcd cluster", None)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import anyio
 
 from dyndisc import DiscoveryEvent, DistributedRuntime, InstanceQuery, Resync
 from dyndisc.backends.kubernetes import KubernetesDiscovery, PodIdentity
-from dyndisc.testing import RuntimeHost
+from dyndisc.testing import CrashableBackend, RuntimeHost
 from harnesses.kubernetes import Cluster, kubeconfig
 
 PROMPT = 5.0
@@ -41,7 +41,8 @@ class Workers:
     async def start(self, pod: PodIdentity, **kwargs: Any) -> RuntimeHost:
         backend_kwargs = {k: kwargs.pop(k) for k in ("kubeconfig", "debounce") if k in kwargs}
         kwargs.setdefault("lease_ttl", 2.0)
-        host = await RuntimeHost.start(DistributedRuntime(self.backend(pod, **backend_kwargs), **kwargs))
+        backend = CrashableBackend(self.backend(pod, **backend_kwargs))
+        host = await RuntimeHost.start(DistributedRuntime(backend, **kwargs))
         self.hosts.append(host)
         return host
 

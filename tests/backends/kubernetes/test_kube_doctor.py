@@ -11,9 +11,10 @@ import anyio
 import pytest
 from click.testing import CliRunner
 
-from dyndisc._doctor import Report, Status, run_doctor
-from dyndisc._doctor_kube import required_rights
+from dyndisc._diagnosis import Report, Status
+from dyndisc._doctor import run_doctor
 from dyndisc.backends.kubernetes import KubernetesDiscovery
+from dyndisc.backends.kubernetes.doctor import required_rights
 from dyndisc.cli import main
 from dyndisc.testing.server_fixtures import PrivateServers
 from dyndisc.testing.servers import EtcdServer, KubeApiServer

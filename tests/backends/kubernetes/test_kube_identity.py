@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dyndisc import ConfigurationError
-from dyndisc.backends._kube_identity import PodIdentity
+from dyndisc.backends.kubernetes.identity import PodIdentity
 
 
 def test_from_env() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dyndisc.backends._kube_siphash import ID_MASK, instance_id_for, siphash13
+from dyndisc.backends.kubernetes.siphash import ID_MASK, instance_id_for, siphash13
 
 # Computed with Rust 1.95's std::collections::hash_map::DefaultHasher (what the reference runtime uses):
 #   let mut h = DefaultHasher::new(); name.hash(&mut h); h.finish() & 0x001F_FFFF_FFFF_FFFF

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from dyndisc import Instance, InstanceQuery, Readiness
-from dyndisc.backends._kube_join import (
+from dyndisc.backends.kubernetes.join import (
     endpoint_key,
     join,
     parse_worker,
@@ -16,7 +16,7 @@ from dyndisc.backends._kube_join import (
     slice_pods,
     worker_data,
 )
-from dyndisc.backends._kube_siphash import instance_id_for
+from dyndisc.backends.kubernetes.siphash import instance_id_for
 
 
 def endpoint(pod: str, uid: str | None = None, **conditions: bool) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def test_draining_pods_are_reported_draining() -> None:
     pods = pod_states([slice_of(endpoint("a", ready=False, serving=True, terminating=True))])
     (found,) = join(pods, workers, InstanceQuery()).values()  # type: ignore[arg-type]
     assert found.readiness is Readiness.DRAINING
-    assert found.model_copy(update={"readiness": Readiness.READY}) == a
+    assert found.replace(readiness=Readiness.READY) == a
 
 
 def test_metadata_of_an_earlier_pod_with_the_same_name_is_ignored() -> None:
@@ -165,8 +165,8 @@ def test_bad_entries_are_skipped_and_good_ones_kept(caplog: pytest.LogCaptureFix
         {
             "dyn/backend/bad/1": "not an object",
             f"dyn/backend/worse/{iid:x}": {"namespace": "dyn", "component": "backend"},  # incomplete
-            "dyn/backend/alien/7": {**good.model_dump(mode="json"), "endpoint": "alien", "instance_id": 7},
-            "dyn/backend/wrongkey/0": {**good.model_dump(mode="json"), "transport": None},
+            "dyn/backend/alien/7": {**good.to_dict(), "endpoint": "alien", "instance_id": 7},
+            "dyn/backend/wrongkey/0": {**good.to_dict(), "transport": None},
             "x/y/z/1": {"type": "Model", "card_json": {}},
         }
     )

@@ -6,8 +6,9 @@ import pytest
 from kube_helpers import Workers, everything, next_event
 
 from dyndisc import BackendUnavailableError, Resync
-from dyndisc.backends._kube_api import KubeStatusError, connect
 from dyndisc.backends.kubernetes import KubernetesDiscovery
+from dyndisc.backends.kubernetes.api import connect
+from dyndisc.backends.kubernetes.errors import KubeStatusError
 from dyndisc.testing.servers.kube import RESTRICTED_USER
 from harnesses.kubernetes import Cluster, kubeconfig
 

@@ -15,8 +15,8 @@ import pytest
 from kube_helpers import PROMPT, Workers, everything, next_event, next_resync, until
 
 from dyndisc import Added, DiscoveryEvent, Instance, InstanceQuery, Readiness, Removed, Resync
-from dyndisc.backends._kube_siphash import instance_id_for
 from dyndisc.backends.kubernetes import KubernetesDiscovery
+from dyndisc.backends.kubernetes.siphash import instance_id_for
 from dyndisc.testing.server_fixtures import TcpProxyFactory
 from harnesses.kubernetes import Cluster, SliceEndpoint, kubeconfig
 
@@ -29,7 +29,7 @@ async def test_readiness_flips_and_draining(workers: Workers, cluster: Cluster, 
     pod = await workers.pod("worker-0")
     host = await workers.start(pod)
     instance = await host.runtime.endpoint("dyn.c.e").register("tcp://h:1")
-    draining = instance.model_copy(update={"readiness": Readiness.DRAINING})
+    draining = instance.replace(readiness=Readiness.DRAINING)
 
     async with workers.backend().watch(everything()) as events:
         assert await next_event(events) == Resync(instances=(instance,))

@@ -16,9 +16,9 @@ from dyndisc import (
     Removed,
     Resync,
 )
-from dyndisc.backends._kube_api import KubeStatusError
 from dyndisc.backends.kubernetes import FIELD_MANAGER, KubernetesDiscovery
-from dyndisc.testing import RuntimeHost
+from dyndisc.backends.kubernetes.errors import KubeStatusError
+from dyndisc.testing import CrashableBackend, RuntimeHost
 from harnesses.kubernetes import Cluster
 
 
@@ -78,7 +78,7 @@ async def test_a_stale_resource_of_the_same_pod_is_replaced_at_start(
 ) -> None:
     pod = await workers.pod("worker-0")
     earlier = workers.backend(pod)  # an earlier run in this pod, which crashed without cleaning up
-    host = await RuntimeHost.start(DistributedRuntime(earlier, lease_ttl=2.0))
+    host = await RuntimeHost.start(DistributedRuntime(CrashableBackend(earlier), lease_ttl=2.0))
     await host.runtime.endpoint("dyn.backend.old").register("tcp://10.0.0.5:1")
     await host.crash()
     assert (

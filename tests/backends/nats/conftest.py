@@ -27,7 +27,7 @@ async def make_store() -> AsyncIterator[MakeStore]:
 
     def make(server: str, **overrides: Any) -> NatsStore:
         values: dict[str, Any] = {"server": server, "timeout": 3.0, **overrides}
-        store = NatsStore(NatsSettings.from_env(**values))
+        store = NatsStore(NatsSettings.load(**values))
         stores.append(store)
         return store
 

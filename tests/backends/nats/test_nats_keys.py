@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nats_helpers import MakeStore, unique_prefix
 
-from dyndisc.backends._nats_keys import decode_key, encode_key, is_internal, lease_key, prefix_filter
+from dyndisc.backends.nats.keys import decode_key, encode_key, is_internal, lease_key, prefix_filter
 from dyndisc.testing.servers import NatsServer
 
 NATS_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")

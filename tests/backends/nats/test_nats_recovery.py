@@ -10,7 +10,8 @@ from nats_helpers import PROMPT, MakeServer, MakeStore, eventually, next_event, 
 
 from dyndisc import DistributedRuntime, InstanceQuery
 from dyndisc.backends.kv import StoreEvent, StorePut, StoreSnapshot
-from dyndisc.backends.nats import PING_INTERVAL, NatsStore
+from dyndisc.backends.nats import NatsStore
+from dyndisc.backends.nats.connection import PING_INTERVAL
 from dyndisc.testing import RuntimeHost
 from dyndisc.testing.server_fixtures import TcpProxyFactory
 

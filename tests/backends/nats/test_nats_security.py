@@ -59,9 +59,9 @@ async def test_right_credentials_work_and_never_appear_in_messages(
         assert await next_event(events) == StoreSnapshot(items={})
         await store.put(f"{prefix}a", b"1", 0)
         assert await next_event(events) == StorePut(key=f"{prefix}a", value=b"1")
-    in_url = NatsSettings.from_env(server=server.url_with_credentials)
+    in_url = NatsSettings.load(server=server.url_with_credentials)
     assert "s3cret" not in in_url.display_servers
-    assert "s3cret" not in repr(NatsSettings.from_env(server=server.url, user="svc", password="s3cret"))
+    assert "s3cret" not in repr(NatsSettings.load(server=server.url, user="svc", password="s3cret"))
 
 
 async def test_an_unreachable_server_is_a_clear_error(make_store: MakeStore) -> None:
@@ -112,15 +112,15 @@ def test_settings_are_checked_and_name_their_variables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(ConfigurationError, match="NATS_USER and NATS_PASSWORD"):
-        NatsSettings.from_env(user="svc")
+        NatsSettings.load(user="svc")
     with pytest.raises(ConfigurationError, match="NATS_CERT and NATS_KEY"):
-        NatsSettings.from_env(cert=tmp_path / "c.pem")
+        NatsSettings.load(cert=tmp_path / "c.pem")
     with pytest.raises(ConfigurationError, match=r"NATS_CA=.*not a readable file"):
-        NatsSettings.from_env(ca=tmp_path / "missing.pem")
+        NatsSettings.load(ca=tmp_path / "missing.pem")
     with pytest.raises(ConfigurationError, match="NATS_KV_BUCKET"):
-        NatsSettings.from_env(kv_bucket="has.dot")
+        NatsSettings.load(kv_bucket="has.dot")
     with pytest.raises(ConfigurationError, match=r"NATS_SERVER.*not a URL"):
-        NatsSettings.from_env(server="localhost:4222")
+        NatsSettings.load(server="localhost:4222")
 
     monkeypatch.setenv("NATS_SERVER", "nats://10.0.0.1:4222, nats://10.0.0.2:4222")
     monkeypatch.setenv("NATS_TOKEN", "tok")

@@ -12,8 +12,8 @@ from nats.js import api
 from nats_helpers import PROMPT, MakeStore, eventually, next_event, unique_prefix
 
 from dyndisc import ConfigurationError, LeaseNotFoundError
-from dyndisc.backends import _nats_watch
 from dyndisc.backends.kv import StoreDelete, StoredValue, StorePut, StoreSnapshot
+from dyndisc.backends.nats import watch as _nats_watch
 from dyndisc.testing.servers import NatsServer
 
 

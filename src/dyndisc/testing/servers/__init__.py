@@ -1,4 +1,5 @@
-"""Real servers on loopback for tests: etcd, nats-server (JetStream), kube-apiserver, and a TCP proxy.
+"""Real servers on loopback for tests: etcd (one member or a 3-member cluster), nats-server (JetStream),
+kube-apiserver, and a TCP proxy.
 
 Each manager is a sync context manager (``with EtcdServer() as etcd: ...``) with explicit
 ``start()``/``stop()``/``kill()``/``restart()``/``close()`` and ``log_tail()``; a server that cannot start
@@ -9,11 +10,13 @@ raises :class:`ServerUnavailable` saying why. The pytest fixtures built on these
 from dyndisc.testing.servers._process import ServerBase, ServerUnavailable, free_ports
 from dyndisc.testing.servers._tls import TLSFiles
 from dyndisc.testing.servers.etcd import EtcdServer
+from dyndisc.testing.servers.etcd_cluster import EtcdCluster
 from dyndisc.testing.servers.kube import KubeApiServer, build_kube_apiserver
 from dyndisc.testing.servers.nats import NatsServer
 from dyndisc.testing.servers.proxy import ProxyMode, TcpProxy
 
 __all__ = [
+    "EtcdCluster",
     "EtcdServer",
     "KubeApiServer",
     "NatsServer",

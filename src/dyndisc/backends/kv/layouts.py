@@ -22,8 +22,6 @@ import logging
 import os
 from typing import Any
 
-from pydantic import ValidationError
-
 from dyndisc._errors import ConfigurationError
 from dyndisc._models import Instance, InstanceQuery
 
@@ -149,10 +147,7 @@ class DynamoV1Layout(KeyLayout):
             fields["transport"] = body["transport"]
         if "readiness" in body:
             fields["readiness"] = body["readiness"]
-        try:
-            return Instance.model_validate({**fields, "metadata": {**extras, **metadata}})
-        except ValidationError as exc:
-            raise ValueError(f"not an instance record: {exc.errors(include_url=False)}") from None
+        return Instance.from_dict({**fields, "metadata": {**extras, **metadata}})
 
 
 def layout_from_env() -> str:

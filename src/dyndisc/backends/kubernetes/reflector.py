@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
 from dyndisc._errors import BackendUnavailableError, DyndiscError
-from dyndisc.backends._kube_api import JsonObject, KubeApi, KubeStatusError
+from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError
+
+if TYPE_CHECKING:
+    from dyndisc.backends.kubernetes.api import KubeApi
 
 log = logging.getLogger("dyndisc.kubernetes")
 

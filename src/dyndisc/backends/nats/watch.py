@@ -10,10 +10,10 @@ from functools import partial
 import anyio
 from anyio.abc import TaskStatus
 
-from dyndisc.backends._event_queue import MAX_PENDING_EVENTS as MAX_PENDING_EVENTS  # the same bound
-from dyndisc.backends._nats_feed import KvChange, KvFeed
-from dyndisc.backends._nats_keys import decode_key, is_internal, prefix_filter
 from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
+from dyndisc.backends.kv.event_queue import MAX_PENDING_EVENTS as MAX_PENDING_EVENTS  # the same bound
+from dyndisc.backends.nats.feed import KvChange, KvFeed
+from dyndisc.backends.nats.keys import decode_key, is_internal, prefix_filter
 
 log = logging.getLogger("dyndisc.nats")
 
@@ -56,6 +56,10 @@ class NatsWatch:
         self._generation += 1
         self._restart.set()
         self._progress.set()
+
+    def on_reconnect(self) -> None:
+        """The connection came back: the server may have dropped our consumer, so make a new one."""
+        self.restart("reconnected")
 
     def _on_snapshot(self, generation: int, items: dict[str, KvChange]) -> None:
         if generation != self._generation:

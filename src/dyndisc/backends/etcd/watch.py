@@ -22,9 +22,9 @@ from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
 from dyndisc._errors import BackendUnavailableError
-from dyndisc.backends._etcd_connection import EtcdConnection, Stubs, Transient, grpc_await
-from dyndisc.backends._event_queue import StoreEventQueue
+from dyndisc.backends.etcd.connection import EtcdConnection, Stubs, Transient, grpc_await
 from dyndisc.backends.kv import StoreDelete, StorePut
+from dyndisc.backends.kv.event_queue import StoreEventQueue
 
 log = logging.getLogger("dyndisc.etcd")
 

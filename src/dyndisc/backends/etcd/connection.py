@@ -11,15 +11,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import anyio
 import grpc
 from aetcd import rpc
 
-from dyndisc._errors import BackendUnavailableError, ConfigurationError, LeaseNotFoundError
+from dyndisc._errors import BackendUnavailableError, LeaseNotFoundError
+from dyndisc.backends.etcd.settings import Target, TlsMaterial
 
 log = logging.getLogger("dyndisc.etcd")
 
@@ -73,53 +72,6 @@ def _consume(task: asyncio.Future[Any]) -> None:
 
 class Transient(Exception):
     """Internal: a failure worth retrying (server unreachable, timed out, stream closed)."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """One etcd endpoint: the URL as configured (for messages) and the ``host:port`` gRPC dials."""
-
-    url: str
-    address: str
-    secure: bool
-
-
-def parse_endpoints(raw: str) -> list[Target]:
-    """Parse ``ETCD_ENDPOINTS``: comma-separated ``http(s)://host:port`` (or bare ``host:port``) URLs."""
-    targets: list[Target] = []
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        url = item if "://" in item else f"http://{item}"
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-            raise ConfigurationError(
-                f"ETCD_ENDPOINTS entry {item!r} is not an etcd client URL; use http://host:2379 or https://host:2379"
-            )
-        try:
-            port = parts.port or 2379
-        except ValueError:
-            raise ConfigurationError(f"ETCD_ENDPOINTS entry {item!r} has an invalid port") from None
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        targets.append(Target(url=url.rstrip("/"), address=f"{host}:{port}", secure=parts.scheme == "https"))
-    if not targets:
-        raise ConfigurationError(
-            "ETCD_ENDPOINTS is empty; give at least one URL such as http://localhost:2379"
-        )
-    if len({t.secure for t in targets}) > 1:
-        raise ConfigurationError(
-            f"ETCD_ENDPOINTS={raw!r} mixes http:// and https:// endpoints; one cluster uses one scheme"
-        )
-    return targets
-
-
-@dataclass(frozen=True)
-class TlsMaterial:
-    """PEM bytes for a TLS connection; ``None`` parts fall back to the system roots / no client cert."""
-
-    ca: bytes | None = None
-    cert: bytes | None = None
-    key: bytes | None = None
 
 
 class Stubs:

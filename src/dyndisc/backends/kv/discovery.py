@@ -1,123 +1,24 @@
 """Discovery over a key-value store with leases: written once, shared by etcd, NATS, file and memory.
 
-A :class:`KeyValueStore` is small (grant / keep-alive / revoke a lease, create-if-absent, put, delete, read a
-prefix, watch a prefix). :class:`KvDiscovery` turns it into a
-:class:`~dyndisc.backends.base.DiscoveryBackend`:
-it lays out keys, serialises records, and turns raw store events into ``Resync`` / ``Added`` / ``Removed``,
-skipping (with a warning) any record it cannot read.
+:class:`KvDiscovery` turns a :class:`~dyndisc.backends.kv.KeyValueStore` into a
+:class:`~dyndisc.backends.base.DiscoveryBackend`: it lays out keys, serialises records, and turns raw store
+events into ``Resync`` / ``Added`` / ``Removed``, skipping (with a warning) any record it cannot read.
 """
 
 from __future__ import annotations
 
-import abc
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
 
+from dyndisc._diagnosis import BackendDoctor
 from dyndisc._errors import ConfigurationError, RegistrationConflictError
 from dyndisc._models import Added, DiscoveryEvent, Instance, InstanceQuery, Removed, Resync
-from dyndisc.backends._layouts import DEFAULT_ROOT as DEFAULT_ROOT  # re-exported: the default key root
-from dyndisc.backends._layouts import KeyLayout, make_layout
 from dyndisc.backends.base import DiscoveryBackend, Lease
+from dyndisc.backends.kv.layouts import KeyLayout, make_layout
+from dyndisc.backends.kv.store import KeyValueStore, StoreEvent, StorePut, StoreSnapshot
 
 log = logging.getLogger("dyndisc.kv")
-
-
-@dataclass(frozen=True)
-class StoredValue:
-    """A value in the store and the lease that owns it (0 when the value has no lease)."""
-
-    value: bytes
-    lease_id: int
-
-
-@dataclass(frozen=True)
-class StorePut:
-    """A key was created or changed."""
-
-    key: str
-    value: bytes
-
-
-@dataclass(frozen=True)
-class StoreDelete:
-    """A key was deleted (by a client, or because its lease ended)."""
-
-    key: str
-
-
-@dataclass(frozen=True)
-class StoreSnapshot:
-    """Every key under the watched prefix, authoritatively: replace what you had."""
-
-    items: dict[str, bytes]
-
-
-StoreEvent = StorePut | StoreDelete | StoreSnapshot
-
-
-class KeyValueStore(abc.ABC):
-    """A key-value store with leases and prefix watches. Keys are ``/``-separated strings.
-
-    Implementations own their server connection and translate its failures: a watch resumes by itself
-    and, when it cannot prove it missed nothing, emits a new :class:`StoreSnapshot`.
-    """
-
-    #: Short name used in settings and logs.
-    name: str = "kv"
-
-    def __repr__(self) -> str:
-        """Where the store is; stores with a server or a directory override it to say which."""
-        return f"{type(self).__name__}()"
-
-    @abc.abstractmethod
-    async def grant(self, ttl: float) -> Lease:
-        """Grant a lease of ``ttl`` seconds; its id is never 0."""
-        raise NotImplementedError
-
-    @abc.abstractmethod
-    async def keep_alive(self, lease_id: int) -> float:
-        """Renew a lease and return the seconds left; :class:`~dyndisc.LeaseNotFoundError` if gone."""
-        raise NotImplementedError
-
-    @abc.abstractmethod
-    async def revoke(self, lease_id: int) -> None:
-        """Revoke a lease and delete every key attached to it; a no-op for an unknown lease."""
-        raise NotImplementedError
-
-    @abc.abstractmethod
-    async def create(self, key: str, value: bytes, lease_id: int) -> StoredValue | None:
-        """Create ``key`` under ``lease_id`` if absent and return ``None``; else return what is there."""
-        raise NotImplementedError
-
-    @abc.abstractmethod
-    async def put(self, key: str, value: bytes, lease_id: int) -> None:
-        """Write ``key`` under ``lease_id`` whether or not it exists."""
-        raise NotImplementedError
-
-    @abc.abstractmethod
-    async def delete(self, key: str) -> None:
-        """Delete ``key``; a no-op if absent."""
-        raise NotImplementedError
-
-    @abc.abstractmethod
-    async def get_prefix(self, prefix: str) -> dict[str, bytes]:
-        """Every key starting with ``prefix`` and its value."""
-        raise NotImplementedError
-
-    @abc.abstractmethod
-    def watch(self, prefix: str) -> AbstractAsyncContextManager[AsyncIterator[StoreEvent]]:
-        """Watch every key starting with ``prefix``; the first event is a :class:`StoreSnapshot`."""
-        raise NotImplementedError
-
-    async def aclose(self) -> None:  # noqa: B027 - nothing to release by default
-        """Release the connection."""
-
-    @property
-    def stale_since(self) -> float | None:
-        """``time.monotonic()`` when the store lost its server, or ``None`` while connected."""
-        return None
 
 
 class KvDiscovery(DiscoveryBackend):
@@ -138,10 +39,10 @@ class KvDiscovery(DiscoveryBackend):
         layout: str | KeyLayout | None = None,
     ) -> None:
         self.layout = make_layout(layout, root=root)
-        if self.layout.name == "dynamo-v1" and store.name == "file":
+        if self.layout.name not in store.layouts:
             raise ConfigurationError(
-                "the dynamo-v1 key layout needs a store the reference runtime shares (etcd, nats or memory); "
-                "the file backend keeps its own layout: unset DYN_KV_LAYOUT or pick another backend"
+                f"the {store.name} store cannot hold the {self.layout.name} key layout (it holds "
+                f"{', '.join(sorted(store.layouts))}): unset DYN_KV_LAYOUT or pick another backend"
             )
         self.store = store
         self.root = self.layout.root
@@ -232,3 +133,10 @@ class KvDiscovery(DiscoveryBackend):
     @property
     def stale_since(self) -> float | None:
         return self.store.stale_since
+
+    @property
+    def default_lease_ttl(self) -> float | None:
+        return self.store.default_lease_ttl
+
+    def doctor(self) -> BackendDoctor:
+        return self.store.doctor()

@@ -12,51 +12,15 @@ produced by the encoding: the store keeps its own bookkeeping (lease keys) there
 
 from __future__ import annotations
 
-import re
-import string
+from dyndisc.backends.kv.escape import SegmentEscaper
 
-_PLAIN = frozenset(string.ascii_letters + string.digits + "-_")
-_EMPTY = "="
-_TOKEN_RE = re.compile(r"(?:[-_A-Za-z0-9]|=[0-9A-F]{2})+")
+#: Segments as subject tokens: ``=XX`` escapes, a lone ``=`` for an empty segment.
+_TOKENS = SegmentEscaper("=")
+encode_segment = _TOKENS.encode
+decode_segment = _TOKENS.decode
 
 #: First token of the store's own keys (leases): it holds a ``/`` so no encoded key can collide with it.
 INTERNAL_TOKEN = "_dyndisc/lease"
-
-
-def encode_segment(segment: str) -> str:
-    """One key segment as a NATS subject token."""
-    if not segment:
-        return _EMPTY
-    out: list[str] = []
-    for char in segment:
-        if char in _PLAIN:
-            out.append(char)
-        else:
-            out.extend(f"={byte:02X}" for byte in char.encode("utf-8"))
-    return "".join(out)
-
-
-def decode_segment(token: str) -> str | None:
-    """The key segment a token encodes, or ``None`` if the token is not in canonical form."""
-    if token == _EMPTY:
-        return ""
-    if not _TOKEN_RE.fullmatch(token):
-        return None
-    raw = bytearray()
-    i = 0
-    while i < len(token):
-        if token[i] == "=":
-            raw.append(int(token[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            raw.append(ord(token[i]))
-            i += 1
-    try:
-        segment = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    # Only the canonical spelling is accepted, so two stored keys never decode to the same key.
-    return segment if encode_segment(segment) == token else None
 
 
 def encode_key(key: str) -> str:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from dyndisc._errors import ConfigurationError
+from dyndisc._settings import Settings
 
 
-class NatsSettings(BaseSettings):
+class NatsSettings(Settings):
     """Connection settings, read from ``NATS_*`` environment variables.
 
     ``NATS_SERVER`` (comma-separated URLs), ``NATS_USER``/``NATS_PASSWORD`` or ``NATS_TOKEN`` or
@@ -21,6 +22,7 @@ class NatsSettings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(env_prefix="NATS_", extra="ignore", case_sensitive=False)
+    what: ClassVar[str] = "NATS settings"
 
     server: str = "nats://localhost:4222"
     user: str | None = None
@@ -61,16 +63,9 @@ class NatsSettings(BaseSettings):
         return ",".join(redact(url) for url in self.servers)
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> NatsSettings:
-        """Read the settings; a bad value is one clear :class:`~dyndisc.ConfigurationError`."""
-        try:
-            settings = cls(**overrides)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"NATS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-                for e in exc.errors(include_url=False)
-            )
-            raise ConfigurationError(f"invalid NATS settings: {problems}") from None
+    def load(cls, **overrides: Any) -> Self:
+        """Read the settings; a bad value or combination is one clear :class:`~dyndisc.ConfigurationError`."""
+        settings = super().load(**overrides)
         settings.check()
         return settings
 

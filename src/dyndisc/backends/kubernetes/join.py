@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dyndisc._models import EndpointId, Instance, InstanceQuery, Readiness
-from dyndisc.backends._kube_siphash import instance_id_for
+from dyndisc.backends.kubernetes.siphash import instance_id_for
 
 log = logging.getLogger("dyndisc.kubernetes")
 
@@ -163,7 +163,7 @@ def _parse_entry(name: str, key: str, entry: Any, expected_id: int) -> Instance 
         log.warning("skipping entry %r of DynamoWorkerMetadata %r: not an endpoint record", key, name)
         return None
     try:
-        instance = Instance.model_validate(entry)
+        instance = Instance.from_dict(entry)
     except ValueError as exc:
         log.warning("skipping malformed entry %r of DynamoWorkerMetadata %r: %s", key, name, exc)
         return None
@@ -197,6 +197,6 @@ def join(
             if not query.matches(instance.endpoint_id):
                 continue
             if pod.readiness is Readiness.DRAINING and instance.readiness is not Readiness.DRAINING:
-                instance = instance.model_copy(update={"readiness": Readiness.DRAINING})
+                instance = instance.replace(readiness=Readiness.DRAINING)
             live[instance.key] = instance
     return live

@@ -6,10 +6,8 @@ Watcher side: two watches in the namespace, discovery EndpointSlices and every D
 an instance is live when its pod is ready in some slice and its metadata exists and parses.
 
 Leases: Kubernetes has no TTL; liveness is the pod's readiness. The lease id is the instance id (the
-reference runtime's 53-bit hash of the pod name, so it never changes for a pod); granting applies the custom
-resource, keep-alive checks that it still exists (re-applying it if its content was changed), a lease is
-*lost* when the resource was deleted behind the worker's back, and revoking deletes it.
-See ``docs/backends/kubernetes.md``.
+reference runtime's 53-bit hash of the pod name, so it never changes for a pod); the lease is the worker's
+resource (:mod:`dyndisc.backends.kubernetes.worker`). See ``docs/backends/kubernetes.md``.
 """
 
 from __future__ import annotations
@@ -18,31 +16,21 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from dyndisc._concurrency import background_tasks
-from dyndisc._errors import ConfigurationError, LeaseNotFoundError, RegistrationConflictError
-from dyndisc._models import (
-    Added,
-    DiscoveryEvent,
-    EndpointId,
-    Instance,
-    InstanceQuery,
-    Removed,
-    Resync,
-)
-from dyndisc.backends._kube_api import JsonObject, KubeApi, KubeStatusError, connect
-from dyndisc.backends._kube_identity import PODINFO_DIR, PodIdentity, namespace_from_env
-from dyndisc.backends._kube_join import (
-    GROUP,
+from dyndisc._concurrency import Wake, background_tasks
+from dyndisc._diagnosis import BackendDoctor
+from dyndisc._errors import ConfigurationError, RegistrationConflictError
+from dyndisc._models import Added, DiscoveryEvent, EndpointId, Instance, InstanceQuery, Removed, Resync
+from dyndisc.backends.base import DiscoveryBackend, Lease
+from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError
+from dyndisc.backends.kubernetes.identity import PODINFO_DIR, PodIdentity, namespace_from_env
+from dyndisc.backends.kubernetes.join import (
     KIND,
     LABEL_SELECTOR,
-    PLURAL,
-    VERSION,
     PodState,
     WorkerRecord,
     join,
@@ -50,50 +38,20 @@ from dyndisc.backends._kube_join import (
     parse_worker,
     pod_states,
     slice_pods,
-    worker_data,
 )
-from dyndisc.backends._kube_siphash import instance_id_for
-from dyndisc.backends._kube_watch import Reflector
-from dyndisc.backends.base import DiscoveryBackend, Lease
+from dyndisc.backends.kubernetes.reflector import Reflector
+from dyndisc.backends.kubernetes.siphash import instance_id_for
+from dyndisc.backends.kubernetes.worker import WorkerResource, delete_resource, resources_path
 
-__all__ = ["FIELD_MANAGER", "KubernetesDiscovery", "PodIdentity", "from_env", "instance_id_for", "manifest"]
+if TYPE_CHECKING:
+    from dyndisc.backends.kubernetes.api import KubeApi
 
 log = logging.getLogger("dyndisc.kubernetes")
 
-#: The server-side-apply field manager of worker metadata (the reference runtime's, so either can take over).
-FIELD_MANAGER = "dynamo-worker"
 #: What the EndpointSlice reflector keeps per slice: the pods it lists.
 _Pods = list[PodState]
 #: Seconds to wait after a change before recomputing the instance set, so a burst becomes one update.
 DEFAULT_DEBOUNCE = 0.2
-
-
-def manifest(name: str, namespace: str | None = None) -> str:
-    """The text of a manifest shipped with dyndisc: ``crd.yaml`` or ``rbac.yaml``.
-
-    ``rbac.yaml`` names its namespace ``NAMESPACE``; pass ``namespace`` to fill it in.
-    """
-    text = resources.files("dyndisc.backends").joinpath("manifests", name).read_text()
-    if namespace is not None:
-        text = text.replace("namespace: NAMESPACE", f"namespace: {namespace}")
-    return text
-
-
-class _Wake:
-    """A level-triggered flag a task can wait on."""
-
-    def __init__(self) -> None:
-        self._event = anyio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def clear(self) -> None:
-        if self._event.is_set():
-            self._event = anyio.Event()
-
-    async def wait(self) -> None:
-        await self._event.wait()
 
 
 class KubernetesDiscovery(DiscoveryBackend):
@@ -130,8 +88,7 @@ class KubernetesDiscovery(DiscoveryBackend):
         self._podinfo_dir = podinfo_dir
         self._api: KubeApi | None = None
         self._connect_lock = anyio.Lock()
-        self._apply_lock = anyio.Lock()
-        self._endpoints: dict[EndpointId, Instance] = {}
+        self._resource: WorkerResource | None = None
         self._reflectors: set[Reflector[Any]] = set()
         #: How many times the watches of this backend recomputed their instance set (a diagnostic: a burst
         #: of changes within ``debounce`` seconds costs one recomputation).
@@ -142,6 +99,8 @@ class KubernetesDiscovery(DiscoveryBackend):
         """The API client, connected on first use."""
         async with self._connect_lock:
             if self._api is None:
+                from dyndisc.backends.kubernetes.api import connect  # the client comes with the extra
+
                 self._api = await connect(self._kubeconfig)
             return self._api
 
@@ -165,9 +124,6 @@ class KubernetesDiscovery(DiscoveryBackend):
                 )
         return self.identity
 
-    def _crs_path(self, namespace: str) -> str:
-        return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
-
     @staticmethod
     def _slices_path(namespace: str) -> str:
         return f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
@@ -180,153 +136,51 @@ class KubernetesDiscovery(DiscoveryBackend):
             raise api.explain(exc) from None
 
     # -- worker side -----------------------------------------------------------------------------------
-    def _cr_body(self, pod: PodIdentity) -> JsonObject:
-        owner = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "name": pod.name,
-            "uid": pod.uid,
-            "controller": False,
-            "blockOwnerDeletion": False,
-        }
-        return {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
-            "metadata": {"name": pod.name, "namespace": pod.namespace, "ownerReferences": [owner]},
-            "spec": {"data": worker_data(self._endpoints.values())},
-        }
-
-    async def _apply(self, pod: PodIdentity) -> JsonObject:
-        """Server-side apply this worker's custom resource with every endpoint it has registered."""
-        return await self._call(
-            "PATCH",
-            f"{self._crs_path(pod.namespace)}/{pod.name}",
-            f"applying {KIND} {pod.namespace}/{pod.name}",
-            query={"fieldManager": FIELD_MANAGER, "force": "true"},
-            body=self._cr_body(pod),
-            content_type="application/apply-patch+yaml",
-        )
-
-    async def _clear_stale(self, pod: PodIdentity) -> None:
-        """Delete a leftover resource of this pod's name (an earlier run in this pod, or an earlier pod)."""
-        path = f"{self._crs_path(pod.namespace)}/{pod.name}"
-        what = f"reading {KIND} {pod.namespace}/{pod.name}"
-        try:
-            existing = await self._call("GET", path, what)
-        except KubeStatusError as exc:
-            if exc.status == 404:
-                return
-            raise
-        meta = existing.get("metadata") or {}
-        owners = [o for o in meta.get("ownerReferences") or () if isinstance(o, dict)]
-        if not owners or any(o.get("kind") != "Pod" or o.get("name") != pod.name for o in owners):
-            raise RegistrationConflictError(
-                f"{KIND} {pod.namespace}/{pod.name} exists and is not owned by pod {pod.name!r} "
-                f"(owners: {[o.get('name') for o in owners]}); delete it if it is stale: "
-                f"kubectl delete dwm -n {pod.namespace} {pod.name}"
-            )
-        log.info("replacing stale %s %s/%s left by an earlier run of this pod", KIND, pod.namespace, pod.name)
-        preconditions = {"uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")}
-        try:
-            await self._call(
-                "DELETE",
-                path,
-                f"deleting stale {KIND} {pod.namespace}/{pod.name}",
-                body={"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions},
-            )
-        except KubeStatusError as exc:
-            if exc.status not in (404, 409):  # gone already, or changed: the apply below settles it
-                raise
+    async def _worker(self) -> WorkerResource:
+        if self._resource is None:
+            self._resource = WorkerResource(await self._identity(), self._call)
+        return self._resource
 
     def _own_lease(self, lease: Lease) -> bool:
         return self.identity is not None and lease.id == self.identity.instance_id
 
     async def grant_lease(self, ttl: float) -> Lease:
         """Apply this worker's custom resource (replacing a stale one); the lease id is the pod-name hash."""
-        pod = await self._identity()
-        async with self._apply_lock:
-            await self._clear_stale(pod)
-            await self._apply(pod)
-        return Lease(id=pod.instance_id, ttl=ttl)
+        worker = await self._worker()
+        await worker.create()
+        return Lease(id=worker.pod.instance_id, ttl=ttl)
 
     async def keep_alive(self, lease: Lease) -> float:
         """Check that the custom resource still exists (and re-apply it if its content was changed)."""
-        pod = await self._identity()
-        path = f"{self._crs_path(pod.namespace)}/{pod.name}"
-        # Under the apply lock, so a registration applied meanwhile is not mistaken for a foreign change.
-        async with self._apply_lock:
-            try:
-                found = await self._call("GET", path, f"reading {KIND} {pod.namespace}/{pod.name}")
-            except KubeStatusError as exc:
-                if exc.status == 404:
-                    raise LeaseNotFoundError(
-                        f"{KIND} {pod.namespace}/{pod.name} was deleted behind this worker's back"
-                    ) from None
-                raise
-            spec = found.get("spec")
-            data = spec.get("data") if isinstance(spec, dict) else None
-            endpoints = data.get("endpoints") if isinstance(data, dict) else None
-            wanted = worker_data(self._endpoints.values())["endpoints"]
-            if (endpoints or {}) != wanted:
-                log.warning(
-                    "%s %s/%s was changed by someone else; re-applying it", KIND, pod.namespace, pod.name
-                )
-                await self._apply(pod)
+        await (await self._worker()).check()
         return lease.ttl
 
     async def revoke_lease(self, lease: Lease) -> None:
         """Delete the custom resource of the worker whose instance id is ``lease.id`` (a no-op if none)."""
-        namespace = await self.namespace()
         if self._own_lease(lease):
-            assert self.identity is not None
-            name = self.identity.name
-            self._endpoints.clear()
-        else:
-            listed = await self._call("GET", self._crs_path(namespace), f"listing {KIND} in {namespace}")
-            names = [(i.get("metadata") or {}).get("name") for i in listed.get("items") or ()]
-            matches = [n for n in names if isinstance(n, str) and instance_id_for(n) == lease.id]
-            if not matches:
-                return
-            name = matches[0]
-        try:
-            await self._call(
-                "DELETE", f"{self._crs_path(namespace)}/{name}", f"deleting {KIND} {namespace}/{name}"
-            )
-        except KubeStatusError as exc:
-            if exc.status != 404:
-                raise
+            await (await self._worker()).delete()
+            return
+        namespace = await self.namespace()
+        listed = await self._call("GET", resources_path(namespace), f"listing {KIND} in {namespace}")
+        names = [(i.get("metadata") or {}).get("name") for i in listed.get("items") or ()]
+        matches = [n for n in names if isinstance(n, str) and instance_id_for(n) == lease.id]
+        if matches:
+            await delete_resource(self._call, namespace, matches[0])
 
     async def register(self, instance: Instance, lease: Lease) -> Instance:
-        pod = await self._identity()
+        worker = await self._worker()
+        pod = worker.pod
         if lease.id != pod.instance_id or instance.instance_id != pod.instance_id:
             raise RegistrationConflictError(
                 f"instance {instance.instance_id:x} of {instance.endpoint_id} is not pod {pod.name!r}'s (its "
                 f"instance id is {pod.instance_id:x}): on Kubernetes an instance id is the hash of its pod's "
                 "name, so only that pod can register it"
             )
-        async with self._apply_lock:
-            previous = self._endpoints.get(instance.endpoint_id)
-            if previous == instance:
-                return instance
-            self._endpoints[instance.endpoint_id] = instance
-            try:
-                await self._apply(pod)
-            except BaseException:
-                _restore(self._endpoints, instance.endpoint_id, previous)
-                raise
+        await worker.register(instance)
         return instance
 
     async def unregister(self, instance: Instance) -> None:
-        pod = await self._identity()
-        async with self._apply_lock:
-            previous = self._endpoints.pop(instance.endpoint_id, None)
-            if previous is None:
-                return
-            try:
-                await self._apply(pod)
-            except BaseException:
-                self._endpoints[instance.endpoint_id] = previous
-                raise
+        await (await self._worker()).unregister(instance)
 
     # -- watcher side ----------------------------------------------------------------------------------
     async def list(self, query: InstanceQuery) -> list[Instance]:
@@ -337,7 +191,7 @@ class KubernetesDiscovery(DiscoveryBackend):
             f"listing EndpointSlices in {namespace}",
             query={"labelSelector": LABEL_SELECTOR},
         )
-        crs = await self._call("GET", self._crs_path(namespace), f"listing {KIND} in {namespace}")
+        crs = await self._call("GET", resources_path(namespace), f"listing {KIND} in {namespace}")
         workers = {}
         for obj in crs.get("items") or ():
             record = parse_worker(obj)
@@ -350,7 +204,7 @@ class KubernetesDiscovery(DiscoveryBackend):
     async def watch(self, query: InstanceQuery) -> AsyncIterator[AsyncIterator[DiscoveryEvent]]:
         namespace = await self.namespace()
         api = await self.api()
-        wake = _Wake()
+        wake = Wake()
         slices: Reflector[_Pods] = Reflector(
             api,
             self._slices_path(namespace),
@@ -362,7 +216,7 @@ class KubernetesDiscovery(DiscoveryBackend):
         )
         workers: Reflector[WorkerRecord] = Reflector(
             api,
-            self._crs_path(namespace),
+            resources_path(namespace),
             what=f"{KIND} in {namespace}",
             transform=_keep_last_good,
             on_change=wake.set,
@@ -384,7 +238,7 @@ class KubernetesDiscovery(DiscoveryBackend):
         query: InstanceQuery,
         slices: Reflector[_Pods],
         workers: Reflector[WorkerRecord],
-        wake: _Wake,
+        wake: Wake,
     ) -> AsyncIterator[DiscoveryEvent]:
         def current() -> dict[tuple[EndpointId, int], Instance]:
             return join(merge_pods(slices.items.values()), workers.items, query)
@@ -412,6 +266,11 @@ class KubernetesDiscovery(DiscoveryBackend):
                     yield Added(instance=instance)
             known = fresh
 
+    def doctor(self) -> BackendDoctor:
+        from dyndisc.backends.kubernetes.doctor import KubeDoctor  # needs pyyaml, from the extra
+
+        return KubeDoctor(self)
+
     async def aclose(self) -> None:
         if self._api is not None:
             api, self._api = self._api, None
@@ -436,39 +295,3 @@ def _keep_last_good(obj: JsonObject, previous: WorkerRecord | None) -> WorkerRec
 
 def _ordered(instances: Any) -> list[Instance]:
     return sorted(instances, key=lambda i: (i.namespace, i.component, i.endpoint, i.instance_id))
-
-
-def _restore(mapping: dict[EndpointId, Instance], key: EndpointId, previous: Instance | None) -> None:
-    if previous is None:
-        mapping.pop(key, None)
-    else:
-        mapping[key] = previous
-
-
-def from_env() -> DiscoveryBackend:
-    """The backend for ``DYN_DISCOVERY_BACKEND=kubernetes``: credentials from ``KUBECONFIG`` or in-cluster,
-    pod identity from ``POD_NAME`` / ``POD_NAMESPACE`` / ``POD_UID`` (or ``/etc/podinfo``)."""
-    return KubernetesDiscovery()
-
-
-def _main(argv: list[str] | None = None) -> int:
-    """``python -m dyndisc.backends.kubernetes manifests --namespace NS | kubectl apply -f -``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m dyndisc.backends.kubernetes")
-    sub = parser.add_subparsers(dest="command", required=True)
-    printer = sub.add_parser(
-        "manifests", help="print the CRD and the RBAC (ServiceAccount, Role, RoleBinding)"
-    )
-    printer.add_argument("--namespace", required=True, help="the namespace the workers run in")
-    printer.add_argument("--only", choices=["crd", "rbac"], help="print only one of the two")
-    args = parser.parse_args(argv)
-    parts = [] if args.only == "rbac" else [manifest("crd.yaml")]
-    if args.only != "crd":
-        parts.append(manifest("rbac.yaml", args.namespace))
-    print("---\n".join(parts), end="")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -12,29 +12,16 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client as kube_client
 from kubernetes_asyncio import config as kube_config
 
 from dyndisc._errors import BackendUnavailableError, ConfigurationError, DyndiscError
-
-JsonObject = dict[str, Any]
+from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError
 
 #: Seconds a plain (non-watch) request may take.
 REQUEST_TIMEOUT = 30.0
-
-
-class KubeStatusError(DyndiscError):
-    """The API server answered a request with an error status (``status`` is the HTTP code)."""
-
-    def __init__(self, status: int, reason: str, message: str, what: str) -> None:
-        self.status = status
-        self.reason = reason
-        self.what = what
-        self.message = message
-        super().__init__(f"{what}: HTTP {status} {reason}: {message}")
 
 
 class KubeApi:
@@ -56,6 +43,18 @@ class KubeApi:
         """Close the HTTP session."""
         await self._client.close()
 
+    async def server_date(self) -> str | None:
+        """The ``Date`` header of the API server's answer to ``GET /version`` (its clock), if any."""
+        try:
+            response = await self._client.call_api(
+                "/version", "GET", auth_settings=["BearerToken"], _preload_content=False
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._unreachable("reading the API server's clock", exc) from exc
+        async with response:
+            date = response.headers.get("Date")
+        return str(date) if date else None
+
     def _unreachable(self, what: str, exc: BaseException) -> BackendUnavailableError:
         detail = str(exc) or type(exc).__name__
         return BackendUnavailableError(
@@ -74,8 +73,8 @@ class KubeApi:
             return BackendUnavailableError(
                 f"{exc.what}: forbidden by the Kubernetes API server at {self.host} ({exc.message}); "
                 f"bind the discovery Role to the identity of {self.source} in that namespace: "
-                "python -m dyndisc.backends.kubernetes manifests "
-                "--namespace <namespace> | kubectl apply -f - (see docs/backends/kubernetes.md)"
+                "dyndisc kube manifests --namespace <namespace> | kubectl apply -f - "
+                "(see docs/backends/kubernetes.md)"
             )
         return exc
 

@@ -1,12 +1,4 @@
-"""The etcd backend (the default): one lease per process, create-if-absent registrations, resumable watches.
-
-Settings (environment, see ``docs/backends/etcd.md``): ``ETCD_ENDPOINTS``, ``ETCD_LEASE_TTL``,
-``ETCD_AUTH_USERNAME`` / ``ETCD_AUTH_PASSWORD``, ``ETCD_AUTH_CA`` / ``ETCD_AUTH_CLIENT_CERT`` /
-``ETCD_AUTH_CLIENT_KEY`` (a file path or PEM text), ``ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS`` and
-``ETCD_REQUEST_TIMEOUT_SECONDS``.
-
-The client is ``aetcd``'s generated gRPC stubs over channels this module owns (asyncio only, as grpc.aio is).
-"""
+"""The etcd store: leases, create-if-absent transactions, prefix reads and shared resumable watches."""
 
 from __future__ import annotations
 
@@ -14,93 +6,23 @@ import contextlib
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
-from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dyndisc._concurrency import background_tasks
+from dyndisc._diagnosis import BackendDoctor
 from dyndisc._errors import BackendUnavailableError, ConfigurationError, LeaseNotFoundError
-from dyndisc.backends._etcd_connection import EtcdConnection, Stubs, TlsMaterial, parse_endpoints
-from dyndisc.backends._etcd_watch import SharedWatch, Subscriber
 from dyndisc.backends.base import Lease
-from dyndisc.backends.kv import KeyValueStore, KvDiscovery, StoredValue, StoreEvent
-
-__all__ = ["EtcdSettings", "EtcdStore", "from_env"]
+from dyndisc.backends.etcd.connection import EtcdConnection, Stubs
+from dyndisc.backends.etcd.doctor import EtcdDoctor
+from dyndisc.backends.etcd.settings import EtcdSettings, parse_endpoints
+from dyndisc.backends.etcd.watch import SharedWatch, Subscriber
+from dyndisc.backends.kv import KeyValueStore, StoredValue, StoreEvent
 
 _EQUAL, _CREATE = rpc.Compare.CompareResult.EQUAL, rpc.Compare.CompareTarget.CREATE
-
-
-class EtcdSettings(BaseSettings):
-    """The ``ETCD_*`` environment variables of the etcd backend."""
-
-    model_config = SettingsConfigDict(env_prefix="ETCD_", extra="ignore", case_sensitive=False)
-
-    #: Comma-separated client URLs (``http://`` or ``https://``); calls fail over between them.
-    endpoints: str = "http://localhost:2379"
-    #: Lease TTL in seconds (read by the runtime; ``DYN_LEASE_TTL`` wins when both are set).
-    lease_ttl: Annotated[float, Field(gt=0, le=3600)] = 10.0
-    #: User and password for etcd auth (both or neither).
-    auth_username: str | None = None
-    auth_password: SecretStr | None = None
-    #: CA bundle that signs the etcd server certificate: a file path or PEM text.
-    auth_ca: str | None = None
-    #: Client certificate and key for mutual TLS: file paths or PEM text (both or neither).
-    auth_client_cert: str | None = None
-    auth_client_key: SecretStr | None = None
-    #: How long a process started before etcd waits for it (with backoff) before giving up.
-    startup_connect_timeout_seconds: Annotated[float, Field(ge=0)] = 120.0
-    #: How long one call may retry (failing over between endpoints) once connected.
-    request_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
-
-    @classmethod
-    def load(cls, **overrides: Any) -> EtcdSettings:
-        """Read the settings; a bad value becomes one :class:`ConfigurationError` naming the variable."""
-        try:
-            return cls(**overrides)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"ETCD_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-                for e in exc.errors(include_url=False)
-            )
-            raise ConfigurationError(f"invalid etcd settings: {problems}") from None
-
-    def tls_material(self) -> TlsMaterial | None:
-        """The PEM bytes of the CA and client identity, or ``None`` when none is configured."""
-        key = self.auth_client_key.get_secret_value() if self.auth_client_key else None
-        if (self.auth_client_cert is None) != (key is None):
-            raise ConfigurationError(
-                "ETCD_AUTH_CLIENT_CERT and ETCD_AUTH_CLIENT_KEY go together: set both (or neither)"
-            )
-        if self.auth_ca is None and self.auth_client_cert is None:
-            return None
-        return TlsMaterial(
-            ca=_pem(self.auth_ca, "ETCD_AUTH_CA"),
-            cert=_pem(self.auth_client_cert, "ETCD_AUTH_CLIENT_CERT"),
-            key=_pem(key, "ETCD_AUTH_CLIENT_KEY"),
-        )
-
-
-def _pem(value: str | None, setting: str) -> bytes | None:
-    """Accept PEM text or a path to a PEM file."""
-    if value is None or not value.strip():
-        return None
-    if "-----BEGIN" in value:
-        return value.strip().encode() + b"\n"
-    path = Path(value).expanduser()
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigurationError(
-            f"{setting} must be PEM text or the path of a PEM file; cannot read {str(path)!r}: {exc.strerror}"
-        ) from None
-    if b"-----BEGIN" not in data:
-        raise ConfigurationError(f"{setting}={str(path)!r} is not a PEM file (no '-----BEGIN' line)")
-    return data
 
 
 class EtcdStore(KeyValueStore):
@@ -268,7 +190,9 @@ class EtcdStore(KeyValueStore):
     def stale_since(self) -> float | None:
         return self.connection.stale_since
 
+    @property
+    def default_lease_ttl(self) -> float | None:
+        return self.settings.lease_ttl
 
-def from_env() -> KvDiscovery:
-    """The ``etcd`` backend configured from the ``ETCD_*`` environment variables."""
-    return KvDiscovery(EtcdStore.from_env())
+    def doctor(self) -> BackendDoctor:
+        return EtcdDoctor()

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import anyio
 
-from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
+from dyndisc.backends.kv.store import StoreDelete, StoreEvent, StorePut, StoreSnapshot
 
 #: Events a consumer may have queued before it is switched to a fresh snapshot instead: a slow consumer then
 #: costs memory bounded by the size of the data, never an unbounded backlog, and stalls nobody.

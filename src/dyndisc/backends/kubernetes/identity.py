@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dyndisc._errors import ConfigurationError
-from dyndisc.backends._kube_siphash import instance_id_for
+from dyndisc.backends.kubernetes.siphash import instance_id_for
 
 log = logging.getLogger("dyndisc.kubernetes")
 

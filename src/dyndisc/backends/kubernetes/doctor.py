@@ -1,17 +1,34 @@
-"""The Kubernetes checks of ``dyndisc doctor``: credentials, the CRD, the Role's rights, the clock."""
+"""The Kubernetes part of ``dyndisc doctor``: credentials, the CRD, the Role's rights, the clock."""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import time
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import yaml
 
-from dyndisc._doctor import SKEW_WARNING, Report, Status, server_clock_skew
-from dyndisc.backends._kube_api import KubeApi, KubeStatusError
-from dyndisc.backends._kube_join import GROUP, KIND, PLURAL, VERSION
-from dyndisc.backends.base import DiscoveryBackend
-from dyndisc.backends.kubernetes import KubernetesDiscovery, manifest
+from dyndisc._diagnosis import SKEW_WARNING, BackendDoctor, Report, Status
+from dyndisc.backends.kubernetes.errors import KubeStatusError
+from dyndisc.backends.kubernetes.identity import PodIdentity
+from dyndisc.backends.kubernetes.join import GROUP, KIND, PLURAL, VERSION
+from dyndisc.backends.kubernetes.manifests import manifest
+
+if TYPE_CHECKING:
+    from dyndisc.backends.kubernetes.api import KubeApi
+
+
+class Checked(Protocol):
+    """What the checks need of the backend (:class:`KubernetesDiscovery`)."""
+
+    identity: PodIdentity | None
+
+    async def api(self) -> KubeApi: ...
+
+    async def namespace(self) -> str: ...
+
 
 #: How to install what is missing (the ``dyndisc kube manifests`` command prints the shipped manifests).
 CRD_FIX = "dyndisc kube manifests --only crd | kubectl apply -f -   (needs cluster-admin once)"
@@ -33,23 +50,50 @@ def required_rights() -> list[tuple[str, str, str]]:
     return rights
 
 
-async def check_kubernetes(report: Report, backend: DiscoveryBackend, timeout: float) -> bool:
-    """Run the Kubernetes checks; ``False`` when a failure makes the generic checks pointless."""
-    assert isinstance(backend, KubernetesDiscovery)
+class KubeDoctor(BackendDoctor):
+    """Credentials, the CRD and the Role's rights before the shared checks; the API server's clock."""
+
+    fixes = (
+        ("rejected our credentials", "the Kubernetes token is missing, wrong or expired: refresh KUBECONFIG"),
+        ("forbidden", "dyndisc kube manifests --namespace <namespace> | kubectl apply -f -"),
+    )
+
+    def __init__(self, backend: Checked) -> None:
+        self.backend = backend
+
+    async def preflight(self, report: Report, timeout: float) -> bool:
+        try:
+            with anyio.fail_after(timeout):
+                api = await self.backend.api()
+                namespace = await self.backend.namespace()
+        except Exception as exc:
+            report.add("credentials", Status.FAIL, str(exc) or type(exc).__name__, "set KUBECONFIG")
+            return False
+        user = await _check_identity(report, api, timeout)
+        if user is None:
+            return False
+        await _check_clock(report, api, timeout)
+        crd = await _check_crd(report, api, timeout)
+        rbac = await _check_rbac(report, api, namespace, user, timeout)
+        return crd and rbac
+
+    def no_lease_reason(self) -> str | None:
+        if self.backend.identity is None and not os.environ.get("POD_NAME"):
+            return "no POD_NAME: this is not a worker pod, so it holds no lease"
+        return None
+
+    async def check_clock(self, report: Report) -> None:
+        """Reported by :meth:`preflight` already: liveness here is pod readiness, not a clock."""
+
+
+def server_clock_skew(date_header: str | None) -> float | None:
+    """Seconds the server's HTTP ``Date`` is ahead of this host (``None`` if absent or unreadable)."""
+    if not date_header:
+        return None
     try:
-        with anyio.fail_after(timeout):
-            api = await backend.api()
-            namespace = await backend.namespace()
-    except Exception as exc:
-        report.add("credentials", Status.FAIL, str(exc) or type(exc).__name__, "set KUBECONFIG")
-        return False
-    user = await _check_identity(report, api, timeout)
-    if user is None:
-        return False
-    await _check_clock(report, api, timeout)
-    crd = await _check_crd(report, api, timeout)
-    rbac = await _check_rbac(report, api, namespace, user, timeout)
-    return crd and rbac
+        return parsedate_to_datetime(date_header).timestamp() - time.time()
+    except (TypeError, ValueError):
+        return None
 
 
 async def _check_identity(report: Report, api: KubeApi, timeout: float) -> str | None:
@@ -81,11 +125,7 @@ async def _check_identity(report: Report, api: KubeApi, timeout: float) -> str |
 async def _check_clock(report: Report, api: KubeApi, timeout: float) -> None:
     try:
         with anyio.fail_after(timeout):
-            response = await api._client.call_api(
-                "/version", "GET", auth_settings=["BearerToken"], _preload_content=False
-            )
-            async with response:
-                skew = server_clock_skew(response.headers.get("Date"))
+            skew = server_clock_skew(await api.server_date())
     except Exception as exc:
         report.add("clock", Status.SKIP, f"could not read the API server's clock ({exc})")
         return

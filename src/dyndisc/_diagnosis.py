@@ -1,0 +1,120 @@
+"""What ``dyndisc doctor`` reports, and what each backend adds to it.
+
+The doctor (:mod:`dyndisc._doctor`) runs the checks every backend shares; a backend contributes its own
+through :class:`BackendDoctor` (``backend.doctor()``): checks before the shared ones (Kubernetes:
+credentials, the CRD, the Role), its clock check, and the fixes for the errors it raises. This module
+depends on nothing else in dyndisc, so backends can use it without an import cycle.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+class Status(enum.StrEnum):
+    """The outcome of one check."""
+
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "FAIL"
+    SKIP = "skip"
+
+
+@dataclass
+class Check:
+    """One line of the report: what was checked, how it went, and what to do about it."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str | None = None
+
+
+@dataclass
+class Report:
+    """Every check of one ``doctor`` run."""
+
+    backend: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no check failed (warnings allowed)."""
+        return all(c.status is not Status.FAIL for c in self.checks)
+
+    def add(self, name: str, status: Status, detail: str, fix: str | None = None) -> Check:
+        """Record a check and return it."""
+        check = Check(name, status, detail, fix)
+        self.checks.append(check)
+        return check
+
+    def find(self, name: str) -> Check | None:
+        """The check called ``name``, if it ran."""
+        return next((c for c in self.checks if c.name == name), None)
+
+    def render(self) -> str:
+        """The human-readable report."""
+        lines = [f"dyndisc doctor: {self.backend} backend"]
+        for c in self.checks:
+            lines.append(f"[{c.status.value:^4}] {c.name}: {c.detail}")
+            if c.fix:
+                lines.append(f"       fix: {c.fix}")
+        failed = sum(c.status is Status.FAIL for c in self.checks)
+        warned = sum(c.status is Status.WARN for c in self.checks)
+        lines.append(
+            "all checks passed" if not failed and not warned else f"{failed} failed, {warned} warning(s)"
+        )
+        return "\n".join(lines)
+
+
+#: Fixes that hold whatever the backend: ``(part of an error message, what to do)``.
+GENERIC_FIXES: tuple[tuple[str, str], ...] = (
+    (
+        "unreachable",
+        "start the server or point the backend at it (ETCD_ENDPOINTS, NATS_SERVER, KUBECONFIG)",
+    ),
+)
+
+
+#: Clock difference from which a skew is reported, in seconds.
+SKEW_WARNING = 1.0
+
+
+class BackendDoctor:
+    """A backend's part of ``dyndisc doctor``; the base class adds nothing but a skipped clock check."""
+
+    #: ``(part of an error message, what to do)`` for the errors this backend raises.
+    fixes: Sequence[tuple[str, str]] = ()
+
+    async def preflight(self, report: Report, timeout: float) -> bool:
+        """Checks that run before the shared ones; ``False`` when the shared ones would be pointless."""
+        return True
+
+    def no_lease_reason(self) -> str | None:
+        """Why this process holds no lease (so the lease round trip is skipped), or ``None``."""
+        return None
+
+    async def check_clock(self, report: Report) -> None:
+        """Say whether lease expiry depends on this host's clock, and how far off it is where measurable."""
+        report.add("clock", Status.SKIP, "no clock check for this backend")
+
+    def fix_for(self, message: str) -> str | None:
+        """The fix for an error message, when one is known."""
+        return next((fix for pattern, fix in (*self.fixes, *GENERIC_FIXES) if pattern in message), None)
+
+
+class ServerClockDoctor(BackendDoctor):
+    """For stores whose server times the leases: this host's clock cannot make a lease expire early."""
+
+    def __init__(self, server: str, fixes: Sequence[tuple[str, str]] = ()) -> None:
+        self.server = server
+        self.fixes = fixes
+
+    async def check_clock(self, report: Report) -> None:
+        report.add(
+            "clock",
+            Status.OK,
+            f"{self.server} times leases on the server: this host's clock does not affect expiry",
+        )

@@ -1,0 +1,161 @@
+"""Where the file backend keeps things under its root, and the few careful file operations it needs.
+
+Layout under the root (``DYN_FILE_KV``; directories 0700, files 0600)::
+
+    leases/{lease_id:016x}.lease          one per lease; its mtime is the last keep-alive, its content the TTL
+    kv/{seg}/{seg}/.../{seg}.rec          one per key: a header naming the owning lease, then the value
+
+A key ``/services/ns/comp/ep/1f`` is the file ``kv/services/ns/comp/ep/1f.rec``. Every key segment is
+percent-encoded (anything but ``A-Z a-z 0-9 _ -`` becomes ``%XX`` of its UTF-8 bytes; an empty segment is a
+lone ``%``), so ``.``, ``..`` and ``/`` can never leave the root, ``.rec`` files never clash with the
+directories of longer keys, and names starting with ``.`` are free for temporary files.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from dyndisc.backends.kv.escape import SegmentEscaper
+
+#: Suffix of record files; ``.`` never appears in an encoded segment, so it cannot clash with a directory.
+RECORD_SUFFIX = ".rec"
+LEASE_SUFFIX = ".lease"
+#: First bytes of every record file, then the owning lease id in hex and a newline, then the value.
+RECORD_MAGIC = b"dyndisc-record/1 lease="
+#: Longest encoded segment: NAME_MAX (255 bytes) less the record suffix.
+MAX_SEGMENT_BYTES = 255 - len(RECORD_SUFFIX)
+#: Records larger than this are not ours (ours are at most 64 KiB); they are skipped unread.
+MAX_FILE_BYTES = 1024 * 1024
+
+_NAMES = SegmentEscaper("%")
+#: Encode one key segment as a file name: reversible, never ``.``/``..``, never containing ``/``.
+encode_segment = _NAMES.encode
+#: Invert :func:`encode_segment`; ``None`` for a name it could not have produced.
+decode_segment = _NAMES.decode
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record file read from disk: its value, the lease that owns it, and which file version it was."""
+
+    value: bytes
+    lease_id: int
+    ino: int
+    mtime_ns: int
+
+
+class Corrupt:
+    """A record file that is not one of ours (already warned about)."""
+
+
+CORRUPT = Corrupt()
+
+
+def encode_record(value: bytes, lease_id: int) -> bytes:
+    """The content of a record file: the header naming the owning lease, then the value."""
+    return RECORD_MAGIC + f"{lease_id:x}\n".encode() + value
+
+
+def key_segments(key: str) -> list[str]:
+    """The segments of ``key`` (which must start with ``/``)."""
+    if not key.startswith("/"):
+        raise ValueError(f"file backend keys must start with '/', got {key!r}")
+    return key[1:].split("/")
+
+
+class FileLayout:
+    """The paths of one root: record files under ``kv/``, lease files under ``leases/``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.kv_dir = root / "kv"
+        self.lease_dir = root / "leases"
+
+    def record_path(self, key: str) -> Path:
+        """The file that holds ``key``."""
+        names = [encode_segment(s) for s in key_segments(key)]
+        longest = max(len(n) for n in names)  # encoded names are ASCII: characters are bytes
+        if longest > MAX_SEGMENT_BYTES:
+            raise ValueError(
+                f"key {key!r} has a segment of {longest} bytes once encoded; the file backend accepts at "
+                f"most {MAX_SEGMENT_BYTES} (the file-name limit of the filesystem less {RECORD_SUFFIX!r})"
+            )
+        names[-1] += RECORD_SUFFIX
+        return self.kv_dir.joinpath(*names)
+
+    def lease_path(self, lease_id: int) -> Path:
+        """The file of lease ``lease_id``."""
+        return self.lease_dir / f"{lease_id:016x}{LEASE_SUFFIX}"
+
+    def lease_of(self, path: Path) -> int | None:
+        """The lease id a file in the lease directory is for, or ``None``."""
+        if path.parent != self.lease_dir or not path.name.endswith(LEASE_SUFFIX):
+            return None
+        try:
+            return int(path.name[: -len(LEASE_SUFFIX)], 16)
+        except ValueError:
+            return None
+
+    def key_of(self, path: Path) -> str | None:
+        """The key stored at record file ``path``, or ``None`` if ``path`` is not a record file."""
+        try:
+            parts = path.relative_to(self.kv_dir).parts
+        except ValueError:
+            return None
+        if not parts or not parts[-1].endswith(RECORD_SUFFIX):
+            return None
+        names = [*parts[:-1], parts[-1][: -len(RECORD_SUFFIX)]]
+        segments = [decode_segment(n) for n in names]
+        if any(s is None for s in segments):
+            return None
+        return "/" + "/".join(s for s in segments if s is not None)
+
+    def dir_key(self, path: Path) -> str | None:
+        """The key prefix (ending with ``/``) that directory ``path`` holds."""
+        try:
+            parts = path.relative_to(self.kv_dir).parts
+        except ValueError:
+            return None
+        segments = [decode_segment(n) for n in parts]
+        if any(s is None for s in segments):
+            return None
+        return "/" + "".join(f"{s}/" for s in segments if s is not None)
+
+    def watch_dir(self, prefix: str) -> Path:
+        """The deepest directory holding every key that starts with ``prefix``."""
+        if not prefix.startswith("/"):
+            return self.kv_dir
+        segments = prefix[1:].split("/")[:-1]  # the part after the last '/' may be a partial name
+        return self.kv_dir.joinpath(*(encode_segment(s) for s in segments))
+
+
+def read_regular_file(path: Path) -> tuple[bytes, os.stat_result]:
+    """Read a small regular file without following a symlink or blocking on a FIFO planted in the root."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise OSError(f"{path} is {info.st_size} bytes, more than any record ({MAX_FILE_BYTES})")
+        return os.read(fd, info.st_size), info  # files are replaced whole, never grown in place
+    finally:
+        os.close(fd)
+
+
+def mkdirs(path: Path) -> None:
+    """``mkdir -p`` with mode 0700 at every level it creates (``os.makedirs`` would not)."""
+    missing: list[Path] = []
+    current = path
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for directory in reversed(missing):
+        with suppress(FileExistsError):
+            directory.mkdir(mode=0o700)

@@ -1,0 +1,36 @@
+"""The Kubernetes backend: a ``DynamoWorkerMetadata`` resource per worker, readiness from EndpointSlices.
+
+Settings: ``KUBECONFIG`` (or the in-cluster service account), ``POD_NAME`` / ``POD_NAMESPACE`` /
+``POD_UID`` (or ``/etc/podinfo``); see ``docs/backends/kubernetes.md``.
+
+The room: ``api`` (a thin JSON client; the only module that imports the Kubernetes client, so importing
+this package needs no extra), ``errors``, ``identity`` (who this pod is), ``siphash`` (the reference's
+instance ids), ``join`` (slices x worker resources -> instances), ``reflector`` (list-then-watch),
+``worker`` (this pod's resource), ``discovery`` (the :class:`KubernetesDiscovery`), ``manifests`` (the CRD
+and RBAC) and ``doctor``.
+"""
+
+from __future__ import annotations
+
+from dyndisc.backends.kubernetes.discovery import KubernetesDiscovery
+from dyndisc.backends.kubernetes.identity import PodIdentity
+from dyndisc.backends.kubernetes.manifests import manifest, manifests
+from dyndisc.backends.kubernetes.siphash import instance_id_for
+from dyndisc.backends.kubernetes.worker import FIELD_MANAGER
+
+__all__ = [
+    "FIELD_MANAGER",
+    "KubernetesDiscovery",
+    "PodIdentity",
+    "from_env",
+    "instance_id_for",
+    "manifest",
+    "manifests",
+]
+
+
+def from_env(*, startup_timeout: float | None = None) -> KubernetesDiscovery:
+    """The backend for ``DYN_DISCOVERY_BACKEND=kubernetes``: credentials from ``KUBECONFIG`` or in-cluster,
+    pod identity from ``POD_NAME`` / ``POD_NAMESPACE`` / ``POD_UID`` (or ``/etc/podinfo``).
+    ``startup_timeout`` is not used: the API server is asked when first needed."""
+    return KubernetesDiscovery()

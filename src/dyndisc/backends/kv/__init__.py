@@ -1,0 +1,27 @@
+"""Discovery over key-value stores: the store interface, :class:`KvDiscovery` on top of it, key layouts.
+
+etcd, NATS, file and memory are stores; discovery over them is written once here.
+"""
+
+from dyndisc.backends.kv.discovery import KvDiscovery
+from dyndisc.backends.kv.layouts import DEFAULT_ROOT, KeyLayout
+from dyndisc.backends.kv.store import (
+    KeyValueStore,
+    StoreDelete,
+    StoredValue,
+    StoreEvent,
+    StorePut,
+    StoreSnapshot,
+)
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "KeyLayout",
+    "KeyValueStore",
+    "KvDiscovery",
+    "StoreDelete",
+    "StoreEvent",
+    "StorePut",
+    "StoreSnapshot",
+    "StoredValue",
+]

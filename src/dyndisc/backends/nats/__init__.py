@@ -1,0 +1,28 @@
+"""The NATS backend: discovery keys in one JetStream KV bucket, liveness by per-key TTLs.
+
+Settings (environment, see ``docs/backends/nats.md``): ``NATS_SERVER``, ``NATS_USER`` / ``NATS_PASSWORD``,
+``NATS_TOKEN``, ``NATS_CREDS``, ``NATS_CA`` / ``NATS_CERT`` / ``NATS_KEY``, ``NATS_KV_BUCKET``,
+``NATS_KV_MARKER_TTL``, ``NATS_TIMEOUT`` and ``NATS_STARTUP_CONNECT_TIMEOUT``.
+
+The room: ``settings``, ``connection`` (the client connection and bucket requests), ``keys`` (dyndisc keys
+as NATS keys), ``feed`` (one ordered consumer), ``watch`` (a prefix watch that resyncs after reconnects),
+``store`` (the :class:`NatsStore`, leases emulated with per-key TTLs).
+"""
+
+from __future__ import annotations
+
+from dyndisc.backends.kv import KvDiscovery
+from dyndisc.backends.nats.connection import MIN_SERVER_VERSION
+from dyndisc.backends.nats.settings import NatsSettings
+from dyndisc.backends.nats.store import NatsStore
+
+__all__ = ["MIN_SERVER_VERSION", "NatsSettings", "NatsStore", "from_env"]
+
+
+def from_env(*, startup_timeout: float | None = None) -> KvDiscovery:
+    """The ``nats`` backend: a :class:`NatsStore` configured from ``NATS_*`` environment variables.
+
+    ``startup_timeout`` replaces ``NATS_STARTUP_CONNECT_TIMEOUT`` when given.
+    """
+    overrides = {} if startup_timeout is None else {"startup_connect_timeout": startup_timeout}
+    return KvDiscovery(NatsStore(NatsSettings.load(**overrides)))

