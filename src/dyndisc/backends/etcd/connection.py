@@ -18,6 +18,7 @@ import grpc
 from aetcd import rpc
 
 from dyndisc._errors import BackendUnavailableError, LeaseNotFoundError
+from dyndisc._retry import Backoff
 from dyndisc.backends.etcd.settings import Target, TlsMaterial
 
 log = logging.getLogger("dyndisc.etcd")
@@ -226,7 +227,7 @@ class EtcdConnection:
         failures until the deadline; translate the final failure into a dyndisc error naming ``what``."""
         budget = self.request_timeout if self._connected_once else self.startup_timeout
         deadline = time.monotonic() + budget
-        delay = RETRY_MIN
+        backoff = Backoff(RETRY_MIN, RETRY_MAX if self._connected_once else STARTUP_RETRY_MAX)
         auth_retried = False
         while True:
             generation = self._generation
@@ -258,9 +259,9 @@ class EtcdConnection:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BackendUnavailableError(self._unreachable(what, budget, error)) from None
+            delay = backoff.next_delay(limit=left)
             log.debug("%s failed on etcd at %s (%s); retrying in %.2fs", what, self.url, error, delay)
-            await anyio.sleep(min(delay, left))
-            delay = min(delay * 2, RETRY_MAX if self._connected_once else STARTUP_RETRY_MAX)
+            await anyio.sleep(delay)
 
     def _unreachable(self, what: str, budget: float, error: Exception) -> str:
         setting = (

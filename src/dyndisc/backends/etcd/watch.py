@@ -22,13 +22,16 @@ from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
 from dyndisc._errors import BackendUnavailableError
+from dyndisc._retry import Backoff
 from dyndisc.backends.etcd.connection import EtcdConnection, Stubs, Transient, grpc_await
 from dyndisc.backends.kv import StoreDelete, StorePut
 from dyndisc.backends.kv.event_queue import StoreEventQueue
 
 log = logging.getLogger("dyndisc.etcd")
 
-RETRY_MIN, RETRY_MAX = 0.1, 5.0
+#: Backoff between attempts to resume a broken watch (reset once etcd confirms a watch again): capped at
+#: about a second, so a watch is back within a second of etcd.
+RETRY_MIN, RETRY_MAX = 0.05, 1.0
 
 _PUT = 0  # mvccpb.Event.EventType
 
@@ -86,7 +89,7 @@ class SharedWatch:
             await self._pump()
 
     async def _pump(self) -> None:
-        delay = RETRY_MIN
+        backoff = Backoff(RETRY_MIN, RETRY_MAX)
         while True:
             try:
                 if self.needs_list:
@@ -110,7 +113,9 @@ class SharedWatch:
             else:
                 continue
             if self._created:  # the stream had been working: start the backoff over
-                self._created, delay = False, RETRY_MIN
+                self._created = False
+                backoff.reset()
+            delay = backoff.next_delay()
             self.resumes += 1
             log.warning(
                 "etcd watch of %r broke (%s); resuming from revision %d in %.2fs",
@@ -120,7 +125,6 @@ class SharedWatch:
                 delay,
             )
             await anyio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
 
     def _refused(self, error: Exception) -> None:
         """etcd refused us (or stayed away past the call deadline): tell waiting subscribers, keep trying."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 
 from dyndisc._errors import BackendUnavailableError, DyndiscError
+from dyndisc._retry import Backoff
 from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ log = logging.getLogger("dyndisc.kubernetes")
 
 T = TypeVar("T")
 
+#: Backoff between watch attempts after a failure (reset by every successful watch).
 RETRY_MIN, RETRY_MAX = 0.2, 5.0
 
 
@@ -106,7 +108,7 @@ class Reflector(Generic[T]):
 
     async def run(self) -> None:
         """Watch forever (the state must have been listed): resume after failures, relist after 410."""
-        delay = RETRY_MIN
+        backoff = Backoff(RETRY_MIN, RETRY_MAX)
         must_relist = False
         while True:
             try:
@@ -116,8 +118,7 @@ class Reflector(Generic[T]):
                 started = time.monotonic()
                 if not await self._watch_once() and time.monotonic() - started < 1.0:
                     # Closed at once with nothing said (a server shutting down): don't spin reconnecting.
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
+                    await backoff.sleep()
                     continue
             except _Expired:
                 log.info(
@@ -132,11 +133,11 @@ class Reflector(Generic[T]):
                     exc = self.api.explain(exc)
                 if self.stale_since is None:
                     self.stale_since = time.monotonic()
-                log.warning("%s failed (%s); retrying in %.1fs", self.what, exc, delay)
+                delay = backoff.next_delay()
+                log.warning("%s failed (%s); retrying in %.2fs", self.what, exc, delay)
                 await anyio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
                 continue
-            delay = RETRY_MIN
+            backoff.reset()
 
     async def _watch_once(self) -> bool:
         """Watch until the server ends the stream; return whether any event arrived."""

@@ -10,6 +10,7 @@ from functools import partial
 import anyio
 from anyio.abc import TaskStatus
 
+from dyndisc._retry import Backoff
 from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
 from dyndisc.backends.kv.event_queue import MAX_PENDING_EVENTS as MAX_PENDING_EVENTS  # the same bound
 from dyndisc.backends.nats.feed import KvChange, KvFeed
@@ -94,7 +95,7 @@ class NatsWatch:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Keep a consumer open until cancelled; ``started`` once the first one exists (its errors raise)."""
         started = False
-        delay = RETRY_MIN
+        backoff = Backoff(RETRY_MIN, RETRY_MAX)
         while True:
             self._restart = anyio.Event()
             self._progress = anyio.Event()
@@ -107,12 +108,12 @@ class NatsWatch:
                 await close_feed(feed)
                 if not started:
                     raise
+                delay = backoff.next_delay()
                 log.warning(
-                    "cannot re-create the watch of %r (%s); retrying in %.1fs", self.prefix, exc, delay
+                    "cannot re-create the watch of %r (%s); retrying in %.2fs", self.prefix, exc, delay
                 )
                 with anyio.move_on_after(delay):
                     await self._restart.wait()
-                delay = min(delay * 2, RETRY_MAX)
                 continue
             if not started:
                 started = True
@@ -128,7 +129,7 @@ class NatsWatch:
                     )
                     self.restart("no initial state")
                     continue
-                delay = RETRY_MIN
+                backoff.reset()
                 await self._restart.wait()
             finally:
                 await close_feed(feed)
