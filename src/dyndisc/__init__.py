@@ -6,6 +6,7 @@ routers watch the live set of instances. See ``docs/`` for the concepts and one 
 
 from dyndisc._client import Client
 from dyndisc._errors import (
+    AccessDeniedError,
     BackendUnavailableError,
     ConfigurationError,
     DyndiscError,
@@ -19,6 +20,7 @@ from dyndisc._errors import (
     RegistrationConflictError,
     RuntimeNotStartedError,
 )
+from dyndisc._health import LeaseState, RuntimeHealth
 from dyndisc._instance_set import InstanceSet
 from dyndisc._lease import LeaseChange
 from dyndisc._metadata import MAX_METADATA_DEPTH
@@ -45,6 +47,7 @@ __all__ = [
     "MAX_METADATA_DEPTH",
     "MAX_NAME_LENGTH",
     "MAX_RECORD_BYTES",
+    "AccessDeniedError",
     "Added",
     "BackendUnavailableError",
     "Client",
@@ -69,6 +72,7 @@ __all__ = [
     "LeaseLossPolicy",
     "LeaseLostError",
     "LeaseNotFoundError",
+    "LeaseState",
     "MemoryStore",
     "Namespace",
     "NoInstancesError",
@@ -77,6 +81,7 @@ __all__ = [
     "RegistrationConflictError",
     "Removed",
     "Resync",
+    "RuntimeHealth",
     "RuntimeNotStartedError",
     "RuntimeSettings",
     "Transport",

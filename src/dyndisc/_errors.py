@@ -28,7 +28,19 @@ class ConfigurationError(DyndiscError, ValueError):
 
 
 class BackendUnavailableError(DyndiscError, ConnectionError):
-    """The discovery backend could not be reached (or refused us) within the allowed time."""
+    """The discovery backend could not be reached, or did not answer, within the allowed time: an outage.
+
+    The runtime rides out an outage (it keeps renewing its lease until the server answers); a call that
+    meets one fails with this error when its own time is up.
+    """
+
+
+class AccessDeniedError(DyndiscError, PermissionError):
+    """The server refused us: credentials rejected, permission denied, or a TLS handshake that cannot succeed.
+
+    Retrying cannot fix it, so the runtime stops at once and raises it (from ``register()`` and from its
+    ``async with``) instead of retrying for ever.
+    """
 
 
 class LeaseNotFoundError(DyndiscError):

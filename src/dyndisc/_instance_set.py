@@ -97,8 +97,10 @@ class InstanceSet:
 
     @property
     def stale_since(self) -> float | None:
-        """``time.monotonic()`` since when the watch has been broken (being re-established), else ``None``."""
-        return self._stale_since
+        """``time.monotonic()`` since when the view may be out of date, else ``None``: the watch broke (it is
+        being re-established) or the backend lost its server (its watches cannot hear anything)."""
+        found = [t for t in (self._stale_since, self.backend.stale_since) if t is not None]
+        return min(found) if found else None
 
     async def wait_changed(self) -> None:
         """Wait for the next change to the set."""

@@ -64,7 +64,8 @@ class LeaseLossPolicy(enum.StrEnum):
 
 
 class RuntimeSettings(Settings):
-    """``DYN_DISCOVERY_BACKEND``, ``DYN_LEASE_TTL`` and ``DYN_LEASE_LOSS_POLICY``.
+    """``DYN_DISCOVERY_BACKEND``, ``DYN_LEASE_TTL``, ``DYN_LEASE_LOSS_POLICY``, ``DYN_HEALTH_PORT`` and
+    ``DYN_HEALTH_HOST``.
 
     The backend name is checked only when the runtime creates its backend by name: a runtime given a
     backend object does not depend on the variable.
@@ -76,6 +77,10 @@ class RuntimeSettings(Settings):
     discovery_backend: str = "etcd"
     lease_ttl: Annotated[float | None, Field(gt=0, le=3600)] = None
     lease_loss_policy: LeaseLossPolicy = LeaseLossPolicy.REREGISTER
+    #: Port of the HTTP probe endpoint (``/live``, ``/ready``, ``/health``); off when unset; 0 picks one.
+    health_port: Annotated[int | None, Field(ge=0, le=65535)] = None
+    #: Where the probe endpoint listens (a kubelet probes the pod's address, so all interfaces by default).
+    health_host: str = "0.0.0.0"
 
 
 #: The lease TTL when neither the runtime, ``DYN_LEASE_TTL`` nor the backend (``ETCD_LEASE_TTL``) sets one.

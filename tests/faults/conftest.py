@@ -16,30 +16,42 @@ from fault_targets import MakeTarget, Target
 from faultkit import unique_namespace
 
 from dyndisc.testing.server_fixtures import server_unavailable
-from dyndisc.testing.servers import EtcdServer, NatsServer, ServerUnavailable
+from dyndisc.testing.servers import EtcdCluster, EtcdServer, NatsServer, ServerUnavailable
 
 
 @pytest.fixture
 async def make_target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeTarget]:
     """``make_target(kind, private_server=False, start=True, store_settings=None, **server_options)``.
 
-    ``kind`` is ``etcd``, ``nats``, ``file`` or ``memory``. ``private_server`` gives the test a server of
+    ``kind`` is ``etcd``, ``nats``, ``file`` or ``memory``. ``cluster`` gives an etcd test a 3-member cluster
+    of its own (``target.server`` is the :class:`EtcdCluster`). ``private_server`` gives the test a server of
     its own (to kill, restart, start late with ``start=False``, or secure with ``server_options`` such as
     ``tls=True``); otherwise the session's server is shared and tests keep apart by namespace.
     """
     targets: list[Target] = []
     private: list[EtcdServer | NatsServer] = []
+    clusters: list[EtcdCluster] = []
 
     def make(
         kind: str,
         *,
         private_server: bool = False,
+        cluster: bool = False,
         start: bool = True,
         store_settings: dict[str, Any] | None = None,
         **server_options: Any,
     ) -> Target:
-        server: EtcdServer | NatsServer | None = None
-        if kind in ("etcd", "nats"):
+        server: EtcdServer | NatsServer | EtcdCluster | None = None
+        if cluster:
+            assert kind == "etcd", "only etcd has a cluster here"
+            try:
+                server = EtcdCluster(3, **server_options)
+                clusters.append(server)
+                if start:
+                    server.start()
+            except ServerUnavailable as exc:
+                server_unavailable(f"etcd cluster: {exc}")
+        elif kind in ("etcd", "nats"):
             if private_server:
                 try:
                     server = EtcdServer(**server_options) if kind == "etcd" else NatsServer(**server_options)
@@ -62,3 +74,5 @@ async def make_target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
             await target.close()
         for server in private:
             server.close()
+        for each in clusters:
+            each.close()

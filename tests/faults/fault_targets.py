@@ -19,7 +19,7 @@ from dyndisc.backends.file import FileStore
 from dyndisc.backends.kv import KeyValueStore
 from dyndisc.backends.nats import NatsSettings, NatsStore
 from dyndisc.testing import CrashableBackend, RuntimeHost
-from dyndisc.testing.servers import EtcdServer, NatsServer, TcpProxy
+from dyndisc.testing.servers import EtcdCluster, EtcdServer, NatsServer, TcpProxy
 
 #: The backends with a store another process can share (the SIGKILL, partition and revoke scenarios).
 SHARED_KINDS = ("etcd", "nats", "file")
@@ -35,7 +35,7 @@ class Target:
     def __init__(
         self,
         kind: str,
-        server: EtcdServer | NatsServer | None,
+        server: EtcdServer | NatsServer | EtcdCluster | None,
         root: Path | None,
         store_settings: dict[str, Any] | None = None,
     ) -> None:
@@ -72,6 +72,9 @@ class Target:
         return self._proxy
 
     def url(self, via_proxy: bool = False) -> str:
+        if isinstance(self.server, EtcdCluster):
+            assert not via_proxy, "a cluster is reached directly: its members are the faults"
+            return self.server.endpoints
         if isinstance(self.server, EtcdServer):
             return self.proxy.url if via_proxy else self.server.client_url
         assert isinstance(self.server, NatsServer)

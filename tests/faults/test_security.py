@@ -18,7 +18,13 @@ import pytest
 from fault_targets import MakeTarget, Target
 from faultkit import PROMPT, assert_converged, registrations, unique_namespace, watching
 
-from dyndisc import BackendUnavailableError, DistributedRuntime, InstanceQuery, InvalidNameError, KvDiscovery
+from dyndisc import (
+    AccessDeniedError,
+    DistributedRuntime,
+    InstanceQuery,
+    InvalidNameError,
+    KvDiscovery,
+)
 from dyndisc.backends.file import FileStore
 from dyndisc.backends.kubernetes import KubernetesDiscovery
 from dyndisc.testing import RuntimeHost
@@ -45,7 +51,7 @@ async def works_end_to_end(target: Target) -> None:
 async def refused_at_start(target: Target, match: str, **settings: object) -> str:
     """A runtime whose store has ``settings`` fails to start, at once, with an error matching ``match``."""
     started = anyio.current_time()
-    with anyio.fail_after(FAIL_FAST), pytest.raises(BackendUnavailableError, match=match) as info:
+    with anyio.fail_after(FAIL_FAST), pytest.raises(AccessDeniedError, match=match) as info:
         async with DistributedRuntime(target.store(**settings), lease_ttl=2):
             pytest.fail("the runtime must not start")
     assert anyio.current_time() - started < FAIL_FAST
@@ -124,7 +130,7 @@ async def test_kubernetes_restricted_token_works_in_its_namespace_only(kube_apis
                     )
             finally:
                 await host.stop()
-            with anyio.fail_after(FAIL_FAST), pytest.raises(BackendUnavailableError, match=r"forbidden"):
+            with anyio.fail_after(FAIL_FAST), pytest.raises(AccessDeniedError, match=r"forbidden"):
                 await backend(elsewhere).list(InstanceQuery())
         finally:
             for made in backends:

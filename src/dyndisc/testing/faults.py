@@ -13,6 +13,7 @@ Production classes carry no test hooks: everything a test needs to break lives h
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -60,6 +61,7 @@ class FaultyStore(_Forwarding, KeyValueStore):
         self.name = inner.name
         self.layouts = inner.layouts
         self._down: BackendUnavailableError | None = None
+        self._down_since: float | None = None
         self._healed = anyio.Event()
         self._breaks: set[Wake] = set()
         #: A planted bug: watches drop every delete (a checker must notice the phantoms).
@@ -83,18 +85,25 @@ class FaultyStore(_Forwarding, KeyValueStore):
         """Every call fails with :class:`~dyndisc.BackendUnavailableError` and watches stall until
         :meth:`bring_back`; watches then resume from a fresh snapshot."""
         self._down = BackendUnavailableError(why)
+        self._down_since = time.monotonic()
         self._healed = anyio.Event()
         self.break_watches()
 
     def bring_back(self) -> None:
         """End the outage of :meth:`take_down`."""
         self._down = None
+        self._down_since = None
         self._healed.set()
 
     @property
     def down(self) -> bool:
         """Whether the store is taken down."""
         return self._down is not None
+
+    @property
+    def stale_since(self) -> float | None:
+        """Since when the store is taken down (``time.monotonic()``), else what the store itself says."""
+        return self._down_since if self._down_since is not None else self.inner.stale_since
 
     def _check(self) -> None:
         if self._down is not None:

@@ -9,7 +9,7 @@ import pytest
 import trustme
 from etcd_helpers import MakeServer, MakeStore, next_event, unique_prefix
 
-from dyndisc import BackendUnavailableError, ConfigurationError
+from dyndisc import AccessDeniedError, ConfigurationError
 from dyndisc.backends.kv import StoreDelete, StorePut, StoreSnapshot
 
 #: A misconfigured client must fail this fast, not after the startup wait.
@@ -49,9 +49,7 @@ async def test_tls_without_a_client_certificate_is_refused_clearly(
     assert server.tls is not None
     store = make_store(server.client_url, auth_ca=str(server.tls.ca_path))
     started = time.monotonic()
-    with pytest.raises(
-        BackendUnavailableError, match=r"TLS handshake with etcd at https://127\.0\.0\.1"
-    ) as info:
+    with pytest.raises(AccessDeniedError, match=r"TLS handshake with etcd at https://127\.0\.0\.1") as info:
         await store.get_prefix("/")
     assert "ETCD_AUTH_CLIENT_CERT" in str(info.value)
     assert time.monotonic() - started < FAIL_FAST
@@ -70,7 +68,7 @@ async def test_tls_with_the_wrong_ca_is_refused_clearly(
         auth_client_key=str(server.tls.key_path),
     )
     started = time.monotonic()
-    with pytest.raises(BackendUnavailableError, match=r"TLS handshake .* failed .*ETCD_AUTH_CA"):
+    with pytest.raises(AccessDeniedError, match=r"TLS handshake .* failed .*ETCD_AUTH_CA"):
         await store.grant(5)
     assert time.monotonic() - started < FAIL_FAST
 
@@ -99,7 +97,7 @@ async def test_wrong_password_is_a_clear_error_at_once(
     store = make_store(server.client_url, auth_username="root", auth_password="not-the-password")
     started = time.monotonic()
     with pytest.raises(
-        BackendUnavailableError,
+        AccessDeniedError,
         match=rf"etcd at {server.client_url} refused the password for user 'root' \(ETCD_AUTH_USERNAME",
     ):
         await store.grant(5)
@@ -112,7 +110,7 @@ async def test_a_watch_with_a_wrong_password_fails_at_once(
     server = private_etcd(auth=True)
     store = make_store(server.client_url, auth_username="root", auth_password="not-the-password")
     started = time.monotonic()
-    with pytest.raises(BackendUnavailableError, match="refused the password for user 'root'"):
+    with pytest.raises(AccessDeniedError, match="refused the password for user 'root'"):
         async with store.watch(unique_prefix()):
             pytest.fail("the watch must not start")
     assert time.monotonic() - started < FAIL_FAST
@@ -121,7 +119,7 @@ async def test_a_watch_with_a_wrong_password_fails_at_once(
 async def test_missing_credentials_are_a_clear_error(private_etcd: MakeServer, make_store: MakeStore) -> None:
     server = private_etcd(auth=True)
     store = make_store(server.client_url)
-    with pytest.raises(BackendUnavailableError, match=r"requires authentication.*set ETCD_AUTH_USERNAME"):
+    with pytest.raises(AccessDeniedError, match=r"requires authentication.*set ETCD_AUTH_USERNAME"):
         await store.put(f"{unique_prefix()}a", b"1", 0)
 
 
@@ -132,7 +130,7 @@ async def test_a_user_without_permission_is_told_what_to_grant(
     server.api("/v3/auth/user/add", {"name": "svc", "password": "pw"})  # no role: no access to any key
     store = make_store(server.client_url, auth_username="svc", auth_password="pw")
     with pytest.raises(
-        BackendUnavailableError,
+        AccessDeniedError,
         match=r"denied user 'svc' access .*grant the user's role readwrite on the key prefix",
     ):
         await store.put(f"{unique_prefix()}a", b"1", 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from kube_helpers import Workers, everything, next_event
 
-from dyndisc import BackendUnavailableError, Resync
+from dyndisc import AccessDeniedError, BackendUnavailableError, Resync
 from dyndisc.backends.kubernetes import KubernetesDiscovery
 from dyndisc.backends.kubernetes.api import connect
 from dyndisc.backends.kubernetes.errors import KubeStatusError
@@ -34,10 +34,10 @@ async def test_restricted_token_works_in_its_namespace_and_is_refused_elsewhere(
     pattern = (
         rf"(?s)EndpointSlices in {other_namespace}: forbidden.*{RESTRICTED_USER}.*bind the discovery Role"
     )
-    with pytest.raises(BackendUnavailableError, match=pattern) as refused:
+    with pytest.raises(AccessDeniedError, match=pattern) as refused:
         await elsewhere.list(everything())
     print(refused.value)
-    with pytest.raises(BackendUnavailableError, match=pattern):
+    with pytest.raises(AccessDeniedError, match=pattern):
         async with elsewhere.watch(everything()):
             pass
 
@@ -54,7 +54,7 @@ async def test_restricted_token_works_in_its_namespace_and_is_refused_elsewhere(
 async def test_a_bad_token_is_reported_clearly(cluster: Cluster, namespace: str) -> None:
     backend = KubernetesDiscovery(namespace=namespace, kubeconfig=kubeconfig(cluster.server, "not-a-token"))
     try:
-        with pytest.raises(BackendUnavailableError, match=r"rejected our credentials \(HTTP 401"):
+        with pytest.raises(AccessDeniedError, match=r"rejected our credentials \(HTTP 401"):
             await backend.list(everything())
     finally:
         await backend.aclose()

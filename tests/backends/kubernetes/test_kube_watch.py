@@ -119,15 +119,22 @@ async def test_malformed_metadata_is_skipped_with_a_warning(
             assert await next_event(events) == Resync(instances=())
             good = await host.runtime.endpoint("dyn.c.e").register("tcp://h:1")
             assert await next_event(events) == Added(instance=good)
-            # A good worker whose record turns bad keeps its last good record (same resource).
+            # A good worker whose record turns bad is removed (as a list or a new watch would not show it).
             await cluster.call(
                 "PATCH",
                 f"{cluster.crs_path(namespace)}/worker-0",
                 body={"spec": {"data": {"endpoints": "garbage"}}},
                 content_type="application/merge-patch+json",
             )
+            assert await next_event(events) == Removed(
+                endpoint=good.endpoint_id, instance_id=good.instance_id
+            )
+            assert await watcher.list(everything()) == []
             later = await host.runtime.endpoint("dyn.c.f").register("tcp://h:2")  # re-applies: valid again
-            assert await next_event(events) == Added(instance=later)
+            assert {await next_event(events), await next_event(events)} == {
+                Added(instance=good),
+                Added(instance=later),
+            }
     assert "spec.data.endpoints is not an object" in caplog.text
     assert "'bad-0'" in caplog.text
     assert "skipping malformed entry 'x' of DynamoWorkerMetadata 'bad-1'" in caplog.text

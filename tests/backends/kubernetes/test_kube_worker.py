@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
+
 import anyio
 import pytest
 from kube_helpers import PROMPT, Workers, everything, next_event
@@ -73,7 +76,7 @@ async def test_one_resource_per_worker_owned_by_its_pod(
     assert caught.value.status == 404
 
 
-async def test_a_stale_resource_of_the_same_pod_is_replaced_at_start(
+async def test_the_resource_of_the_same_pod_is_kept_and_its_stale_endpoints_dropped_at_start(
     workers: Workers, cluster: Cluster, namespace: str
 ) -> None:
     pod = await workers.pod("worker-0")
@@ -89,7 +92,25 @@ async def test_a_stale_resource_of_the_same_pod_is_replaced_at_start(
 
     again = await workers.start(pod)
     obj = await get_cr(cluster, namespace, "worker-0")
-    assert obj["metadata"]["uid"] != before, "the stale resource was deleted and a fresh one created"
+    assert obj["metadata"]["uid"] == before, "the pod's own resource is kept: watchers never see it leave"
+    assert not obj["spec"]["data"].get("endpoints"), "what the earlier run registered is gone"
+    assert await again.runtime.list() == []
+
+
+async def test_a_resource_left_by_an_earlier_pod_of_the_same_name_is_replaced(
+    workers: Workers, cluster: Cluster, namespace: str
+) -> None:
+    earlier_pod = await workers.pod("worker-0")
+    earlier = await workers.start(earlier_pod)
+    await earlier.runtime.endpoint("dyn.backend.old").register("tcp://10.0.0.5:1")
+    await earlier.crash()
+    before = (await get_cr(cluster, namespace, "worker-0"))["metadata"]["uid"]
+    # The pod is re-created under the same name (a StatefulSet does): a new uid.
+    newer_pod = dataclasses.replace(earlier_pod, uid=str(uuid.uuid4()))
+    again = await workers.start(newer_pod)
+    obj = await get_cr(cluster, namespace, "worker-0")
+    assert obj["metadata"]["uid"] != before, "the earlier pod's resource was deleted and a fresh one created"
+    assert [o["uid"] for o in obj["metadata"]["ownerReferences"]] == [newer_pod.uid]
     assert not obj["spec"]["data"].get("endpoints")
     assert await again.runtime.list() == []
 

@@ -13,7 +13,7 @@ import pytest
 from anyio.abc import SocketStream
 from nats_helpers import MakeServer, MakeStore, next_event, unique_prefix
 
-from dyndisc import BackendUnavailableError, ConfigurationError, KvDiscovery
+from dyndisc import AccessDeniedError, BackendUnavailableError, ConfigurationError, KvDiscovery
 from dyndisc.backends import create_backend
 from dyndisc.backends.kv import StorePut, StoreSnapshot
 from dyndisc.backends.nats import NatsSettings, NatsStore
@@ -30,9 +30,7 @@ async def test_wrong_password_is_a_clear_error_at_start(
     server = private_nats(user="svc", password="right")
     store = make_store(server.url, user="svc", password="wrong")
     started = time.monotonic()
-    with pytest.raises(
-        BackendUnavailableError, match=r"refused the password for user 'svc' \(NATS_USER"
-    ) as info:
+    with pytest.raises(AccessDeniedError, match=r"refused the password for user 'svc' \(NATS_USER") as info:
         await store.grant(5)
     assert time.monotonic() - started < FAIL_FAST
     assert "wrong" not in str(info.value), "the password must never appear in messages"
@@ -41,9 +39,7 @@ async def test_wrong_password_is_a_clear_error_at_start(
 async def test_missing_credentials_say_what_to_set(private_nats: MakeServer, make_store: MakeStore) -> None:
     server = private_nats(user="svc", password="right")
     started = time.monotonic()
-    with pytest.raises(
-        BackendUnavailableError, match="set NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS"
-    ):
+    with pytest.raises(AccessDeniedError, match="set NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS"):
         async with make_store(server.url).watch("/"):
             pass
     assert time.monotonic() - started < FAIL_FAST

@@ -1,8 +1,14 @@
-"""The gRPC connection to an etcd cluster: endpoint failover, auth tokens, TLS, retries and clear errors.
+"""The gRPC connection to an etcd cluster: one channel per member, retries, auth tokens, TLS, clear errors.
 
 aetcd's ``Client`` dials one plaintext ``host:port`` with a token fixed at connect time, so it cannot do TLS,
 fail over, or re-authenticate after an etcd restart (simple tokens do not survive one). We therefore drive
 aetcd's generated gRPC stubs and messages (``aetcd.rpc``) over channels we own.
+
+How a call rides out elections and partitions: each attempt has a deadline well under the call's budget, and
+an attempt that fails is retried on the next member. Only a *connection-level* failure (the member cannot be
+reached) closes that member's channel, ending the streams on it so they resume elsewhere; a slow request, a
+"leader changed" or "no leader" answer leaves the channel (and every watch and the keep-alive on it) alone.
+The member that answered last is where the next call starts.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import anyio
 import grpc
 from aetcd import rpc
 
-from dyndisc._errors import BackendUnavailableError, LeaseNotFoundError
+from dyndisc._errors import AccessDeniedError, BackendUnavailableError, LeaseNotFoundError
 from dyndisc._retry import Backoff
 from dyndisc.backends.etcd.settings import Target, TlsMaterial
 
@@ -25,16 +31,22 @@ log = logging.getLogger("dyndisc.etcd")
 
 T = TypeVar("T")
 
-#: Backoff between attempts of one call (failing over to the next endpoint each time).
-RETRY_MIN, RETRY_MAX = 0.1, 2.0
+#: Backoff between attempts of one call.
+RETRY_MIN, RETRY_MAX = 0.05, 0.5
 #: Backoff while waiting for etcd at startup (a worker started before etcd waits, then works).
 STARTUP_RETRY_MAX = 5.0
+#: An attempt may take this share of the call's budget (at least MIN_ATTEMPT seconds): a request stuck on a
+#: member without a leader is given up in time to try another member within the budget.
+ATTEMPT_SHARE, MIN_ATTEMPT = 0.25, 1.0
+#: Call metadata that makes etcd refuse a watch on a member without a leader (a partitioned member would
+#: otherwise keep the watch open and silent).
+REQUIRE_LEADER = ("hasleader", "true")
 
 _CHANNEL_OPTIONS = (
     # Reconnect quickly after an etcd restart instead of gRPC's default 1 s .. 120 s backoff.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_reconnect_backoff_ms", 1000),
     # Detect a silent partition on idle watch streams; etcd refuses pings more often than every 5 s.
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -66,20 +78,33 @@ async def grpc_await(awaitable: Awaitable[T]) -> T:
     return inner.result()
 
 
+def stray_cancellation() -> bool:
+    """Whether a ``CancelledError`` just caught is not a cancellation of the current task (grpc.aio raises
+    one when a call's channel is closed under it): it must be handled as a failure, never let out as a
+    cancellation, or it would silently cancel the task group around us."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
+
+
 def _consume(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 class Transient(Exception):
-    """Internal: a failure worth retrying (server unreachable, timed out, stream closed)."""
+    """Internal: a failure worth retrying on another member (no answer in time, no leader, stream ended)."""
+
+
+class Unreachable(Transient):
+    """Internal: the member cannot be reached at all (a connection-level failure): close its channel."""
 
 
 class Stubs:
-    """The gRPC stubs of one channel, and the generation of that channel (bumped at every failover)."""
+    """The gRPC stubs of one channel to one member; ``generation`` tells channels apart across reopenings."""
 
-    def __init__(self, channel: Any, generation: int) -> None:
+    def __init__(self, channel: Any, member: int, generation: int) -> None:
         self.channel = channel
+        self.member = member
         self.generation = generation
         self.kv = rpc.KVStub(channel)
         self.lease = rpc.LeaseStub(channel)
@@ -88,11 +113,10 @@ class Stubs:
 
 
 class EtcdConnection:
-    """Channels to one etcd cluster, used by the store for every call and stream.
+    """Channels to the members of one etcd cluster, used by the store for every call and stream.
 
-    Calls go to the current endpoint; a connection-class failure moves to the next one and retries with
-    backoff until the call's deadline. Before the first success that deadline is the startup timeout, so a
-    process started before etcd waits for it.
+    Before the first success a call's budget is the startup timeout, so a process started before etcd waits
+    for it; after, it is the request timeout.
     """
 
     def __init__(
@@ -111,25 +135,25 @@ class EtcdConnection:
         self.tls = tls if tls is not None else (TlsMaterial() if targets[0].secure else None)
         self.request_timeout = request_timeout
         self.startup_timeout = startup_timeout
-        self._index = 0
+        #: The member the next call starts with (the last one that answered).
+        self.preferred = 0
+        self._channels: list[Stubs | None] = [None] * len(targets)
         self._generation = 0
-        self._stubs: Stubs | None = None
-        self._token: str | None = None
-        self._token_generation = -1
+        self._tokens: dict[int, str | None] = {}  # per channel generation: simple tokens are per member
         self._auth_lock = anyio.Lock()
         self._connected_once = False
         self._closed = False
         self._keepalive_call: Any = None
         self._keepalive_generation = -1
         self._keepalive_lock = anyio.Lock()
-        #: ``time.monotonic()`` of the first failure since the last success, else ``None``.
+        #: ``time.monotonic()`` of the first failed attempt since the last success, else ``None``.
         self.stale_since: float | None = None
 
     # -- state -----------------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        """The endpoint in use, for messages."""
-        return self.targets[self._index].url
+        """The member in use, for messages."""
+        return self.targets[self.preferred].url
 
     @property
     def all_urls(self) -> str:
@@ -141,37 +165,49 @@ class EtcdConnection:
         """Whether any call has succeeded yet (before that, calls wait out the startup timeout)."""
         return self._connected_once
 
-    def mark_ok(self) -> None:
-        """Record a successful exchange with the server."""
+    def mark_ok(self, member: int) -> None:
+        """Record a successful exchange with ``member``: it is where the next call starts."""
         self._connected_once = True
         self.stale_since = None
+        self.preferred = member
 
-    async def mark_failed(self, generation: int) -> None:
-        """Record a connection failure on channel ``generation``; fail over once per failed channel.
+    def next_member(self, member: int) -> int:
+        """The member after ``member``, where a failed attempt is retried."""
+        return (member + 1) % len(self.targets)
 
-        The failed channel is closed, which ends every call and stream still on it: they retry on the
-        next endpoint instead of waiting for a dead one to time out.
-        """
+    def avoid(self, member: int) -> None:
+        """``member`` answered but cannot serve (no leader, too slow): start the next calls elsewhere."""
+        self.failed()
+        if self.preferred == member:
+            self.preferred = self.next_member(member)
+
+    def failed(self) -> None:
+        """An attempt failed: the connection is stale until the next success."""
         if self.stale_since is None:
             self.stale_since = time.monotonic()
-        if generation == self._generation and self._stubs is not None:
-            old = self._stubs.channel
-            self._stubs = None
-            self._index = (self._index + 1) % len(self.targets)
-            self._generation += 1
+
+    async def unreachable(self, stubs: Stubs) -> None:
+        """``stubs``' member cannot be reached: close its channel (ending the streams on it, which then
+        resume on another member) and start the next calls elsewhere."""
+        self.failed()
+        if self.preferred == stubs.member:
+            self.preferred = self.next_member(stubs.member)
+        if self._channels[stubs.member] is stubs:
+            self._channels[stubs.member] = None
             with anyio.CancelScope(shield=True):
-                await old.close()
+                await stubs.channel.close()
 
     def invalidate_token(self) -> None:
-        """Forget the auth token (etcd restarted or it expired); the next call authenticates again."""
-        self._token = None
+        """Forget the auth tokens (etcd restarted or they expired); the next call authenticates again."""
+        self._tokens.clear()
 
     # -- channels --------------------------------------------------------------------------------------
-    def _open(self) -> Stubs:
+    def _open(self, member: int) -> Stubs:
         if self._closed:
             raise BackendUnavailableError(f"the connection to etcd at {self.all_urls} is closed")
-        if self._stubs is None:
-            target = self.targets[self._index]
+        stubs = self._channels[member]
+        if stubs is None:
+            target = self.targets[member]
             if self.tls is not None:
                 credentials = grpc.ssl_channel_credentials(
                     root_certificates=self.tls.ca, private_key=self.tls.key, certificate_chain=self.tls.cert
@@ -179,29 +215,25 @@ class EtcdConnection:
                 channel = rpc.secure_channel(target.address, credentials, options=_CHANNEL_OPTIONS)
             else:
                 channel = rpc.insecure_channel(target.address, options=_CHANNEL_OPTIONS)
-            self._stubs = Stubs(channel, self._generation)
-        return self._stubs
+            self._generation += 1
+            stubs = self._channels[member] = Stubs(channel, member, self._generation)
+        return stubs
 
-    def closed_under(self, generation: int) -> bool:
-        """Whether a ``CancelledError`` just caught came from our closing channel ``generation`` (after a
-        failover), rather than from the caller being cancelled: grpc.aio reports both the same way."""
-        task = asyncio.current_task()
-        return generation != self._generation and (task is None or task.cancelling() == 0)
-
-    async def stubs(self) -> tuple[Stubs, tuple[tuple[str, str], ...] | None]:
-        """The current stubs and the call metadata (the auth token), authenticating first if needed."""
-        stubs = self._open()
+    async def stubs(self, member: int | None = None) -> tuple[Stubs, tuple[tuple[str, str], ...] | None]:
+        """The stubs of ``member`` (default: the preferred one) and the call metadata (the auth token),
+        authenticating first if needed."""
+        stubs = self._open(self.preferred if member is None else member)
         if self.username is None:
             return stubs, None
         async with self._auth_lock:
-            stubs = self._open()
-            if self._token is None or self._token_generation != stubs.generation:
-                self._token = await self._authenticate(stubs)
-                self._token_generation = stubs.generation
-        return stubs, (("token", self._token),) if self._token else None
+            if stubs.generation not in self._tokens:
+                self._tokens[stubs.generation] = await self._authenticate(stubs)
+        token = self._tokens[stubs.generation]
+        return stubs, (("token", token),) if token else None
 
     async def _authenticate(self, stubs: Stubs) -> str | None:
         request = rpc.AuthenticateRequest(name=self.username, password=self.password or "")
+        url = self.targets[stubs.member].url
         try:
             reply = await grpc_await(stubs.auth.Authenticate(request, timeout=self.request_timeout))
         except grpc.aio.AioRpcError as exc:
@@ -209,33 +241,43 @@ class EtcdConnection:
             if "authentication is not enabled" in details:
                 log.warning(
                     "etcd at %s has authentication disabled; ignoring ETCD_AUTH_USERNAME=%r",
-                    self.url,
+                    url,
                     self.username,
                 )
                 return None
             if "invalid user ID or password" in details or "authentication failed" in details:
-                raise BackendUnavailableError(
-                    f"etcd at {self.url} refused the password for user {self.username!r} "
+                raise AccessDeniedError(
+                    f"etcd at {url} refused the password for user {self.username!r} "
                     "(ETCD_AUTH_USERNAME / ETCD_AUTH_PASSWORD): fix the credentials"
                 ) from None
             raise
         return str(reply.token)
 
     # -- calls -----------------------------------------------------------------------------------------
-    async def call(self, what: str, attempt: Callable[[Stubs, Any, float], Awaitable[T]]) -> T:
-        """Run ``attempt(stubs, metadata, timeout)`` until it succeeds, failing over and retrying transient
-        failures until the deadline; translate the final failure into a dyndisc error naming ``what``."""
+    async def call(
+        self,
+        what: str,
+        attempt: Callable[[Stubs, Any, float], Awaitable[T]],
+        *,
+        attempt_timeout: float | None = None,
+    ) -> T:
+        """Run ``attempt(stubs, metadata, timeout)`` until it succeeds: a failed attempt is retried on the
+        next member until the call's budget is spent; the last failure becomes a dyndisc error naming
+        ``what``.
+
+        Each attempt gets ``attempt_timeout`` seconds (default: a quarter of the budget, at least a second).
+        """
         budget = self.request_timeout if self._connected_once else self.startup_timeout
         deadline = time.monotonic() + budget
+        per_attempt = attempt_timeout or max(self.request_timeout * ATTEMPT_SHARE, MIN_ATTEMPT)
         backoff = Backoff(RETRY_MIN, RETRY_MAX if self._connected_once else STARTUP_RETRY_MAX)
+        member = self.preferred
         auth_retried = False
         while True:
-            generation = self._generation
+            stubs: Stubs | None = None
             try:
-                stubs, metadata = await self.stubs()
-                generation = stubs.generation
-                left = deadline - time.monotonic()
-                timeout = max(min(self.request_timeout, left), 0.05)
+                stubs, metadata = await self.stubs(member)
+                timeout = max(min(per_attempt, deadline - time.monotonic()), 0.05)
                 result = await grpc_await(attempt(stubs, metadata, timeout))
             except grpc.aio.AioRpcError as exc:
                 failure = self.translate(exc, what)
@@ -249,18 +291,22 @@ class EtcdConnection:
             except Transient as exc:
                 error = exc
             except asyncio.CancelledError:
-                if not self.closed_under(generation):
+                if not stray_cancellation():
                     raise
-                error = Transient("the channel was closed by a failover")
+                # Not ours: grpc cancelled the call (its channel was closed because its member is gone).
+                error = Unreachable("the call was cancelled under us: its channel was closed")
             else:
-                self.mark_ok()
+                self.mark_ok(member)
                 return result
-            await self.mark_failed(generation)
+            self.failed()
+            if isinstance(error, Unreachable) and stubs is not None:
+                await self.unreachable(stubs)
+            member = self.next_member(member)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BackendUnavailableError(self._unreachable(what, budget, error)) from None
             delay = backoff.next_delay(limit=left)
-            log.debug("%s failed on etcd at %s (%s); retrying in %.2fs", what, self.url, error, delay)
+            log.debug("%s failed on etcd (%s); retrying on %s in %.2fs", what, error, self.url, delay)
             await anyio.sleep(delay)
 
     def _unreachable(self, what: str, budget: float, error: Exception) -> str:
@@ -276,56 +322,70 @@ class EtcdConnection:
         )
 
     def translate(self, exc: Any, what: str) -> Exception:
-        """Map a gRPC error to a dyndisc error (or :class:`Transient` / token-rejected for the retry loop)."""
+        """Map a gRPC error to a dyndisc error, or to :class:`Transient` (retry on another member) /
+        :class:`Unreachable` (and close the channel) / token-rejected for the retry loop."""
         code, details = exc.code(), exc.details() or ""
         where = f"etcd at {self.url}"
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        # etcd's own answers ("etcdserver: leader changed", "no leader", "request timed out") come from a
+        # member that was reached; anything else on UNAVAILABLE is the connection itself.
+        from_etcd = details.startswith("etcdserver:")
+        if code == grpc.StatusCode.UNAVAILABLE and not from_etcd:
             if (
                 self.tls is not None
                 and any(h in details.lower() for h in _TLS_CONFIG_HINTS)
                 and "syscall" not in details.lower()
             ):
-                return BackendUnavailableError(
+                return AccessDeniedError(
                     f"{what}: the TLS handshake with {where} failed ({details}); check ETCD_AUTH_CA, "
                     "ETCD_AUTH_CLIENT_CERT and ETCD_AUTH_CLIENT_KEY, and that ETCD_ENDPOINTS uses https://"
                 )
-            return Transient(f"{code.name}: {details}")
-        if code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED) or "leader changed" in details:
+            return Unreachable(f"{code.name}: {details}")
+        if code in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.CANCELLED,
+            grpc.StatusCode.ABORTED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ) or ("leader changed" in details or "too many requests" in details):
             return Transient(f"{code.name}: {details}")
         if "invalid auth token" in details or "auth: revision in header is old" in details:
             return _TokenRejected(details)
         if "user name is empty" in details or (
             code == grpc.StatusCode.UNAUTHENTICATED and self.username is None
         ):
-            return BackendUnavailableError(
+            return AccessDeniedError(
                 f"{what}: {where} requires authentication ({details}); "
                 "set ETCD_AUTH_USERNAME and ETCD_AUTH_PASSWORD"
             )
         if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in details:
-            return BackendUnavailableError(
+            return AccessDeniedError(
                 f"{what}: {where} denied user {self.username!r} access ({details}); grant the user's role "
                 "readwrite on the key prefix "
                 "(e.g. etcdctl role grant-permission <role> readwrite --prefix /services/)"
             )
         if "requested lease not found" in details:
             return LeaseNotFoundError(f"{what}: {where} does not know the lease (it expired or was revoked)")
-        if "too many requests" in details or code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return Transient(f"{code.name}: {details}")
         return BackendUnavailableError(f"{what}: {where} answered {code.name}: {details}")
 
     # -- lease keep-alive stream -------------------------------------------------------------------------
     async def renew(self, lease_id: int) -> int:
-        """One keep-alive round trip on this process's single ``LeaseKeepAlive`` stream; the TTL answered."""
+        """One keep-alive round trip on this process's single ``LeaseKeepAlive`` stream; the TTL answered.
+
+        The stream is opened again whenever the last one ended, failed, or was left half-way: an ended
+        stream is never written to again.
+        """
 
         async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> int:
             async with self._keepalive_lock:
-                if self._keepalive_call is None or self._keepalive_generation != stubs.generation:
-                    self._drop_keepalive()
-                    self._keepalive_call = stubs.lease.LeaseKeepAlive(metadata=metadata)
-                    self._keepalive_generation = stubs.generation
                 call = self._keepalive_call
+                if call is None or call.done() or self._keepalive_generation != stubs.generation:
+                    self._drop_keepalive()
+                    call = self._keepalive_call = stubs.lease.LeaseKeepAlive(metadata=metadata)
+                    self._keepalive_generation = stubs.generation
                 try:
-                    with anyio.fail_after(timeout):
+                    # asyncio's timeout, not anyio's: this runs in grpc_await's plain task, where grpc
+                    # re-raises a cancellation without the marker anyio's scopes look for.
+                    async with asyncio.timeout(timeout):
                         await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
                         reply = await call.read()
                 except TimeoutError:
@@ -348,13 +408,14 @@ class EtcdConnection:
             self._keepalive_call = None
 
     async def aclose(self) -> None:
-        """Close the channel (cancelling every call and stream on it)."""
+        """Close every channel (cancelling every call and stream on them)."""
         self._closed = True
         self._drop_keepalive()
-        stubs, self._stubs = self._stubs, None
-        if stubs is not None:
-            with anyio.CancelScope(shield=True):
-                await stubs.channel.close()
+        channels, self._channels = self._channels, [None] * len(self.targets)
+        with anyio.CancelScope(shield=True):
+            for stubs in channels:
+                if stubs is not None:
+                    await stubs.channel.close()
 
 
 class _TokenRejected(Exception):

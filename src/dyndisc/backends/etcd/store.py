@@ -144,7 +144,10 @@ class EtcdStore(KeyValueStore):
             request = rpc.RangeRequest(key=raw, range_end=prefix_range_end(raw))
             return await stubs.kv.Range(request, timeout=timeout, metadata=metadata)
 
-        reply = await self.connection.call(f"listing {prefix!r}", attempt)
+        # A large prefix is one large answer: give each attempt the whole request timeout.
+        reply = await self.connection.call(
+            f"listing {prefix!r}", attempt, attempt_timeout=self.connection.request_timeout
+        )
         return {kv.key.decode(errors="replace"): bytes(kv.value) for kv in reply.kvs}
 
     # -- watches ---------------------------------------------------------------------------------------

@@ -21,9 +21,17 @@ import grpc
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
-from dyndisc._errors import BackendUnavailableError
+from dyndisc._errors import AccessDeniedError, BackendUnavailableError
 from dyndisc._retry import Backoff
-from dyndisc.backends.etcd.connection import EtcdConnection, Stubs, Transient, grpc_await
+from dyndisc.backends.etcd.connection import (
+    REQUIRE_LEADER,
+    EtcdConnection,
+    Stubs,
+    Transient,
+    Unreachable,
+    grpc_await,
+    stray_cancellation,
+)
 from dyndisc.backends.kv import StoreDelete, StorePut
 from dyndisc.backends.kv.event_queue import StoreEventQueue
 
@@ -101,7 +109,7 @@ class SharedWatch:
                 continue
             except Transient as exc:
                 self.last_error = str(exc)
-            except BackendUnavailableError as exc:
+            except (BackendUnavailableError, AccessDeniedError) as exc:
                 self._refused(exc)
             except grpc.aio.AioRpcError as exc:
                 failure = self.connection.translate(exc, f"watching {self.prefix!r}")
@@ -141,7 +149,9 @@ class SharedWatch:
             request = rpc.RangeRequest(key=key, range_end=prefix_range_end(key))
             return await stubs.kv.Range(request, timeout=timeout, metadata=metadata)
 
-        reply = await self.connection.call(f"listing {self.prefix!r}", attempt)
+        reply = await self.connection.call(
+            f"listing {self.prefix!r}", attempt, attempt_timeout=self.connection.request_timeout
+        )
         self.items = {kv.key.decode(errors="replace"): bytes(kv.value) for kv in reply.kvs}
         self.revision = int(reply.header.revision)
         self.cluster_id = int(reply.header.cluster_id)
@@ -152,7 +162,8 @@ class SharedWatch:
 
     async def _stream(self) -> None:
         stubs, metadata = await self.connection.stubs()
-        call = stubs.watch.Watch(metadata=metadata)
+        # A member cut off from its cluster must not hold the watch open and silent: require a leader.
+        call = stubs.watch.Watch(metadata=(*(metadata or ()), REQUIRE_LEADER))
         try:
             create = rpc.WatchCreateRequest(
                 key=self.prefix.encode(),
@@ -168,15 +179,21 @@ class SharedWatch:
                     raise Transient("etcd closed the watch stream")
                 self._handle(reply, stubs)
         except TimeoutError:
-            await self.connection.mark_failed(stubs.generation)
+            self.connection.avoid(stubs.member)
             raise Transient("etcd did not accept the watch request in time") from None
-        except (Transient, grpc.aio.AioRpcError):
-            await self.connection.mark_failed(stubs.generation)
+        except grpc.aio.AioRpcError as exc:
+            if isinstance(self.connection.translate(exc, "watching"), Unreachable):
+                await self.connection.unreachable(stubs)  # the member is gone: resume on another one
+            else:
+                self.connection.avoid(stubs.member)  # no leader there (or too slow): resume elsewhere
+            raise
+        except Transient:
+            self.connection.avoid(stubs.member)
             raise
         except asyncio.CancelledError:
-            if not self.connection.closed_under(stubs.generation):
+            if not stray_cancellation():
                 raise
-            raise Transient("the channel was closed by a failover") from None
+            raise Transient("the watch was cancelled under us: its channel was closed") from None
         finally:
             call.cancel()
 
@@ -196,7 +213,7 @@ class SharedWatch:
                     f"the cluster's history changed (cluster {header.cluster_id:x} at revision "
                     f"{header.revision}, we were at {self.revision})"
                 )
-            self.connection.mark_ok()
+            self.connection.mark_ok(stubs.member)
             self._created = True
             self.last_error = self.refusal = None
             self.established.set()

@@ -17,7 +17,7 @@ import aiohttp
 from kubernetes_asyncio import client as kube_client
 from kubernetes_asyncio import config as kube_config
 
-from dyndisc._errors import BackendUnavailableError, ConfigurationError, DyndiscError
+from dyndisc._errors import AccessDeniedError, BackendUnavailableError, ConfigurationError, DyndiscError
 from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError
 
 #: Seconds a plain (non-watch) request may take.
@@ -63,19 +63,22 @@ class KubeApi:
         )
 
     def explain(self, exc: KubeStatusError) -> DyndiscError:
-        """Turn an auth or permission failure into an error that names the fix; others are returned as is."""
+        """Turn an auth or permission failure into an error that names the fix, and a server that cannot
+        answer now (429, 5xx) into an outage; others are returned as is."""
         if exc.status == 401:
-            return BackendUnavailableError(
+            return AccessDeniedError(
                 f"{exc.what}: the Kubernetes API server at {self.host} rejected our credentials "
                 f"(HTTP 401, from {self.source}); the token is missing, wrong or expired"
             )
         if exc.status == 403:
-            return BackendUnavailableError(
+            return AccessDeniedError(
                 f"{exc.what}: forbidden by the Kubernetes API server at {self.host} ({exc.message}); "
                 f"bind the discovery Role to the identity of {self.source} in that namespace: "
                 "dyndisc kube manifests --namespace <namespace> | kubectl apply -f - "
                 "(see docs/backends/kubernetes.md)"
             )
+        if exc.status == 429 or exc.status >= 500:
+            return BackendUnavailableError(f"{exc} (the API server cannot answer now; retrying)")
         return exc
 
     async def request(

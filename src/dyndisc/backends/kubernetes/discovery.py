@@ -218,7 +218,8 @@ class KubernetesDiscovery(DiscoveryBackend):
             api,
             resources_path(namespace),
             what=f"{KIND} in {namespace}",
-            transform=_keep_last_good,
+            # An unreadable resource drops what it held: a list, a new watch and this one agree.
+            transform=lambda obj, _previous: parse_worker(obj),
             on_change=wake.set,
             watch_timeout=self.watch_timeout,
         )
@@ -280,17 +281,6 @@ class KubernetesDiscovery(DiscoveryBackend):
     def stale_since(self) -> float | None:
         stale = [r.stale_since for r in self._reflectors if r.stale_since is not None]
         return min(stale) if stale else None
-
-
-def _keep_last_good(obj: JsonObject, previous: WorkerRecord | None) -> WorkerRecord | None:
-    record = parse_worker(obj)
-    if (
-        record is None
-        and previous is not None
-        and previous.uid == str((obj.get("metadata") or {}).get("uid"))
-    ):
-        return previous  # a transiently unreadable update of the same resource keeps its last good content
-    return record
 
 
 def _ordered(instances: Any) -> list[Instance]:

@@ -72,7 +72,9 @@ class WorkerResource:
         )
 
     async def create(self) -> None:
-        """Apply the resource, replacing a stale one of this pod's name left by an earlier run."""
+        """Apply the resource. One this very pod (same uid) already owns is kept and updated in place (an
+        earlier runtime of this pod, or a lease replaced); one left by an earlier pod of the same name is
+        replaced."""
         async with self._lock:
             await self._clear_stale()
             await self._apply()
@@ -87,6 +89,8 @@ class WorkerResource:
         meta = existing.get("metadata") or {}
         owners = [o for o in meta.get("ownerReferences") or () if isinstance(o, dict)]
         pod = self.pod
+        if any(o.get("kind") == "Pod" and o.get("uid") == pod.uid for o in owners):
+            return  # ours already: applying updates it, and watchers never see this worker leave
         if not owners or any(o.get("kind") != "Pod" or o.get("name") != pod.name for o in owners):
             raise RegistrationConflictError(
                 f"{self.title} exists and is not owned by pod {pod.name!r} "
@@ -116,6 +120,12 @@ class WorkerResource:
                 if exc.status == 404:
                     raise LeaseNotFoundError(f"{self.title} was deleted behind this worker's back") from None
                 raise
+            meta = found.get("metadata") or {}
+            owners = [o for o in meta.get("ownerReferences") or () if isinstance(o, dict)]
+            if not any(o.get("kind") == "Pod" and o.get("uid") == self.pod.uid for o in owners):
+                raise LeaseNotFoundError(
+                    f"{self.title} now belongs to another pod than {self.pod.name!r} (uid {self.pod.uid})"
+                )
             spec = found.get("spec")
             data = spec.get("data") if isinstance(spec, dict) else None
             endpoints = data.get("endpoints") if isinstance(data, dict) else None

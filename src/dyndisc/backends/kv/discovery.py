@@ -116,9 +116,13 @@ class KvDiscovery(DiscoveryBackend):
                 yield Resync(instances=tuple(known.values()))
             elif isinstance(event, StorePut):
                 instance = self.parse(event.key, event.value)
-                # An unreadable update keeps the last good record (as the reference runtime does): the
-                # instance is still leased, and a later valid write or a delete settles it.
-                if instance is not None and known.get(event.key) != instance:
+                if instance is None:
+                    # What the key held is gone from it: remove it here too, as a list or a new watch
+                    # (which would skip the unreadable value) would not show it either.
+                    gone = known.pop(event.key, None)
+                    if gone is not None:
+                        yield Removed(endpoint=gone.endpoint_id, instance_id=gone.instance_id)
+                elif known.get(event.key) != instance:
                     known[event.key] = instance
                     yield Added(instance=instance)
             else:

@@ -40,6 +40,31 @@ _DYNAMO_CORE_FIELDS = frozenset(
 )
 
 
+class SkipLog:
+    """Warns once about each version of a key that is skipped, with a short prefix of its value: a large
+    foreign value read again at every relist must not flood the log."""
+
+    #: Bytes of a skipped value shown in the warning.
+    PREVIEW = 80
+    #: Keys remembered; past it, the memory starts over (a key may then be warned about once more).
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def warn(self, key: str, value: bytes, why: str) -> None:
+        version = hash(value)
+        if self._seen.get(key) == version:
+            return
+        if len(self._seen) >= self.LIMIT:
+            self._seen.clear()
+        self._seen[key] = version
+        shown = repr(value[: self.PREVIEW]) + (
+            f"... ({len(value)} bytes)" if len(value) > self.PREVIEW else ""
+        )
+        log.warning("skipping %r = %s: %s", key, shown, why)
+
+
 class KeyLayout(abc.ABC):
     """Where instances live in a key-value store, and how their records are encoded."""
 
@@ -47,6 +72,8 @@ class KeyLayout(abc.ABC):
     name: str
     #: The key prefix of every instance, without the trailing ``/``.
     root: str
+    #: Where skipped records are reported.
+    skipped: SkipLog
 
     def key_for(self, instance: Instance) -> str:
         """The key an instance is stored under."""
@@ -65,24 +92,24 @@ class KeyLayout(abc.ABC):
         """Read a stored record; raises ``ValueError`` if it is not one."""
 
     def parse(self, key: str, value: bytes) -> Instance | None:
-        """Read one stored record, or warn and return ``None`` if it is not one of ours."""
+        """Read one stored record, or warn (once per version of the key) and return ``None`` if it is not
+        one of ours.
+
+        A record counts only at the exact key this layout writes for it: another spelling of its id
+        (``01f``, ``1F``, ``0x1f``) or a key naming another endpoint is skipped, so every reader (a list, a
+        new watch, a running watch) sees one instance per key, and the same one.
+        """
         rest = key[len(self.root) + 1 :] if key.startswith(self.root + "/") else None
-        parts = rest.split("/") if rest is not None else []
-        if len(parts) != 4:
-            log.warning(
-                "skipping key %r: expected %s/<namespace>/<component>/<endpoint>/<id>", key, self.root
-            )
+        if rest is None or rest.count("/") != 3:
+            self.skipped.warn(key, value, f"not {self.root}/<namespace>/<component>/<endpoint>/<id hex>")
             return None
         try:
-            key_id = int(parts[3], 16)
             instance = self.decode(value)
         except ValueError as exc:
-            log.warning("skipping malformed record at %r: %s", key, exc)
+            self.skipped.warn(key, value, f"not a record: {exc}")
             return None
-        if (instance.namespace, instance.component, instance.endpoint) != tuple(parts[:3]) or (
-            instance.instance_id != key_id
-        ):
-            log.warning("skipping record at %r: its content names another key (%s)", key, instance)
+        if key != self.key_for(instance):
+            self.skipped.warn(key, value, f"the record belongs at {self.key_for(instance)!r}")
             return None
         return instance
 
@@ -94,8 +121,9 @@ class DyndiscLayout(KeyLayout):
 
     def __init__(self, root: str = DEFAULT_ROOT) -> None:
         if not root.startswith("/") or root.endswith("/"):
-            raise ValueError(f"key root {root!r} must start with '/' and not end with '/'")
+            raise ConfigurationError(f"key root {root!r} must start with '/' and not end with '/'")
         self.root = root
+        self.skipped = SkipLog()
 
     def encode(self, instance: Instance) -> bytes:
         return instance.to_json()
@@ -118,6 +146,9 @@ class DynamoV1Layout(KeyLayout):
 
     name = "dynamo-v1"
     root = DYNAMO_V1_ROOT
+
+    def __init__(self) -> None:
+        self.skipped = SkipLog()
 
     def encode(self, instance: Instance) -> bytes:
         body: dict[str, Any] = {

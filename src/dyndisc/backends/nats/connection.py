@@ -19,7 +19,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 
-from dyndisc._errors import BackendUnavailableError, ConfigurationError
+from dyndisc._errors import AccessDeniedError, BackendUnavailableError, ConfigurationError
 from dyndisc._retry import Backoff
 from dyndisc.backends.nats.feed import KV_OPERATION, LEASE_HEADER, KvChange, KvFeed
 from dyndisc.backends.nats.settings import NatsSettings, connect_failure_message
@@ -119,9 +119,11 @@ class NatsBucket:
                 await _close_quietly(nc)
                 message = connect_failure_message(where, settings, errors or [exc])
                 refused = message.startswith(f"{where} refused")
+                if refused:
+                    raise AccessDeniedError(message) from exc
                 delay = backoff.next_delay()
-                if refused or time.monotonic() + delay > deadline:
-                    if settings.startup_connect_timeout and not refused:
+                if time.monotonic() + delay > deadline:
+                    if settings.startup_connect_timeout:
                         message += (
                             f" (waited {settings.startup_connect_timeout:g}s: NATS_STARTUP_CONNECT_TIMEOUT)"
                         )

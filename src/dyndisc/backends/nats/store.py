@@ -32,7 +32,7 @@ from dyndisc._errors import BackendUnavailableError, LeaseNotFoundError
 from dyndisc.backends.base import Lease
 from dyndisc.backends.kv import KeyValueStore, StoredValue, StoreEvent
 from dyndisc.backends.nats.connection import NatsBucket, WrongRevision
-from dyndisc.backends.nats.feed import is_removal, lease_of
+from dyndisc.backends.nats.feed import MARKER_REASON, is_removal, lease_of
 from dyndisc.backends.nats.keys import encode_key, is_internal, lease_key, prefix_filter
 from dyndisc.backends.nats.settings import NatsSettings
 from dyndisc.backends.nats.watch import NatsWatch, user_key
@@ -177,10 +177,17 @@ class NatsStore(KeyValueStore):
                 )
             except WrongRevision:
                 # A write we gave up on (cancelled mid-request) may have landed: still ours if it carries
-                # our lease. Anything else (deleted, expired, rewritten) means it is no longer ours.
+                # our lease.
                 found = await self.connection.get(nats_key)
+                if value is not None and (found is None or MARKER_REASON in (found.headers or {})):
+                    # An endpoint key the server expired (an outage outlasted its TTL) while the lease key
+                    # survived: the lease is alive, so its key is written again. A delete by a client
+                    # (a DEL or PURGE marker) is respected.
+                    expected = int(found.seq or 0) if found is not None else 0
+                    log.info("key %r of lease %x expired on the server; writing it again", nats_key, lease_id)
+                    continue
                 if found is None or is_removal(found.headers) or lease_of(found.headers) != lease_id:
-                    return None
+                    return None  # deleted or rewritten by someone else: no longer ours
                 expected = int(found.seq or 0)
         return None
 
