@@ -14,7 +14,8 @@ Backend configuration comes from the reference's own environment: ``ETCD_ENDPOIN
 Stdout, one JSON object per line:
 
 - ``started``: ``connection_id`` (int), ``id_hex``, backend, pid;
-- ``serving``: the endpoint and the keys this worker is expected to have written (``expected_keys``);
+- ``serving``: the endpoint and the keys this worker is expected to have written (``expected_keys``; on
+  kubernetes ``expected_cr_entries``: the ``spec.data`` map keys of the pod's DynamoWorkerMetadata);
   for the file store also every file in the store (``files``: path, decoded key, ``own``, mode, size);
 - ``model_registered`` / ``model_error`` (with ``--model-name``);
 - ``event_channel_registered`` / ``event_channel_error`` (with ``--event-channel``);
@@ -143,10 +144,17 @@ async def main() -> int:
     if args.event_channel:
         await start_event_channel(args.event_channel, endpoint, connection_id)
 
-    serving: dict[str, Any] = {
-        "endpoint": args.endpoint,
-        "expected_keys": expected_keys(namespace, component, ep_name, id_hex, model),
-    }
+    keys = expected_keys(namespace, component, ep_name, id_hex, model)
+    serving: dict[str, Any] = {"endpoint": args.endpoint}
+    if args.backend == "kubernetes":
+        # No keys: entries of the DynamoWorkerMetadata named after the pod, under spec.data.
+        serving["expected_cr_entries"] = {
+            "name": os.environ.get("POD_NAME"),
+            "endpoints": [keys[0].removeprefix("v1/instances/")],
+            "model_cards": [k.removeprefix("v1/mdc/") for k in keys[1:]],
+        }
+    else:
+        serving["expected_keys"] = keys
     if args.backend == "file":
         serving["files"] = store_files(id_hex)
     emit("serving", **serving)
