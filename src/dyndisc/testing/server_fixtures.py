@@ -145,7 +145,7 @@ def kube_apiserver() -> Iterator[KubeApiServer]:
     """A session-wide kube-apiserver (RBAC, admin and restricted tokens) on its own etcd.
 
     The first use may build the binary (many minutes); CI builds it beforehand with
-    ``tools/kube-apiserver/build.sh``.
+    ``tools/kubernetes/build.sh``.
     """
     server = _started("kube-apiserver", lambda: _launch(KubeApiServer))
     _STARTED["kube-apiserver etcd"] = server.etcd
