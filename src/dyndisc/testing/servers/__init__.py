@@ -1,4 +1,5 @@
-"""Real servers on loopback for tests: etcd, nats-server (JetStream), kube-apiserver, and a TCP proxy.
+"""Real servers on loopback for tests: etcd, nats-server (JetStream), kube-apiserver and
+kube-controller-manager, and a TCP proxy.
 
 Each manager is a sync context manager (``with EtcdServer() as etcd: ...``) with explicit
 ``start()``/``stop()``/``kill()``/``restart()``/``close()`` and ``log_tail()``; a server that cannot start
@@ -9,13 +10,21 @@ raises :class:`ServerUnavailable` saying why. The pytest fixtures built on these
 from dyndisc.testing.servers._process import ServerBase, ServerUnavailable, free_ports
 from dyndisc.testing.servers._tls import TLSFiles
 from dyndisc.testing.servers.etcd import EtcdServer
-from dyndisc.testing.servers.kube import KubeApiServer, build_kube_apiserver
+from dyndisc.testing.servers.kube import (
+    KubeApiServer,
+    KubeCluster,
+    KubeControllerManager,
+    build_kube_apiserver,
+    build_kube_controller_manager,
+)
 from dyndisc.testing.servers.nats import NatsServer
 from dyndisc.testing.servers.proxy import ProxyMode, TcpProxy
 
 __all__ = [
     "EtcdServer",
     "KubeApiServer",
+    "KubeCluster",
+    "KubeControllerManager",
     "NatsServer",
     "ProxyMode",
     "ServerBase",
@@ -23,5 +32,6 @@ __all__ = [
     "TLSFiles",
     "TcpProxy",
     "build_kube_apiserver",
+    "build_kube_controller_manager",
     "free_ports",
 ]

@@ -1,4 +1,4 @@
-"""A real kube-apiserver on loopback (no Docker, no kubelet, no controller-manager), for tests.
+"""A real kube-apiserver on loopback (no Docker, no kubelet), and optionally the real kube-controller-manager.
 
 Both binaries are built from the published ``k8s.io/kubernetes`` Go module by the wrapper module in
 ``tools/kubernetes/`` (one ``go.mod``, a package per command under ``cmd/``) and cached per Kubernetes
@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Literal, Self, get_args
 
 from dyndisc.testing.servers._process import (
@@ -34,14 +35,18 @@ from dyndisc.testing.servers._process import (
     ServerUnavailable,
     free_ports,
     http_request,
+    poll_until,
 )
 from dyndisc.testing.servers._tls import TLSFiles, generate_tls
 from dyndisc.testing.servers.etcd import EtcdServer
 
 __all__ = [
+    "DEFAULT_CONTROLLERS",
     "KUBE_VERSION",
     "KubeApiServer",
+    "KubeCluster",
     "KubeComponent",
+    "KubeControllerManager",
     "build_kube_apiserver",
     "build_kube_binary",
     "build_kube_controller_manager",
@@ -261,8 +266,9 @@ class KubeApiServer(ServerBase):
     * :attr:`kubeconfig_path` is a kubeconfig for the admin; :meth:`write_kubeconfig` writes others.
 
     Without ``etcd`` the server starts and owns a private :class:`EtcdServer`; with one, it shares it under
-    a distinct ``--etcd-prefix``. No controller-manager runs: admission plugins that wait for controllers
-    (ServiceAccount) are off, and namespaces must be created explicitly.
+    a distinct ``--etcd-prefix``. No controller-manager runs unless you start a
+    :class:`KubeControllerManager` against it (or use a :class:`KubeCluster`): admission plugins that wait
+    for controllers (ServiceAccount) are off, and namespaces must be created explicitly.
     """
 
     kind = "kube-apiserver"
@@ -414,6 +420,238 @@ class KubeApiServer(ServerBase):
     def log_tail(self, lines: int = 50) -> str:
         """The last lines of the API server's output."""
         return super().log_tail(lines)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        content_type: str = "application/json",
+        timeout: float = 10.0,
+    ) -> tuple[int, Any]:
+        """One synchronous API call as the admin: ``(status, decoded JSON body or None)``.
+
+        For setup code that runs outside an event loop (fixtures, :class:`KubeCluster`); tests use an async
+        client. Error statuses are returned, not raised.
+        """
+        headers = {"Authorization": f"Bearer {self.admin_token}", "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        status, data = http_request(
+            f"{self.url}{path}",
+            method=method,
+            body=body,
+            headers=headers,
+            ssl_context=self.tls.client_ssl_context(with_client_cert=False),
+            timeout=timeout,
+        )
+        try:
+            decoded = json.loads(data) if data else None
+        except ValueError:
+            decoded = None
+        return status, decoded
+
+    def create_crd(self, manifest: str, *, timeout: float = 60.0) -> str:
+        """Create the CustomResourceDefinition in ``manifest`` (YAML or JSON text, one document) unless it
+        exists, and wait until it is served (its ``Established`` condition). Returns its name."""
+        status, created = self.request(
+            "POST",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            manifest.encode(),
+            content_type="application/yaml",  # the API server reads YAML (and so JSON) bodies
+        )
+        if status == 201 and isinstance(created, dict):
+            name = str(created["metadata"]["name"])
+        elif status == 409 and isinstance(created, dict):  # a Status naming the existing object
+            name = str(created["details"]["name"])
+        else:
+            raise ServerUnavailable(f"creating a CRD failed with HTTP {status}: {created}")
+        path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+
+        def established() -> bool:
+            code, crd = self.request("GET", path)
+            conditions = ((crd or {}).get("status") or {}).get("conditions") or () if code == 200 else ()
+            return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
+        try:
+            poll_until(established, timeout, describe=f"CRD {name} established")
+        except TimeoutError as exc:
+            raise ServerUnavailable(str(exc)) from None
+        return name
+
+
+#: What the tests need: EndpointSlices kept for Services (the discovery backend reads them), and
+#: ownerReferences honoured (a worker's DynamoWorkerMetadata goes with its pod). Canonical names, as the
+#: health checks name them.
+DEFAULT_CONTROLLERS: tuple[str, ...] = ("endpointslice-controller", "garbage-collector-controller")
+
+
+class KubeControllerManager(ServerBase):
+    """The real kube-controller-manager against a :class:`KubeApiServer`, running only ``controllers``.
+
+    It acts as the API server's admin (no per-controller service accounts, so no service-account token
+    controller is needed), without leader election, and serves its health checks on a free loopback port
+    (:attr:`url`; ``/healthz`` needs no credentials, other paths take the admin token). It is ready once
+    ``/healthz?verbose`` reports every requested controller built; their informers sync a moment later.
+
+    Nothing plays kubelet: a test creates the Node, creates Pods with ``spec.nodeName`` set to it, and marks
+    them ready by writing their ``status`` (see ``tests/servers/test_kube_controllers.py``). The garbage
+    collector notices resource types created after it started (a CRD) only at its next discovery sync,
+    every 30 seconds: create CRDs first (:class:`KubeCluster` does).
+
+    Give ``controllers`` their canonical names (``endpointslice-controller``, not the alias
+    ``endpointslice``): readiness looks for those names in the health report.
+    """
+
+    kind = "kube-controller-manager"
+
+    def __init__(
+        self,
+        apiserver: KubeApiServer,
+        *,
+        controllers: Sequence[str] = DEFAULT_CONTROLLERS,
+        binary: Path | str | None = None,
+        build: bool = True,
+        ready_timeout: float = 120.0,
+        base_dir: Path | None = None,
+        verbosity: int = 2,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        if not controllers:
+            raise ValueError("name at least one controller to run")
+        self.binary = _kube_binary("kube-controller-manager", binary, build)
+        super().__init__(ready_timeout=ready_timeout, base_dir=base_dir)
+        self.apiserver = apiserver
+        self.controllers = tuple(controllers)
+        self.verbosity = verbosity
+        self.extra_args = list(extra_args)
+        self.host = LOOPBACK
+        (self.port,) = free_ports(1)
+        self.tls: TLSFiles = generate_tls(self.base_dir / "certs", server_names=(LOOPBACK, "localhost"))
+        # Its own copy: the controller-manager must not depend on files in the API server's directory.
+        self.kubeconfig_path = apiserver.write_kubeconfig(
+            apiserver.admin_token, self.base_dir / "kubeconfig", ADMIN_USER
+        )
+
+    @property
+    def url(self) -> str:
+        """``https://127.0.0.1:<port>``: health checks, metrics, debug handlers."""
+        return f"https://{self.host}:{self.port}"
+
+    def _argv(self) -> list[str]:
+        kubeconfig = str(self.kubeconfig_path)
+        return [
+            str(self.binary),
+            f"--kubeconfig={kubeconfig}",
+            # Requests to its own port: bearer tokens are checked with the API server (TokenReview and
+            # SubjectAccessReview), /healthz is open to anyone. No client certificates, so no need to
+            # look up their CA in kube-system/extension-apiserver-authentication (which the test API
+            # server, with no client CA, does not write).
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--authentication-skip-lookup",
+            f"--controllers={','.join(self.controllers)}",
+            "--leader-elect=false",
+            # Every controller uses the kubeconfig's identity (the admin), not a service account each.
+            "--use-service-account-credentials=false",
+            f"--bind-address={self.host}",
+            f"--secure-port={self.port}",
+            f"--tls-cert-file={self.tls.server_cert_path}",
+            f"--tls-private-key-file={self.tls.server_key_path}",
+            # Tests create objects in bursts; the defaults (20/s, burst 30) would queue the controllers.
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
+            # Write a Service's slices as soon as a pod changes (the default; explicit because it matters).
+            "--endpointslice-updates-batch-period=0s",
+            "--profiling=false",
+            f"--v={self.verbosity}",
+            *self.extra_args,
+        ]
+
+    def health(self, *, timeout: float = 5.0) -> tuple[int, str]:
+        """``(status, text)`` of ``/healthz?verbose``: one ``[+]name ok`` line per check."""
+        status, body = http_request(
+            f"{self.url}/healthz?verbose",
+            ssl_context=self.tls.client_ssl_context(with_client_cert=False),
+            timeout=timeout,
+        )
+        return status, body.decode("utf-8", "replace")
+
+    def _ready(self) -> bool:
+        status, text = self.health()
+        # The per-controller checks appear once the controllers are built, just before they start.
+        return status == 200 and all(
+            f"[+]{name} ok" in text for name in self.controllers if not name.startswith("-") and name != "*"
+        )
+
+    def start(self) -> Self:
+        """Start it (the API server must be running) and wait until its controllers are built."""
+        if not self.apiserver.running:
+            raise ServerUnavailable("start the kube-apiserver before its controller-manager")
+        return super().start()
+
+
+class KubeCluster:
+    """A private :class:`KubeApiServer` (own etcd) with a :class:`KubeControllerManager` running against it.
+
+    ``crds`` (manifests, YAML or JSON text) are created and served before the controllers start, so the
+    garbage collector watches those resources from its first moment. Use as a context manager, or
+    :meth:`start` and :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        *,
+        controllers: Sequence[str] = DEFAULT_CONTROLLERS,
+        crds: Sequence[str] = (),
+        build: bool = True,
+        apiserver_args: Sequence[str] = (),
+        controller_manager_args: Sequence[str] = (),
+    ) -> None:
+        self.crds = list(crds)
+        self.apiserver = KubeApiServer(build=build, extra_args=apiserver_args)
+        try:
+            self.controller_manager = KubeControllerManager(
+                self.apiserver, controllers=controllers, build=build, extra_args=controller_manager_args
+            )
+        except BaseException:
+            self.apiserver.close()
+            raise
+
+    def start(self) -> Self:
+        """Start the API server, create the CRDs, start the controller-manager."""
+        self.apiserver.start()
+        for crd in self.crds:
+            self.apiserver.create_crd(crd)
+        self.controller_manager.start()
+        return self
+
+    def close(self) -> None:
+        """Stop both (the controller-manager first) and delete their temp dirs."""
+        try:
+            self.controller_manager.close()
+        finally:
+            self.apiserver.close()
+
+    def log_tail(self, lines: int = 50) -> str:
+        """The last lines of both servers' output."""
+        return (
+            f"--- kube-apiserver\n{self.apiserver.log_tail(lines)}\n"
+            f"--- kube-controller-manager\n{self.controller_manager.log_tail(lines)}"
+        )
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
