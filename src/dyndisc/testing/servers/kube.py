@@ -501,7 +501,9 @@ class KubeControllerManager(ServerBase):
     every 30 seconds: create CRDs first (:class:`KubeCluster` does).
 
     Give ``controllers`` their canonical names (``endpointslice-controller``, not the alias
-    ``endpointslice``): readiness looks for those names in the health report.
+    ``endpointslice``; ``-name`` disables one, ``*`` means the defaults): readiness looks for those names in
+    the health report. A controller that declines to start (``serviceaccount-token-controller`` without a
+    signing key) never reports, so asking for one makes the start time out with the log saying why.
     """
 
     kind = "kube-controller-manager"
@@ -520,6 +522,13 @@ class KubeControllerManager(ServerBase):
     ) -> None:
         if not controllers:
             raise ValueError("name at least one controller to run")
+        for name in controllers:
+            # Canonical names all end so; an alias would never show up in the health report.
+            if name != "*" and not name.endswith("-controller"):
+                raise ValueError(
+                    f"controller {name!r}: give its canonical name, as the health checks do "
+                    "(e.g. 'endpointslice-controller', not 'endpointslice')"
+                )
         self.binary = _kube_binary("kube-controller-manager", binary, build)
         super().__init__(ready_timeout=ready_timeout, base_dir=base_dir)
         self.apiserver = apiserver
