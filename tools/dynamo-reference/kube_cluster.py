@@ -28,9 +28,9 @@ from typing import Any
 
 import yaml
 
-from dyndisc.backends._kube_api import connect
-from dyndisc.backends._kube_join import DISCOVERY_LABELS
 from dyndisc.backends.kubernetes import manifest
+from dyndisc.backends.kubernetes.api import connect
+from dyndisc.backends.kubernetes.join import DISCOVERY_LABELS
 from dyndisc.testing.servers.kube import KubeApiServer
 
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/dynamoworkermetadatas.nvidia.com"

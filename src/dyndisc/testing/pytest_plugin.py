@@ -8,8 +8,9 @@ In-memory discovery for your unit tests:
   own lease (pass ``backend=`` to use another backend); all are stopped at teardown;
 * ``dyndisc_runtime`` - one runtime on that store.
 
-Real servers on loopback (session-scoped): ``etcd_server``, ``nats_server``, ``kube_apiserver``, and the
-``tcp_proxy`` factory for partition tests. In CI (``CI=true``) a server that cannot start fails the test;
+Real servers on loopback (session-scoped): ``etcd_server``, ``nats_server``, ``kube_apiserver``,
+``kube_cluster`` (another kube-apiserver, with kube-controller-manager), and the ``tcp_proxy`` factory for
+partition tests. In CI (``CI=true``) a server that cannot start fails the test;
 elsewhere the test is skipped with the reason.
 """
 
@@ -34,6 +35,7 @@ from dyndisc.testing.server_fixtures import (
     etcd_cluster,
     etcd_server,
     kube_apiserver,
+    kube_cluster,
     nats_server,
     private_servers,
     server_log_sections,
@@ -46,6 +48,7 @@ __all__ = [
     "etcd_cluster",
     "etcd_server",
     "kube_apiserver",
+    "kube_cluster",
     "make_runtime",
     "nats_server",
     "private_servers",

@@ -1,4 +1,5 @@
-"""pytest fixtures for real servers on loopback: etcd, nats-server (JetStream), kube-apiserver, TCP proxy.
+"""pytest fixtures for real servers on loopback: etcd, nats-server (JetStream), kube-apiserver (alone, or with
+kube-controller-manager), TCP proxy.
 
 Re-export them with ``from dyndisc.testing.server_fixtures import *``. A server that cannot start fails
 the test in CI (``CI`` is ``true``/``1``) and skips it elsewhere, with the reason either way.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from importlib import resources
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import pytest
@@ -18,6 +20,7 @@ from dyndisc.testing.servers import (
     EtcdCluster,
     EtcdServer,
     KubeApiServer,
+    KubeCluster,
     NatsServer,
     ServerBase,
     ServerUnavailable,
@@ -33,6 +36,7 @@ __all__ = [
     "etcd_server",
     "in_ci",
     "kube_apiserver",
+    "kube_cluster",
     "nats_server",
     "private_servers",
     "server_log_sections",
@@ -146,8 +150,8 @@ def nats_server() -> Iterator[NatsServer]:
 def kube_apiserver() -> Iterator[KubeApiServer]:
     """A session-wide kube-apiserver (RBAC, admin and restricted tokens) on its own etcd.
 
-    The first use may build the binary (many minutes); CI builds it beforehand with
-    ``tools/kube-apiserver/build.sh``.
+    No controllers run against it: tests write EndpointSlices themselves. The first use may build the binary
+    (many minutes); CI builds it beforehand with ``tools/kubernetes/build.sh``.
     """
     server = _started("kube-apiserver", lambda: _launch(KubeApiServer))
     _STARTED["kube-apiserver etcd"] = server.etcd
@@ -155,6 +159,40 @@ def kube_apiserver() -> Iterator[KubeApiServer]:
         yield server
     finally:
         server.close()
+
+
+def _start_cluster() -> KubeCluster:
+    # dyndisc's CRD exists before the controllers start, so the garbage collector watches
+    # DynamoWorkerMetadata from the first moment (it discovers new resource types only every 30 s).
+    crd = resources.files("dyndisc.backends").joinpath("manifests", "crd.yaml").read_text()
+    cluster = KubeCluster(crds=[crd])
+    _STARTED["kube-cluster apiserver"] = cluster.apiserver
+    _STARTED["kube-cluster etcd"] = cluster.apiserver.etcd
+    _STARTED["kube-controller-manager"] = cluster.controller_manager
+    try:
+        return cluster.start()
+    except BaseException:
+        cluster.close()
+        raise
+
+
+@pytest.fixture(scope="session")
+def kube_cluster() -> Iterator[KubeCluster]:
+    """A session-wide kube-apiserver of its own with the real kube-controller-manager running against it.
+
+    Its EndpointSlice controller and garbage collector act on the whole cluster, which is why this is not
+    the ``kube_apiserver`` of the tests that write EndpointSlices themselves. dyndisc's CRD is installed.
+    Nothing plays kubelet: tests create a Node, Pods bound to it, and write the Pods' status. Both binaries
+    are built on first use when missing (many minutes); CI builds them beforehand.
+    """
+    try:
+        cluster = _start_cluster()
+    except ServerUnavailable as exc:
+        server_unavailable(f"kube-cluster: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ class KvDiscovery(DiscoveryBackend):
     By default keys are ``{root}/{namespace}/{component}/{endpoint}/{instance_id:x}`` and values are the
     compact JSON record of the :class:`~dyndisc.Instance`; ``layout="dynamo-v1"`` (or
     ``DYN_KV_LAYOUT=dynamo-v1``) reads and writes the reference runtime's keys and records instead (see
-    :mod:`dyndisc.backends._layouts`). The instance id of a process is its lease id.
+    :mod:`dyndisc.backends.kv.layouts`). The instance id of a process is its lease id.
     """
 
     def __init__(

@@ -1,5 +1,5 @@
 """Real servers on loopback for tests: etcd (one member or a 3-member cluster), nats-server (JetStream),
-kube-apiserver, and a TCP proxy.
+kube-apiserver and kube-controller-manager, and a TCP proxy.
 
 Each manager is a sync context manager (``with EtcdServer() as etcd: ...``) with explicit
 ``start()``/``stop()``/``kill()``/``restart()``/``close()`` and ``log_tail()``; a server that cannot start
@@ -11,7 +11,13 @@ from dyndisc.testing.servers._process import ServerBase, ServerUnavailable, free
 from dyndisc.testing.servers._tls import TLSFiles
 from dyndisc.testing.servers.etcd import EtcdServer
 from dyndisc.testing.servers.etcd_cluster import EtcdCluster
-from dyndisc.testing.servers.kube import KubeApiServer, build_kube_apiserver
+from dyndisc.testing.servers.kube import (
+    KubeApiServer,
+    KubeCluster,
+    KubeControllerManager,
+    build_kube_apiserver,
+    build_kube_controller_manager,
+)
 from dyndisc.testing.servers.nats import NatsServer
 from dyndisc.testing.servers.proxy import ProxyMode, TcpProxy
 
@@ -19,6 +25,8 @@ __all__ = [
     "EtcdCluster",
     "EtcdServer",
     "KubeApiServer",
+    "KubeCluster",
+    "KubeControllerManager",
     "NatsServer",
     "ProxyMode",
     "ServerBase",
@@ -26,5 +34,6 @@ __all__ = [
     "TLSFiles",
     "TcpProxy",
     "build_kube_apiserver",
+    "build_kube_controller_manager",
     "free_ports",
 ]

@@ -1,4 +1,5 @@
-"""``python -m dyndisc.testing.servers kube build|path``: build (or locate) the cached kube-apiserver."""
+"""``python -m dyndisc.testing.servers kube build|path [NAME...]``: build (or locate) the cached
+kube-apiserver and kube-controller-manager."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if not args or args[0] != "kube":
         print(
-            "usage: python -m dyndisc.testing.servers kube {build [--source DIR] [--force] | path}",
+            "usage: python -m dyndisc.testing.servers kube {build [--source DIR] [--force] | path} [NAME...]",
             file=sys.stderr,
         )
         raise SystemExit(2)
