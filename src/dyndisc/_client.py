@@ -52,6 +52,10 @@ class Client:
         """``time.monotonic()`` since when the view may be out of date (watch broken), else ``None``."""
         return self._source.stale_since
 
+    async def wait_changed(self) -> None:
+        """Wait until the view changes (an instance came, left, or changed its record)."""
+        await self._source.wait_changed()
+
     async def wait_for_instances(self, timeout: float | None = None) -> list[Instance]:
         """Wait until at least one ready instance is live and return them.
 

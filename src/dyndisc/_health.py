@@ -119,9 +119,10 @@ class HealthRecorder:
         """A permanent error stopped the runtime."""
         self.current = replace(self.current, state=LeaseState.FAILED, reason=reason)
 
-    def closed(self) -> None:
-        """The runtime left its ``async with``."""
-        self.current = replace(self.current, state=LeaseState.CLOSED)
+    def closed(self, revoked: bool) -> None:
+        """The runtime left its ``async with`` (``revoked``: its lease is gone on the server)."""
+        reason = "revoked" if revoked else "left without revoking its lease: it expires on its own"
+        self.current = replace(self.current, state=LeaseState.CLOSED, reason=reason)
 
     def registrations(self, registered: int, pending: int) -> None:
         """How many endpoints are registered, and how many wait for a lease."""

@@ -69,7 +69,7 @@ class InstanceSet:
         self.backend = backend
         self.query = query
         self._instances: dict[tuple[EndpointId, int], Instance] = {}
-        self._subscribers: set[Subscription] = set()
+        self._subscribers: dict[Subscription, None] = {}  # ordered: told in the order they came
         self._changed = anyio.Event()
         self._stale_since: float | None = None
         self._sorted: list[Instance] | None = None
@@ -109,12 +109,12 @@ class InstanceSet:
     def subscribe(self) -> Subscription:
         """A new subscription; its first event is a ``Resync`` of the current state."""
         sub = Subscription(self)
-        self._subscribers.add(sub)
+        self._subscribers[sub] = None
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop delivering to ``sub``."""
-        self._subscribers.discard(sub)
+        self._subscribers.pop(sub, None)
 
     # -- feeding ---------------------------------------------------------------------------------------
     def _apply(self, event: DiscoveryEvent) -> None:

@@ -11,7 +11,6 @@ access, a bug) stops the loop at once.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
@@ -66,7 +65,7 @@ async def keep_lease_alive(
     lease: Lease,
     health: HealthRecorder,
     renew_now: Wake,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] = anyio.current_time,
 ) -> NoReturn:
     """Renew ``lease`` until cancelled, at half the TTL the server answered (as the reference runtime does).
 
@@ -146,9 +145,9 @@ async def ride_out_outages(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
             await anyio.sleep(delay)
 
 
-async def revoke_on_exit(backend: DiscoveryBackend, lease: Lease, registrations: int) -> None:
+async def revoke_on_exit(backend: DiscoveryBackend, lease: Lease, registrations: int) -> bool:
     """Revoke ``lease`` on a clean exit, retrying outages within :data:`REVOKE_BUDGET` (shielded from the
-    exit's cancellation); if it cannot, say at WARNING what stays behind and for how long."""
+    exit's cancellation); if it cannot, say at WARNING what stays behind and for how long. Whether it did."""
     backoff = Backoff(OUTAGE_RETRY_MIN, OUTAGE_RETRY_MAX)
     error: BaseException | None = None
     with anyio.CancelScope(shield=True), anyio.move_on_after(REVOKE_BUDGET):
@@ -163,7 +162,7 @@ async def revoke_on_exit(backend: DiscoveryBackend, lease: Lease, registrations:
                 await backoff.sleep()
             else:
                 log.info("revoked lease %x: every registration of this runtime is gone", lease.id)
-                return
+                return True
     why = f"{type(error).__name__}: {error}" if error is not None else "no answer"
     log.warning(
         "could not revoke lease %x within %gs (%s): its %d registrations stay visible until %s expires the "
@@ -175,3 +174,4 @@ async def revoke_on_exit(backend: DiscoveryBackend, lease: Lease, registrations:
         backend.name,
         lease.ttl,
     )
+    return False

@@ -170,11 +170,11 @@ class DistributedRuntime:
         assert self._backend is not None
         lease, self._lease = self._lease, None
         self._count_registrations(live=False)
-        self._health.closed()
         self._changed.set()
-        if lease is None or self._failure is not None:
-            return
-        await revoke_on_exit(self._backend, lease, len(self._registered))
+        revoked = False
+        if lease is not None and self._failure is None:
+            revoked = await revoke_on_exit(self._backend, lease, len(self._registered))
+        self._health.closed(revoked)
 
     async def _hold_lease(self) -> None:
         """The keep-alive task: renew; replace the lease when the server says it is gone (or shut down)."""

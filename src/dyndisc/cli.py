@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -45,6 +45,33 @@ def _query(path: str | None) -> InstanceQuery:
         raise click.BadParameter(str(exc), param_hint="PATH") from exc
 
 
+def instance_json(instance: Instance) -> dict[str, Any]:
+    """The one JSON shape of an instance on the command line (``list --json``, ``get``, ``watch --json``):
+    the id in hex as the tables print it (64-bit ids overflow JSON numbers in many readers)."""
+    return {
+        "endpoint": str(instance.endpoint_id),
+        "instance_id": f"{instance.instance_id:x}",
+        "transport": str(instance.transport) if instance.transport is not None else None,
+        "metadata": instance.metadata,
+        "readiness": instance.readiness.value,
+    }
+
+
+def event_json(event: Resync | Added | Removed) -> dict[str, Any]:
+    """A watch event as one line of ``watch --json`` (with a time-zone-aware timestamp)."""
+    at = datetime.now(UTC).isoformat(timespec="milliseconds")
+    if isinstance(event, Resync):
+        return {"event": "resync", "at": at, "instances": [instance_json(i) for i in event.instances]}
+    if isinstance(event, Added):
+        return {"event": "added", "at": at, "instance": instance_json(event.instance)}
+    return {
+        "event": "removed",
+        "at": at,
+        "endpoint": str(event.endpoint),
+        "instance_id": f"{event.instance_id:x}",
+    }
+
+
 def _row(instance: Instance) -> str:
     meta = json.dumps(instance.metadata, separators=(",", ":")) if instance.metadata else ""
     where, state = str(instance.transport or "-"), instance.readiness.value
@@ -73,7 +100,7 @@ def list_(path: str | None, as_json: bool, backend: str) -> None:
     query = _query(path)
     found: list[Instance] = _run(_with_backend, backend, lambda b: b.list(query))
     for instance in found:
-        click.echo(instance.to_json().decode() if as_json else _row(instance))
+        click.echo(json.dumps(instance_json(instance)) if as_json else _row(instance))
     if not as_json:
         click.echo(f"{len(found)} instance(s) under {query}", err=True)
 
@@ -93,21 +120,25 @@ def get(instance: str, backend: str) -> None:
     )
     for candidate in found:
         if candidate.instance_id == instance_id:
-            click.echo(json.dumps(candidate.to_dict(), indent=2))
+            click.echo(json.dumps(instance_json(candidate), indent=2))
             return
     raise click.ClickException(f"no live instance {instance_id:x} of {endpoint}")
 
 
 @main.command()
 @click.argument("path", required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line (NDJSON).")
 @backend_option
-def watch(path: str | None, backend: str) -> None:
+def watch(path: str | None, as_json: bool, backend: str) -> None:
     """Print changes to the instances under PATH as they happen (Ctrl-C to stop)."""
     query = _query(path)
 
     async def follow(b: DiscoveryBackend) -> None:
         async with b.watch(query) as events:
             async for event in events:
+                if as_json:
+                    click.echo(json.dumps(event_json(event)))
+                    continue
                 stamp = datetime.now().isoformat(timespec="milliseconds")
                 if isinstance(event, Resync):
                     click.echo(f"{stamp} = {len(event.instances)} live under {query}")

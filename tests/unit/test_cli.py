@@ -47,7 +47,16 @@ def test_list_as_table_and_json(shared_store: MemoryStore) -> None:
     assert "tcp://h:1" in table.output
     assert "ns.d.e" not in table.output
     as_json = runner.invoke(main, ["list", "--json", "--backend", "mem"])
-    assert [Instance.from_json(line) for line in as_json.stdout.splitlines()] == [A, B]
+    assert [json.loads(line) for line in as_json.stdout.splitlines()] == [
+        {
+            "endpoint": "ns.c.e",
+            "instance_id": "ab",
+            "transport": "tcp://h:1",
+            "metadata": {"m": 1},
+            "readiness": "ready",
+        },
+        {"endpoint": "ns.d.e", "instance_id": "cd", "transport": None, "metadata": {}, "readiness": "ready"},
+    ]
 
 
 def test_get_one_instance(shared_store: MemoryStore) -> None:

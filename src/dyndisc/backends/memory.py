@@ -10,7 +10,7 @@ applications need.
 
 from __future__ import annotations
 
-import secrets
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -57,11 +57,16 @@ class MemoryStore(KeyValueStore):
     name = "memory"
     _shared: MemoryStore | None = None
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None
+    ) -> None:
+        """``clock`` times the leases; ``rng`` draws lease ids (a seeded one makes a simulation replay)."""
         self._clock = clock
+        self._rng = rng or random.SystemRandom()
         self._data: dict[str, StoredValue] = {}
         self._leases: dict[int, _LeaseState] = {}
-        self._watchers: set[_Watcher] = set()
+        # A dict, not a set: watchers are told of a change in the order they came (a simulation replays).
+        self._watchers: dict[_Watcher, None] = {}
 
     @classmethod
     def shared(cls) -> MemoryStore:
@@ -138,7 +143,7 @@ class MemoryStore(KeyValueStore):
             raise ValueError(f"lease TTL must be positive, got {ttl}")
         lease_id = 0
         while lease_id == 0 or lease_id in self._leases:
-            lease_id = secrets.randbits(63)
+            lease_id = self._rng.getrandbits(63)
         self._leases[lease_id] = _LeaseState(ttl=ttl, deadline=self._clock() + ttl)
         for watcher in self._watchers:
             watcher.leases_changed.set()
@@ -181,13 +186,13 @@ class MemoryStore(KeyValueStore):
     @asynccontextmanager
     async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[StoreEvent]]:
         watcher = _Watcher(self, prefix)
-        self._watchers.add(watcher)
+        self._watchers[watcher] = None
         try:
             async with background_tasks() as tg:
                 tg.start_soon(watcher.expire_leases)
                 yield watcher.events()
         finally:
-            self._watchers.discard(watcher)
+            self._watchers.pop(watcher, None)
 
 
 class _MemoryDoctor(BackendDoctor):

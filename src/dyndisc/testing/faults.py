@@ -62,10 +62,13 @@ class FaultyStore(_Forwarding, KeyValueStore):
         self.layouts = inner.layouts
         self._down: BackendUnavailableError | None = None
         self._down_since: float | None = None
+        self._outages: list[str] = []
         self._healed = anyio.Event()
-        self._breaks: set[Wake] = set()
+        self._breaks: dict[Wake, None] = {}
         #: A planted bug: watches drop every delete (a checker must notice the phantoms).
         self.lose_deletes = False
+        #: A planted bug: writes are acknowledged and never applied (a checker must notice the loss).
+        self.lose_writes = False
 
     def __repr__(self) -> str:
         return f"FaultyStore({self.inner!r})"
@@ -83,17 +86,25 @@ class FaultyStore(_Forwarding, KeyValueStore):
 
     def take_down(self, why: str = "the store is down (a fault injected by the test)") -> None:
         """Every call fails with :class:`~dyndisc.BackendUnavailableError` and watches stall until
-        :meth:`bring_back`; watches then resume from a fresh snapshot."""
-        self._down = BackendUnavailableError(why)
-        self._down_since = time.monotonic()
-        self._healed = anyio.Event()
-        self.break_watches()
+        :meth:`bring_back`; watches then resume from a fresh snapshot. Outages nest: the store is back when
+        each one (told apart by ``why``) has been brought back."""
+        self._outages.append(why)
+        if self._down is None:
+            self._down = BackendUnavailableError(why)
+            self._down_since = time.monotonic()
+            self._healed = anyio.Event()
+            self.break_watches()
 
-    def bring_back(self) -> None:
-        """End the outage of :meth:`take_down`."""
-        self._down = None
-        self._down_since = None
-        self._healed.set()
+    def bring_back(self, why: str | None = None) -> None:
+        """End the outage ``why`` (default: the last one) of :meth:`take_down`."""
+        if why in self._outages:
+            self._outages.remove(why)
+        elif self._outages:
+            self._outages.pop()
+        if not self._outages and self._down is not None:
+            self._down = None
+            self._down_since = None
+            self._healed.set()
 
     @property
     def down(self) -> bool:
@@ -124,11 +135,14 @@ class FaultyStore(_Forwarding, KeyValueStore):
 
     async def create(self, key: str, value: bytes, lease_id: int) -> StoredValue | None:
         self._check()
+        if self.lose_writes:
+            return None
         return await self.inner.create(key, value, lease_id)
 
     async def put(self, key: str, value: bytes, lease_id: int) -> None:
         self._check()
-        await self.inner.put(key, value, lease_id)
+        if not self.lose_writes:
+            await self.inner.put(key, value, lease_id)
 
     async def delete(self, key: str) -> None:
         self._check()
@@ -142,13 +156,13 @@ class FaultyStore(_Forwarding, KeyValueStore):
     async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[StoreEvent]]:
         self._check()
         relay = _Relay()
-        self._breaks.add(relay.broken)
+        self._breaks[relay.broken] = None
         try:
             async with background_tasks() as tg:
                 tg.start_soon(self._relay, prefix, relay)
                 yield relay.events()
         finally:
-            self._breaks.discard(relay.broken)
+            self._breaks.pop(relay.broken, None)
 
     async def _relay(self, prefix: str, relay: _Relay) -> None:
         """Forward the inner watch's events; when broken, drop what is in flight and open it again."""
@@ -202,7 +216,8 @@ class CrashableBackend(_Forwarding, DiscoveryBackend):
 
     A runtime built on it can be made to vanish the way a SIGKILLed worker does: its lease expires on the
     server's clock and every watcher sees its instances leave after the TTL. Watches keep working (what a
-    dead process would have watched no longer matters).
+    dead process would have watched no longer matters). :meth:`pause` and :meth:`resume` freeze it for a
+    while instead, as a SIGSTOPped process: nothing it sends reaches the server meanwhile.
     """
 
     inner: DiscoveryBackend
@@ -211,14 +226,26 @@ class CrashableBackend(_Forwarding, DiscoveryBackend):
         self.inner = inner
         self.name = inner.name
         self.crashed = False
+        self._running = anyio.Event()
+        self._running.set()
 
     def crash(self) -> None:
         """From now on: keep-alives, grants and writes never answer; revokes do nothing."""
         self.crashed = True
 
+    def pause(self) -> None:
+        """Until :meth:`resume`: keep-alives, grants and writes wait (a stopped process sends nothing)."""
+        if self._running.is_set():
+            self._running = anyio.Event()
+
+    def resume(self) -> None:
+        """End a :meth:`pause`."""
+        self._running.set()
+
     async def _hang_if_crashed(self) -> None:
         if self.crashed:
             await anyio.sleep_forever()
+        await self._running.wait()
 
     async def grant_lease(self, ttl: float) -> Lease:
         await self._hang_if_crashed()

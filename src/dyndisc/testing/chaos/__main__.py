@@ -1,0 +1,100 @@
+"""``python -m dyndisc.testing.chaos``: run seeds on a backend, print a summary, exit non-zero on a violation.
+
+    python -m dyndisc.testing.chaos --backend memory --seeds 300
+    python -m dyndisc.testing.chaos --backend etcd-cluster --seeds 3 --duration 20
+    python -m dyndisc.testing.chaos --backend nats --seed 1234          # replay one seed
+
+A failing seed prints its invariant and evidence and leaves its whole history as JSON (``--out``), with the
+agents' logs of a real run beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+from dyndisc.testing.chaos.runner import BACKENDS, Outcome, Session, quiet_logs
+from dyndisc.testing.chaos.sim import PLANTABLE
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m dyndisc.testing.chaos", description=__doc__.split("\n")[0] if __doc__ else None
+    )
+    parser.add_argument("--backend", choices=BACKENDS, default="memory")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--seeds", type=int, default=10, help="how many seeds, from --first (default 10)")
+    group.add_argument("--seed", type=int, help="run (replay) this one seed")
+    parser.add_argument("--first", type=int, default=0, help="the first seed of --seeds (default 0)")
+    parser.add_argument(
+        "--duration", type=float, default=20.0, help="seconds of workload per seed (default 20)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("chaos-out"), help="where failing histories go")
+    parser.add_argument("--save-all", action="store_true", help="save every history, not only failures")
+    parser.add_argument("--keep-going", action="store_true", help="run every seed even after a violation")
+    parser.add_argument(
+        "--plant",
+        action="append",
+        default=[],
+        choices=PLANTABLE,
+        help="plant a known bug (memory only), to see what the checker reports when it catches one",
+    )
+    return parser.parse_args(argv)
+
+
+def _summary(outcomes: list[Outcome]) -> str:
+    failed = [o.seed for o in outcomes if not o.ok]
+    converged = [o.converged_in for o in outcomes]
+    rows = [
+        ("backend", outcomes[0].backend if outcomes else "-"),
+        ("seeds", str(len(outcomes))),
+        ("operations", str(sum(o.operations for o in outcomes))),
+        ("faults", str(sum(o.faults for o in outcomes))),
+        ("violations", str(sum(len(o.violations) for o in outcomes))),
+        ("failing seeds", " ".join(map(str, failed)) or "none"),
+        (
+            "convergence median / worst (s)",
+            f"{statistics.median(converged or [0]):.2f} / {max(converged or [0]):.2f}",
+        ),
+        ("wall time (s)", f"{sum(o.took for o in outcomes):.1f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the seeds the arguments name; 0 when every seed kept every invariant."""
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    quiet_logs()
+    seeds = [args.seed] if args.seed is not None else list(range(args.first, args.first + args.seeds))
+    outcomes: list[Outcome] = []
+    with Session(args.backend, duration=args.duration, logs=args.out / "logs") as session:
+        for seed in seeds:
+            outcome = session.run(seed, frozenset(args.plant))
+            outcomes.append(outcome)
+            mark = "ok" if outcome.ok else "VIOLATION"
+            print(
+                f"seed {seed}: {mark} ({outcome.operations} ops, {outcome.faults} faults, "
+                f"converged in {outcome.converged_in:.2f}s, digest {outcome.history.digest()})",
+                flush=True,
+            )
+            if not outcome.ok or args.save_all:
+                args.out.mkdir(parents=True, exist_ok=True)
+                saved = args.out / f"{args.backend}-seed-{seed}.json"
+                saved.write_text(outcome.history.to_json())
+            if not outcome.ok:
+                print(outcome.report(), f"history: {saved}", sep="\n", flush=True)
+                if not args.keep_going:
+                    break
+    print(_summary(outcomes))
+    return 0 if all(o.ok for o in outcomes) and len(outcomes) == len(seeds) else 1
+
+
+if __name__ == "__main__":
+    if os.environ.get("PYTHONHASHSEED") != "0":  # set iteration order is part of a replay
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.execv(sys.executable, [sys.executable, "-m", "dyndisc.testing.chaos", *sys.argv[1:]])
+    sys.exit(main())

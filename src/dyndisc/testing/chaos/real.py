@@ -1,0 +1,348 @@
+"""A chaos run against a real server: workers and watchers in agent processes, the nemesis in this one.
+
+Workers live two to a process (runtimes as tasks of one process: a kill or a pause takes both); every watcher
+has a process of its own (the CLI's ``dyndisc watch --json`` among them), so a SIGSTOP pauses one watcher.
+Agents report with ``time.monotonic()``, which every process of a host shares, so their reports and this
+process's faults share one timeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import anyio
+from anyio.abc import Process, TaskGroup
+
+from dyndisc._errors import DyndiscError
+from dyndisc._models import Added, Instance, InstanceQuery, Removed, Resync
+from dyndisc._names import EndpointId
+from dyndisc.backends.kv import KeyValueStore
+from dyndisc.testing.chaos.checker import quiet_point
+from dyndisc.testing.chaos.history import Fault, History, LeaseReport, Seen, record_of
+from dyndisc.testing.chaos.plan import Plan, Step
+from dyndisc.testing.chaos.targets import Target, agent_env
+
+#: Runtimes per worker process.
+PER_PROCESS = 2
+
+
+class _Agent:
+    def __init__(self, name: str, process: Process, log: BinaryIO) -> None:
+        self.name = name
+        self.process = process
+        self.log = log
+        self.workers: list[str] = []
+        self.alive = True
+
+
+class RealRun:
+    """One run of ``plan`` against ``target`` (its server already started)."""
+
+    def __init__(self, plan: Plan, target: Target, logs: Path) -> None:
+        self.plan = plan
+        self.target = target
+        self.logs = logs
+        self.namespace = f"chaos{plan.seed}x{random.Random().getrandbits(24):x}"
+        self.history = History(target.name, plan.seed, plan.ttl, plan.duration)
+        self.rng = random.Random(plan.seed ^ 0x5EED)
+        self.t0 = 0.0
+        self.agents: dict[str, _Agent] = {}
+        self.worker_agent: dict[str, _Agent] = {}
+        self.ops: dict[tuple[str, int], int] = {}
+        self.leases: dict[str, int | None] = {}
+        self.paused: dict[str, int] = {}
+        #: The nemesis's own connection to the server (made on first use).
+        self.store: KeyValueStore | None = None
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.t0, 4)
+
+    # -- agents -------------------------------------------------------------------------------------------
+    async def spawn(self, tg: TaskGroup, name: str, argv: list[str], reader: Any) -> _Agent:
+        path = self.logs / f"{name}.log"
+        log = await anyio.to_thread.run_sync(path.open, "ab")  # closed by stop_agents
+        process = await anyio.open_process(
+            argv, env=agent_env(self.target, name), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log
+        )
+        agent = self.agents[name] = _Agent(name, process, log)
+        tg.start_soon(reader, agent)
+        return agent
+
+    async def send(self, agent: _Agent, **order: Any) -> None:
+        if agent.alive and agent.process.stdin is not None:
+            await agent.process.stdin.send((json.dumps(order) + "\n").encode())
+
+    async def read_agent(self, agent: _Agent) -> None:
+        assert agent.process.stdout is not None
+        buffer = b""
+        async for chunk in agent.process.stdout:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    self.report(agent, json.loads(line))
+
+    def report(self, agent: _Agent, said: dict[str, Any]) -> None:
+        at = round(said["t"] - self.t0, 4)
+        kind = said["type"]
+        if kind == "op_start":
+            op = self.history.operation(said["actor"], said["action"], said["args"], at)
+            self.ops[(agent.name, said["op"])] = self.history.operations.index(op)
+        elif kind == "op_end":
+            index = self.ops.pop((agent.name, said["op"]), None)
+            if index is not None:
+                op = self.history.operations[index]
+                op.end, op.ok, op.result, op.error = at, said["error"] is None, said["result"], said["error"]
+        elif kind == "seen":
+            records = [tuple(r) for r in said["records"]]
+            self.history.seen.append(Seen(said["watcher"], at, said["kind"], records))
+        elif kind == "lease":
+            self.leases[said["runtime"]] = said["instance_id"]
+            self.history.leases.append(LeaseReport(said["runtime"], at, said["instance_id"], said["state"]))
+
+    async def read_cli(self, agent: _Agent) -> None:
+        """The CLI's ``watch --json`` lines, as watch events."""
+        assert agent.process.stdout is not None
+        buffer = b""
+        async for chunk in agent.process.stdout:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    event = _cli_event(json.loads(line))
+                    self.history.seen.append(Seen.of(agent.name, self.now(), event))
+
+    # -- steps ---------------------------------------------------------------------------------------------
+    async def execute(self, tg: TaskGroup, step: Step) -> None:
+        if step.actor == "nemesis":
+            await self.nemesis(step)
+        elif step.actor.startswith("v"):
+            await self.start_watcher(tg, step.actor)
+        else:
+            await self.worker_step(tg, step)
+
+    async def worker_step(self, tg: TaskGroup, step: Step) -> None:
+        name = step.actor
+        if step.action == "start":
+            group = f"p{int(name[1:]) // PER_PROCESS}"
+            agent = self.agents.get(group)
+            if agent is None or not agent.alive:
+                argv = [sys.executable, "-m", "dyndisc.testing.chaos.agent", self.target.backend]
+                agent = await self.spawn(tg, group, argv, self.read_agent)
+            agent.workers.append(name)
+            self.worker_agent[name] = agent
+            await self.send(agent, cmd="start", name=name, ttl=self.plan.ttl, namespace=self.namespace)
+            return
+        agent = self.worker_agent.get(name)
+        if agent is None or not agent.alive:
+            return
+        if step.action == "kill":
+            agent.alive = False
+            agent.process.kill()
+            for worker in agent.workers:  # every runtime of the process dies with it
+                self.history.leases.append(LeaseReport(worker, self.now(), self.leases.get(worker), "killed"))
+        elif step.action in ("pause", "resume"):
+            self._signal(agent, pause=step.action == "pause")
+        else:
+            await self.send(agent, cmd=step.action, name=name, args=step.args)
+
+    def _signal(self, agent: _Agent, *, pause: bool) -> None:
+        count = self.paused.get(agent.name, 0) + (1 if pause else -1)
+        self.paused[agent.name] = max(count, 0)
+        if agent.alive and ((pause and count == 1) or (not pause and count <= 0)):
+            os.kill(agent.process.pid, signal.SIGSTOP if pause else signal.SIGCONT)
+
+    async def start_watcher(self, tg: TaskGroup, name: str) -> None:
+        kind = self.plan.watchers[name]
+        if kind == "cli":
+            argv = [
+                sys.executable,
+                "-m",
+                "dyndisc",
+                "watch",
+                self.namespace,
+                "--json",
+                "--backend",
+                self.target.backend,
+            ]
+            await self.spawn(tg, name, argv, self.read_cli)
+            return
+        argv = [sys.executable, "-m", "dyndisc.testing.chaos.agent", self.target.backend]
+        agent = await self.spawn(tg, name, argv, self.read_agent)
+        endpoint = None
+        if kind == "client":
+            endpoint = self.history.scopes[name] = f"{self.namespace}.{self.plan.client_endpoints[name]}"
+        await self.send(
+            agent,
+            cmd="watch",
+            name=name,
+            kind=kind,
+            namespace=self.namespace,
+            endpoint=endpoint,
+            ttl=self.plan.ttl,
+        )
+
+    async def nemesis(self, step: Step) -> None:
+        kind, heal, now = step.args["kind"], step.action == "heal", self.now()
+        target = step.args.get("target", "server")
+        if kind == "pause_watcher":
+            agent = self.agents.get(target)
+            if agent is not None:
+                self._signal(agent, pause=not heal)
+        elif kind in ("revoke", "foreign_write"):
+            await self.as_another_client(kind, step.args, now)
+            return
+        elif kind == "compact" and self.server_down():
+            return
+        else:
+            detail = await self.target.fault(kind, step.args, heal)
+            if not heal and kind == "compact":
+                self.history.faults.append(Fault(kind, "server", now, now, detail))
+                return
+        if not heal:
+            self.history.faults.append(Fault(kind, target, now))
+            return
+        for fault in reversed(self.history.faults):
+            if fault.kind == kind and fault.target == target and fault.end is None:
+                fault.end = self.now()
+                break
+
+    async def as_another_client(self, kind: str, args: dict[str, Any], now: float) -> None:
+        """Revoke a live worker's lease or write a foreign record, as another client of the server would.
+
+        Not while the server is down (nothing to do it on). A call that fails or times out may still have
+        been applied (an etcd proposal can commit later): it is recorded as ``<kind>_failed``, which the
+        checker holds to nothing.
+        """
+        if self.server_down():
+            return
+        if self.store is None:
+            self.store = self.target.direct()
+        try:
+            with anyio.fail_after(5):
+                if kind == "revoke":
+                    await self.revoke(self.store, now)
+                else:
+                    await self.foreign_write(self.store, args["write"], args["endpoint"], now)
+        except (DyndiscError, TimeoutError) as error:
+            failed = Fault(f"{kind}_failed", "server", now, now, {"error": str(error)[:200]})
+            self.history.faults.append(failed)
+
+    def server_down(self) -> bool:
+        """Whether a fault that takes the server away is in force."""
+        return any(f.kind in ("server_kill", "quorum_loss") and f.end is None for f in self.history.faults)
+
+    async def revoke(self, store: KeyValueStore, now: float) -> None:
+        live = sorted(w for w, lease in self.leases.items() if lease and self.worker_agent[w].alive)
+        if not live:
+            return
+        worker = self.rng.choice(live)
+        lease = self.leases[worker]
+        assert lease is not None
+        await store.revoke(lease)
+        self.history.faults.append(Fault("revoke", worker, now, now, {"lease": lease}))
+
+    async def foreign_write(self, store: KeyValueStore, write: str, endpoint: str, now: float) -> None:
+        prefix = f"/services/{self.namespace}/{endpoint.replace('.', '/')}/"
+        live = await store.get_prefix(prefix)
+        key, value = f"{prefix}{self.rng.getrandbits(40):x}", b"\xff\x00garbage"
+        if write == "shape":
+            value = b'{"unexpected": [1, 2, 3]}'
+        elif write in ("noncanonical", "overwrite") and live:
+            victim = self.rng.choice(sorted(live))
+            head, _, ident = victim.rpartition("/")
+            if write == "noncanonical":
+                key, value = f"{head}/0{ident.upper()}", live[victim]
+            else:
+                key = victim
+                self.history.damaged.append(f"{self.namespace}.{endpoint}/{ident}")
+        await store.put(key, value, 0)
+        self.history.faults.append(Fault("foreign_write", key, now, now, {"write": write}))
+
+    # -- the run -------------------------------------------------------------------------------------------
+    async def run(self) -> History:
+        self.t0 = time.monotonic()
+        try:
+            async with anyio.create_task_group() as tg:
+                for step in self.plan.steps:
+                    await anyio.sleep(max(self.t0 + step.at - time.monotonic(), 0.0))
+                    await self.execute(tg, step)
+                await anyio.sleep(max(self.t0 + self.plan.duration - time.monotonic(), 0.0))
+                # Give the convergence bound its whole length after the quiet point before judging.
+                settled = quiet_point(self.history) + self.target.bounds.converge + 0.5
+                await anyio.sleep(max(self.t0 + settled - time.monotonic(), 0.0))
+                await self.read_truth()
+                await self.stop_agents()
+                tg.cancel_scope.cancel()
+        finally:
+            for agent in self.agents.values():  # a run that failed leaves no process behind
+                if agent.process.returncode is None:
+                    agent.process.kill()  # SIGKILL ends a stopped process too
+            await self.target.aclose_stores()
+        return self.history
+
+    async def read_truth(self) -> None:
+        backend, query = self.target.discovery(), InstanceQuery(self.namespace)
+        self.history.truth_at = self.now()
+        self.history.truth = sorted(record_of(i) for i in await backend.list(query))
+        async with backend.watch(query) as events:
+            first = await anext(events)
+        assert isinstance(first, Resync)
+        self.history.late_watch = sorted(record_of(i) for i in first.instances)
+        # Judge only the watchers that are running now (a paused or killed one cannot converge).
+        self.history.gone_watchers = [
+            name for name in self.plan.watchers if name not in self.agents or self.paused.get(name, 0) > 0
+        ]
+
+    async def stop_agents(self) -> None:
+        # Watchers first, so that no watcher sees the workers leave as the run shuts down.
+        watchers = [a for a in self.agents.values() if a.name.startswith("v")]
+        await self._stop(watchers)
+        await self._stop([a for a in self.agents.values() if a not in watchers])
+
+    async def _stop(self, agents: list[_Agent]) -> None:
+        for agent in agents:
+            if agent.alive:
+                self._signal(agent, pause=False)
+                if self.plan.watchers.get(agent.name) == "cli":
+                    agent.process.terminate()
+                else:
+                    await self.send(agent, cmd="quit")
+        with anyio.move_on_after(10):
+            for agent in agents:
+                if agent.alive:
+                    await agent.process.wait()
+        for agent in agents:
+            if agent.process.returncode is None:
+                agent.process.kill()
+            agent.log.close()
+
+
+def _cli_event(line: dict[str, Any]) -> Resync | Added | Removed:
+    """An event of ``dyndisc watch --json`` back as a watch event."""
+    if line["event"] == "resync":
+        return Resync(instances=tuple(_cli_instance(i) for i in line["instances"]))
+    if line["event"] == "added":
+        return Added(instance=_cli_instance(line["instance"]))
+    return Removed(endpoint=EndpointId.parse(line["endpoint"]), instance_id=int(line["instance_id"], 16))
+
+
+def _cli_instance(found: dict[str, Any]) -> Instance:
+    endpoint = EndpointId.parse(found["endpoint"])
+    return Instance(
+        endpoint.namespace,
+        endpoint.component,
+        endpoint.endpoint,
+        int(found["instance_id"], 16),
+        found.get("transport"),
+        found.get("metadata"),
+        found.get("readiness", "ready"),
+    )
