@@ -102,9 +102,9 @@ REGRESSIONS = {
     # Two pauses of one watcher overlapped: the first resume resumed it (pauses now count).
     105: lambda plan: _overlap(_windows(plan, "pause_watcher"), everyone_counts=False),
     # A worker started while everyone was cut off reached the store anyway.
-    21: lambda plan: _born_cut_off(plan, "start"),
+    1: lambda plan: _born_cut_off(plan, "start"),
     # A watcher started while everyone was cut off gave up instead of trying again, as a supervisor would.
-    113: lambda plan: _born_cut_off(plan, "watch"),
+    37: lambda plan: _born_cut_off(plan, "watch"),
 }
 
 

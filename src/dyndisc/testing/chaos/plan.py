@@ -139,7 +139,7 @@ def _faults(
     steps: list[Step] = []
     if not kinds:
         return steps
-    for _ in range(rng.randint(1, 3)):
+    for _ in range(rng.randint(2, 4)):
         kind = rng.choice(kinds)
         start = round(rng.uniform(0.1, 0.6) * duration, 3)
         length = round(ttl * rng.uniform(0.3, 2.5), 3)
