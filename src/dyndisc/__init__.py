@@ -33,12 +33,13 @@ from dyndisc._models import (
     Instance,
     InstanceQuery,
     Readiness,
+    RemovalReason,
     Removed,
     Resync,
     Transport,
 )
 from dyndisc._runtime import Component, DistributedRuntime, Endpoint, Namespace
-from dyndisc._settings import LeaseLossPolicy, RuntimeSettings
+from dyndisc._settings import BackendName, LeaseLossPolicy, RuntimeSettings
 from dyndisc.backends import DiscoveryBackend, KeyValueStore, KvDiscovery, Lease, MemoryStore, create_backend
 
 __version__ = "0.1.0.dev0"
@@ -49,6 +50,7 @@ __all__ = [
     "MAX_RECORD_BYTES",
     "AccessDeniedError",
     "Added",
+    "BackendName",
     "BackendUnavailableError",
     "Client",
     "Component",
@@ -79,6 +81,7 @@ __all__ = [
     "Readiness",
     "RecordTooLargeError",
     "RegistrationConflictError",
+    "RemovalReason",
     "Removed",
     "Resync",
     "RuntimeHealth",

@@ -9,6 +9,7 @@ import anyio
 
 from dyndisc._models import Added, Removed, Resync
 from dyndisc._runtime import DistributedRuntime
+from dyndisc._settings import canonical_backend_name
 from dyndisc.backends import create_backend
 from dyndisc.testing.faults import CrashableBackend
 
@@ -60,7 +61,8 @@ async def run_demo(backend: str = "memory", ttl: float = 2.0, out: Callable[[str
                     live.pop(event.instance_id, None)
                     say(f"- {event.instance_id:016x} left  (live: {len(live)})")
 
-    async with DistributedRuntime(backend, lease_ttl=ttl) as frontend, anyio.create_task_group() as tg:
+    name = canonical_backend_name(backend, "--backend")
+    async with DistributedRuntime(name, lease_ttl=ttl) as frontend, anyio.create_task_group() as tg:
         say(f"backend {frontend.backend.name!r}, lease TTL {ttl}s")
         ready = anyio.Event()
         tg.start_soon(watch, frontend, ready)

@@ -111,8 +111,10 @@ class Readiness(enum.StrEnum):
 class Instance:
     """One registered endpoint of one worker process, as every watcher sees it.
 
-    Immutable: :meth:`replace` makes a changed copy. Two instances are equal when every field is; an
-    instance hashes by :attr:`key` (its endpoint and id), so it can key a dict or sit in a set.
+    Immutable: :meth:`replace` makes a changed copy. Two instances are equal when every field but
+    ``registered_at`` is; an instance hashes by :attr:`key` (its endpoint and id), so it can key a dict or
+    sit in a set. ``registered_at`` is when its worker first registered the endpoint (Unix time, by the
+    worker's clock; ``None`` for records that do not say, such as the reference runtime's).
     """
 
     namespace: str
@@ -122,6 +124,7 @@ class Instance:
     transport: Transport | None
     metadata: FrozenDict
     readiness: Readiness
+    registered_at: float | None = field(compare=False)
     _key: tuple[EndpointId, int] = field(init=False, repr=False, compare=False)
 
     def __init__(
@@ -133,6 +136,7 @@ class Instance:
         transport: Transport | str | Mapping[str, str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         readiness: Readiness | str = Readiness.READY,
+        registered_at: float | None = None,
     ) -> None:
         names = (
             validate_name("namespace", namespace),
@@ -153,6 +157,12 @@ class Instance:
                 f"readiness of {where} must be one of "
                 f"{', '.join(r.value for r in Readiness)}, got {readiness!r}"
             ) from None
+        if registered_at is not None and (
+            isinstance(registered_at, bool)
+            or not isinstance(registered_at, int | float)
+            or not 0 <= registered_at < 1e11
+        ):
+            raise InvalidRecordError(f"registered_at of {where} must be a Unix time, got {registered_at!r}")
         setter = object.__setattr__
         setter(self, "namespace", names[0])
         setter(self, "component", names[1])
@@ -161,6 +171,7 @@ class Instance:
         setter(self, "transport", Transport.coerce(transport))
         setter(self, "metadata", freeze_metadata(metadata, where))
         setter(self, "readiness", state)
+        setter(self, "registered_at", None if registered_at is None else float(registered_at))
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -198,6 +209,8 @@ class Instance:
             body["metadata"] = self.metadata
         if self.readiness is not Readiness.READY:
             body["readiness"] = self.readiness.value
+        if self.registered_at is not None:
+            body["registered_at"] = round(self.registered_at, 3)
         return body
 
     def to_json(self) -> bytes:
@@ -294,6 +307,13 @@ def _decoder() -> SchemaValidator:
                 core_schema.enum_schema(Readiness, list(Readiness), sub_type="str"), default=Readiness.READY
             ),
         ),
+        core_schema.dataclass_field(
+            "registered_at",
+            core_schema.with_default_schema(
+                core_schema.nullable_schema(core_schema.float_schema(ge=0, lt=1e11, allow_inf_nan=False)),
+                default=None,
+            ),
+        ),
     ]
     schema = core_schema.dataclass_schema(
         Instance,
@@ -332,12 +352,30 @@ class Added:
     type: ClassVar[Literal["added"]] = "added"
 
 
+class RemovalReason(enum.StrEnum):
+    """Why an instance left, where the backend can tell (etcd cannot: a delete is a delete)."""
+
+    #: Its worker (or another client) deleted it: unregistered, a clean exit, a revoked lease.
+    LEFT = "left"
+    #: Its lease ran out: the worker stopped renewing it (crashed, hung, cut off).
+    EXPIRED = "expired"
+    #: Its record was overwritten with something that is not a readable record.
+    UNREADABLE = "unreadable"
+    #: Its pod stopped being ready (Kubernetes).
+    NOT_READY = "not-ready"
+
+
 @dataclass(frozen=True, slots=True)
 class Removed:
-    """An instance is gone (unregistered, lease expired or revoked, pod no longer ready)."""
+    """An instance is gone (unregistered, lease expired or revoked, pod no longer ready).
+
+    ``reason`` says why where the backend knows it (``None`` where it cannot tell); two removals of one
+    instance are equal whatever their reasons.
+    """
 
     endpoint: EndpointId
     instance_id: int
+    reason: RemovalReason | None = field(default=None, compare=False)
     type: ClassVar[Literal["removed"]] = "removed"
 
     @property

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
@@ -27,7 +28,13 @@ from dyndisc._lease import (
 from dyndisc._metrics import metrics
 from dyndisc._models import DiscoveryEvent, EndpointId, Instance, InstanceQuery, Readiness, Transport
 from dyndisc._probe import serve_probes
-from dyndisc._settings import DEFAULT_LEASE_TTL, LeaseLossPolicy, RuntimeSettings, canonical_backend_name
+from dyndisc._settings import (
+    DEFAULT_LEASE_TTL,
+    BackendName,
+    LeaseLossPolicy,
+    RuntimeSettings,
+    canonical_backend_name,
+)
 from dyndisc.backends import create_backend
 from dyndisc.backends.base import DiscoveryBackend, Lease
 from dyndisc.backends.kv import KeyValueStore, KvDiscovery
@@ -58,10 +65,10 @@ class DistributedRuntime:
 
     def __init__(
         self,
-        backend: str | DiscoveryBackend | KeyValueStore | None = None,
+        backend: BackendName | DiscoveryBackend | KeyValueStore | None = None,
         *,
         lease_ttl: float | None = None,
-        lease_loss_policy: LeaseLossPolicy | str | None = None,
+        lease_loss_policy: LeaseLossPolicy | Literal["reregister", "shutdown"] | None = None,
         on_lease_change: LeaseChangeCallback | None = None,
         health_port: int | None = None,
     ) -> None:
@@ -118,9 +125,24 @@ class DistributedRuntime:
         self._counted = 0
 
     @classmethod
-    def from_env(cls, **kwargs: Any) -> DistributedRuntime:
-        """A runtime configured from the environment (``DYN_DISCOVERY_BACKEND``, ``DYN_LEASE_TTL`` ...)."""
-        return cls(None, **kwargs)
+    def from_env(
+        cls,
+        *,
+        lease_ttl: float | None = None,
+        lease_loss_policy: LeaseLossPolicy | Literal["reregister", "shutdown"] | None = None,
+        on_lease_change: LeaseChangeCallback | None = None,
+        health_port: int | None = None,
+    ) -> DistributedRuntime:
+        """A runtime whose backend comes from the environment (``DYN_DISCOVERY_BACKEND``, default ``etcd``,
+        and that backend's own variables); the arguments are those of the constructor and win over
+        ``DYN_LEASE_TTL``, ``DYN_LEASE_LOSS_POLICY`` and ``DYN_HEALTH_PORT``."""
+        return cls(
+            None,
+            lease_ttl=lease_ttl,
+            lease_loss_policy=lease_loss_policy,
+            on_lease_change=on_lease_change,
+            health_port=health_port,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def __aenter__(self) -> DistributedRuntime:
@@ -333,6 +355,7 @@ class DistributedRuntime:
             raise self._failure
         lease = self.lease
         # Checked before anything is recorded or written: a bad record is the caller's error, at once.
+        previous = self._wanted.get(endpoint)
         wanted = Instance(
             endpoint.namespace,
             endpoint.component,
@@ -341,8 +364,9 @@ class DistributedRuntime:
             transport,
             metadata,
             readiness,
+            # When the endpoint was first registered: an update keeps it, so the age a reader shows is honest.
+            previous.registered_at if previous is not None else time.time(),
         )
-        previous = self._wanted.get(endpoint)
         self._wanted[endpoint] = wanted
         try:
             while True:

@@ -8,7 +8,7 @@ Every settings class derives from :class:`Settings`, so a bad value anywhere bec
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, cast, get_args
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,9 +18,11 @@ from dyndisc._errors import ConfigurationError
 #: Backend names accepted by ``DYN_DISCOVERY_BACKEND``, and their aliases.
 BACKEND_NAMES = ("etcd", "kubernetes", "memory", "nats", "file")
 BACKEND_ALIASES = {"mem": "memory", "k8s": "kubernetes", "kube": "kubernetes"}
+#: A backend name or alias, for type checkers (``DistributedRuntime("etcdd")`` is an error before it runs).
+BackendName = Literal["etcd", "kubernetes", "memory", "nats", "file", "mem", "k8s", "kube"]
 
 
-def canonical_backend_name(name: str, source: str = "DYN_DISCOVERY_BACKEND") -> str:
+def canonical_backend_name(name: str, source: str = "DYN_DISCOVERY_BACKEND") -> BackendName:
     """Map a backend name or alias to its canonical name, or raise a :class:`ConfigurationError`.
 
     ``source`` says where the name came from (a variable or an argument), for the message.
@@ -30,7 +32,7 @@ def canonical_backend_name(name: str, source: str = "DYN_DISCOVERY_BACKEND") -> 
     if key not in BACKEND_NAMES:
         valid = ", ".join(BACKEND_NAMES) + " (aliases: " + ", ".join(sorted(BACKEND_ALIASES)) + ")"
         raise ConfigurationError(f"unknown discovery backend {name!r} ({source}); valid: {valid}")
-    return key
+    return cast(BackendName, key)
 
 
 class Settings(BaseSettings):
@@ -85,3 +87,7 @@ class RuntimeSettings(Settings):
 
 #: The lease TTL when neither the runtime, ``DYN_LEASE_TTL`` nor the backend (``ETCD_LEASE_TTL``) sets one.
 DEFAULT_LEASE_TTL = 10.0
+
+
+# The Literal and the tuples above must name the same backends.
+assert set(get_args(BackendName)) == {*BACKEND_NAMES, *BACKEND_ALIASES}

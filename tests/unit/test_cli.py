@@ -54,8 +54,16 @@ def test_list_as_table_and_json(shared_store: MemoryStore) -> None:
             "transport": "tcp://h:1",
             "metadata": {"m": 1},
             "readiness": "ready",
+            "registered_at": None,
         },
-        {"endpoint": "ns.d.e", "instance_id": "cd", "transport": None, "metadata": {}, "readiness": "ready"},
+        {
+            "endpoint": "ns.d.e",
+            "instance_id": "cd",
+            "transport": None,
+            "metadata": {},
+            "readiness": "ready",
+            "registered_at": None,
+        },
     ]
 
 
@@ -66,7 +74,7 @@ def test_get_one_instance(shared_store: MemoryStore) -> None:
     assert json.loads(result.stdout)["metadata"] == {"m": 1}
     missing = CliRunner().invoke(main, ["get", "ns.c.e/ff", "--backend", "memory"])
     assert missing.exit_code == 1
-    assert "no live instance ff of ns.c.e" in missing.output
+    assert "no live instance ff of ns.c.e (live: ab)" in missing.output
 
 
 @pytest.mark.parametrize("args", [["list", "a.b.c.d"], ["get", "ns.c.e/xyz"], ["list", "bad name"]])
@@ -76,7 +84,9 @@ def test_bad_paths_are_usage_errors(args: list[str], shared_store: MemoryStore) 
     assert "Invalid value" in result.output
 
 
-def test_unknown_backend_is_refused() -> None:
-    result = CliRunner().invoke(main, ["list", "--backend", "zookeeper"])
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_unknown_backend_is_refused(where: str) -> None:
+    args = ["--backend", "zookeeper", "list"] if where == "before" else ["list", "--backend", "zookeeper"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert "etcd" in result.output

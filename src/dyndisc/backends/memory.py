@@ -22,6 +22,7 @@ import anyio.lowlevel
 from dyndisc._concurrency import background_tasks
 from dyndisc._diagnosis import BackendDoctor, Report, Status
 from dyndisc._errors import LeaseNotFoundError
+from dyndisc._models import RemovalReason
 from dyndisc.backends.base import Lease
 from dyndisc.backends.kv import KeyValueStore, KvDiscovery, StoreDelete, StoredValue, StoreEvent, StorePut
 from dyndisc.backends.kv.event_queue import StoreEventQueue
@@ -95,21 +96,21 @@ class MemoryStore(KeyValueStore):
     def _expire_due(self) -> None:
         now = self._clock()
         for lease_id in [i for i, s in self._leases.items() if s.deadline <= now]:
-            self._drop_lease(lease_id)
+            self._drop_lease(lease_id, RemovalReason.EXPIRED)
 
-    def _drop_lease(self, lease_id: int) -> None:
+    def _drop_lease(self, lease_id: int, reason: RemovalReason) -> None:
         state = self._leases.pop(lease_id, None)
         if state is not None:
             for key in sorted(state.keys):
-                self._remove(key)
+                self._remove(key, reason)
 
-    def _remove(self, key: str) -> None:
+    def _remove(self, key: str, reason: RemovalReason = RemovalReason.LEFT) -> None:
         old = self._data.pop(key, None)
         if old is None:
             return
         if old.lease_id in self._leases:
             self._leases[old.lease_id].keys.discard(key)
-        self._notify(StoreDelete(key=key))
+        self._notify(StoreDelete(key=key, reason=reason))
 
     def _write(self, key: str, value: bytes, lease_id: int) -> None:
         old = self._data.get(key)
@@ -157,7 +158,7 @@ class MemoryStore(KeyValueStore):
 
     async def revoke(self, lease_id: int) -> None:
         await anyio.lowlevel.checkpoint()
-        self._drop_lease(lease_id)
+        self._drop_lease(lease_id, RemovalReason.LEFT)
 
     async def create(self, key: str, value: bytes, lease_id: int) -> StoredValue | None:
         await anyio.lowlevel.checkpoint()

@@ -2,12 +2,12 @@
 
 The pytest plugin (``dyndisc.testing.pytest_plugin``) is registered through the ``pytest11`` entry point,
 so its fixtures are available as soon as dyndisc is installed: ``dyndisc_store``, ``dyndisc_runtime``,
-``make_runtime`` (in-memory discovery), and ``etcd_server``, ``nats_server``, ``kube_apiserver``,
-``tcp_proxy`` (real servers started on loopback). Faults on demand (a broken watch, an expired lease, an
-outage, a crashed worker) come from :mod:`dyndisc.testing.faults`.
+``make_runtime`` (in-memory discovery; typed ``MakeRuntime``), and ``etcd_server``, ``nats_server``,
+``kube_apiserver``, ``tcp_proxy`` (real servers started on loopback). Faults on demand (a broken watch, an
+expired lease, an outage, a crashed worker) come from :mod:`dyndisc.testing.faults`.
 """
 
 from dyndisc.testing.faults import CrashableBackend, FaultyStore
-from dyndisc.testing.hosting import RuntimeHost
+from dyndisc.testing.hosting import MakeRuntime, RuntimeHost
 
-__all__ = ["CrashableBackend", "FaultyStore", "RuntimeHost"]
+__all__ = ["CrashableBackend", "FaultyStore", "MakeRuntime", "RuntimeHost"]

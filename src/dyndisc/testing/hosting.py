@@ -7,9 +7,14 @@ set up and tear down in different tasks, so they host the runtime in a dedicated
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from dyndisc._runtime import DistributedRuntime
 from dyndisc.testing.faults import CrashableBackend
+
+#: The type of the pytest plugin's ``make_runtime`` fixture: ``await make_runtime(backend=None, **kwargs)``
+#: starts a runtime in a task of its own (a :class:`RuntimeHost`) and returns it.
+MakeRuntime = Callable[..., Awaitable[DistributedRuntime]]
 
 
 class RuntimeHost:

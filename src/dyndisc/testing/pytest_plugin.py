@@ -8,6 +8,10 @@ In-memory discovery for your unit tests:
   own lease (pass ``backend=`` to use another backend); all are stopped at teardown;
 * ``dyndisc_runtime`` - one runtime on that store.
 
+The async fixtures work under pytest-asyncio (auto mode, or strict mode with ``@pytest.mark.asyncio`` on the
+test) and under anyio's own plugin alone (``@pytest.mark.anyio``): a test marked for anyio gets runtimes
+started in anyio's event loop, any other test gets them from pytest-asyncio.
+
 Real servers on loopback (session-scoped): ``etcd_server``, ``nats_server``, ``kube_apiserver``,
 ``kube_cluster`` (another kube-apiserver, with kube-controller-manager), and the ``tcp_proxy`` factory for
 partition tests. In CI (``CI=true``) a server that cannot start fails the test;
@@ -16,7 +20,7 @@ elsewhere the test is skipped with the reason.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import pytest
@@ -24,7 +28,7 @@ import pytest
 from dyndisc._runtime import DistributedRuntime
 from dyndisc.backends.memory import MemoryStore
 from dyndisc.testing.faults import FaultyStore
-from dyndisc.testing.hosting import RuntimeHost
+from dyndisc.testing.hosting import MakeRuntime, RuntimeHost
 
 try:
     import pytest_asyncio
@@ -55,18 +59,31 @@ __all__ = [
     "tcp_proxy",
 ]
 
-MakeRuntime = Callable[..., Awaitable[DistributedRuntime]]
+
+_NO_ASYNC_PLUGIN = (
+    "dyndisc's async fixtures need an async test plugin: install pytest-asyncio (and set asyncio_mode = "
+    "'auto', or mark the test @pytest.mark.asyncio), or mark the test @pytest.mark.anyio to use anyio's "
+    "plugin; see the 'Testing with dyndisc' page"
+)
 
 
-def _async_fixture(fn: Any) -> Any:
+def _for_this_test(request: pytest.FixtureRequest, name: str) -> Any:
+    """The variant of fixture ``name`` for the async plugin that runs this test (anyio's or
+    pytest-asyncio's), so the runtimes live in the test's own event loop."""
+    if "anyio_backend" in request.fixturenames:
+        return request.getfixturevalue(f"_{name}_anyio")
+    if pytest_asyncio is None or not request.config.pluginmanager.has_plugin("asyncio"):
+        pytest.fail(_NO_ASYNC_PLUGIN)
+    return request.getfixturevalue(f"_{name}_asyncio")
+
+
+def _both_variants(name: str, fn: Any) -> tuple[Any, Any]:
+    """``fn`` as fixture ``_<name>_anyio``, a plain async fixture (anyio's plugin runs those), and as
+    ``_<name>_asyncio``, a pytest-asyncio fixture."""
+    anyio_variant = pytest.fixture(name=f"_{name}_anyio")(fn)
     if pytest_asyncio is None:
-
-        @pytest.fixture(name=fn.__name__)
-        def _missing() -> None:
-            pytest.fail("dyndisc's async fixtures need pytest-asyncio: pip install 'dyndisc[test]'")
-
-        return _missing
-    return pytest_asyncio.fixture(fn)
+        return anyio_variant, None
+    return anyio_variant, pytest_asyncio.fixture(name=f"_{name}_asyncio")(fn)
 
 
 @pytest.fixture
@@ -76,9 +93,22 @@ def dyndisc_store() -> FaultyStore:
     return FaultyStore(MemoryStore())
 
 
-@_async_fixture
-async def make_runtime(dyndisc_store: FaultyStore) -> AsyncIterator[MakeRuntime]:
-    """A factory of running runtimes on ``dyndisc_store`` (or ``backend=``), stopped at teardown."""
+@pytest.fixture
+def make_runtime(request: pytest.FixtureRequest) -> MakeRuntime:
+    """A factory of running runtimes on ``dyndisc_store`` (or ``backend=``), stopped at teardown:
+    ``worker = await make_runtime(lease_ttl=1)``."""
+    found: MakeRuntime = _for_this_test(request, "make_runtime")
+    return found
+
+
+@pytest.fixture
+def dyndisc_runtime(request: pytest.FixtureRequest) -> DistributedRuntime:
+    """A running runtime on ``dyndisc_store``."""
+    found: DistributedRuntime = _for_this_test(request, "dyndisc_runtime")
+    return found
+
+
+async def _start_runtimes(dyndisc_store: FaultyStore) -> AsyncIterator[MakeRuntime]:
     hosts: list[RuntimeHost] = []
 
     async def factory(backend: Any = None, **kwargs: Any) -> DistributedRuntime:
@@ -98,10 +128,12 @@ async def make_runtime(dyndisc_store: FaultyStore) -> AsyncIterator[MakeRuntime]
         raise errors[0]
 
 
-@_async_fixture
-async def dyndisc_runtime(make_runtime: MakeRuntime) -> DistributedRuntime:
-    """A running runtime on ``dyndisc_store``."""
+async def _start_one_runtime(make_runtime: MakeRuntime) -> DistributedRuntime:
     return await make_runtime()
+
+
+_make_runtime_anyio, _make_runtime_asyncio = _both_variants("make_runtime", _start_runtimes)
+_dyndisc_runtime_anyio, _dyndisc_runtime_asyncio = _both_variants("dyndisc_runtime", _start_one_runtime)
 
 
 @pytest.hookimpl(wrapper=True)

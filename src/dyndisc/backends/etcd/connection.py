@@ -35,6 +35,8 @@ T = TypeVar("T")
 RETRY_MIN, RETRY_MAX = 0.05, 0.5
 #: Backoff while waiting for etcd at startup (a worker started before etcd waits, then works).
 STARTUP_RETRY_MAX = 5.0
+#: After this many seconds of waiting for etcd at startup, say so at WARNING (once).
+WAITING_NOTICE = 1.5
 #: An attempt may take this share of the call's budget (at least MIN_ATTEMPT seconds): a request stuck on a
 #: member without a leader is given up in time to try another member within the budget.
 ATTEMPT_SHARE, MIN_ATTEMPT = 0.25, 1.0
@@ -143,6 +145,7 @@ class EtcdConnection:
         self._auth_lock = anyio.Lock()
         self._connected_once = False
         self._closed = False
+        self._said_waiting = False
         self._keepalive_call: Any = None
         self._keepalive_generation = -1
         self._keepalive_lock = anyio.Lock()
@@ -305,6 +308,16 @@ class EtcdConnection:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BackendUnavailableError(self._unreachable(what, budget, error)) from None
+            if not self._connected_once and not self._said_waiting and budget - left >= WAITING_NOTICE:
+                # Say so once, early: otherwise a process started before etcd looks hung for the whole budget.
+                self._said_waiting = True
+                log.warning(
+                    "waiting for etcd at %s (ETCD_ENDPOINTS): %s; trying for up to %.0fs more "
+                    "(ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS)",
+                    self.all_urls,
+                    error,
+                    left,
+                )
             delay = backoff.next_delay(limit=left)
             log.debug("%s failed on etcd (%s); retrying on %s in %.2fs", what, error, self.url, delay)
             await anyio.sleep(delay)

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 
 from dyndisc._diagnosis import BackendDoctor
 from dyndisc._errors import ConfigurationError, RegistrationConflictError
-from dyndisc._models import Added, DiscoveryEvent, Instance, InstanceQuery, Removed, Resync
+from dyndisc._models import Added, DiscoveryEvent, Instance, InstanceQuery, RemovalReason, Removed, Resync
 from dyndisc.backends.base import DiscoveryBackend, Lease
 from dyndisc.backends.kv.layouts import KeyLayout, make_layout
 from dyndisc.backends.kv.store import KeyValueStore, StoreEvent, StorePut, StoreSnapshot
@@ -121,14 +121,14 @@ class KvDiscovery(DiscoveryBackend):
                     # (which would skip the unreadable value) would not show it either.
                     gone = known.pop(event.key, None)
                     if gone is not None:
-                        yield Removed(endpoint=gone.endpoint_id, instance_id=gone.instance_id)
+                        yield Removed(gone.endpoint_id, gone.instance_id, RemovalReason.UNREADABLE)
                 elif known.get(event.key) != instance:
                     known[event.key] = instance
                     yield Added(instance=instance)
             else:
                 gone = known.pop(event.key, None)
                 if gone is not None:
-                    yield Removed(endpoint=gone.endpoint_id, instance_id=gone.instance_id)
+                    yield Removed(gone.endpoint_id, gone.instance_id, event.reason)
 
     async def aclose(self) -> None:
         if self._owns_store:

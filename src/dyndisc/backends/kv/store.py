@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
+from dyndisc._models import RemovalReason
 from dyndisc.backends.base import Connected, Lease
 
 #: Every key layout a store can hold (see :mod:`dyndisc.backends.kv.layouts`).
@@ -36,9 +37,11 @@ class StorePut:
 
 @dataclass(frozen=True, slots=True)
 class StoreDelete:
-    """A key was deleted (by a client, or because its lease ended)."""
+    """A key was deleted (by a client, or because its lease ended: ``reason`` says which where the store
+    can tell)."""
 
     key: str
+    reason: RemovalReason | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,9 @@ from dyndisc.backends.nats.settings import NatsSettings, connect_failure_message
 from dyndisc.backends.nats.watch import close_feed
 
 log = logging.getLogger("dyndisc.nats")
+
+#: After this many seconds of waiting for NATS at startup, say so at WARNING (once).
+WAITING_NOTICE = 1.5
 _T = TypeVar("_T")
 
 #: Oldest nats-server with per-message TTLs and limit markers; older servers ignore ``Nats-TTL`` silently.
@@ -107,8 +110,10 @@ class NatsBucket:
 
         # A server that is not up yet is waited for (NATS_STARTUP_CONNECT_TIMEOUT), with backoff; refused
         # credentials are final, so they fail at once.
-        deadline = time.monotonic() + settings.startup_connect_timeout
+        started = time.monotonic()
+        deadline = started + settings.startup_connect_timeout
         backoff = Backoff(0.1, 2.0)
+        said_waiting = False
         while True:
             nc = Client()
             try:
@@ -128,7 +133,16 @@ class NatsBucket:
                             f" (waited {settings.startup_connect_timeout:g}s: NATS_STARTUP_CONNECT_TIMEOUT)"
                         )
                     raise BackendUnavailableError(message) from exc
-                log.info("%s is not reachable yet (%s); retrying in %.1fs", where, message, delay)
+                if not said_waiting and time.monotonic() - started >= WAITING_NOTICE:
+                    said_waiting = True  # once, early: a process started before NATS must not look hung
+                    log.warning(
+                        "waiting for %s: %s; trying for up to %.0fs more (NATS_STARTUP_CONNECT_TIMEOUT)",
+                        where,
+                        message,
+                        deadline - time.monotonic(),
+                    )
+                else:
+                    log.info("%s is not reachable yet (%s); retrying in %.1fs", where, message, delay)
                 errors.clear()
                 await anyio.sleep(delay)
         nc.options["max_reconnect_attempts"] = -1

@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup
 
 from dyndisc._models import DiscoveryEvent, InstanceQuery
 from dyndisc._runtime import DistributedRuntime
+from dyndisc._settings import canonical_backend_name
 from dyndisc.backends import create_backend
 from dyndisc.testing.chaos.actors import Worker, watch_backend, watch_client, watch_runtime
 from dyndisc.testing.chaos.history import Seen
@@ -101,7 +102,8 @@ class Agent:
                     async with create_backend(self.backend_name) as backend:
                         await watch_backend(name, backend, query, self.recorder, _never_paused)
                     return
-                runtime = DistributedRuntime(self.backend_name, lease_ttl=order["ttl"])
+                name = canonical_backend_name(self.backend_name, "the agent's argument")
+                runtime = DistributedRuntime(name, lease_ttl=order["ttl"])
                 host = await RuntimeHost.start(runtime)
                 try:
                     if kind == "runtime":

@@ -1,0 +1,5 @@
+"""``python -m dyndisc.cli``: the same as the ``dyndisc`` command."""
+
+from dyndisc.cli import main
+
+main(prog_name="dyndisc")

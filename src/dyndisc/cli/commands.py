@@ -1,0 +1,245 @@
+"""The ``dyndisc`` subcommands: list, get, watch, register, doctor, demo and kube manifests."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import anyio
+import click
+
+from dyndisc._models import Added, Instance, InstanceQuery, Readiness, Removed, Resync
+from dyndisc.cli.app import BACKEND_CHOICE, backend_options, main, run, settings
+from dyndisc.cli.inputs import (
+    parse_endpoint,
+    parse_instance_ref,
+    parse_metadata,
+    parse_query,
+    parse_transport,
+)
+from dyndisc.cli.output import (
+    INSTANCE_COLUMNS,
+    dumps,
+    event_json,
+    instance_json,
+    instance_row,
+    local_stamp,
+    table,
+)
+
+
+@main.command("list")
+@click.argument("path", required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per instance, one per line.")
+@backend_options
+def list_(
+    path: str | None, as_json: bool, backend: str | None, endpoints: str | None, wait: float | None
+) -> None:
+    """List the live instances under PATH (ns, ns.comp or ns.comp.ep; everything by default)."""
+    query = parse_query(path)
+    config = settings()
+    config.override(backend, endpoints, wait)
+
+    async def fetch() -> list[Instance]:
+        async with config.backend_open() as opened:
+            return await opened.list(query)
+
+    found = run(fetch)
+    if as_json:
+        for instance in found:
+            click.echo(dumps(instance_json(instance)))
+        return
+    now = time.time()
+    if found:
+        click.echo(table(INSTANCE_COLUMNS, [instance_row(i, config.style, now) for i in found], config.style))
+    click.echo(config.style.dim(f"{len(found)} instance(s) under {query}"), err=True)
+
+
+@main.command()
+@click.argument("instance")
+@backend_options
+def get(instance: str, backend: str | None, endpoints: str | None, wait: float | None) -> None:
+    """Show one instance as JSON. INSTANCE is ns.comp.ep/<id>, the id as list prints it (hex)."""
+    endpoint, as_hex, as_decimal = parse_instance_ref(instance)
+    config = settings()
+    config.override(backend, endpoints, wait)
+
+    async def fetch() -> list[Instance]:
+        async with config.backend_open() as opened:
+            return await opened.list(InstanceQuery.for_endpoint(endpoint))
+
+    found = {i.instance_id: i for i in run(fetch)}
+    match = found.get(as_hex)
+    if match is None and as_decimal is not None and as_decimal in found:
+        match = found[as_decimal]
+        click.echo(f"(read {as_decimal} as a decimal id: {as_decimal:x} in hex)", err=True)
+    if match is None:
+        live = ", ".join(f"{i:x}" for i in sorted(found)) or "none"
+        raise click.ClickException(f"no live instance {as_hex:x} of {endpoint} (live: {live})")
+    click.echo(dumps(instance_json(match), pretty=True))
+
+
+@main.command()
+@click.argument("path", required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event, one per line (NDJSON).")
+@click.option("--live", is_flag=True, help="A live table of the instances instead of a line per change.")
+@backend_options
+def watch(
+    path: str | None,
+    as_json: bool,
+    live: bool,
+    backend: str | None,
+    endpoints: str | None,
+    wait: float | None,
+) -> None:
+    """Follow the instances under PATH as they change (Ctrl-C to stop).
+
+    Each line starts with the local time: '=' the whole set (at the start and after a reconnect), '+' an
+    instance added or changed, '-' one removed, with the reason where the backend knows it.
+    """
+    query = parse_query(path)
+    config = settings()
+    config.override(backend, endpoints, wait)
+    if live and as_json:
+        raise click.UsageError("--live and --json do not go together")
+
+    async def follow() -> None:
+        async with config.backend_open() as opened, opened.watch(query) as events:
+            if live:
+                from dyndisc.cli.live import follow_live
+
+                await follow_live(events, opened, query, config.style)
+                return
+            async for event in events:
+                click.echo(dumps(event_json(event)) if as_json else _event_line(event, query))
+
+    run(follow)
+
+
+def _event_line(event: Resync | Added | Removed, query: InstanceQuery) -> str:
+    style = settings().style
+    stamp = style.dim(local_stamp())
+    if isinstance(event, Resync):
+        lines = [f"{stamp} = {len(event.instances)} live under {query}"]
+        rows = [instance_row(i, style) for i in event.instances]
+        if rows:
+            lines += [f"{stamp}   {line}" for line in table(INSTANCE_COLUMNS, rows, style).splitlines()[1:]]
+        return "\n".join(lines)
+    if isinstance(event, Added):
+        cells = instance_row(event.instance, style)
+        return f"{stamp} {style.paint('+', fg='green')} {'  '.join(c for c in cells if c)}"
+    reason = f" ({event.reason.value})" if event.reason is not None else ""
+    return f"{stamp} {style.paint('-', fg='red')} {event.endpoint} {event.instance_id:x}{reason}"
+
+
+@main.command()
+@click.argument("path")
+@click.option(
+    "--transport", metavar="KIND://HOST:PORT", default=None, help="How to reach it, e.g. tcp://10.0.0.5:9000."
+)
+@click.option("--no-transport", is_flag=True, help="Register without a transport (nothing can call it).")
+@click.option("--metadata", metavar="JSON", default="{}", help="A JSON object stored with the instance.")
+@click.option("--draining", is_flag=True, help="Register as draining (watchers see it, routers skip it).")
+@click.option(
+    "--ttl", type=click.FloatRange(0.5, 3600), default=None, help="Lease TTL, seconds (DYN_LEASE_TTL)."
+)
+@backend_options
+def register(
+    path: str,
+    transport: str | None,
+    no_transport: bool,
+    metadata: str,
+    draining: bool,
+    ttl: float | None,
+    backend: str | None,
+    endpoints: str | None,
+    wait: float | None,
+) -> None:
+    """Register an instance of PATH (ns.comp.ep) and hold it until Ctrl-C or SIGTERM, then leave cleanly."""
+    from dyndisc._runtime import DistributedRuntime
+
+    endpoint = parse_endpoint(path)
+    if transport is None and not no_transport:
+        raise click.UsageError(
+            "give --transport KIND://HOST:PORT (e.g. tcp://10.0.0.5:9000), or --no-transport"
+        )
+    if transport is not None and no_transport:
+        raise click.UsageError("--transport and --no-transport do not go together")
+    parsed = parse_transport(transport) if transport is not None else None
+    meta = parse_metadata(metadata)
+    readiness = Readiness.DRAINING if draining else Readiness.READY
+    config = settings()
+    config.override(backend, endpoints, wait)
+
+    async def hold() -> None:
+        async with config.backend_open() as opened, DistributedRuntime(opened, lease_ttl=ttl) as runtime:
+            instance = await runtime.endpoint(str(endpoint)).register(parsed, meta, readiness=readiness)
+            click.echo(f"registered {instance} (lease TTL {runtime.lease_ttl:g}s); Ctrl-C to leave")
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    break
+            click.echo("leaving")
+
+    run(hold)
+
+
+@main.command()
+@click.option(
+    "-b", "--backend", default="memory", show_default=True, type=BACKEND_CHOICE, help="Discovery backend."
+)
+@click.option(
+    "--ttl", default=2.0, show_default=True, type=click.FloatRange(0.5, 60), help="Lease TTL, seconds."
+)
+def demo(backend: str, ttl: float) -> None:
+    """Workers join, leave and crash while a frontend watches the instance set (in memory by default)."""
+    from dyndisc._demo import run_demo
+
+    run(run_demo, backend, ttl)
+
+
+@main.command()
+@backend_options
+@click.option(
+    "--ttl", default=2.0, show_default=True, type=click.FloatRange(1, 60), help="TTL of the probe lease, s."
+)
+@click.option(
+    "--timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.5, 300),
+    help="Seconds each check may take.",
+)
+def doctor(
+    backend: str | None, endpoints: str | None, wait: float | None, ttl: float, timeout: float
+) -> None:
+    """Check the backend end to end: settings, connectivity and auth, lease and watch round trips, CRD and
+    RBAC on Kubernetes, clocks. Prints what is wrong and how to fix it; exits 1 if a check failed."""
+    from dyndisc._doctor import run_doctor
+
+    config = settings()
+    config.override(backend, endpoints, wait)
+    name = config.apply_endpoints()
+    report = run(lambda: run_doctor(name, ttl=ttl, timeout=timeout))
+    click.echo(report.render())
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.group()
+def kube() -> None:
+    """Kubernetes helpers."""
+
+
+@kube.command("manifests")
+@click.option("--namespace", default=None, help="The namespace the workers run in (needed for the RBAC).")
+@click.option(
+    "--only", type=click.Choice(["crd", "rbac"]), default=None, help="Print only the CRD, or only the RBAC."
+)
+def kube_manifests(namespace: str | None, only: str | None) -> None:
+    """Print the DynamoWorkerMetadata CRD and the least-privilege RBAC, for 'kubectl apply -f -'."""
+    from dyndisc.backends.kubernetes.manifests import manifests
+
+    if only != "crd" and namespace is None:
+        raise click.UsageError("--namespace is required for the RBAC manifests (or pass --only crd)")
+    click.echo(manifests(namespace, only), nl=False)

@@ -1,0 +1,137 @@
+"""What the command line prints: one JSON schema for ``list --json``, ``get`` and ``watch --json``, and
+tables whose columns fit their data, with colour on a terminal.
+
+The JSON shape of an instance::
+
+    {"endpoint": "ns.comp.ep", "instance_id": "1a2b3c", "transport": "tcp://10.0.0.5:9000",
+     "metadata": {...}, "readiness": "ready", "registered_at": "2026-11-30T20:55:01.123+00:00"}
+
+Ids are hex strings, as the tables print them and ``get`` takes them (64-bit ids overflow JSON numbers in
+many readers). A watch event adds ``"event"`` (``resync``, ``added``, ``removed``) and ``"at"``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from dyndisc._models import Added, Instance, Readiness, Removed, Resync
+
+
+# -- JSON ---------------------------------------------------------------------------------------------------
+def iso(timestamp: float | None) -> str | None:
+    """A Unix time as ISO 8601 with its time zone (UTC), to the millisecond."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def instance_json(instance: Instance) -> dict[str, Any]:
+    """The one JSON shape of an instance on the command line."""
+    return {
+        "endpoint": str(instance.endpoint_id),
+        "instance_id": f"{instance.instance_id:x}",
+        "transport": str(instance.transport) if instance.transport is not None else None,
+        "metadata": instance.metadata,
+        "readiness": instance.readiness.value,
+        "registered_at": iso(instance.registered_at),
+    }
+
+
+def event_json(event: Resync | Added | Removed, at: float | None = None) -> dict[str, Any]:
+    """A watch event as one line of ``watch --json``."""
+    stamp = iso(time.time() if at is None else at)
+    if isinstance(event, Resync):
+        return {"event": "resync", "at": stamp, "instances": [instance_json(i) for i in event.instances]}
+    if isinstance(event, Added):
+        return {"event": "added", "at": stamp, "instance": instance_json(event.instance)}
+    return {
+        "event": "removed",
+        "at": stamp,
+        "endpoint": str(event.endpoint),
+        "instance_id": f"{event.instance_id:x}",
+        "reason": event.reason.value if event.reason is not None else None,
+    }
+
+
+def dumps(value: Any, *, pretty: bool = False) -> str:
+    """JSON text, compact on one line (NDJSON) unless ``pretty``."""
+    if pretty:
+        return json.dumps(value, indent=2, ensure_ascii=False)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+# -- text ---------------------------------------------------------------------------------------------------
+def age(since: float | None, now: float | None = None) -> str:
+    """How long ago, as kubectl prints it: ``42s``, ``3m12s``, ``5h3m``, ``2d4h``; ``-`` when unknown."""
+    if since is None:
+        return "-"
+    seconds = max(int((time.time() if now is None else now) - since), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds}s" if minutes < 10 and seconds else f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h" if hours else f"{days}d"
+
+
+def local_stamp(at: float | None = None) -> str:
+    """Now (or ``at``) in local time with its UTC offset, to the millisecond."""
+    moment = datetime.fromtimestamp(time.time() if at is None else at).astimezone()
+    return moment.isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Style:
+    """Colour on or off (on for a terminal unless ``NO_COLOR`` is set, or as ``--color`` says)."""
+
+    color: bool
+
+    def paint(self, text: str, **style: Any) -> str:
+        return click.style(text, **style) if self.color else text
+
+    def readiness(self, state: Readiness) -> str:
+        return self.paint(state.value, fg="green" if state is Readiness.READY else "yellow")
+
+    def dim(self, text: str) -> str:
+        return self.paint(text, dim=True)
+
+
+INSTANCE_COLUMNS = ("ENDPOINT", "ID", "STATE", "TRANSPORT", "AGE", "METADATA")
+
+
+def instance_row(instance: Instance, style: Style, now: float | None = None) -> list[str]:
+    """The table cells of one instance (``STATE`` already painted)."""
+    meta = dumps(instance.metadata) if instance.metadata else ""
+    return [
+        str(instance.endpoint_id),
+        f"{instance.instance_id:x}",
+        style.readiness(instance.readiness),
+        str(instance.transport) if instance.transport is not None else "-",
+        age(instance.registered_at, now),
+        meta,
+    ]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], style: Style) -> str:
+    """Rows under a header, each column as wide as its widest cell (the last one is not padded)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for n, cell in enumerate(row):
+            widths[n] = max(widths[n], len(click.unstyle(cell)))
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [cell + " " * (widths[n] - len(click.unstyle(cell))) for n, cell in enumerate(cells[:-1])]
+        return "  ".join([*padded, cells[-1]]).rstrip()
+
+    return "\n".join([style.paint(line(headers), bold=True), *(line(row) for row in rows)])
