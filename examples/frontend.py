@@ -1,4 +1,4 @@
-"""A frontend: watch a worker endpoint, wait for instances, and route requests round-robin.
+"""A frontend: watch a worker endpoint, wait for instances, route requests round-robin.
 
 DYN_DISCOVERY_BACKEND=file python examples/frontend.py
 """
@@ -13,8 +13,13 @@ async def route(runtime: DistributedRuntime, requests: int = 5) -> list[int]:
     await client.wait_for_instances(timeout=30)
     chosen = []
     for n in range(requests):
-        instance = client.round_robin()  # or client.random(), client.direct(instance_id)
-        print(f"request {n} -> {instance.instance_id:x} at {instance.transport}", flush=True)
+        instance = (
+            client.round_robin()
+        )  # or client.random(), client.direct(instance_id)
+        print(
+            f"request {n} -> {instance.instance_id:x} at {instance.transport}",
+            flush=True,
+        )
         chosen.append(instance.instance_id)
     return chosen
 

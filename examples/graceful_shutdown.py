@@ -1,11 +1,13 @@
-"""Graceful shutdown on SIGTERM: leave routing first, then drain in-flight work, then exit.
+"""Graceful shutdown on SIGTERM: leave routing first, drain in-flight work, then exit.
 
-DYN_DISCOVERY_BACKEND=file python examples/graceful_shutdown.py   # or etcd, nats, kubernetes
+# or etcd, nats, kubernetes
+DYN_DISCOVERY_BACKEND=file python examples/graceful_shutdown.py
 
-The worker serves requests over TCP (a request is a number of seconds of "work"). On SIGTERM (what Kubernetes
-sends before killing a pod) it:
+The worker serves requests over TCP (a request is a number of seconds of "work"). On
+SIGTERM (what Kubernetes sends before killing a pod) it:
 
-1. unregisters its endpoint, so every router stops picking it at once (no new requests arrive);
+1. unregisters its endpoint, so every router stops picking it at once (no new requests
+   arrive);
 2. drains: waits for the requests already in flight, up to ``DRAIN_TIMEOUT`` seconds;
 3. leaves the runtime, which revokes the lease.
 
@@ -71,14 +73,21 @@ async def main() -> None:
             await endpoint.unregister()  # 1. no router picks this worker any more
             print("unregistered", flush=True)
             waiting = in_flight.count
-            with anyio.move_on_after(DRAIN_TIMEOUT) as drain:  # 2. finish what was already accepted
+            with anyio.move_on_after(
+                DRAIN_TIMEOUT
+            ) as drain:  # 2. finish what was already accepted
                 await in_flight.wait_idle()
             if drain.cancelled_caught:
-                print(f"drain timed out with {in_flight.count} request(s) in flight", flush=True)
+                print(
+                    f"drain timed out with {in_flight.count} request(s) in flight",
+                    flush=True,
+                )
             else:
                 print(f"drained {waiting} in-flight request(s)", flush=True)
             server.cancel_scope.cancel()
-    print("lease revoked; exiting", flush=True)  # 3. leaving the runtime revoked the lease
+    print(
+        "lease revoked; exiting", flush=True
+    )  # 3. leaving the runtime revoked the lease
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ async def main() -> None:
     ):
         tg.start_soon(serve, worker_rt)
         await route(frontend_rt)
-        os.kill(os.getpid(), signal.SIGTERM)  # ask the worker to leave, as an orchestrator would
+        os.kill(
+            os.getpid(), signal.SIGTERM
+        )  # ask the worker to leave, as an orchestrator would
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """A router: discover TCP workers and send each request to the next one, round-robin.
 
-python examples/router.py                              # in memory, workers and router in one process
-DYN_DISCOVERY_BACKEND=file python examples/router.py   # or etcd, nats: the same code on a shared backend
+# in memory, workers and router in one process
+python examples/router.py
+# or etcd, nats: the same code on a shared backend
+DYN_DISCOVERY_BACKEND=file python examples/router.py
 
-Three workers each serve a TCP port and register it. The router keeps a live ``Client`` of the endpoint and
-sends each request to ``client.round_robin()``; when a worker leaves, the next picks skip it at once.
+Three workers each serve a TCP port and register it. The router keeps a live ``Client``
+of the endpoint and sends each request to ``client.round_robin()``; when a worker
+leaves, the next picks skip it at once.
 """
 
 import os
@@ -21,8 +24,10 @@ def backend() -> str:
     return os.environ.get("DYN_DISCOVERY_BACKEND", "memory")
 
 
-async def run_worker(name: str, stop: anyio.Event, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-    """A worker: answer each request line with ``"<name>: <line>"`` until ``stop`` is set."""
+async def run_worker(
+    name: str, stop: anyio.Event, *, task_status: anyio.abc.TaskStatus[None]
+) -> None:
+    """A worker: answer each request line with ``"<name>: <line>"`` until ``stop``."""
 
     async def answer(stream: SocketStream) -> None:
         async with stream:
@@ -62,10 +67,15 @@ async def start_workers(tg: TaskGroup, names: list[str]) -> dict[str, anyio.Even
 
 
 async def main() -> None:
-    async with DistributedRuntime(backend()) as runtime, anyio.create_task_group() as tg:
+    async with (
+        DistributedRuntime(backend()) as runtime,
+        anyio.create_task_group() as tg,
+    ):
         stops = await start_workers(tg, ["worker-a", "worker-b", "worker-c"])
         client = await runtime.endpoint(ENDPOINT).client()
-        await client.wait_for(3, timeout=30)  # all three (wait_for_instances waits for the first)
+        await client.wait_for(
+            3, timeout=30
+        )  # all three (wait_for_instances waits for the first)
 
         for n in range(6):
             print(await send(client.round_robin(), f"request {n}"), flush=True)

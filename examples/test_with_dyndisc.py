@@ -1,11 +1,13 @@
-"""Testing your own code with dyndisc's pytest fixtures (installed with dyndisc, no conftest needed).
+"""Testing your own code with dyndisc's pytest fixtures (installed with dyndisc, no
+conftest needed).
 
 pytest examples/test_with_dyndisc.py
 
-``make_runtime`` starts runtimes on the test's in-memory store (``dyndisc_store``), each with its own lease;
-``await dyndisc_store.expire_lease(id)`` makes a worker vanish as if it had crashed (the store injects
-faults on demand: ``dyndisc.testing.FaultyStore``). For a real server use the same tests with a backend from
-the ``etcd_server`` / ``nats_server`` fixtures.
+``make_runtime`` starts runtimes on the test's in-memory store (``dyndisc_store``), each
+with its own lease; ``await dyndisc_store.expire_lease(id)`` makes a worker vanish as if
+it had crashed (the store injects faults on demand: ``dyndisc.testing.FaultyStore``).
+For a real server use the same tests with a backend from the ``etcd_server`` /
+``nats_server`` fixtures.
 """
 
 from collections.abc import Awaitable, Callable
@@ -48,7 +50,10 @@ async def test_router_picks_every_worker_in_turn(make_runtime: MakeRuntime) -> N
 async def test_a_crashed_worker_leaves_the_router(
     make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
-    crashed, alive = await make_runtime(lease_ttl=1), await make_runtime(lease_ttl=1)  # TTL 1 s
+    crashed, alive = (
+        await make_runtime(lease_ttl=1),
+        await make_runtime(lease_ttl=1),
+    )  # TTL 1 s
     for worker in (crashed, alive):
         await worker.endpoint("ns.backend.generate").register("tcp://127.0.0.1:9000")
     router = await make_runtime()
@@ -56,7 +61,9 @@ async def test_a_crashed_worker_leaves_the_router(
     await client.wait_for(2, timeout=5)
     async with router.endpoint("ns.backend.generate").watch() as events:
         assert (await anext(events)).type == "resync"
-        await dyndisc_store.expire_lease(crashed.instance_id)  # as if its process had been killed
+        await dyndisc_store.expire_lease(
+            crashed.instance_id
+        )  # as if its process had been killed
         with anyio.fail_after(5):
             removed = await anext(events)
     assert isinstance(removed, Removed)

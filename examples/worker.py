@@ -1,6 +1,8 @@
-"""A worker: register an endpoint under the process lease, serve until SIGTERM/SIGINT, leave cleanly.
+"""A worker: register an endpoint under the process lease, serve until SIGTERM/SIGINT,
+leave cleanly.
 
-DYN_DISCOVERY_BACKEND=file python examples/worker.py     # or etcd (default), nats, kubernetes
+# or etcd (default), nats, kubernetes
+DYN_DISCOVERY_BACKEND=file python examples/worker.py
 """
 
 import signal
@@ -12,7 +14,9 @@ from dyndisc import DistributedRuntime
 
 async def serve(runtime: DistributedRuntime, port: int = 9000) -> None:
     endpoint = runtime.endpoint("dynamo.backend.generate")
-    instance = await endpoint.register(f"tcp://127.0.0.1:{port}", {"model": "llama-3-8b"})
+    instance = await endpoint.register(
+        f"tcp://127.0.0.1:{port}", {"model": "llama-3-8b"}
+    )
     print(f"registered {instance}", flush=True)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:

@@ -33,6 +33,7 @@ class Subscription:
         # When metrics are on, when each pending event reached the runtime (for the watch lag).
         self._stamps: deque[float] | None = deque([time.monotonic()]) if source.metrics.enabled else None
         self._wake = anyio.Event()
+        self._closed: Exception | None = None
 
     def _push(self, event: DiscoveryEvent) -> None:
         if len(self._pending) >= MAX_SUBSCRIBER_BACKLOG or isinstance(event, Resync):
@@ -45,9 +46,16 @@ class Subscription:
             self._stamps.append(time.monotonic())
         self._wake.set()
 
+    def _close(self, why: Exception) -> None:
+        self._closed = why
+        self._wake.set()
+
     async def next(self) -> DiscoveryEvent:
-        """Wait for the next event."""
+        """Wait for the next event; raise why the watch ended once its runtime stopped (what was
+        delivered before that is delivered first)."""
         while not self._pending:
+            if self._closed is not None:
+                raise self._closed
             await self._wake.wait()
             self._wake = anyio.Event()
         if self._stamps is not None:
@@ -73,6 +81,7 @@ class InstanceSet:
         self._changed = anyio.Event()
         self._stale_since: float | None = None
         self._sorted: list[Instance] | None = None
+        self._closed: Exception | None = None
         #: Bumped on every change, so readers can cache what they derive from the set.
         self.version = 0
         self.resyncs = 0
@@ -103,8 +112,23 @@ class InstanceSet:
         return min(found) if found else None
 
     async def wait_changed(self) -> None:
-        """Wait for the next change to the set."""
+        """Wait for the next change to the set; raise why it will not change any more once its runtime
+        stopped (a :class:`~dyndisc.RuntimeNotStartedError` saying why)."""
+        if self._closed is not None:
+            raise self._closed
         await self._changed.wait()
+        if self._closed is not None:
+            raise self._closed
+
+    def close(self, why: Exception) -> None:
+        """The runtime feeding this set stopped: readers keep the last view (stale from now), and waiters
+        and subscribers get ``why`` instead of waiting for ever."""
+        self._closed = why
+        if self._stale_since is None:
+            self._stale_since = time.monotonic()
+        for sub in self._subscribers:
+            sub._close(why)
+        self._changed.set()
 
     def subscribe(self) -> Subscription:
         """A new subscription; its first event is a ``Resync`` of the current state."""

@@ -185,6 +185,14 @@ class DistributedRuntime:
             return await stack.__aexit__(*exc_info)
         finally:
             self._tg = None
+            failure = self._failure
+            why = RuntimeNotStartedError(
+                f"the runtime stopped ({type(failure).__name__}: {failure}): this view no longer changes"
+                if failure is not None
+                else "the runtime left its 'async with': this view no longer changes"
+            )
+            for found in self._sets.values():
+                found.close(why)
             self._sets.clear()
 
     async def _release_lease(self) -> None:

@@ -42,3 +42,21 @@ def test_chaos_seeds_keep_every_invariant(backend: str, tmp_path: Path) -> None:
             assert outcome.ok, f"{outcome.report()}\n(agents' logs: {tmp_path})"
             assert outcome.operations > 10
             assert outcome.faults >= 1
+
+
+#: Seeds that found bugs on a real backend, replayed with the duration they ran with: (backend, seed, duration).
+#: A real run's timing varies, so a replay shows the bug again only most of the time; the unit test written
+#: for each bug is what pins it (named beside each).
+REGRESSIONS = [
+    # The keep-alive met a channel another call had closed (grpc UsageError): the runtime stopped, and a
+    # Client waited for ever. tests/backends/etcd/test_etcd_errors.py, tests/unit/test_runtime.py.
+    ("etcd", 1024, 20.0),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("backend", "seed", "duration"), REGRESSIONS)
+def test_a_seed_that_found_a_bug_passes(backend: str, seed: int, duration: float, tmp_path: Path) -> None:
+    with Session(backend, duration=duration, logs=tmp_path) as session:
+        outcome = session.run(seed)
+    assert outcome.ok, f"{outcome.report()}\n(agents' logs: {tmp_path})"

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from dyndisc import (
+    AccessDeniedError,
     Added,
     DiscoveryBackend,
     DistributedRuntime,
@@ -21,7 +22,7 @@ from dyndisc import (
     RuntimeNotStartedError,
 )
 from dyndisc._instance_set import MAX_SUBSCRIBER_BACKLOG
-from dyndisc.testing import FaultyStore
+from dyndisc.testing import FaultyStore, RuntimeHost
 
 MakeRuntime = Callable[..., Awaitable[DistributedRuntime]]
 
@@ -225,3 +226,44 @@ async def test_registrations_run_concurrently(make_runtime: MakeRuntime, dyndisc
             for n in range(16):
                 tg.start_soon(runtime.endpoint(f"ns.c.e{n}").register, "tcp://h:1")
     assert len(await runtime.list()) == 16
+
+
+class DeniedKeepAlive(KvDiscovery):
+    """A backend whose server starts refusing this process (its credentials were revoked)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store, owns_store=False)
+        self.refuse = anyio.Event()
+
+    async def keep_alive(self, lease: Lease) -> float:
+        if self.refuse.is_set():
+            raise AccessDeniedError("the server refused this process's credentials")
+        return await super().keep_alive(lease)
+
+
+async def test_a_client_and_a_watch_whose_runtime_stopped_say_why_instead_of_waiting_for_ever() -> None:
+    # A consumer in another task than the runtime (as with a supervisor) must not wait for ever on a view
+    # that no longer changes (found by chaos seed 1024 on etcd: a Client waited for ever).
+    backend = DeniedKeepAlive(MemoryStore())
+    runtime = DistributedRuntime(backend, lease_ttl=0.5)
+    host = await RuntimeHost.start(runtime)
+    client = await runtime.endpoint("ns.c.e").client()
+    async with runtime.watch() as events:
+        assert isinstance(await anext(events), Resync)
+        backend.refuse.set()
+        with anyio.fail_after(5), pytest.raises(RuntimeNotStartedError, match="AccessDeniedError"):
+            await client.wait_changed()
+        with anyio.fail_after(5), pytest.raises(RuntimeNotStartedError, match="runtime stopped"):
+            await anext(events)
+    assert client.stale_since is not None
+    with pytest.raises(AccessDeniedError):
+        await host.stop()
+
+
+async def test_a_client_of_a_runtime_that_left_cleanly_says_so(dyndisc_store: FaultyStore) -> None:
+    runtime = DistributedRuntime(dyndisc_store)
+    host = await RuntimeHost.start(runtime)
+    client = await runtime.endpoint("ns.c.e").client()
+    await host.stop()
+    with anyio.fail_after(5), pytest.raises(RuntimeNotStartedError, match="left its 'async with'"):
+        await client.wait_for_instances()

@@ -162,9 +162,10 @@ class SharedWatch:
 
     async def _stream(self) -> None:
         stubs, metadata = await self.connection.stubs()
-        # A member cut off from its cluster must not hold the watch open and silent: require a leader.
-        call = stubs.watch.Watch(metadata=(*(metadata or ()), REQUIRE_LEADER))
+        call = None
         try:
+            # A member cut off from its cluster must not hold the watch open and silent: require a leader.
+            call = stubs.watch.Watch(metadata=(*(metadata or ()), REQUIRE_LEADER))
             create = rpc.WatchCreateRequest(
                 key=self.prefix.encode(),
                 range_end=prefix_range_end(self.prefix.encode()),
@@ -190,12 +191,16 @@ class SharedWatch:
         except Transient:
             self.connection.avoid(stubs.member)
             raise
+        except grpc.aio.UsageError as exc:
+            # Another call closed this member's channel (it found the member gone): resume on a new one.
+            raise Transient(f"the watch's channel was closed under it ({exc})") from None
         except asyncio.CancelledError:
             if not stray_cancellation():
                 raise
             raise Transient("the watch was cancelled under us: its channel was closed") from None
         finally:
-            call.cancel()
+            if call is not None:
+                call.cancel()
 
     def _handle(self, reply: Any, stubs: Stubs) -> None:
         if reply.compact_revision:

@@ -102,8 +102,8 @@ class Agent:
                     async with create_backend(self.backend_name) as backend:
                         await watch_backend(name, backend, query, self.recorder, _never_paused)
                     return
-                name = canonical_backend_name(self.backend_name, "the agent's argument")
-                runtime = DistributedRuntime(name, lease_ttl=order["ttl"])
+                backend_name = canonical_backend_name(self.backend_name, "the agent's argument")
+                runtime = DistributedRuntime(backend_name, lease_ttl=order["ttl"])
                 host = await RuntimeHost.start(runtime)
                 try:
                     if kind == "runtime":

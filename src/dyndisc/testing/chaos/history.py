@@ -25,7 +25,10 @@ def key_of(instance: Instance) -> str:
 
 
 def record_of(instance: Instance) -> Record:
-    """An instance as the history keeps it (its key and its whole record)."""
+    """An instance as the history keeps it: its key and its whole record, but for ``registered_at`` (which
+    instances do not compare either, and the CLI's JSON prints to the millisecond)."""
+    if instance.registered_at is not None:
+        instance = instance.replace(registered_at=None)
     return key_of(instance), instance.to_json().decode()
 
 
