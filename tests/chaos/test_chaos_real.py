@@ -44,7 +44,7 @@ def test_chaos_seeds_keep_every_invariant(backend: str, tmp_path: Path) -> None:
             assert outcome.faults >= 1
 
 
-#: Seeds that found bugs on a real backend, replayed with the duration they ran with: (backend, seed, duration).
+#: Seeds that found bugs on a real backend, replayed with their duration: (backend, seed, duration).
 #: A real run's timing varies, so a replay shows the bug again only most of the time; the unit test written
 #: for each bug is what pins it (named beside each).
 REGRESSIONS = [
