@@ -90,3 +90,35 @@ def test_unknown_backend_is_refused(where: str) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert "etcd" in result.output
+
+
+def test_the_live_view_keeps_a_removal_on_screen_then_drops_it_and_says_when_stale() -> None:
+    from rich.console import Console
+
+    from dyndisc import Added, InstanceQuery, Removed, Resync
+    from dyndisc.cli import live
+    from dyndisc.cli.output import Style
+
+    class Backend:
+        stale_since: float | None = None
+
+    backend = Backend()
+    view = live._View(InstanceQuery("ns"), backend)  # type: ignore[arg-type]
+
+    def shown() -> str:
+        console = Console(width=200, record=True, color_system=None)
+        console.print(view.render(Style(color=False)))
+        return console.export_text()
+
+    view.apply(Resync(instances=(A,)))
+    view.apply(Added(instance=B))
+    assert "1 live" not in shown()
+    assert "2 live under ns" in shown()
+    view.apply(Removed(A.endpoint_id, A.instance_id))
+    text = shown()
+    assert "1 live under ns" in text
+    assert "ns.c.e" in text
+    view.leaving = {k: (i, t - live.LINGER) for k, (i, t) in view.leaving.items()}
+    assert "ns.c.e" not in shown()
+    backend.stale_since = 0.0
+    assert "STALE" in shown()
