@@ -107,6 +107,18 @@ async def test_crashed_runtime_disappears_within_ttl(runtimes: Runtimes, harness
     assert time.monotonic() - crashed_at <= bound
 
 
+@pytest.mark.contract("lease_time_left")
+async def test_a_lease_says_how_long_it_has_left(runtimes: Runtimes, harness: Harness) -> None:
+    reader = await runtimes.start()
+    host = await runtimes.host(lease_ttl=5)
+    instance_id = host.runtime.instance_id
+    left = await reader.backend.lease_time_left(instance_id)
+    assert left is not None
+    assert 0 < left <= 5
+    await host.stop()
+    assert await reader.backend.lease_time_left(instance_id) is None
+
+
 async def test_clean_exit_removes_at_once(runtimes: Runtimes, harness: Harness, ns: str) -> None:
     frontend = await runtimes.start()
     host = await runtimes.host(lease_ttl=30)  # a long TTL: only the revoke can make it leave quickly

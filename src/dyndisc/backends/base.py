@@ -112,6 +112,11 @@ class DiscoveryBackend(Connected, abc.ABC):
         """
         raise NotImplementedError
 
+    async def lease_time_left(self, instance_id: int) -> float | None:
+        """Seconds the lease of ``instance_id`` has left on the server, for display (``dyndisc ui``);
+        ``None`` where the backend cannot tell (no TTL, as on Kubernetes) or the lease is gone."""
+        return None
+
     async def __aenter__(self) -> DiscoveryBackend:
         return self
 

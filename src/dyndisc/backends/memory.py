@@ -156,6 +156,11 @@ class MemoryStore(KeyValueStore):
         state.deadline = self._clock() + state.ttl
         return state.ttl
 
+    async def time_to_live(self, lease_id: int) -> float | None:
+        self._expire_due()
+        state = self._leases.get(lease_id)
+        return None if state is None else max(state.deadline - self._clock(), 0.0)
+
     async def revoke(self, lease_id: int) -> None:
         await anyio.lowlevel.checkpoint()
         self._drop_lease(lease_id, RemovalReason.LEFT)

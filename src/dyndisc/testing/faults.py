@@ -133,6 +133,10 @@ class FaultyStore(_Forwarding, KeyValueStore):
         self._check()
         await self.inner.revoke(lease_id)
 
+    async def time_to_live(self, lease_id: int) -> float | None:
+        self._check()
+        return await self.inner.time_to_live(lease_id)
+
     async def create(self, key: str, value: bytes, lease_id: int) -> StoredValue | None:
         self._check()
         if self.lose_writes:
@@ -272,3 +276,6 @@ class CrashableBackend(_Forwarding, DiscoveryBackend):
 
     def watch(self, query: InstanceQuery) -> AbstractAsyncContextManager[AsyncIterator[DiscoveryEvent]]:
         return self.inner.watch(query)
+
+    async def lease_time_left(self, instance_id: int) -> float | None:
+        return await self.inner.lease_time_left(instance_id)

@@ -95,6 +95,17 @@ class EtcdStore(KeyValueStore):
             )
         return float(ttl)
 
+    async def time_to_live(self, lease_id: int) -> float | None:
+        async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
+            request = rpc.LeaseTimeToLiveRequest(ID=lease_id)
+            return await stubs.lease.LeaseTimeToLive(request, timeout=timeout, metadata=metadata)
+
+        try:
+            reply = await self.connection.call(f"reading the TTL of lease {lease_id:x}", attempt)
+        except LeaseNotFoundError:
+            return None
+        return float(reply.TTL) if reply.TTL > 0 else None  # etcd answers -1 for a lease it does not know
+
     async def revoke(self, lease_id: int) -> None:
         async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
             request = rpc.LeaseRevokeRequest(ID=lease_id)

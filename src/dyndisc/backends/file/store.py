@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
+import anyio.to_thread
+
 from dyndisc._diagnosis import BackendDoctor
 from dyndisc._errors import ConfigurationError, LeaseNotFoundError
 from dyndisc.backends.base import Lease
@@ -201,6 +203,10 @@ class FileStore(KeyValueStore):
 
     async def revoke(self, lease_id: int) -> None:
         self._revoke(lease_id)
+
+    async def time_to_live(self, lease_id: int) -> float | None:
+        deadline = await anyio.to_thread.run_sync(self.records.lease_deadline, lease_id)
+        return None if deadline is None else max(deadline - time.time(), 0.0)
 
     async def create(self, key: str, value: bytes, lease_id: int) -> StoredValue | None:
         return self._create(key, value, lease_id)

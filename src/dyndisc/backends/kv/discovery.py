@@ -76,6 +76,10 @@ class KvDiscovery(DiscoveryBackend):
     async def revoke_lease(self, lease: Lease) -> None:
         await self.store.revoke(lease.id)
 
+    async def lease_time_left(self, instance_id: int) -> float | None:
+        # On the key-value backends an instance id is the id of its process's lease.
+        return await self.store.time_to_live(instance_id)
+
     async def register(self, instance: Instance, lease: Lease) -> Instance:
         key = self.key_for(instance)
         value = self.encode(instance)

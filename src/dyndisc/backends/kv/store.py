@@ -81,6 +81,10 @@ class KeyValueStore(Connected, abc.ABC):
         """Renew a lease and return the seconds left; :class:`~dyndisc.LeaseNotFoundError` if gone."""
         raise NotImplementedError
 
+    async def time_to_live(self, lease_id: int) -> float | None:
+        """Seconds lease ``lease_id`` has left, without renewing it; ``None`` if gone or not known here."""
+        return None
+
     @abc.abstractmethod
     async def revoke(self, lease_id: int) -> None:
         """Revoke a lease and delete every key attached to it; a no-op for an unknown lease."""
