@@ -226,6 +226,60 @@ def doctor(
         sys.exit(1)
 
 
+@main.command()
+@click.argument("path", required=False)
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0 picks one.")
+@click.option("--allow-remote", is_flag=True, help="Allow an address other machines can reach (see --token).")
+@click.option(
+    "--token",
+    envvar="DYNDISC_UI_TOKEN",
+    default=None,
+    help="Require this bearer token (env DYNDISC_UI_TOKEN).",
+)
+@backend_options
+def ui(
+    path: str | None,
+    host: str,
+    port: int,
+    allow_remote: bool,
+    token: str | None,
+    backend: str | None,
+    endpoints: str | None,
+    wait: float | None,
+) -> None:
+    """Serve a live web page of the instances under PATH (read-only; Ctrl-C to stop)."""
+    from dyndisc.ui import is_loopback, serve
+
+    query = parse_query(path)
+    if not is_loopback(host) and not allow_remote:
+        raise click.UsageError(
+            f"--host {host} can be reached from other machines: pass --allow-remote too (and --token)"
+        )
+    try:
+        import aiohttp  # noqa: F401 - checked here, so that a missing extra is one clear line
+    except ImportError:
+        raise click.ClickException("dyndisc ui needs aiohttp: pip install 'dyndisc[ui]'") from None
+    config = settings()
+    config.override(backend, endpoints, wait)
+    if not is_loopback(host):
+        click.echo(
+            f"warning: serving on {host}: anyone who can reach it "
+            + ("with the token " if token else "")
+            + "sees every instance and its metadata",
+            err=True,
+        )
+
+    def ready(url: str) -> None:
+        click.echo(f"dyndisc ui: {url}" + (f"?token={token}" if token else "") + " (Ctrl-C to stop)")
+
+    async def serve_page() -> None:
+        async with config.backend_open() as opened:
+            await serve(opened, query, host=host, port=port, token=token, on_ready=ready)
+
+    run(serve_page)
+
+
 @main.group()
 def kube() -> None:
     """Kubernetes helpers."""

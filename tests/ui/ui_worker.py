@@ -1,0 +1,29 @@
+"""A worker for the UI tests: registers ``ns.comp.ep`` with ``--transport``, prints ``registered <id>``,
+turns draining on SIGUSR1 and leaves cleanly on SIGTERM (SIGKILL it for a crash)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import anyio
+
+from dyndisc import DistributedRuntime, Readiness
+
+
+async def main(endpoint: str, transport: str) -> None:
+    async with DistributedRuntime.from_env() as runtime:
+        handle = runtime.endpoint(endpoint)
+        metadata = {"worker": transport.rsplit(":", 1)[0].rsplit(".", 1)[1]}
+        await handle.register(transport, metadata)
+        print(f"registered {runtime.instance_id:x}", flush=True)
+        with anyio.open_signal_receiver(signal.SIGUSR1, signal.SIGTERM) as signals:
+            async for received in signals:
+                if received == signal.SIGTERM:
+                    break
+                await handle.register(transport, metadata, readiness=Readiness.DRAINING)
+                print("draining", flush=True)
+
+
+if __name__ == "__main__":
+    anyio.run(main, sys.argv[1], sys.argv[2])
