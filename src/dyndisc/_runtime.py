@@ -410,8 +410,10 @@ class DistributedRuntime:
 
     async def unregister(self, endpoint: EndpointId) -> None:
         """Remove the registration of ``endpoint`` (a no-op if it is not registered)."""
+        # Forgotten before waiting for the lock: a lease replacement under way must not register it again
+        # (found by chaos seed 1004 on an etcd cluster: it came back for a moment under the new lease).
+        self._wanted.pop(endpoint, None)
         async with self._lease_lock.shared():
-            self._wanted.pop(endpoint, None)
             instance = self._registered.pop(endpoint, None)
             try:
                 if instance is not None:

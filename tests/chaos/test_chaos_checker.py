@@ -52,8 +52,12 @@ def _history(**given: Any) -> History:
     return History("hand", seed=0, ttl=1.0, duration=10.0, truth_at=10.0, **given)
 
 
-def _write(at: float, record: str = RECORD) -> Operation:
-    return Operation("w0", "write", {"record": [KEY, record]}, at, at, True, [KEY, record])
+def _register(at: float, record: str = RECORD) -> list[Operation]:
+    """The application's register call and the write the runtime made for it."""
+    return [
+        Operation("w0", "register", {"endpoint": KEY.rsplit("/", 1)[0]}, at, at + 0.01, True, [KEY, record]),
+        Operation("w0", "write", {"record": [KEY, record]}, at, at, True, [KEY, record]),
+    ]
 
 
 def _invariants(history: History) -> set[str]:
@@ -62,7 +66,7 @@ def _invariants(history: History) -> set[str]:
 
 def test_a_kept_history_has_no_violation() -> None:
     history = _history(
-        operations=[_write(1.0)],
+        operations=_register(1.0),
         seen=[Seen("v0", 0.0, "resync", []), Seen("v0", 1.1, "added", [(KEY, RECORD)])],
         leases=[LeaseReport("w0", 0.5, 1, "held")],
         truth=[(KEY, RECORD)],
@@ -73,7 +77,7 @@ def test_a_kept_history_has_no_violation() -> None:
 
 def test_a_watch_that_does_not_begin_with_a_resync_is_malformed() -> None:
     history = _history(
-        operations=[_write(1.0)],
+        operations=_register(1.0),
         seen=[Seen("v0", 1.1, "added", [(KEY, RECORD)])],
         leases=[LeaseReport("w0", 0.5, 1, "held")],
         truth=[(KEY, RECORD)],
@@ -93,7 +97,7 @@ def test_a_record_nobody_wrote_is_a_phantom() -> None:
 
 def test_an_instance_held_past_its_lease_is_a_phantom() -> None:
     history = _history(
-        operations=[_write(1.0)],
+        operations=_register(1.0),
         seen=[Seen("v0", 0.0, "resync", []), Seen("v0", 1.1, "added", [(KEY, RECORD)])],
         leases=[LeaseReport("w0", 0.5, 1, "held"), LeaseReport("w0", 2.0, 1, "revoked")],
         truth=[],
@@ -103,7 +107,7 @@ def test_an_instance_held_past_its_lease_is_a_phantom() -> None:
 
 def test_a_live_registration_missing_from_the_truth_is_a_loss() -> None:
     history = _history(
-        operations=[_write(1.0)],
+        operations=_register(1.0),
         seen=[Seen("v0", 0.0, "resync", [])],
         leases=[LeaseReport("w0", 0.5, 1, "held")],
         truth=[],
@@ -113,7 +117,7 @@ def test_a_live_registration_missing_from_the_truth_is_a_loss() -> None:
 
 def test_a_late_watcher_that_disagrees_with_list_breaks_agreement() -> None:
     history = _history(
-        operations=[_write(1.0)],
+        operations=_register(1.0),
         seen=[Seen("v0", 0.0, "resync", []), Seen("v0", 1.1, "added", [(KEY, RECORD)])],
         leases=[LeaseReport("w0", 0.5, 1, "held")],
         truth=[(KEY, RECORD)],

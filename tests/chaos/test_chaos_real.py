@@ -51,6 +51,10 @@ REGRESSIONS = [
     # The keep-alive met a channel another call had closed (grpc UsageError): the runtime stopped, and a
     # Client waited for ever. tests/backends/etcd/test_etcd_errors.py, tests/unit/test_runtime.py.
     ("etcd", 1024, 20.0),
+    # An endpoint unregistered while a lease replacement waited for quorum came back for a moment under the
+    # new lease (and the checker misread the runtime's writes as the application's wishes).
+    # tests/unit/test_lease_semantics.py, tests/chaos/test_chaos_checker.py.
+    ("etcd-cluster", 1004, 20.0),
 ]
 
 

@@ -11,8 +11,11 @@ import pytest
 
 from dyndisc import (
     AccessDeniedError,
+    Added,
+    DiscoveryEvent,
     DistributedRuntime,
     Instance,
+    InstanceQuery,
     KvDiscovery,
     Lease,
     LeaseChange,
@@ -216,3 +219,56 @@ async def test_a_bad_record_is_refused_before_anything_is_recorded(make_runtime:
     assert runtime.health().registered == 0
     assert await runtime.list() == []
     assert isinstance(await runtime.endpoint("ns.c.e").register("tcp://h:1"), Instance)
+
+
+class GatedGrants(KvDiscovery):
+    """Every lease grant after the first waits for ``gate``: a replacement that is slow to be granted."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store, owns_store=False)
+        self.gate = anyio.Event()
+        self.replacing = anyio.Event()
+        self.grants = 0
+
+    async def grant_lease(self, ttl: float) -> Lease:
+        self.grants += 1
+        if self.grants > 1:
+            self.replacing.set()
+            await self.gate.wait()
+        return await super().grant_lease(ttl)
+
+
+async def test_an_endpoint_unregistered_during_a_lease_replacement_does_not_come_back() -> None:
+    # Found by chaos seed 1004 on an etcd cluster: the replacement registered it again under the new lease
+    # (watchers saw it come back) before the waiting unregister removed it.
+    store = MemoryStore()
+    backend = GatedGrants(store)
+    seen: list[DiscoveryEvent] = []
+    async with (
+        DistributedRuntime(backend, lease_ttl=0.5) as runtime,
+        KvDiscovery(store, owns_store=False).watch(InstanceQuery("ns")) as events,
+        anyio.create_task_group() as tg,
+    ):
+
+        async def record() -> None:
+            async for event in events:
+                seen.append(event)
+
+        tg.start_soon(record)
+        endpoint = runtime.endpoint("ns.c.e")
+        await endpoint.register("tcp://h:1")
+        first = runtime.instance_id
+        await store.revoke(first)  # lost behind its back: the runtime replaces the lease
+        with anyio.fail_after(5):
+            await backend.replacing.wait()
+        async with anyio.create_task_group() as calls:
+            calls.start_soon(endpoint.unregister)  # waits for the replacement, which holds the lease lock
+            await anyio.wait_all_tasks_blocked()
+            backend.gate.set()
+        with anyio.fail_after(5):
+            while runtime.instance_id == first:  # noqa: ASYNC110 - the runtime says when it has a new lease
+                await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    added = [e.instance.instance_id for e in seen if isinstance(e, Added)]
+    assert added == [first], "the unregistered endpoint was registered again under the new lease"

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from dyndisc.testing.chaos.history import History, Record, Seen
+from dyndisc.testing.chaos.history import History, Operation, Record, Seen
 
 
 @dataclass(frozen=True)
@@ -296,13 +296,33 @@ def _no_phantom(history: History, by_watcher: dict[str, list[Seen]], bounds: Bou
 
 # -- losses --------------------------------------------------------------------------------------------------
 def _no_loss(history: History, truth: dict[str, str]) -> list[Violation]:
-    wanted: dict[tuple[str, str], str | None] = {}  # (runtime, endpoint) -> last record it wrote, or None
+    # What each runtime's application asked last, per endpoint (a worker does one step at a time, so its
+    # register and unregister calls never overlap): the register call, or None after an unregister.
+    asked: dict[tuple[str, str], Operation | None] = {}
     for op in history.operations:
-        if op.action == "write" and op.ok:
-            key, record = op.result
-            wanted[(op.actor, key.rsplit("/", 1)[0])] = record
-        elif op.action == "unregister" and op.start is not None:
-            wanted[(op.actor, op.args["endpoint"])] = None
+        if op.action == "register":
+            asked[(op.actor, op.args["endpoint"])] = op
+        elif op.action == "unregister":
+            asked[(op.actor, op.args["endpoint"])] = None
+    # The record each registration left: the last write the runtime made for it (under a replacement lease
+    # too) since the application asked. Writes are the runtime's own, so they can overlap an unregister
+    # call; only the application's calls decide what is wanted.
+    wanted: dict[tuple[str, str], str | None] = {}
+    for (runtime, endpoint), call in asked.items():
+        if call is None:
+            wanted[(runtime, endpoint)] = None
+            continue
+        writes = [
+            w
+            for w in history.operations
+            if w.action == "write"
+            and w.ok
+            and w.actor == runtime
+            and w.result[0].rsplit("/", 1)[0] == endpoint
+            and w.start >= call.start
+        ]
+        if writes:
+            wanted[(runtime, endpoint)] = max(writes, key=lambda w: w.end or w.start).result[1]
     finished = {r.runtime for r in history.leases if r.state in ("revoked", "killed", "failed")}
     current: dict[str, int | None] = {}
     for report in history.leases:
