@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -81,14 +82,8 @@ class RealRun:
             await agent.process.stdin.send((json.dumps(order) + "\n").encode())
 
     async def read_agent(self, agent: _Agent) -> None:
-        assert agent.process.stdout is not None
-        buffer = b""
-        async for chunk in agent.process.stdout:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                if line.strip():
-                    self.report(agent, json.loads(line))
+        async for said in _json_lines(agent):
+            self.report(agent, said)
 
     def report(self, agent: _Agent, said: dict[str, Any]) -> None:
         at = round(said["t"] - self.t0, 4)
@@ -110,15 +105,8 @@ class RealRun:
 
     async def read_cli(self, agent: _Agent) -> None:
         """The CLI's ``watch --json`` lines, as watch events."""
-        assert agent.process.stdout is not None
-        buffer = b""
-        async for chunk in agent.process.stdout:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                if line.strip():
-                    event = _cli_event(json.loads(line))
-                    self.history.seen.append(Seen.of(agent.name, self.now(), event))
+        async for line in _json_lines(agent):
+            self.history.seen.append(Seen.of(agent.name, self.now(), _cli_event(line)))
 
     # -- steps ---------------------------------------------------------------------------------------------
     async def execute(self, tg: TaskGroup, step: Step) -> None:
@@ -324,6 +312,18 @@ class RealRun:
             if agent.process.returncode is None:
                 agent.process.kill()
             agent.log.close()
+
+
+async def _json_lines(agent: _Agent) -> AsyncIterator[dict[str, Any]]:
+    """Each JSON line an agent prints on its standard output."""
+    assert agent.process.stdout is not None
+    buffer = b""
+    async for chunk in agent.process.stdout:
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
 
 
 def _cli_event(line: dict[str, Any]) -> Resync | Added | Removed:

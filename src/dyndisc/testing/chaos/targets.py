@@ -85,8 +85,32 @@ class Target:
         raise ValueError(f"{self.name} has no fault {kind!r}")
 
 
-class EtcdTarget(Target):
-    name = backend = "etcd"
+class _Etcd(Target):
+    """What the etcd targets share: how agents and the nemesis reach the server(s)."""
+
+    backend = "etcd"
+
+    def endpoints(self, agent: str | None) -> str:
+        """``ETCD_ENDPOINTS`` for ``agent`` (``None``: the nemesis, straight to the server)."""
+        raise NotImplementedError
+
+    def env(self, agent: str) -> dict[str, str]:
+        return {
+            **super().env(agent),
+            "ETCD_ENDPOINTS": self.endpoints(agent),
+            "ETCD_REQUEST_TIMEOUT_SECONDS": "3",
+            "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS": "60",
+        }
+
+    def direct(self) -> KeyValueStore:
+        settings = EtcdSettings.load(endpoints=self.endpoints(None), startup_connect_timeout_seconds=60)
+        store = EtcdStore(settings)
+        self.stores.append(store)
+        return store
+
+
+class EtcdTarget(_Etcd):
+    name = "etcd"
     faults = (*_SERVER_FAULTS, "compact")
 
     def start(self) -> None:
@@ -96,21 +120,10 @@ class EtcdTarget(Target):
         super().close()
         self.server.close()
 
-    def env(self, agent: str) -> dict[str, str]:
-        proxy = self.proxy(agent, self.server.host, self.server.client_port)
-        return {
-            **super().env(agent),
-            "ETCD_ENDPOINTS": proxy.url,
-            "ETCD_REQUEST_TIMEOUT_SECONDS": "3",
-            "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS": "60",
-        }
-
-    def direct(self) -> KeyValueStore:
-        store = EtcdStore(
-            EtcdSettings.load(endpoints=self.server.client_url, startup_connect_timeout_seconds=60)
-        )
-        self.stores.append(store)
-        return store
+    def endpoints(self, agent: str | None) -> str:
+        if agent is None:
+            return self.server.client_url
+        return self.proxy(agent, self.server.host, self.server.client_port).url
 
     async def fault(self, kind: str, args: dict[str, Any], heal: bool) -> dict[str, Any]:
         if kind == "server_kill":
@@ -122,9 +135,8 @@ class EtcdTarget(Target):
         return await super().fault(kind, args, heal)
 
 
-class EtcdClusterTarget(Target):
+class EtcdClusterTarget(_Etcd):
     name = "etcd-cluster"
-    backend = "etcd"
     faults = ("leader_kill", "quorum_loss", "revoke", "foreign_write", "pause_watcher")
 
     def start(self) -> None:
@@ -135,20 +147,8 @@ class EtcdClusterTarget(Target):
         super().close()
         self.cluster.close()
 
-    def env(self, agent: str) -> dict[str, str]:
-        return {
-            **super().env(agent),
-            "ETCD_ENDPOINTS": self.cluster.endpoints,
-            "ETCD_REQUEST_TIMEOUT_SECONDS": "3",
-            "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS": "60",
-        }
-
-    def direct(self) -> KeyValueStore:
-        store = EtcdStore(
-            EtcdSettings.load(endpoints=self.cluster.endpoints, startup_connect_timeout_seconds=60)
-        )
-        self.stores.append(store)
-        return store
+    def endpoints(self, agent: str | None) -> str:
+        return self.cluster.endpoints  # every member: the faults are the members' own
 
     async def fault(self, kind: str, args: dict[str, Any], heal: bool) -> dict[str, Any]:
         if heal:
