@@ -27,10 +27,21 @@ from refkit import (
 
 from dyndisc import DistributedRuntime, EndpointId, InstanceQuery, KvDiscovery
 from dyndisc.backends.etcd import EtcdSettings, EtcdStore
-from dyndisc.testing.servers import EtcdServer
+from dyndisc.backends.kubernetes import PodIdentity
+from dyndisc.testing.servers import EtcdServer, KubeApiServer
+from harnesses.kubernetes import Cluster
 
 TTL = 3.0
 START = 90.0
+
+
+def pod_env(server: KubeApiServer, pod: PodIdentity) -> dict[str, str]:
+    return {
+        "KUBECONFIG": str(server.kubeconfig_path),
+        "POD_NAME": pod.name,
+        "POD_NAMESPACE": pod.namespace,
+        "POD_UID": pod.uid,
+    }
 
 
 async def test_a_reference_frontend_serves_dyndisc_models_and_dyndisc_reads_the_mockers(
@@ -98,3 +109,61 @@ async def test_a_reference_frontend_serves_dyndisc_models_and_dyndisc_reads_the_
             served = await runtime.list(InstanceQuery.for_endpoint(card.endpoint_id))
             assert card.instance_id in [i.instance_id for i in served], "the card names a live instance"
             assert card.endpoint_id == EndpointId("dynamo", "backend", "generate")
+
+
+async def test_a_reference_frontend_on_files_serves_a_dyndisc_model(
+    reference: Reference, tmp_path: Path
+) -> None:
+    root = tmp_path / "kv"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    ref_env = reference_env({"DYN_FILE_KV": str(root)}, tmp_path)
+    dd_env = dyndisc_env(
+        {"DYN_DISCOVERY_BACKEND": "file", "DYN_KV_LAYOUT": "dynamo-v1", "DYN_FILE_KV": str(root)}
+    )
+    frontend = [
+        str(reference.python), "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port),
+        "--discovery-backend", "file", "--request-plane", "tcp",
+    ]  # fmt: skip
+    model = f"dd-{uuid.uuid4().hex[:6]}"
+    worker = dyndisc_argv("--endpoint", f"{model}.backend.generate", "--model", model)
+    async with (
+        spawn("frontend", frontend, ref_env, tmp_path),
+        spawn("dd-worker", worker, dd_env, tmp_path) as dd,
+    ):
+        registered = await dd.lines.wait_for("model", timeout=30)
+        _, listed = await wait_for_models(url, lambda ids: model in ids, START, model)
+        TIMINGS.add("frontend (files): dyndisc model registered -> listed", listed - registered["t"])
+        stopped = dd.signal(signal.SIGTERM)
+        _, gone = await wait_for_models(url, lambda ids: model not in ids, 5, f"{model} gone")
+        TIMINGS.add("frontend (files): dyndisc worker SIGTERM -> model dropped", gone - stopped)
+
+
+async def test_a_reference_frontend_on_kubernetes_serves_a_dyndisc_model(
+    reference: Reference, kube_apiserver: KubeApiServer, tmp_path: Path
+) -> None:
+    async with Cluster.open(kube_apiserver) as cluster:
+        namespace = await cluster.create_namespace("front")
+        worker_pod = await cluster.ready_pod(namespace, "dd-0")
+        front_pod = PodIdentity("frontend-0", namespace, await cluster.create_pod(namespace, "frontend-0"))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        ref_env = reference_env(pod_env(kube_apiserver, front_pod), tmp_path)
+        dd_env = dyndisc_env({"DYN_DISCOVERY_BACKEND": "kubernetes", **pod_env(kube_apiserver, worker_pod)})
+        frontend = [
+            str(reference.python), "-m", "dynamo.frontend", "--http-host", "127.0.0.1",
+            "--http-port", str(port), "--discovery-backend", "kubernetes", "--request-plane", "tcp",
+        ]  # fmt: skip
+        model = f"dd-{uuid.uuid4().hex[:6]}"
+        worker = dyndisc_argv("--endpoint", f"{model}.backend.generate", "--model", model)
+        async with (
+            spawn("frontend", frontend, ref_env, tmp_path),
+            spawn("dd-worker", worker, dd_env, tmp_path) as dd,
+        ):
+            registered = await dd.lines.wait_for("model", timeout=30)
+            _, listed = await wait_for_models(url, lambda ids: model in ids, START, model)
+            TIMINGS.add("frontend (kubernetes): dyndisc model registered -> listed", listed - registered["t"])
+            stopped = dd.signal(signal.SIGTERM)
+            await dd.lines.wait_for("stopped", timeout=15)  # its resource is deleted
+            _, gone = await wait_for_models(url, lambda ids: model not in ids, 15, f"{model} gone")
+            TIMINGS.add("frontend (kubernetes): dyndisc worker SIGTERM -> model dropped", gone - stopped)
