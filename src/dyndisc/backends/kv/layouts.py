@@ -10,7 +10,7 @@ see Dynamo workers and Dynamo frontends see dyndisc workers: the key is
 Dynamo's internally tagged ``DiscoveryInstance::Endpoint`` record::
 
     {"type":"Endpoint","component":"backend","endpoint":"generate","namespace":"dynamo",
-     "instance_id":7587890213466789413,
+     "instance_id":7587888160958627365,
      "transport":{"tcp":"10.0.0.5:41555/694d98147d54be25/dynamo/backend/generate"},
      "device_type":"cuda","request_plane_codec":"msgpack"}
 
