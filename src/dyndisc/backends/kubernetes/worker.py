@@ -181,7 +181,7 @@ class WorkerResource:
         async with self._lock:
             ident = (entry.bucket, entry.key)
             previous = self.entries.get(ident)
-            if previous == entry and previous.value == entry.value:
+            if previous == entry:
                 return
             self.entries[ident] = entry
             try:
