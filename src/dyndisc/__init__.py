@@ -4,7 +4,24 @@ Workers register endpoints under a per-process lease kept alive by a background 
 routers watch the live set of instances. See ``docs/`` for the concepts and one page per backend.
 """
 
+from dyndisc._cards import EventChannel, ModelCard, model_card
 from dyndisc._client import Client
+from dyndisc._dynamo import (
+    ENDPOINTS_BUCKET,
+    EVENT_CHANNELS_BUCKET,
+    EVENT_SOURCES_BUCKET,
+    MODEL_CARDS_BUCKET,
+    DynamoTcp,
+    dynamo_tcp,
+)
+from dyndisc._entries import (
+    MAX_ENTRY_BYTES,
+    EntryAdded,
+    EntryEvent,
+    EntryRemoved,
+    EntryResync,
+    MetadataEntry,
+)
 from dyndisc._errors import (
     AccessDeniedError,
     BackendUnavailableError,
@@ -38,29 +55,41 @@ from dyndisc._models import (
     Resync,
     Transport,
 )
-from dyndisc._runtime import Component, DistributedRuntime, Endpoint, Namespace
+from dyndisc._runtime import Bucket, Component, DistributedRuntime, Endpoint, Namespace
 from dyndisc._settings import BackendName, LeaseLossPolicy, RuntimeSettings
 from dyndisc.backends import DiscoveryBackend, KeyValueStore, KvDiscovery, Lease, MemoryStore, create_backend
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ENDPOINTS_BUCKET",
+    "EVENT_CHANNELS_BUCKET",
+    "EVENT_SOURCES_BUCKET",
+    "MAX_ENTRY_BYTES",
     "MAX_METADATA_DEPTH",
     "MAX_NAME_LENGTH",
     "MAX_RECORD_BYTES",
+    "MODEL_CARDS_BUCKET",
     "AccessDeniedError",
     "Added",
     "BackendName",
     "BackendUnavailableError",
+    "Bucket",
     "Client",
     "Component",
     "ConfigurationError",
     "DiscoveryBackend",
     "DiscoveryEvent",
     "DistributedRuntime",
+    "DynamoTcp",
     "DyndiscError",
     "Endpoint",
     "EndpointId",
+    "EntryAdded",
+    "EntryEvent",
+    "EntryRemoved",
+    "EntryResync",
+    "EventChannel",
     "Instance",
     "InstanceNotFoundError",
     "InstanceQuery",
@@ -76,6 +105,8 @@ __all__ = [
     "LeaseNotFoundError",
     "LeaseState",
     "MemoryStore",
+    "MetadataEntry",
+    "ModelCard",
     "Namespace",
     "NoInstancesError",
     "Readiness",
@@ -89,4 +120,6 @@ __all__ = [
     "RuntimeSettings",
     "Transport",
     "create_backend",
+    "dynamo_tcp",
+    "model_card",
 ]

@@ -1,21 +1,31 @@
-"""Handles in the reference runtime's style: ``runtime.endpoint("ns.comp.ep")``, ``namespace().component()``.
+"""Handles in the reference runtime's style: ``runtime.endpoint("ns.comp.ep")``, ``namespace().component()``,
+and ``runtime.bucket("v1/mdc")`` for metadata entries.
 
 A handle is a name bound to a runtime; it holds no state of its own, so making one is free.
 """
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from dyndisc._cards import EventChannel, ModelCard
 from dyndisc._client import Client
+from dyndisc._dynamo import DynamoTcp
+from dyndisc._entries import EntryEvent, MetadataEntry, validate_bucket, validate_entry_key
 from dyndisc._instance_set import InstanceSet
 from dyndisc._models import DiscoveryEvent, EndpointId, Instance, InstanceQuery, Readiness, Transport
 from dyndisc._names import validate_name
 
 #: What ``watch()`` returns: ``async with x.watch() as events: async for event in events: ...``.
 EventWatch = AbstractAsyncContextManager[AsyncIterator[DiscoveryEvent]]
+#: What ``Bucket.watch()`` returns.
+EntryWatch = AbstractAsyncContextManager[AsyncIterator[EntryEvent]]
+#: A transport as ``register`` takes it: a :class:`Transport`, ``"kind://address"``, ``{"kind": "address"}``,
+#: a :class:`DynamoTcp` (rendered for every lease), or ``None``.
+TransportArg = Transport | DynamoTcp | str | Mapping[str, str] | None
 
 
 class Runtime(Protocol):
@@ -27,12 +37,37 @@ class Runtime(Protocol):
     async def register(
         self,
         endpoint: EndpointId,
-        transport: Transport | str | Mapping[str, str] | None,
+        transport: TransportArg,
         metadata: Mapping[str, Any] | None,
         readiness: Readiness,
+        *,
+        device_type: str | None = None,
+        request_plane_codec: str | None = None,
     ) -> Instance: ...
 
     async def unregister(self, endpoint: EndpointId) -> None: ...
+
+    async def put_entry(self, entry: MetadataEntry, *, bound: bool = True) -> MetadataEntry: ...
+
+    async def get_entry(self, bucket: str, key: str) -> MetadataEntry | None: ...
+
+    async def delete_entry(self, bucket: str, key: str) -> None: ...
+
+    async def list_entries(self, bucket: str, prefix: str = "") -> list[MetadataEntry]: ...
+
+    def watch_entries(self, bucket: str, prefix: str = "") -> EntryWatch: ...
+
+    async def register_model(
+        self, endpoint: EndpointId, card: Mapping[str, Any], lora: str | None = None
+    ) -> ModelCard: ...
+
+    async def unregister_model(self, endpoint: EndpointId, lora: str | None = None) -> None: ...
+
+    async def models(self, query: InstanceQuery | None = None) -> list[ModelCard]: ...
+
+    async def register_event_channel(self, channel: EventChannel) -> EventChannel: ...
+
+    async def unregister_event_channel(self, channel: EventChannel) -> None: ...
 
     async def instance_set(self, query: InstanceQuery) -> InstanceSet: ...
 
@@ -88,17 +123,29 @@ class Endpoint:
 
     async def register(
         self,
-        transport: Transport | str | Mapping[str, str] | None = None,
+        transport: TransportArg = None,
         metadata: Mapping[str, Any] | None = None,
         *,
         readiness: Readiness = Readiness.READY,
+        device_type: str | None = None,
+        request_plane_codec: str | None = None,
     ) -> Instance:
         """Register this process as an instance of the endpoint; returns the stored :class:`Instance`.
 
-        ``transport`` is how to reach it (``"tcp://host:port"``, ``{"tcp": "host:port"}`` or a
-        :class:`Transport`). Registering again is idempotent, and replaces the record if it changed.
+        ``transport`` is how to reach it (``"tcp://host:port"``, ``{"tcp": "host:port"}``, a
+        :class:`Transport`, or a :class:`~dyndisc.DynamoTcp` for the form a Dynamo client calls).
+        ``device_type`` (``"cpu"``, ``"cuda"``) and ``request_plane_codec`` (``"json"``, ``"msgpack"``) are
+        the reference runtime's optional fields. Registering again is idempotent, and replaces the record
+        if it changed; ``readiness=Readiness.DRAINING`` keeps the instance listed as draining.
         """
-        return await self.runtime.register(self.id, transport, metadata, readiness)
+        return await self.runtime.register(
+            self.id,
+            transport,
+            metadata,
+            readiness,
+            device_type=device_type,
+            request_plane_codec=request_plane_codec,
+        )
 
     async def unregister(self) -> None:
         """Remove this process's instance of the endpoint (the lease and other endpoints stay)."""
@@ -121,5 +168,76 @@ class Endpoint:
         """The process's instance id, the reference runtime's name for it."""
         return self.runtime.instance_id
 
+    async def register_model(self, card: Mapping[str, Any], *, lora: str | None = None) -> ModelCard:
+        """Publish a model deployment card (the reference's ``card_json``, e.g. from
+        :func:`~dyndisc.model_card`) for this endpoint, bound to the process's lease, where a Dynamo
+        frontend reads it; registering again replaces it. A frontend lists the model while this endpoint's
+        instance is registered (ready)."""
+        return await self.runtime.register_model(self.id, card, lora)
+
+    async def unregister_model(self, *, lora: str | None = None) -> None:
+        """Withdraw the card published by :meth:`register_model`."""
+        await self.runtime.unregister_model(self.id, lora)
+
+    async def models(self) -> builtins.list[ModelCard]:
+        """The model cards registered on this endpoint, by every process."""
+        return await self.runtime.models(InstanceQuery.for_endpoint(self.id))
+
+    async def register_event_channel(
+        self, topic: str, transport: Mapping[str, Any], *, publisher_id: int | None = None
+    ) -> EventChannel:
+        """Publish where subscribers reach this endpoint's ``topic`` events (``transport`` in the reference's
+        shape, e.g. ``{"kind": "Zmq", "config": {"endpoint": "tcp://10.0.0.5:5557"}}``), bound to the lease.
+        ``publisher_id`` defaults to a new random one."""
+        channel = EventChannel(
+            self.id.namespace,
+            self.id.component,
+            self.id.endpoint,
+            topic,
+            publisher_id if publisher_id is not None else EventChannel.new_publisher_id(),
+            dict(transport),
+        )
+        return await self.runtime.register_event_channel(channel)
+
+    async def unregister_event_channel(self, channel: EventChannel) -> None:
+        """Withdraw an event channel published by :meth:`register_event_channel`."""
+        await self.runtime.unregister_event_channel(channel)
+
     def __repr__(self) -> str:
         return f"Endpoint({str(self.id)!r})"
+
+
+class Bucket:
+    """A metadata bucket handle: ``runtime.bucket("v1/mdc")``. Entries are JSON objects under ``/``-separated
+    keys; one bound to the lease (the default) goes when this process does, one written with
+    ``lease=False`` stays until it is deleted."""
+
+    def __init__(self, runtime: Runtime, name: str) -> None:
+        self.runtime = runtime
+        self.name = validate_bucket(name)
+
+    async def put(self, key: str, value: Mapping[str, Any], *, lease: bool = True) -> MetadataEntry:
+        """Write ``value`` at ``key`` (replacing what is there) and return the stored entry."""
+        return await self.runtime.put_entry(MetadataEntry(self.name, key, value), bound=lease)
+
+    async def get(self, key: str) -> MetadataEntry | None:
+        """The entry at ``key``, or ``None``."""
+        return await self.runtime.get_entry(self.name, validate_entry_key(key))
+
+    async def delete(self, key: str) -> None:
+        """Delete the entry at ``key`` (a no-op if there is none)."""
+        await self.runtime.delete_entry(self.name, validate_entry_key(key))
+
+    async def entries(self, prefix: str = "") -> list[MetadataEntry]:
+        """Every entry whose key starts with ``prefix``, ordered by key."""
+        return await self.runtime.list_entries(self.name, prefix)
+
+    def watch(self, prefix: str = "") -> EntryWatch:
+        """Watch the entries whose key starts with ``prefix``: ``async with bucket.watch() as events:``, then
+        ``async for event in events`` gives an ``EntryResync`` first, then ``EntryAdded`` / ``EntryRemoved``.
+        The watch is live when the block starts; the backend resumes it after an outage with a new
+        ``EntryResync``."""
+        return self.runtime.watch_entries(self.name, prefix)
+
+    def __repr__(self) -> str:
+        return f"Bucket({self.name!r})"

@@ -100,6 +100,15 @@ class Transport:
         return f"{self.kind}://{self.address}"
 
 
+def _optional_text(value: object, what: str) -> str | None:
+    """``value`` if it is ``None`` or a non-empty string UTF-8 can carry; else :class:`InvalidRecordError`."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidRecordError(f"{what} must be a non-empty string or None, got {value!r}")
+    return check_text(value, what)
+
+
 class Readiness(enum.StrEnum):
     """Whether an instance takes new work: ``ready``, or ``draining`` (finishing in-flight work, leaving)."""
 
@@ -124,6 +133,10 @@ class Instance:
     transport: Transport | None
     metadata: FrozenDict
     readiness: Readiness
+    #: The device the instance serves from (the reference writes ``"cpu"`` or ``"cuda"``), if it says.
+    device_type: str | None
+    #: How its request plane encodes payloads (the reference writes ``"json"`` or ``"msgpack"``), if it says.
+    request_plane_codec: str | None
     registered_at: float | None = field(compare=False)
     _key: tuple[EndpointId, int] = field(init=False, repr=False, compare=False)
 
@@ -136,6 +149,9 @@ class Instance:
         transport: Transport | str | Mapping[str, str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         readiness: Readiness | str = Readiness.READY,
+        *,
+        device_type: str | None = None,
+        request_plane_codec: str | None = None,
         registered_at: float | None = None,
     ) -> None:
         names = (
@@ -171,6 +187,12 @@ class Instance:
         setter(self, "transport", Transport.coerce(transport))
         setter(self, "metadata", freeze_metadata(metadata, where))
         setter(self, "readiness", state)
+        setter(self, "device_type", _optional_text(device_type, f"the device type of {where}"))
+        setter(
+            self,
+            "request_plane_codec",
+            _optional_text(request_plane_codec, f"the request plane codec of {where}"),
+        )
         setter(self, "registered_at", None if registered_at is None else float(registered_at))
 
     def __hash__(self) -> int:
@@ -205,6 +227,11 @@ class Instance:
         }
         if self.transport is not None:
             body["transport"] = self.transport.to_wire()
+        # The reference runtime's optional fields, under its names (top level, not in metadata).
+        if self.device_type is not None:
+            body["device_type"] = self.device_type
+        if self.request_plane_codec is not None:
+            body["request_plane_codec"] = self.request_plane_codec
         if self.metadata:
             body["metadata"] = self.metadata
         if self.readiness is not Readiness.READY:
@@ -306,6 +333,15 @@ def _decoder() -> SchemaValidator:
             core_schema.with_default_schema(
                 core_schema.enum_schema(Readiness, list(Readiness), sub_type="str"), default=Readiness.READY
             ),
+        ),
+        *(
+            core_schema.dataclass_field(
+                optional,
+                core_schema.with_default_schema(
+                    core_schema.nullable_schema(core_schema.str_schema(min_length=1)), default=None
+                ),
+            )
+            for optional in ("device_type", "request_plane_codec")
         ),
         core_schema.dataclass_field(
             "registered_at",

@@ -9,20 +9,29 @@ from functools import lru_cache
 
 from dyndisc._errors import InvalidNameError
 
-#: Longest accepted namespace, component or endpoint name.
+#: Longest accepted namespace, component or endpoint name, in characters.
 MAX_NAME_LENGTH = 128
-#: What a name may hold, as a regular expression (shared by the decoders of stored records).
-NAME_PATTERN = rf"^[A-Za-z0-9_-]{{1,{MAX_NAME_LENGTH}}}$"
+#: Characters no name may hold: ``/`` (it separates key segments), ``.`` (it separates the parts of a dotted
+#: path) and control characters.
+_FORBIDDEN = r"/.\x00-\x1f\x7f-\x9f"
+#: What a name may hold, as a regular expression (shared by the decoders of stored records, which never
+#: see a lone surrogate: JSON decoding refuses them before).
+NAME_PATTERN = rf"^[^{_FORBIDDEN}]{{1,{MAX_NAME_LENGTH}}}$"
 
-_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
-_NAME_RULE = f"names are 1-{MAX_NAME_LENGTH} characters of letters, digits, '_' and '-'"
+# Lone surrogates too: a str can hold one, and no encoding (UTF-8 keys, JSON) can carry it.
+_NAME_RE = re.compile(rf"[^{_FORBIDDEN}\ud800-\udfff]+")
+_NAME_RULE = (
+    f"names are 1-{MAX_NAME_LENGTH} characters, any but '/', '.' and control characters "
+    "(spaces, ':', '+' and non-ASCII letters are fine, as in the reference runtime)"
+)
 
 
 def validate_name(kind: str, value: object) -> str:
     """Return ``value`` if it is a valid ``kind`` name (namespace, component or endpoint), else raise.
 
-    Names become path segments in every backend (etcd keys, file names, NATS subjects, Kubernetes data keys),
-    so they are restricted to a charset that needs no escaping anywhere and cannot form a path.
+    Names accept what the reference runtime accepts (``ns.comp.ep:v2``, ``my ep``, ``nş``) except what could
+    form a path or leave a key: no ``/``, no ``.``, no control character. Layouts whose alphabet is smaller
+    (file names, NATS subjects) escape names; etcd keys and Kubernetes data hold them as they are.
     """
     if not isinstance(value, str):
         raise InvalidNameError(f"{kind} name must be a string, got {type(value).__name__}")
@@ -38,11 +47,10 @@ def validate_name(kind: str, value: object) -> str:
         reason = "it contains '/'"
     elif "." in value:
         reason = "it contains '.', which separates the parts of a dotted path"
-    elif any(c.isspace() for c in value):
-        reason = "it contains whitespace"
     else:
         bad = next(c for c in value if not _NAME_RE.fullmatch(c))
-        reason = f"it contains {bad!r}"
+        what = "a lone surrogate" if "\ud800" <= bad <= "\udfff" else "the control character"
+        reason = f"it contains {what} {bad!r}"
     raise InvalidNameError(f"invalid {kind} name {value!r}: {reason}; {_NAME_RULE}")
 
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any, Literal, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
+from dyndisc._cards import EventChannel, ModelCard, event_segment
 from dyndisc._concurrency import SharedExclusiveLock, Wake, background_tasks
-from dyndisc._errors import LeaseLostError, LeaseNotFoundError, RuntimeNotStartedError
-from dyndisc._handles import Component, Endpoint, Namespace
+from dyndisc._dynamo import EVENT_CHANNELS_BUCKET, MODEL_CARDS_BUCKET, DynamoTcp
+from dyndisc._entries import EntryEvent, MetadataEntry
+from dyndisc._errors import InvalidRecordError, LeaseLostError, LeaseNotFoundError, RuntimeNotStartedError
+from dyndisc._handles import Bucket, Component, Endpoint, Namespace, TransportArg
 from dyndisc._health import HealthRecorder, RuntimeHealth
 from dyndisc._instance_set import InstanceSet
 from dyndisc._lease import (
@@ -39,11 +42,16 @@ from dyndisc.backends import create_backend
 from dyndisc.backends.base import DiscoveryBackend, Lease
 from dyndisc.backends.kv import KeyValueStore, KvDiscovery
 
-__all__ = ["Component", "DistributedRuntime", "Endpoint", "LeaseChangeCallback", "Namespace"]
+__all__ = ["Bucket", "Component", "DistributedRuntime", "Endpoint", "LeaseChangeCallback", "Namespace"]
 
 log = logging.getLogger("dyndisc.runtime")
 
 LeaseChangeCallback = Callable[[LeaseChange], Any]
+#: What ``watch_entries`` returns: ``async with ... as events: async for event in events: ...``.
+EntryWatch = AbstractAsyncContextManager[AsyncIterator[EntryEvent]]
+K = TypeVar("K")
+V = TypeVar("V")
+R = TypeVar("R")
 
 
 class DistributedRuntime:
@@ -111,6 +119,13 @@ class DistributedRuntime:
         self._wanted: dict[EndpointId, Instance] = {}
         #: What is written under the current lease.
         self._registered: dict[EndpointId, Instance] = {}
+        #: Transports rendered for each lease (the instance id is inside their address).
+        self._templates: dict[EndpointId, DynamoTcp] = {}
+        #: Metadata entries bound to the lease that the application wants, by a stable identity (a model
+        #: card's key holds the instance id): each renders its entry for a lease id.
+        self._wanted_entries: dict[Hashable, Callable[[int], MetadataEntry]] = {}
+        #: What of those is written under the current lease.
+        self._written_entries: dict[Hashable, MetadataEntry] = {}
         self._sets: dict[InstanceQuery, InstanceSet] = {}
         self._health = HealthRecorder()
         #: Set when the lease was replaced, the runtime failed or left: registrations waiting look again.
@@ -245,10 +260,15 @@ class DistributedRuntime:
                 # The new id is ours from now on: watchers may see it before re-registration completes.
                 self._lease = lease
                 self._registered = {}
+                self._written_entries = {}
                 try:
                     for endpoint, instance in list(self._wanted.items()):
-                        moved = instance.replace(instance_id=lease.id)
+                        moved = self._for_lease(endpoint, instance, lease.id)
                         self._registered[endpoint] = await backend.register(moved, lease)
+                    for ident, render in list(self._wanted_entries.items()):
+                        entry = render(lease.id)
+                        await backend.put_entry(entry, lease)
+                        self._written_entries[ident] = entry
                 except BaseException:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(REVOKE_BUDGET):
                         await backend.revoke_lease(lease)
@@ -344,45 +364,71 @@ class DistributedRuntime:
         """The namespace ``name``."""
         return Namespace(self, name)
 
+    def bucket(self, name: str) -> Bucket:
+        """The metadata bucket ``name`` (``"v1/mdc"`` holds model cards): put, get, delete, watch entries."""
+        return Bucket(self, name)
+
     # -- operations used by the handles ----------------------------------------------------------------
+    def _for_lease(self, endpoint: EndpointId, instance: Instance, lease_id: int) -> Instance:
+        """``instance`` under ``lease_id``: its id, and a transport rendered for that id if it has a
+        template."""
+        if instance.instance_id == lease_id:
+            return instance
+        template = self._templates.get(endpoint)
+        if template is None:
+            return instance.replace(instance_id=lease_id)
+        return instance.replace(instance_id=lease_id, transport=template.render(endpoint, lease_id))
+
     async def register(
         self,
         endpoint: EndpointId,
-        transport: Transport | str | Mapping[str, str] | None = None,
+        transport: TransportArg = None,
         metadata: Mapping[str, Any] | None = None,
         readiness: Readiness = Readiness.READY,
+        *,
+        device_type: str | None = None,
+        request_plane_codec: str | None = None,
     ) -> Instance:
         """Register ``endpoint`` under the runtime's lease; calling again updates the record in place.
 
-        The registration is recorded before the backend is called, so it is never lost to a lease
-        replacement: one that meets a lease just found gone waits for the new lease and completes under it.
-        If this raises, the registration is forgotten as the application would expect (a write that did
-        land is removed with the lease, or by :meth:`unregister`).
+        ``transport`` may be a :class:`~dyndisc.DynamoTcp`: its address is rendered for the instance id of
+        every lease the runtime holds. The registration is recorded before the backend is called, so it is
+        never lost to a lease replacement: one that meets a lease just found gone waits for the new lease
+        and completes under it. If this raises, the registration is forgotten as the application would
+        expect (a write that did land is removed with the lease, or by :meth:`unregister`).
         """
         if self._failure is not None:
             raise self._failure
         lease = self.lease
+        template: DynamoTcp | None = None
+        given: Transport | str | Mapping[str, str] | None
+        if isinstance(transport, DynamoTcp):
+            template, given = transport, transport.render(endpoint, lease.id)
+        else:
+            given = transport
         # Checked before anything is recorded or written: a bad record is the caller's error, at once.
         previous = self._wanted.get(endpoint)
+        previous_template = self._templates.get(endpoint)
         wanted = Instance(
             endpoint.namespace,
             endpoint.component,
             endpoint.endpoint,
             lease.id,
-            transport,
+            given,
             metadata,
             readiness,
+            device_type=device_type,
+            request_plane_codec=request_plane_codec,
             # When the endpoint was first registered: an update keeps it, so the age a reader shows is honest.
-            previous.registered_at if previous is not None else time.time(),
+            registered_at=previous.registered_at if previous is not None else time.time(),
         )
         self._wanted[endpoint] = wanted
+        _restore(self._templates, endpoint, template)
         try:
             while True:
                 async with self._lease_lock.shared():
                     lease = self.lease
-                    instance = (
-                        wanted if wanted.instance_id == lease.id else wanted.replace(instance_id=lease.id)
-                    )
+                    instance = self._for_lease(endpoint, wanted, lease.id)
                     try:
                         stored = await self.backend.register(instance, lease)
                     except LeaseNotFoundError:
@@ -395,6 +441,7 @@ class DistributedRuntime:
         except BaseException:
             if self._wanted.get(endpoint) is wanted:
                 _restore(self._wanted, endpoint, previous)
+                _restore(self._templates, endpoint, previous_template)
                 self._note_registrations()
             raise
 
@@ -413,6 +460,7 @@ class DistributedRuntime:
         # Forgotten before waiting for the lock: a lease replacement under way must not register it again
         # (found by chaos seed 1004 on an etcd cluster: it came back for a moment under the new lease).
         self._wanted.pop(endpoint, None)
+        self._templates.pop(endpoint, None)
         async with self._lease_lock.shared():
             instance = self._registered.pop(endpoint, None)
             try:
@@ -424,6 +472,121 @@ class DistributedRuntime:
                 raise
             finally:
                 self._note_registrations()
+
+    # -- metadata entries --------------------------------------------------------------------------------
+    async def put_entry(self, entry: MetadataEntry, *, bound: bool = True) -> MetadataEntry:
+        """Write ``entry``; bound to the lease (default) it goes with this process and is written again
+        under a replacement lease, unbound it stays until deleted."""
+        ident = ("entry", entry.bucket, entry.key)
+        if bound:
+            return await self._put_bound(ident, lambda _lease_id: entry)
+        entry.to_json()  # too large or not JSON: refused before anything changes
+        async with self._lease_lock.shared():
+            self._wanted_entries.pop(ident, None)
+            self._written_entries.pop(ident, None)
+            await self.backend.put_entry(entry, None)
+        return entry
+
+    async def _put_bound(self, ident: Hashable, render: Callable[[int], MetadataEntry]) -> MetadataEntry:
+        """Record a lease-bound entry and write it under the current lease (as :meth:`register` does)."""
+        if self._failure is not None:
+            raise self._failure
+        render(self.lease.id).to_json()  # a bad entry is the caller's error, before anything is recorded
+        previous = self._wanted_entries.get(ident)
+        self._wanted_entries[ident] = render
+        try:
+            while True:
+                async with self._lease_lock.shared():
+                    lease = self.lease
+                    entry = render(lease.id)
+                    try:
+                        await self.backend.put_entry(entry, lease)
+                    except LeaseNotFoundError:
+                        self._renew_now.set()
+                    else:
+                        self._written_entries[ident] = entry
+                        return entry
+                await self._wait_for_another_lease(lease)
+        except BaseException:
+            if self._wanted_entries.get(ident) is render:
+                _restore(self._wanted_entries, ident, previous)
+            raise
+
+    async def delete_entry(self, bucket: str, key: str) -> None:
+        """Delete an entry (bound or not; a no-op if absent)."""
+        await self._forget_entry(("entry", bucket, key), bucket, key)
+
+    async def _forget_entry(self, ident: Hashable, bucket: str, key: str) -> None:
+        async with self._lease_lock.shared():
+            self._wanted_entries.pop(ident, None)
+            written = self._written_entries.pop(ident, None)
+            if written is not None:
+                bucket, key = written.bucket, written.key
+            await self.backend.delete_entry(bucket, key)
+
+    async def get_entry(self, bucket: str, key: str) -> MetadataEntry | None:
+        """The entry ``key`` of ``bucket``, if there is one (live)."""
+        found = await self.backend.list_entries(bucket, key)
+        return next((e for e in found if e.key == key), None)
+
+    async def list_entries(self, bucket: str, prefix: str = "") -> list[MetadataEntry]:
+        """The entries of ``bucket`` whose key starts with ``prefix``."""
+        return await self.backend.list_entries(bucket, prefix)
+
+    def watch_entries(self, bucket: str, prefix: str = "") -> EntryWatch:
+        """Watch the entries of ``bucket`` under ``prefix`` (see :meth:`Bucket.watch`)."""
+        return self.backend.watch_entries(bucket, prefix)
+
+    async def register_model(
+        self, endpoint: EndpointId, card: Mapping[str, Any], lora: str | None = None
+    ) -> ModelCard:
+        """Publish a model deployment card on ``endpoint``, bound to the lease, at the reference's key
+        (``v1/mdc/{ns}/{comp}/{ep}/{instance id:x}[/{lora}]``), written again for a replacement lease."""
+        if not isinstance(card, Mapping):
+            raise InvalidRecordError(f"a model card is a mapping (card_json), got {type(card).__name__}")
+        ns, comp, ep = endpoint.namespace, endpoint.component, endpoint.endpoint
+        frozen = ModelCard(ns, comp, ep, 0, card, lora).card  # checked once, before anything is written
+
+        def render(lease_id: int) -> MetadataEntry:
+            return ModelCard(ns, comp, ep, lease_id, frozen, lora).to_entry()
+
+        entry = await self._put_bound(("model", endpoint, lora), render)
+        return ModelCard.from_entry(entry)
+
+    async def unregister_model(self, endpoint: EndpointId, lora: str | None = None) -> None:
+        """Withdraw the card :meth:`register_model` published (a no-op if there is none)."""
+        ns, comp, ep = endpoint.namespace, endpoint.component, endpoint.endpoint
+        key = ModelCard(ns, comp, ep, self.instance_id, {}, lora).key
+        await self._forget_entry(("model", endpoint, lora), MODEL_CARDS_BUCKET, key)
+
+    async def models(self, query: InstanceQuery | None = None) -> list[ModelCard]:
+        """The model cards registered on the endpoints ``query`` covers (everything by default), by every
+        process (dyndisc or Dynamo); cards that cannot be read are skipped with a warning."""
+        parts = (query or InstanceQuery()).parts
+        found = await self.backend.list_entries(MODEL_CARDS_BUCKET, "".join(f"{p}/" for p in parts))
+        return _read_all(found, ModelCard.from_entry)
+
+    async def register_event_channel(self, channel: EventChannel) -> EventChannel:
+        """Publish an event channel, bound to the lease, where the reference's subscribers look for it."""
+        entry = channel.to_entry()
+        await self._put_bound(("entry", entry.bucket, entry.key), lambda _lease_id: entry)
+        return channel
+
+    async def unregister_event_channel(self, channel: EventChannel) -> None:
+        """Withdraw an event channel."""
+        await self.delete_entry(EVENT_CHANNELS_BUCKET, channel.key)
+
+    async def event_channels(
+        self, query: InstanceQuery | None = None, topic: str | None = None
+    ) -> list[EventChannel]:
+        """The event channels under the scope of ``query`` (channels of its components and endpoints too),
+        of ``topic`` if given; channels that cannot be read are skipped with a warning."""
+        kinds = ("namespace", "component", "endpoint")
+        parts = (query or InstanceQuery()).parts
+        prefix = "".join(f"{kind}/{event_segment(name)}/" for kind, name in zip(kinds, parts, strict=False))
+        entries = await self.backend.list_entries(EVENT_CHANNELS_BUCKET, prefix)
+        found = _read_all(entries, EventChannel.from_entry)
+        return [c for c in found if topic is None or c.topic == topic]
 
     async def instance_set(self, query: InstanceQuery) -> InstanceSet:
         """The shared live set for ``query``, watched once per runtime; established before it returns."""
@@ -458,8 +621,19 @@ class DistributedRuntime:
             source.unsubscribe(subscription)
 
 
-def _restore(mapping: dict[EndpointId, Instance], key: EndpointId, previous: Instance | None) -> None:
+def _restore(mapping: dict[K, V], key: K, previous: V | None) -> None:
     if previous is None:
         mapping.pop(key, None)
     else:
         mapping[key] = previous
+
+
+def _read_all(entries: list[MetadataEntry], read: Callable[[MetadataEntry], R]) -> list[R]:
+    """``read`` of every entry; one that is not what ``read`` expects is skipped with a warning."""
+    found = []
+    for entry in entries:
+        try:
+            found.append(read(entry))
+        except InvalidRecordError as exc:
+            log.warning("skipping %s: %s", entry, exc)
+    return found

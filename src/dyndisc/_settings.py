@@ -8,6 +8,7 @@ Every settings class derives from :class:`Settings`, so a bad value anywhere bec
 from __future__ import annotations
 
 import enum
+import os
 from typing import Annotated, Any, ClassVar, Literal, Self, cast, get_args
 
 from pydantic import Field, ValidationError
@@ -15,22 +16,41 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dyndisc._errors import ConfigurationError
 
-#: Backend names accepted by ``DYN_DISCOVERY_BACKEND``, and their aliases.
+#: Backend names accepted by ``DYN_DISCOVERY_BACKEND``, and their aliases. The reference runtime's values
+#: (``etcd``, ``file``, ``mem``, ``kubernetes``) mean what they mean there.
 BACKEND_NAMES = ("etcd", "kubernetes", "memory", "nats", "file")
 BACKEND_ALIASES = {"mem": "memory", "k8s": "kubernetes", "kube": "kubernetes"}
+#: The reference's older name for "a key-value store, chosen by ``DYN_STORE_KV``" (``etcd``, ``file`` or
+#: ``mem``; default ``etcd``), from before ``DYN_DISCOVERY_BACKEND`` named the store itself.
+KV_STORE = "kv_store"
+KV_STORE_NAMES = ("etcd", "file", "mem")
 #: A backend name or alias, for type checkers (``DistributedRuntime("etcdd")`` is an error before it runs).
-BackendName = Literal["etcd", "kubernetes", "memory", "nats", "file", "mem", "k8s", "kube"]
+BackendName = Literal["etcd", "kubernetes", "memory", "nats", "file", "mem", "k8s", "kube", "kv_store"]
 
 
 def canonical_backend_name(name: str, source: str = "DYN_DISCOVERY_BACKEND") -> BackendName:
     """Map a backend name or alias to its canonical name, or raise a :class:`ConfigurationError`.
 
-    ``source`` says where the name came from (a variable or an argument), for the message.
+    ``source`` says where the name came from (a variable or an argument), for the message. ``kv_store``
+    reads ``DYN_STORE_KV``, as the reference runtime's older versions did.
     """
     key = name.strip().lower()
+    if key == KV_STORE:
+        store = os.environ.get("DYN_STORE_KV", "etcd").strip().lower() or "etcd"
+        if store not in KV_STORE_NAMES:
+            raise ConfigurationError(
+                f"unknown key-value store {store!r} (DYN_STORE_KV, read because {source}={name!r}); valid: "
+                + ", ".join(KV_STORE_NAMES)
+            )
+        key = store
     key = BACKEND_ALIASES.get(key, key)
     if key not in BACKEND_NAMES:
-        valid = ", ".join(BACKEND_NAMES) + " (aliases: " + ", ".join(sorted(BACKEND_ALIASES)) + ")"
+        valid = (
+            ", ".join(BACKEND_NAMES)
+            + " (aliases: "
+            + ", ".join(sorted(BACKEND_ALIASES))
+            + f"; {KV_STORE} picks DYN_STORE_KV's store)"
+        )
         raise ConfigurationError(f"unknown discovery backend {name!r} ({source}); valid: {valid}")
     return cast(BackendName, key)
 
@@ -90,4 +110,4 @@ DEFAULT_LEASE_TTL = 10.0
 
 
 # The Literal and the tuples above must name the same backends.
-assert set(get_args(BackendName)) == {*BACKEND_NAMES, *BACKEND_ALIASES}
+assert set(get_args(BackendName)) == {*BACKEND_NAMES, *BACKEND_ALIASES, KV_STORE}

@@ -228,7 +228,7 @@ async def test_shutdown_policy_ends_the_runtime_on_lease_loss(runtimes: Runtimes
 
 @pytest.mark.parametrize(
     "path",
-    ["a b.c.d", "a.b", "a.b.c.d", ".b.c", "a..c", "a/x.b.c", "ns.comp.\tep", "x" * 129 + ".b.c", "é.b.c"],
+    ["a.b", "a.b.c.d", ".b.c", "a..c", "a/x.b.c", "ns.comp.\tep", "x" * 129 + ".b.c", "a\x00.b.c"],
 )
 async def test_invalid_names_are_rejected_before_any_write(runtimes: Runtimes, ns: str, path: str) -> None:
     worker = await runtimes.start()

@@ -77,7 +77,7 @@ def test_get_one_instance(shared_store: MemoryStore) -> None:
     assert "no live instance ff of ns.c.e (live: ab)" in missing.output
 
 
-@pytest.mark.parametrize("args", [["list", "a.b.c.d"], ["get", "ns.c.e/xyz"], ["list", "bad name"]])
+@pytest.mark.parametrize("args", [["list", "a.b.c.d"], ["get", "ns.c.e/xyz"], ["list", "bad/name"]])
 def test_bad_paths_are_usage_errors(args: list[str], shared_store: MemoryStore) -> None:
     result = CliRunner().invoke(main, [*args, "--backend", "memory"])
     assert result.exit_code == 2

@@ -7,22 +7,55 @@ import logging
 
 import pytest
 
-from dyndisc import ConfigurationError, DistributedRuntime, Instance, InstanceQuery, KvDiscovery, MemoryStore
+from dyndisc import (
+    Added,
+    ConfigurationError,
+    DistributedRuntime,
+    DynamoTcp,
+    EndpointId,
+    Instance,
+    InstanceQuery,
+    InvalidNameError,
+    InvalidRecordError,
+    KvDiscovery,
+    MemoryStore,
+    Readiness,
+    Removed,
+    Resync,
+    dynamo_tcp,
+)
 from dyndisc.backends.file import FileStore
 from dyndisc.backends.kv.layouts import DynamoV1Layout, DyndiscLayout, make_layout
 
+GENERATE = EndpointId("dynamo", "backend", "generate")
+WORKER_ID = 0x694D98147D54BE25
 WORKER = Instance(
     namespace="dynamo",
     component="backend",
     endpoint="generate",
-    instance_id=0x694D98147D54BE25,
-    transport={"tcp": "10.0.0.5:41555/694d98147d54be25/generate"},
+    instance_id=WORKER_ID,
+    transport=dynamo_tcp("10.0.0.5", 41555, GENERATE, WORKER_ID),
+    device_type="cuda",
+    request_plane_codec="msgpack",
 )
-#: The reference runtime's record of WORKER, byte for byte (dynamo-reference.md section 1.3).
+#: The reference runtime's record of WORKER, byte for byte (as ai-dynamo-runtime 1.6.1 writes it, measured in
+#: tools/dynamo-reference/FINDINGS.md section 3).
 REFERENCE = (
     b'{"type":"Endpoint","component":"backend","endpoint":"generate","namespace":"dynamo",'
-    b'"instance_id":%d,"transport":{"tcp":"10.0.0.5:41555/694d98147d54be25/generate"}}' % 0x694D98147D54BE25
+    b'"instance_id":%d,"transport":{"tcp":"10.0.0.5:41555/694d98147d54be25/dynamo/backend/generate"},'
+    b'"device_type":"cuda","request_plane_codec":"msgpack"}' % WORKER_ID
 )
+
+
+def test_dynamo_tcp_builds_the_path_the_reference_server_routes_by() -> None:
+    assert WORKER.transport is not None
+    assert WORKER.transport.address == "10.0.0.5:41555/694d98147d54be25/dynamo/backend/generate"
+    names = EndpointId("n\u015f", "comp", "ep:v2")
+    assert dynamo_tcp("::1", 9, names, 0x1F).address == "[::1]:9/1f/n\u015f/comp/ep:v2"
+    with pytest.raises(InvalidRecordError, match="port"):
+        DynamoTcp("h", 0)
+    with pytest.raises(InvalidRecordError, match="host"):
+        DynamoTcp("h/x", 1)
 
 
 def test_dynamo_v1_keys_and_records_are_the_reference_ones() -> None:
@@ -34,12 +67,33 @@ def test_dynamo_v1_keys_and_records_are_the_reference_ones() -> None:
     assert layout.parse(layout.key_for(WORKER), REFERENCE) == WORKER
 
 
-def test_dynamo_v1_keeps_the_references_optional_fields_as_metadata() -> None:
-    body = json.loads(REFERENCE)
-    body.update(device_type="Cuda", request_plane_codec="msgpack")
-    found = DynamoV1Layout().parse(DynamoV1Layout().key_for(WORKER), json.dumps(body).encode())
+def test_dynamo_v1_reads_the_optional_fields_and_writes_them_back_unchanged() -> None:
+    layout = DynamoV1Layout()
+    body = json.loads(REFERENCE) | {"a_field_of_a_later_version": {"x": 1}}
+    found = layout.parse(layout.key_for(WORKER), json.dumps(body).encode())
     assert found is not None
-    assert found.metadata == {"device_type": "Cuda", "request_plane_codec": "msgpack"}
+    assert (found.device_type, found.request_plane_codec) == ("cuda", "msgpack")
+    assert found.metadata == {}, "the reference's fields are not folded into metadata"
+    assert layout.encode(found) == REFERENCE, "read then write gives the reference's record back"
+    own = found.replace(metadata={"model": "m"}, readiness=Readiness.DRAINING)
+    assert layout.parse(layout.side_key_for(own), layout.encode(own)) == own
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"transport": "http://10.0.0.5:8080"}, "transport kind is 'http'"),
+        ({"transport": None}, "has no transport"),
+        ({"transport": {"grpc": "h:1"}}, "transport kind is 'grpc'"),
+        ({"device_type": "tpu"}, "device type is 'tpu'"),
+        ({"request_plane_codec": "cbor"}, "codec is 'cbor'"),
+    ],
+)
+def test_dynamo_v1_refuses_records_the_reference_would_skip(changes: dict[str, object], why: str) -> None:
+    with pytest.raises(InvalidRecordError, match=why) as refused:
+        DynamoV1Layout().encode(WORKER.replace(**changes))
+    assert "invisible to Dynamo" in str(refused.value)
+    assert "DynamoTcp" in str(refused.value), "the message says what to do"
 
 
 @pytest.mark.parametrize(
@@ -48,7 +102,7 @@ def test_dynamo_v1_keeps_the_references_optional_fields_as_metadata() -> None:
         (b'{"type":"Model","namespace":"dynamo"}', "type 'Model'"),
         (b"not json", "not JSON"),
         (b"[1]", "expected a JSON object"),
-        (REFERENCE.replace(b"%d" % 0x694D98147D54BE25, b"1"), "belongs at"),
+        (REFERENCE.replace(b"%d" % WORKER_ID, b"1"), "belongs at"),
     ],
 )
 def test_dynamo_v1_skips_what_it_cannot_read(
@@ -58,6 +112,20 @@ def test_dynamo_v1_skips_what_it_cannot_read(
     with caplog.at_level(logging.WARNING, "dyndisc.kv"):
         assert layout.parse(layout.key_for(WORKER), value) is None
     assert why in caplog.text
+
+
+def test_entries_live_in_their_bucket_and_never_where_instances_do() -> None:
+    assert DynamoV1Layout().entry_prefix("v1/mdc") == "v1/mdc/"
+    assert DyndiscLayout().entry_prefix("models") == "/models/"
+    for bucket in ("v1/instances", "v1/dyndisc_endpoints"):
+        with pytest.raises(InvalidNameError, match="keeps endpoint instances"):
+            DynamoV1Layout().entry_prefix(bucket)
+    with pytest.raises(InvalidNameError, match="keeps endpoint instances"):
+        DyndiscLayout().entry_prefix("services")
+    with pytest.raises(InvalidNameError, match="two segments"):
+        DynamoV1Layout().entry_prefix("models")
+    with pytest.raises(InvalidNameError, match="bucket"):
+        DyndiscLayout().entry_prefix("../x")
 
 
 def test_the_default_layout_is_unchanged() -> None:
@@ -77,7 +145,7 @@ def test_bad_layout_choices_say_what_to_do(tmp_path: object, monkeypatch: pytest
         KvDiscovery(MemoryStore())
     with pytest.raises(ConfigurationError, match="always uses the key root 'v1/instances'"):
         make_layout("dynamo-v1", root="/svc")
-    with pytest.raises(ConfigurationError, match="cannot hold the dynamo-v1 key layout"):
+    with pytest.raises(ConfigurationError, match=r"cannot hold the dynamo-v1 key layout.*DynamoFileStore"):
         KvDiscovery(FileStore(str(tmp_path)), layout="dynamo-v1")
 
 
@@ -86,7 +154,38 @@ async def test_a_runtime_on_the_dynamo_layout_round_trips(monkeypatch: pytest.Mo
     store = MemoryStore()
     async with DistributedRuntime(store, lease_ttl=2) as runtime:  # TTL 2 s
         client = await runtime.endpoint("dynamo.backend.generate").client()
-        registered = await runtime.endpoint("dynamo.backend.generate").register("tcp://10.0.0.5:41555")
+        registered = await runtime.endpoint("dynamo.backend.generate").register(DynamoTcp("10.0.0.5", 41555))
         assert await client.wait_for_instances(timeout=5) == [registered]
         keys = list(await store.get_prefix("v1/instances/"))
         assert keys == [f"v1/instances/dynamo/backend/generate/{runtime.instance_id:x}"]
+        with pytest.raises(InvalidRecordError, match="invisible to Dynamo"):
+            await runtime.endpoint("dynamo.backend.other").register("http://10.0.0.5:80")
+        assert [i.endpoint for i in runtime.registrations] == ["generate"], "nothing else was written"
+
+
+async def test_a_draining_instance_leaves_the_bucket_dynamo_reads_and_stays_for_dyndisc() -> None:
+    store = MemoryStore()
+    async with (
+        DistributedRuntime(KvDiscovery(store, layout="dynamo-v1"), lease_ttl=5) as worker,
+        DistributedRuntime(KvDiscovery(store, layout="dynamo-v1"), lease_ttl=5) as router,
+    ):
+        endpoint = worker.endpoint("dynamo.backend.generate")
+        iid = worker.instance_id
+        async with router.endpoint("dynamo.backend.generate").watch() as events:
+            assert await anext(events) == Resync(instances=())
+            ready = await endpoint.register(DynamoTcp("h", 1))
+            assert await anext(events) == Added(instance=ready)
+            draining = await endpoint.register(DynamoTcp("h", 1), readiness=Readiness.DRAINING)
+            assert await anext(events) == Added(instance=draining)
+            assert list(await store.get_prefix("v1/")) == [
+                f"v1/dyndisc_endpoints/dynamo/backend/generate/{iid:x}"
+            ]
+            assert await router.endpoint("dynamo.backend.generate").list() == [draining]
+            again = await endpoint.register(DynamoTcp("h", 1))
+            assert await anext(events) == Added(instance=again), "back to ready: one upsert, no removal"
+            assert list(await store.get_prefix("v1/")) == [f"v1/instances/dynamo/backend/generate/{iid:x}"]
+            await endpoint.register(DynamoTcp("h", 1), readiness=Readiness.DRAINING)
+            assert (await anext(events)).instance.readiness is Readiness.DRAINING  # type: ignore[union-attr]
+            await endpoint.unregister()
+            assert await anext(events) == Removed(endpoint=GENERATE, instance_id=iid)
+            assert await store.get_prefix("v1/") == {}

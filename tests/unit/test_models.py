@@ -36,10 +36,11 @@ def test_endpoint_path_parsing() -> None:
     [
         ("namespace", "", "empty"),
         ("component", "a/b", "'/'"),
-        ("endpoint", "a b", "whitespace"),
+        ("endpoint", "a\tb", "control character '\\t'"),
         ("namespace", "a.b", "'.'"),
         ("component", "x" * 129, "129 characters"),
-        ("endpoint", "caf\u00e9", "'\u00e9'"),
+        ("endpoint", "a\x00b", "control character"),
+        ("endpoint", "a\ud800", "lone surrogate"),
     ],
 )
 def test_invalid_names_name_the_bad_part(kind: str, value: str, reason: str) -> None:
@@ -49,6 +50,13 @@ def test_invalid_names_name_the_bad_part(kind: str, value: str, reason: str) -> 
     assert kind in str(info.value)
     assert reason in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("name", ["ep:v2", "ns+1", "my ep", "n\u015f", "c\u00f6mp", "\u00e9p", "x" * 128])
+def test_names_the_reference_runtime_accepts_are_accepted(name: str) -> None:
+    instance = Instance(namespace=name, component=name, endpoint=name, instance_id=1, transport="tcp://h:1")
+    assert EndpointId.parse(f"{name}.{name}.{name}") == instance.endpoint_id
+    assert Instance.from_json(instance.to_json()) == instance
 
 
 def test_record_round_trip_is_compact_and_tolerates_unknown_fields() -> None:
@@ -64,8 +72,21 @@ def test_record_round_trip_is_compact_and_tolerates_unknown_fields() -> None:
     assert b" " not in data
     assert json.loads(data)["transport"] == {"tcp": "10.0.0.5:41555"}
     assert Instance.from_json(data) == instance
-    extended = json.loads(data) | {"device_type": "cuda", "future_field": {"x": 1}}
+    extended = json.loads(data) | {"future_field": {"x": 1}}
     assert Instance.from_json(json.dumps(extended)) == instance
+
+
+def test_the_reference_optional_fields_are_first_class_and_round_trip() -> None:
+    instance = Instance(
+        "ns", "c", "e", 7, "tcp://h:1/7/ns/c/e", device_type="cuda", request_plane_codec="msgpack"
+    )
+    body = json.loads(instance.to_json())
+    assert (body["device_type"], body["request_plane_codec"]) == ("cuda", "msgpack")
+    assert "metadata" not in body, "top-level fields, as the reference writes them"
+    assert Instance.from_json(instance.to_json()) == instance
+    assert Instance.from_json(json.dumps({**body, "device_type": None})).device_type is None
+    with pytest.raises(InvalidRecordError, match="device type"):
+        Instance("ns", "c", "e", 7, device_type="")
 
 
 def test_draining_state_round_trips() -> None:
@@ -81,7 +102,7 @@ def test_draining_state_round_trips() -> None:
         b"",
         b"[]",
         b"{}",
-        b'{"namespace":"a b","component":"c","endpoint":"e","instance_id":1}',
+        b'{"namespace":"a/b","component":"c","endpoint":"e","instance_id":1}',
         b'{"namespace":"n","component":"c","endpoint":"e","instance_id":-1}',
         b"\xff",
     ],
@@ -191,7 +212,7 @@ def test_replace_makes_a_checked_copy_with_a_fresh_key() -> None:
     assert moved.metadata == instance.metadata
     assert instance.instance_id == 1
     with pytest.raises(InvalidNameError):
-        instance.replace(endpoint="a b")
+        instance.replace(endpoint="a/b")
 
 
 @pytest.mark.parametrize(

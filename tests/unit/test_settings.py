@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dyndisc import ConfigurationError, DistributedRuntime, KvDiscovery, LeaseLossPolicy, MemoryStore
-from dyndisc._settings import RuntimeSettings
+from dyndisc._settings import RuntimeSettings, canonical_backend_name
 from dyndisc.backends.etcd import EtcdSettings, EtcdStore
 
 
@@ -75,3 +75,33 @@ def test_bad_ttl_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, ttl: str) -> 
     monkeypatch.setenv("DYN_LEASE_TTL", ttl)
     with pytest.raises(ConfigurationError, match="DYN_LEASE_TTL"):
         DistributedRuntime(MemoryStore())
+
+
+@pytest.mark.parametrize(
+    ("value", "store", "expected"),
+    [
+        ("mem", None, "memory"),
+        ("file", None, "file"),
+        ("etcd", None, "etcd"),
+        ("kubernetes", None, "kubernetes"),
+        ("kv_store", None, "etcd"),
+        ("kv_store", "file", "file"),
+        ("kv_store", "mem", "memory"),
+        ("KV_STORE", "etcd", "etcd"),
+    ],
+)
+def test_the_reference_runtimes_values_mean_the_same(
+    monkeypatch: pytest.MonkeyPatch, value: str, store: str | None, expected: str
+) -> None:
+    if store is None:
+        monkeypatch.delenv("DYN_STORE_KV", raising=False)
+    else:
+        monkeypatch.setenv("DYN_STORE_KV", store)
+    assert canonical_backend_name(value) == expected
+
+
+def test_kv_store_names_the_store_variable_when_it_is_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DYN_DISCOVERY_BACKEND", "kv_store")
+    monkeypatch.setenv("DYN_STORE_KV", "nats")
+    with pytest.raises(ConfigurationError, match=r"'nats' \(DYN_STORE_KV.*valid: etcd, file, mem"):
+        DistributedRuntime.from_env()

@@ -8,11 +8,13 @@ under that lease, lists and watches. Key-value backends share one implementation
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from dyndisc._diagnosis import BackendDoctor
+from dyndisc._entries import EntryEvent, MetadataEntry
 from dyndisc._models import DiscoveryEvent, Instance, InstanceQuery
 
 
@@ -116,6 +118,29 @@ class DiscoveryBackend(Connected, abc.ABC):
         """Seconds the lease of ``instance_id`` has left on the server, for display (``dyndisc ui``);
         ``None`` where the backend cannot tell (no TTL, as on Kubernetes) or the lease is gone."""
         return None
+
+    # -- metadata entries ------------------------------------------------------------------------------
+    # Not abstract: a backend written before entries existed keeps working for instances, and says clearly
+    # that it does not store entries when asked.
+    async def put_entry(self, entry: MetadataEntry, lease: Lease | None) -> None:
+        """Write ``entry`` (replacing any value at its key) under ``lease``, so it goes when the lease does,
+        or, with ``lease=None``, until it is deleted."""
+        raise NotImplementedError(f"the {self.name} backend does not store metadata entries")
+
+    async def delete_entry(self, bucket: str, key: str) -> None:
+        """Delete the entry ``key`` of ``bucket``; a no-op if absent."""
+        raise NotImplementedError(f"the {self.name} backend does not store metadata entries")
+
+    async def list_entries(self, bucket: str, prefix: str = "") -> builtins.list[MetadataEntry]:
+        """The live entries of ``bucket`` whose key starts with ``prefix``, ordered by key."""
+        raise NotImplementedError(f"the {self.name} backend does not store metadata entries")
+
+    def watch_entries(
+        self, bucket: str, prefix: str = ""
+    ) -> AbstractAsyncContextManager[AsyncIterator[EntryEvent]]:
+        """Watch the entries of ``bucket`` whose key starts with ``prefix``: an ``EntryResync`` first, then
+        ``EntryAdded`` / ``EntryRemoved``, with the guarantees of :meth:`watch`."""
+        raise NotImplementedError(f"the {self.name} backend does not store metadata entries")
 
     async def __aenter__(self) -> DiscoveryBackend:
         return self

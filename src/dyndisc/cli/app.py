@@ -21,7 +21,7 @@ import anyio
 import click
 
 from dyndisc._errors import BackendUnavailableError, DyndiscError
-from dyndisc._settings import BACKEND_ALIASES, BACKEND_NAMES, canonical_backend_name
+from dyndisc._settings import BACKEND_ALIASES, BACKEND_NAMES, KV_STORE, canonical_backend_name
 from dyndisc.backends import DiscoveryBackend, create_backend
 from dyndisc.cli.output import Style
 
@@ -31,7 +31,7 @@ T = TypeVar("T")
 DEFAULT_WAIT = 5.0
 #: The variable ``--endpoints`` sets, per backend.
 ENDPOINT_VARIABLES = {"etcd": "ETCD_ENDPOINTS", "nats": "NATS_SERVER"}
-BACKEND_CHOICE = click.Choice([*BACKEND_NAMES, *BACKEND_ALIASES], case_sensitive=False)
+BACKEND_CHOICE = click.Choice([*BACKEND_NAMES, *BACKEND_ALIASES, KV_STORE], case_sensitive=False)
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Settings:
         if self.endpoints is not None:
             variable = ENDPOINT_VARIABLES.get(name)
             if variable is None:
-                where = {"file": "DYN_FILE_KV", "kubernetes": "KUBECONFIG", "memory": "nowhere"}[name]
+                where = {"file": "DYN_FILE_KV", "kubernetes": "KUBECONFIG"}.get(name, "nowhere")
                 raise click.UsageError(
                     f"--endpoints applies to etcd and nats; the {name} backend is found through {where}"
                 )

@@ -13,6 +13,7 @@ Production classes carry no test hooks: everything a test needs to break lives h
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ import anyio
 
 from dyndisc._concurrency import Wake, background_tasks
 from dyndisc._diagnosis import BackendDoctor
+from dyndisc._entries import EntryEvent, MetadataEntry
 from dyndisc._errors import BackendUnavailableError
 from dyndisc._models import DiscoveryEvent, Instance, InstanceQuery
 from dyndisc.backends.base import Connected, DiscoveryBackend, Lease
@@ -279,3 +281,19 @@ class CrashableBackend(_Forwarding, DiscoveryBackend):
 
     async def lease_time_left(self, instance_id: int) -> float | None:
         return await self.inner.lease_time_left(instance_id)
+
+    async def put_entry(self, entry: MetadataEntry, lease: Lease | None) -> None:
+        await self._hang_if_crashed()
+        await self.inner.put_entry(entry, lease)
+
+    async def delete_entry(self, bucket: str, key: str) -> None:
+        await self._hang_if_crashed()
+        await self.inner.delete_entry(bucket, key)
+
+    async def list_entries(self, bucket: str, prefix: str = "") -> builtins.list[MetadataEntry]:
+        return await self.inner.list_entries(bucket, prefix)
+
+    def watch_entries(
+        self, bucket: str, prefix: str = ""
+    ) -> AbstractAsyncContextManager[AsyncIterator[EntryEvent]]:
+        return self.inner.watch_entries(bucket, prefix)

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from etcd_helpers import MakeStore, next_event
 
-from dyndisc import Added, DistributedRuntime, InstanceQuery, KvDiscovery, Removed, Resync
+from dyndisc import Added, DistributedRuntime, DynamoTcp, InstanceQuery, KvDiscovery, Removed, Resync
 from dyndisc.testing.servers import EtcdServer
 
 
@@ -22,12 +22,12 @@ async def test_reads_records_the_reference_runtime_wrote(
     lease = await store.grant(5)
     worker_id = lease.id
     key = f"v1/instances/{ns}/backend/generate/{worker_id:x}"
-    # Exactly what Dynamo's KVStoreDiscovery puts (serde_json of DiscoveryInstance::Endpoint), including
-    # the 2026 optional fields.
+    # Exactly what Dynamo 1.6.1's KVStoreDiscovery puts (serde_json of DiscoveryInstance::Endpoint), with
+    # its optional fields.
     raw = (
         '{"type":"Endpoint","component":"backend","endpoint":"generate","namespace":"' + ns + '",'
-        f'"instance_id":{worker_id},"transport":{{"tcp":"10.0.0.5:41555/{worker_id:x}/generate"}},'
-        '"device_type":"Cuda","request_plane_codec":"msgpack"}'
+        f'"instance_id":{worker_id},"transport":{{"tcp":"10.0.0.5:41555/{worker_id:x}/{ns}/backend/generate"}},'
+        '"device_type":"cuda","request_plane_codec":"msgpack"}'
     ).encode()
     discovery = KvDiscovery(store, layout="dynamo-v1", owns_store=False)
     query = InstanceQuery(namespace=ns)
@@ -42,9 +42,10 @@ async def test_reads_records_the_reference_runtime_wrote(
         assert instance.transport is not None
         assert (instance.transport.kind, instance.transport.address) == (
             "tcp",
-            f"10.0.0.5:41555/{worker_id:x}/generate",
+            f"10.0.0.5:41555/{worker_id:x}/{ns}/backend/generate",
         )
-        assert instance.metadata == {"device_type": "Cuda", "request_plane_codec": "msgpack"}
+        assert (instance.device_type, instance.request_plane_codec) == ("cuda", "msgpack")
+        assert instance.metadata == {}
         assert await discovery.list(query) == [instance]
         # A NATS-transport worker of an older runtime, and a model card in the same bucket tree are
         # read and skipped respectively.
@@ -71,12 +72,12 @@ async def test_writes_records_in_the_reference_shape(etcd_server: EtcdServer, ma
     discovery = KvDiscovery(store, layout="dynamo-v1", owns_store=False)
     async with DistributedRuntime(discovery, lease_ttl=2) as runtime:  # TTL 2 s
         iid = runtime.instance_id
-        await runtime.endpoint(f"{ns}.backend.generate").register(f"tcp://10.0.0.5:41555/{iid:x}/generate")
+        await runtime.endpoint(f"{ns}.backend.generate").register(DynamoTcp("10.0.0.5", 41555))
         stored = await store.get_prefix("v1/instances/")
         mine = {k: v for k, v in stored.items() if k.startswith(f"v1/instances/{ns}/")}
         expected = (
             '{"type":"Endpoint","component":"backend","endpoint":"generate","namespace":"' + ns + '",'
-            f'"instance_id":{iid},"transport":{{"tcp":"10.0.0.5:41555/{iid:x}/generate"}}}}'
+            f'"instance_id":{iid},"transport":{{"tcp":"10.0.0.5:41555/{iid:x}/{ns}/backend/generate"}}}}'
         ).encode()
         assert mine == {f"v1/instances/{ns}/backend/generate/{iid:x}": expected}
         # Parses back with the same shape a reference reader expects.
@@ -84,7 +85,7 @@ async def test_writes_records_in_the_reference_shape(etcd_server: EtcdServer, ma
         assert list(body) == ["type", "component", "endpoint", "namespace", "instance_id", "transport"]
         # Metadata and readiness go in fields the reference ignores.
         await runtime.endpoint(f"{ns}.backend.generate").register(
-            f"tcp://10.0.0.5:41555/{iid:x}/generate", {"model": "m"}
+            DynamoTcp("10.0.0.5", 41555), {"model": "m"}
         )
         updated = json.loads(
             (await store.get_prefix(f"v1/instances/{ns}/"))[f"v1/instances/{ns}/backend/generate/{iid:x}"]

@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 
-from dyndisc import Instance, InstanceQuery, Readiness
+from dyndisc import Instance, InstanceQuery, MetadataEntry, ModelCard, Readiness, model_card
+from dyndisc.backends.kubernetes.entries import UNBOUND_RESOURCE, join_entries
 from dyndisc.backends.kubernetes.join import (
+    OTHER_ENTRIES,
+    SIDE_ENDPOINTS,
     endpoint_key,
     join,
     parse_worker,
@@ -183,3 +186,44 @@ def test_a_nameless_object_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
         assert parse_worker({"spec": {}}) is None
         assert parse_worker("garbage") is None
     assert "without a name" in caplog.text
+
+
+def test_the_reference_reads_what_it_can_route_to_and_dyndisc_reads_everything() -> None:
+    iid = instance_id_for("w")
+    routed = instance("w", "gen", transport=f"tcp://10.0.0.1:9/{iid:x}/dyn/backend/gen", device_type="cuda")
+    draining = instance("w", "drain", transport="tcp://10.0.0.1:9", readiness=Readiness.DRAINING)
+    http = instance("w", "web", transport="http://10.0.0.1:80", request_plane_codec="json")
+    card = ModelCard("dyn", "backend", "gen", iid, model_card("tiny")).to_entry()
+    other = MetadataEntry("v1/custom", "a/b", {"x": 1})
+    data = worker_data([routed, draining, http], [card, other])
+    # What the reference reads: only the record it can route to, with its optional fields at the top level.
+    assert data["endpoints"] == {endpoint_key(routed): {"type": "Endpoint", **routed.to_dict()}}
+    assert data["endpoints"][endpoint_key(routed)]["device_type"] == "cuda"
+    assert data["model_cards"] == {card.key: card.value}
+    assert (data["event_channels"], data["event_sources"]) == ({}, {})
+    # What only dyndisc reads (the reference ignores unknown keys of spec.data).
+    assert set(data[SIDE_ENDPOINTS]) == {endpoint_key(draining), endpoint_key(http)}
+    assert data[OTHER_ENTRIES] == {"v1/custom": {"a/b": {"x": 1}}}
+    record = parse_worker({"metadata": {"name": "w", "uid": "u"}, "spec": {"data": data}})
+    assert record is not None
+    assert sorted(record.instances, key=str) == sorted([routed, draining, http], key=str), (
+        "exactly as written"
+    )
+    assert set(record.entries) == {card, other}
+
+
+def test_entries_are_live_with_their_pod_and_unbound_ones_always() -> None:
+    card = MetadataEntry("v1/mdc", "dyn/backend/gen/1", {"type": "Model"})
+    shared = MetadataEntry("v1/mdc", "dyn/backend/gen/2", {"type": "Model"})
+    workers = {
+        r.name: r
+        for r in (
+            parse_worker({"metadata": {"name": n, "uid": "u"}, "spec": {"data": worker_data([], entries)}})
+            for n, entries in (("w", [card]), (UNBOUND_RESOURCE, [shared]))
+        )
+        if r is not None
+    }
+    ready = pod_states([slice_of(endpoint("w", ready=True))])
+    assert join_entries(ready, workers, "v1/mdc", "dyn/") == {card.key: card, shared.key: shared}
+    assert join_entries({}, workers, "v1/mdc", "") == {shared.key: shared}, "a pod that is not ready: gone"
+    assert join_entries(ready, workers, "v1/mdc", "other/") == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 
 import anyio
@@ -15,6 +16,7 @@ from dyndisc import (
     DistributedRuntime,
     LeaseChange,
     LeaseLostError,
+    Readiness,
     RegistrationConflictError,
     Removed,
     Resync,
@@ -211,3 +213,39 @@ async def test_from_env_reads_kubeconfig_and_pod(
         assert isinstance(runtime.backend, KubernetesDiscovery)
         registered = await runtime.endpoint("dyn.c.e").register("tcp://h:1")
         assert await runtime.list() == [registered]
+
+
+async def test_records_dynamo_must_not_route_to_are_kept_where_only_dyndisc_reads(
+    workers: Workers, cluster: Cluster, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = await workers.start(await workers.pod("worker-0"))
+    runtime = host.runtime
+    watcher = workers.backend()
+    async with watcher.watch(everything()) as events:
+        assert await next_event(events) == Resync(instances=())
+        with caplog.at_level(logging.WARNING, "dyndisc.kubernetes"):
+            web = await runtime.endpoint("dyn.backend.web").register("http://10.0.0.5:80")
+        assert "not visible to Dynamo" in caplog.text
+        assert "'http'" in caplog.text
+        routed = await runtime.endpoint("dyn.backend.gen").register(
+            "tcp://10.0.0.5:9000", device_type="cuda", request_plane_codec="msgpack"
+        )
+        drained = await runtime.endpoint("dyn.backend.drain").register(
+            "tcp://h:1", readiness=Readiness.DRAINING
+        )
+        data = (await get_cr(cluster, namespace, "worker-0"))["spec"]["data"]
+        assert list(data["endpoints"]) == ["dyn/backend/gen/43710f49c0cff"], (
+            "only what Dynamo reads and routes to"
+        )
+        assert data["endpoints"]["dyn/backend/gen/43710f49c0cff"]["device_type"] == "cuda"
+        assert sorted(data["dyndisc_endpoints"]) == [
+            "dyn/backend/drain/43710f49c0cff",
+            "dyn/backend/web/43710f49c0cff",
+        ]
+        seen: dict[str, object] = {}
+        with anyio.fail_after(PROMPT):
+            while len(seen) < 3:
+                event = await next_event(events)
+                if isinstance(event, Added):
+                    seen[event.instance.endpoint] = event.instance
+        assert seen == {"web": web, "gen": routed, "drain": drained}, "dyndisc reads them all, as written"

@@ -14,7 +14,7 @@ FIXES: tuple[tuple[str, str], ...] = (
     (
         "denied user",
         "grant the user's role readwrite on the key prefix: 'etcdctl role grant-permission <role> "
-        "--prefix=true readwrite /services/' (and v1/instances/ for DYN_KV_LAYOUT=dynamo-v1)",
+        "--prefix=true readwrite /services/' (and v1/ for DYN_KV_LAYOUT=dynamo-v1)",
     ),
     ("TLS handshake", "check ETCD_AUTH_CA (the CA of the server) and ETCD_AUTH_CLIENT_CERT / _KEY"),
     (

@@ -17,6 +17,11 @@ def default_root() -> Path:
     return Path(tempfile.gettempdir()) / "dyndisc"
 
 
+def reference_root() -> Path:
+    """The reference runtime's default file store: ``dynamo_store_kv`` under the system temp dir."""
+    return Path(tempfile.gettempdir()) / "dynamo_store_kv"
+
+
 class FileSettings(Settings):
     """``DYN_FILE_KV`` (the shared directory) and ``DYN_FILE_RESCAN_INTERVAL`` (seconds between rescans)."""
 

@@ -37,8 +37,11 @@ class FileStore(KeyValueStore):
     """A :class:`~dyndisc.backends.kv.KeyValueStore` in a directory shared by the processes of one host."""
 
     name = "file"
-    #: It keeps its own tree of files: the reference runtime's flat files are another layout.
+    #: It keeps its own tree of files: the reference runtime's flat files are another store.
     layouts = frozenset({"dyndisc"})
+    layout_hint = (
+        "; for the reference's file layout use DynamoFileStore (the file backend's choice under dynamo-v1)"
+    )
 
     def __init__(self, root: str | os.PathLike[str], *, rescan_interval: float = 5.0) -> None:
         self.layout = FileLayout(Path(root).absolute())

@@ -12,6 +12,7 @@ resource (:mod:`dyndisc.backends.kubernetes.worker`). See ``docs/backends/kubern
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -23,9 +24,18 @@ import anyio
 
 from dyndisc._concurrency import Wake, background_tasks
 from dyndisc._diagnosis import BackendDoctor
+from dyndisc._entries import (
+    EntryAdded,
+    EntryEvent,
+    EntryRemoved,
+    EntryResync,
+    MetadataEntry,
+    validate_entry_key,
+)
 from dyndisc._errors import ConfigurationError, RegistrationConflictError
 from dyndisc._models import Added, DiscoveryEvent, EndpointId, Instance, InstanceQuery, Removed, Resync
 from dyndisc.backends.base import DiscoveryBackend, Lease
+from dyndisc.backends.kubernetes.entries import UnboundEntries, join_entries
 from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError
 from dyndisc.backends.kubernetes.identity import PODINFO_DIR, PodIdentity, namespace_from_env
 from dyndisc.backends.kubernetes.join import (
@@ -267,6 +277,103 @@ class KubernetesDiscovery(DiscoveryBackend):
                     yield Added(instance=instance)
             known = fresh
 
+    # -- metadata entries (see dyndisc.backends.kubernetes.entries) --------------------------------------
+    async def put_entry(self, entry: MetadataEntry, lease: Lease | None) -> None:
+        if lease is None:
+            await UnboundEntries(await self.namespace(), self._call).put(entry)
+            return
+        worker = await self._worker()
+        if lease.id != worker.pod.instance_id:
+            raise RegistrationConflictError(
+                f"lease {lease.id:x} is not pod {worker.pod.name!r}'s: on Kubernetes an entry bound to a "
+                "lease lives in that pod's DynamoWorkerMetadata"
+            )
+        await worker.put_entry(entry)
+
+    async def delete_entry(self, bucket: str, key: str) -> None:
+        if self._resource is not None and await self._resource.delete_entry(bucket, key):
+            return
+        await UnboundEntries(await self.namespace(), self._call).delete(bucket, key)
+
+    async def list_entries(self, bucket: str, prefix: str = "") -> builtins.list[MetadataEntry]:
+        namespace = await self.namespace()
+        slices = await self._call(
+            "GET",
+            self._slices_path(namespace),
+            f"listing EndpointSlices in {namespace}",
+            query={"labelSelector": LABEL_SELECTOR},
+        )
+        crs = await self._call("GET", resources_path(namespace), f"listing {KIND} in {namespace}")
+        workers = {r.name: r for r in map(parse_worker, crs.get("items") or ()) if r is not None}
+        live = join_entries(pod_states(slices.get("items") or ()), workers, bucket, _prefix(prefix))
+        return [live[k] for k in sorted(live)]
+
+    @asynccontextmanager
+    async def watch_entries(self, bucket: str, prefix: str = "") -> AsyncIterator[AsyncIterator[EntryEvent]]:
+        # The same two watches as instances (entries are live while their pod is), joined on entries.
+        namespace = await self.namespace()
+        api = await self.api()
+        wake = Wake()
+        slices: Reflector[_Pods] = Reflector(
+            api,
+            self._slices_path(namespace),
+            what=f"EndpointSlices in {namespace}",
+            label_selector=LABEL_SELECTOR,
+            transform=lambda obj, _previous: slice_pods(obj),
+            on_change=wake.set,
+            watch_timeout=self.watch_timeout,
+        )
+        workers: Reflector[WorkerRecord] = Reflector(
+            api,
+            resources_path(namespace),
+            what=f"{KIND} in {namespace}",
+            transform=lambda obj, _previous: parse_worker(obj),
+            on_change=wake.set,
+            watch_timeout=self.watch_timeout,
+        )
+        await slices.relist()
+        await workers.relist()
+        self._reflectors.update((slices, workers))
+        try:
+            async with background_tasks() as tg:
+                tg.start_soon(slices.run)
+                tg.start_soon(workers.run)
+                yield self._entry_events(bucket, _prefix(prefix), slices, workers, wake)
+        finally:
+            self._reflectors.difference_update((slices, workers))
+
+    async def _entry_events(
+        self,
+        bucket: str,
+        prefix: str,
+        slices: Reflector[_Pods],
+        workers: Reflector[WorkerRecord],
+        wake: Wake,
+    ) -> AsyncIterator[EntryEvent]:
+        def current() -> dict[str, MetadataEntry]:
+            return join_entries(merge_pods(slices.items.values()), workers.items, bucket, prefix)
+
+        wake.clear()
+        known = current()
+        relists = (slices.relists, workers.relists)
+        yield EntryResync(entries=tuple(known[k] for k in sorted(known)))
+        while True:
+            await wake.wait()
+            await anyio.sleep(self.debounce)  # coalesce a burst into one recomputation
+            wake.clear()
+            fresh = current()
+            if (slices.relists, workers.relists) != relists:
+                relists = (slices.relists, workers.relists)
+                known = fresh
+                yield EntryResync(entries=tuple(known[k] for k in sorted(known)))
+                continue
+            for key in sorted(known.keys() - fresh.keys()):
+                yield EntryRemoved(bucket=bucket, key=key)
+            for key in sorted(fresh):
+                if known.get(key) != fresh[key]:
+                    yield EntryAdded(entry=fresh[key])
+            known = fresh
+
     def doctor(self) -> BackendDoctor:
         from dyndisc.backends.kubernetes.doctor import KubeDoctor  # needs pyyaml, from the extra
 
@@ -281,6 +388,13 @@ class KubernetesDiscovery(DiscoveryBackend):
     def stale_since(self) -> float | None:
         stale = [r.stale_since for r in self._reflectors if r.stale_since is not None]
         return min(stale) if stale else None
+
+
+def _prefix(prefix: str) -> str:
+    """``prefix`` checked as the beginning of an entry key (or empty)."""
+    if prefix:
+        validate_entry_key(prefix.rstrip("/") or "x")
+    return prefix
 
 
 def _ordered(instances: Any) -> list[Instance]:

@@ -3,6 +3,12 @@
 An instance is live when its pod is an endpoint of some discovery EndpointSlice that is ready (or still
 serving while terminating: then it is reported as draining) **and** the pod's DynamoWorkerMetadata exists
 and parses. Everything here works on the JSON objects the API server sends, and never raises on garbage.
+
+``spec.data`` holds what the reference runtime reads (``endpoints``, ``model_cards``, ``event_channels``,
+``event_sources``) and two maps only dyndisc reads (the reference ignores unknown keys of ``spec.data``):
+``dyndisc_endpoints``, the endpoint records Dynamo must not route to or cannot read (draining ones, and
+transports it does not know: one unreadable entry would make it skip the pod's whole resource), and
+``dyndisc_entries``, the metadata entries of other buckets, by bucket then key.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dyndisc._dynamo import EVENT_CHANNELS_BUCKET, EVENT_SOURCES_BUCKET, MODEL_CARDS_BUCKET, reference_skips
+from dyndisc._entries import MetadataEntry
 from dyndisc._models import EndpointId, Instance, InstanceQuery, Readiness
 from dyndisc.backends.kubernetes.siphash import instance_id_for
 
@@ -25,6 +33,16 @@ DISCOVERY_LABELS = {
     "nvidia.com/dynamo-discovery-enabled": "true",
 }
 LABEL_SELECTOR = ",".join(f"{k}={v}" for k, v in DISCOVERY_LABELS.items())
+#: The maps of ``spec.data`` the reference reads entries from, by bucket.
+BUCKET_MAPS = {
+    MODEL_CARDS_BUCKET: "model_cards",
+    EVENT_CHANNELS_BUCKET: "event_channels",
+    EVENT_SOURCES_BUCKET: "event_sources",
+}
+#: Endpoint records only dyndisc reads (draining, or a transport Dynamo cannot read).
+SIDE_ENDPOINTS = "dyndisc_endpoints"
+#: Entries of the buckets the reference has no map for: ``{bucket: {key: value}}``.
+OTHER_ENTRIES = "dyndisc_entries"
 
 
 @dataclass(frozen=True)
@@ -44,6 +62,7 @@ class WorkerRecord:
     uid: str
     owner_uids: frozenset[str]
     instances: tuple[Instance, ...]
+    entries: tuple[MetadataEntry, ...] = ()
 
 
 def slice_pods(endpoint_slice: Any) -> list[PodState]:
@@ -106,14 +125,42 @@ def endpoint_entry(instance: Instance) -> dict[str, Any]:
     return {"type": "Endpoint", **body}
 
 
-def worker_data(instances: Iterable[Instance]) -> dict[str, Any]:
-    """``spec.data`` of a worker: every registered endpoint, in the reference runtime's layout."""
-    return {
-        "endpoints": {endpoint_key(i): endpoint_entry(i) for i in instances},
-        "model_cards": {},
-        "event_channels": {},
-        "event_sources": {},
-    }
+def hidden_from_reference(instance: Instance) -> bool:
+    """Whether ``instance`` goes to :data:`SIDE_ENDPOINTS`: draining, or a record the reference skips."""
+    return instance.readiness is Readiness.DRAINING or reference_skips(instance) is not None
+
+
+def worker_data(instances: Iterable[Instance], entries: Iterable[MetadataEntry] = ()) -> dict[str, Any]:
+    """``spec.data`` of a worker: every registered endpoint and entry, in the reference runtime's layout."""
+    data: dict[str, Any] = {"endpoints": {}, **{name: {} for name in BUCKET_MAPS.values()}}
+    for instance in instances:
+        target = SIDE_ENDPOINTS if hidden_from_reference(instance) else "endpoints"
+        data.setdefault(target, {})[endpoint_key(instance)] = endpoint_entry(instance)
+    for entry in entries:
+        found = BUCKET_MAPS.get(entry.bucket)
+        if found is not None:
+            data[found][entry.key] = entry.value
+        else:
+            data.setdefault(OTHER_ENTRIES, {}).setdefault(entry.bucket, {})[entry.key] = entry.value
+    return data
+
+
+def parse_entries(name: str, data: dict[str, Any]) -> list[MetadataEntry]:
+    """The metadata entries of a resource's ``spec.data``; unreadable ones are skipped with a warning."""
+    maps: list[tuple[str, Any]] = [(bucket, data.get(found)) for bucket, found in BUCKET_MAPS.items()]
+    others = data.get(OTHER_ENTRIES)
+    if isinstance(others, dict):
+        maps += sorted(others.items())
+    found_entries = []
+    for bucket, entries in maps:
+        if not isinstance(entries, dict):  # absent, or null after server-side apply
+            continue
+        for key, value in sorted(entries.items()):
+            try:
+                found_entries.append(MetadataEntry.from_value(bucket, key, value))
+            except ValueError as exc:
+                log.warning("skipping entry %r of DynamoWorkerMetadata %r: %s", key, name, exc)
+    return found_entries
 
 
 def parse_worker(obj: Any) -> WorkerRecord | None:
@@ -136,25 +183,30 @@ def parse_worker(obj: Any) -> WorkerRecord | None:
             "skipping DynamoWorkerMetadata %r: spec.data is %s, not an object", name, type(data).__name__
         )
         return None
-    endpoints = data.get("endpoints")
-    if endpoints is None:  # server-side apply may turn an empty map into null
-        endpoints = {}
-    if not isinstance(endpoints, dict):
-        log.warning("skipping DynamoWorkerMetadata %r: spec.data.endpoints is not an object", name)
-        return None
     expected_id = instance_id_for(name)
-    instances = []
-    for key, entry in sorted(endpoints.items()):
-        instance = _parse_entry(name, key, entry, expected_id)
-        if instance is not None:
-            instances.append(instance)
+    instances: dict[str, Instance] = {}
+    for field in ("endpoints", SIDE_ENDPOINTS):
+        endpoints = data.get(field)
+        if endpoints is None:  # server-side apply may turn an empty map into null
+            endpoints = {}
+        if not isinstance(endpoints, dict):
+            log.warning("skipping DynamoWorkerMetadata %r: spec.data.%s is not an object", name, field)
+            return None
+        for key, entry in sorted(endpoints.items()):
+            instance = _parse_entry(name, key, entry, expected_id)
+            if instance is not None:
+                instances.setdefault(key, instance)
     found_owners = meta.get("ownerReferences")
     owners: list[Any] = found_owners if isinstance(found_owners, list) else []
     owner_uids = frozenset(
         str(o["uid"]) for o in owners if isinstance(o, dict) and o.get("kind") == "Pod" and o.get("uid")
     )
     return WorkerRecord(
-        name=name, uid=str(meta.get("uid", "")), owner_uids=owner_uids, instances=tuple(instances)
+        name=name,
+        uid=str(meta.get("uid", "")),
+        owner_uids=owner_uids,
+        instances=tuple(instances.values()),
+        entries=tuple(parse_entries(name, data)),
     )
 
 

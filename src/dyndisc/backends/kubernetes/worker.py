@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 
+from dyndisc._dynamo import READABLE, reference_skips
+from dyndisc._entries import MetadataEntry
 from dyndisc._errors import LeaseNotFoundError, RegistrationConflictError
 from dyndisc._models import EndpointId, Instance
 from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError
 from dyndisc.backends.kubernetes.identity import PodIdentity
-from dyndisc.backends.kubernetes.join import GROUP, KIND, PLURAL, VERSION, worker_data
+from dyndisc.backends.kubernetes.join import GROUP, KIND, PLURAL, SIDE_ENDPOINTS, VERSION, worker_data
 
 log = logging.getLogger("dyndisc.kubernetes")
 
@@ -26,6 +29,8 @@ FIELD_MANAGER = "dynamo-worker"
 
 #: ``call(method, path, what, **request options)``: one API request, errors explained.
 Call = Callable[..., Awaitable[JsonObject]]
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def resources_path(namespace: str) -> str:
@@ -41,6 +46,8 @@ class WorkerResource:
         self._call = call
         self._lock = anyio.Lock()  # one apply at a time: each writes the whole set of endpoints
         self.endpoints: dict[EndpointId, Instance] = {}
+        #: Metadata entries bound to this worker's lease, by bucket and key.
+        self.entries: dict[tuple[str, str], MetadataEntry] = {}
         self.path = f"{resources_path(pod.namespace)}/{pod.name}"
         self.title = f"{KIND} {pod.namespace}/{pod.name}"
 
@@ -57,7 +64,7 @@ class WorkerResource:
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": KIND,
             "metadata": {"name": self.pod.name, "namespace": self.pod.namespace, "ownerReferences": [owner]},
-            "spec": {"data": worker_data(self.endpoints.values())},
+            "spec": {"data": worker_data(self.endpoints.values(), self.entries.values())},
         }
 
     async def _apply(self) -> JsonObject:
@@ -128,9 +135,8 @@ class WorkerResource:
                 )
             spec = found.get("spec")
             data = spec.get("data") if isinstance(spec, dict) else None
-            endpoints = data.get("endpoints") if isinstance(data, dict) else None
-            wanted = worker_data(self.endpoints.values())["endpoints"]
-            if (endpoints or {}) != wanted:
+            wanted = worker_data(self.endpoints.values(), self.entries.values())
+            if _filled(data) != _filled(wanted):
                 log.warning("%s was changed by someone else; re-applying it", self.title)
                 await self._apply()
 
@@ -140,6 +146,17 @@ class WorkerResource:
             previous = self.endpoints.get(instance.endpoint_id)
             if previous == instance:
                 return
+            why = reference_skips(instance)
+            if why is not None and (previous is None or reference_skips(previous) is None):
+                log.warning(
+                    "%s is not visible to Dynamo: the reference runtime skips its record because %s (it "
+                    "reads %s); it is written to spec.data.%s, which only dyndisc reads, so that Dynamo "
+                    "still sees this pod's other endpoints",
+                    instance.endpoint_id,
+                    why,
+                    READABLE,
+                    SIDE_ENDPOINTS,
+                )
             self.endpoints[instance.endpoint_id] = instance
             try:
                 await self._apply()
@@ -159,9 +176,37 @@ class WorkerResource:
                 self.endpoints[instance.endpoint_id] = previous
                 raise
 
+    async def put_entry(self, entry: MetadataEntry) -> None:
+        """Add or replace a lease-bound metadata entry in the resource."""
+        async with self._lock:
+            ident = (entry.bucket, entry.key)
+            previous = self.entries.get(ident)
+            if previous == entry:
+                return
+            self.entries[ident] = entry
+            try:
+                await self._apply()
+            except BaseException:
+                _restore(self.entries, ident, previous)
+                raise
+
+    async def delete_entry(self, bucket: str, key: str) -> bool:
+        """Remove a metadata entry from the resource; ``False`` if it does not hold it."""
+        async with self._lock:
+            previous = self.entries.pop((bucket, key), None)
+            if previous is None:
+                return False
+            try:
+                await self._apply()
+            except BaseException:
+                self.entries[(bucket, key)] = previous
+                raise
+            return True
+
     async def delete(self) -> None:
         """Delete the resource (every endpoint of this worker leaves at once)."""
         self.endpoints.clear()
+        self.entries.clear()
         await delete_resource(self._call, self.pod.namespace, self.pod.name)
 
 
@@ -174,11 +219,16 @@ async def delete_resource(call: Call, namespace: str, name: str) -> None:
             raise
 
 
-def _restore(mapping: dict[EndpointId, Instance], key: EndpointId, previous: Instance | None) -> None:
+def _restore(mapping: dict[K, V], key: K, previous: V | None) -> None:
     if previous is None:
         mapping.pop(key, None)
     else:
         mapping[key] = previous
+
+
+def _filled(data: object) -> dict[str, object]:
+    """The non-empty maps of ``spec.data`` (server-side apply may turn an empty map into null)."""
+    return {k: v for k, v in data.items() if v} if isinstance(data, dict) else {}
 
 
 __all__ = ["FIELD_MANAGER", "WorkerResource", "delete_resource", "resources_path"]

@@ -2,23 +2,44 @@
 
 :class:`KvDiscovery` turns a :class:`~dyndisc.backends.kv.KeyValueStore` into a
 :class:`~dyndisc.backends.base.DiscoveryBackend`: it lays out keys, serialises records, and turns raw store
-events into ``Resync`` / ``Added`` / ``Removed``, skipping (with a warning) any record it cannot read.
+events into ``Resync`` / ``Added`` / ``Removed``, skipping (with a warning) any record it cannot read. It
+stores metadata entries the same way, one key per entry under the bucket's prefix.
 """
 
 from __future__ import annotations
 
+import builtins
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from dyndisc._diagnosis import BackendDoctor
-from dyndisc._errors import ConfigurationError, RegistrationConflictError
-from dyndisc._models import Added, DiscoveryEvent, Instance, InstanceQuery, RemovalReason, Removed, Resync
+from dyndisc._entries import (
+    EntryAdded,
+    EntryEvent,
+    EntryRemoved,
+    EntryResync,
+    MetadataEntry,
+    validate_entry_key,
+)
+from dyndisc._errors import ConfigurationError, InvalidNameError, RegistrationConflictError
+from dyndisc._models import (
+    Added,
+    DiscoveryEvent,
+    EndpointId,
+    Instance,
+    InstanceQuery,
+    RemovalReason,
+    Removed,
+    Resync,
+)
 from dyndisc.backends.base import DiscoveryBackend, Lease
 from dyndisc.backends.kv.layouts import KeyLayout, make_layout
 from dyndisc.backends.kv.store import KeyValueStore, StoreEvent, StorePut, StoreSnapshot
 
 log = logging.getLogger("dyndisc.kv")
+
+_Key = tuple[EndpointId, int]
 
 
 class KvDiscovery(DiscoveryBackend):
@@ -42,17 +63,25 @@ class KvDiscovery(DiscoveryBackend):
         if self.layout.name not in store.layouts:
             raise ConfigurationError(
                 f"the {store.name} store cannot hold the {self.layout.name} key layout (it holds "
-                f"{', '.join(sorted(store.layouts))}): unset DYN_KV_LAYOUT or pick another backend"
+                f"{', '.join(sorted(store.layouts))}){store.layout_hint}: unset DYN_KV_LAYOUT or pick "
+                "another backend"
             )
         self.store = store
         self.root = self.layout.root
         self.name = store.name
         self._owns_store = owns_store
+        #: Side keys this backend wrote (draining instances): a registration that stops draining removes its
+        #: side copy, and only then costs a delete.
+        self._sided: set[str] = set()
 
     # -- keys -------------------------------------------------------------------------------------------
     def key_for(self, instance: Instance) -> str:
-        """The key an instance is stored under."""
-        return self.layout.key_for(instance)
+        """The key an instance is stored under (a draining one, in a layout with a side root, there)."""
+        return (
+            self.layout.side_key_for(instance)
+            if self.layout.is_side(instance)
+            else self.layout.key_for(instance)
+        )
 
     def prefix_for(self, query: InstanceQuery) -> str:
         """The key prefix covering ``query``; it ends with ``/`` so ``ns`` never matches ``ns2``."""
@@ -84,29 +113,54 @@ class KvDiscovery(DiscoveryBackend):
         key = self.key_for(instance)
         value = self.encode(instance)
         existing = await self.store.create(key, value, lease.id)
-        if existing is None:
-            return instance
-        if existing.lease_id != lease.id:
-            raise RegistrationConflictError(
-                f"{key} is already registered under lease {existing.lease_id:x} (this process holds lease "
-                f"{lease.id:x}); another process uses the same instance id"
-            )
-        if existing.value != value:
-            await self.store.put(key, value, lease.id)  # same owner, new record: an upsert
+        if existing is not None:
+            if existing.lease_id != lease.id:
+                raise RegistrationConflictError(
+                    f"{key} is already registered under lease {existing.lease_id:x} (this process holds "
+                    f"lease {lease.id:x}); another process uses the same instance id"
+                )
+            if existing.value != value:
+                await self.store.put(key, value, lease.id)  # same owner, new record: an upsert
+        if self.layout.side_root is not None:
+            # The record may have moved between the bucket Dynamo reads and the side one (it started or
+            # stopped draining): the other copy goes once this one is written, so watchers see no gap.
+            if self.layout.is_side(instance):
+                self._sided.add(key)
+                await self.store.delete(self.layout.key_for(instance))
+            elif (side := self.layout.side_key_for(instance)) in self._sided:
+                await self.store.delete(side)
+                self._sided.discard(side)
         return instance
 
     async def unregister(self, instance: Instance) -> None:
-        await self.store.delete(self.key_for(instance))
+        await self.store.delete(self.layout.key_for(instance))
+        if self.layout.side_root is not None:
+            side = self.layout.side_key_for(instance)
+            if side in self._sided or self.layout.is_side(instance):
+                await self.store.delete(side)
+                self._sided.discard(side)
 
     async def list(self, query: InstanceQuery) -> list[Instance]:
         items = await self.store.get_prefix(self.prefix_for(query))
-        found = (self.parse(k, v) for k, v in sorted(items.items()))
-        return [i for i in found if i is not None]
+        side = self.layout.side_prefix_for(query)
+        merged = _Merged(self.parse)
+        merged.snapshot(0, items)
+        if side is not None:
+            merged.snapshot(1, await self.store.get_prefix(side))
+        return merged.current()
 
     @asynccontextmanager
     async def watch(self, query: InstanceQuery) -> AsyncIterator[AsyncIterator[DiscoveryEvent]]:
-        async with self.store.watch(self.prefix_for(query)) as raw:
-            yield self._translate(raw)
+        main = self.prefix_for(query)
+        side = self.layout.side_prefix_for(query)
+        if side is None:
+            async with self.store.watch(main) as raw:
+                yield self._translate(raw)
+            return
+        # One watch over both prefixes, so a record moving between them (draining starts or stops) arrives
+        # in the order it was written: the new copy, then the old one's removal, never a gap.
+        async with self.store.watch(_shared_prefix(main, side)) as raw:
+            yield self._translate_merged(raw, (main, side))
 
     async def _translate(self, raw: AsyncIterator[StoreEvent]) -> AsyncIterator[DiscoveryEvent]:
         known: dict[str, Instance] = {}
@@ -134,6 +188,87 @@ class KvDiscovery(DiscoveryBackend):
                 if gone is not None:
                     yield Removed(gone.endpoint_id, gone.instance_id, event.reason)
 
+    async def _translate_merged(
+        self, raw: AsyncIterator[StoreEvent], prefixes: tuple[str, ...]
+    ) -> AsyncIterator[DiscoveryEvent]:
+        """Events of instances kept under several prefixes of one watch (Dynamo's, and the side one of
+        draining records): the side copy wins, and an instance leaves only when no prefix holds it."""
+
+        def source(key: str) -> int | None:
+            return next((i for i, p in enumerate(prefixes) if key.startswith(p)), None)
+
+        merged = _Merged(self.parse, len(prefixes))
+        async for event in raw:
+            if isinstance(event, StoreSnapshot):
+                for index, prefix in enumerate(prefixes):
+                    merged.snapshot(index, {k: v for k, v in event.items.items() if k.startswith(prefix)})
+                yield Resync(instances=tuple(merged.current()))
+                continue
+            found = source(event.key)
+            if found is None:
+                continue  # another bucket under the watched prefix
+            for before, after in merged.apply(found, event):
+                if after is None:
+                    if before is not None:
+                        yield Removed(endpoint=before.endpoint_id, instance_id=before.instance_id)
+                elif after != before:
+                    yield Added(instance=after)
+
+    # -- metadata entries --------------------------------------------------------------------------------
+    def entry_key(self, bucket: str, key: str) -> str:
+        """The store key of entry ``key`` of ``bucket``."""
+        return self.layout.entry_prefix(bucket) + validate_entry_key(key)
+
+    def _parse_entry(self, bucket: str, base: str, key: str, value: bytes) -> MetadataEntry | None:
+        try:
+            return MetadataEntry.from_json(bucket, key[len(base) :], value)
+        except ValueError as exc:  # InvalidRecordError, or a key that is not one
+            self.layout.skipped.warn(key, value, str(exc))
+            return None
+
+    async def put_entry(self, entry: MetadataEntry, lease: Lease | None) -> None:
+        await self.store.put(
+            self.entry_key(entry.bucket, entry.key), entry.to_json(), lease.id if lease else 0
+        )
+
+    async def delete_entry(self, bucket: str, key: str) -> None:
+        await self.store.delete(self.entry_key(bucket, key))
+
+    async def list_entries(self, bucket: str, prefix: str = "") -> builtins.list[MetadataEntry]:
+        base = self.layout.entry_prefix(bucket)
+        items = await self.store.get_prefix(base + _entry_prefix(prefix))
+        found = (self._parse_entry(bucket, base, k, v) for k, v in sorted(items.items()))
+        return [e for e in found if e is not None]
+
+    @asynccontextmanager
+    async def watch_entries(self, bucket: str, prefix: str = "") -> AsyncIterator[AsyncIterator[EntryEvent]]:
+        base = self.layout.entry_prefix(bucket)
+        async with self.store.watch(base + _entry_prefix(prefix)) as raw:
+            yield self._translate_entries(bucket, base, raw)
+
+    async def _translate_entries(
+        self, bucket: str, base: str, raw: AsyncIterator[StoreEvent]
+    ) -> AsyncIterator[EntryEvent]:
+        known: dict[str, MetadataEntry] = {}
+        async for event in raw:
+            if isinstance(event, StoreSnapshot):
+                found = (self._parse_entry(bucket, base, k, v) for k, v in sorted(event.items.items()))
+                known = {e.key: e for e in found if e is not None}
+                yield EntryResync(entries=tuple(known.values()))
+                continue
+            key = event.key[len(base) :]
+            entry = (
+                self._parse_entry(bucket, base, event.key, event.value)
+                if isinstance(event, StorePut)
+                else None
+            )
+            if entry is None:
+                if known.pop(key, None) is not None:
+                    yield EntryRemoved(bucket=bucket, key=key)
+            elif known.get(key) != entry:
+                known[key] = entry
+                yield EntryAdded(entry=entry)
+
     async def aclose(self) -> None:
         if self._owns_store:
             await self.store.aclose()
@@ -148,3 +283,72 @@ class KvDiscovery(DiscoveryBackend):
 
     def doctor(self) -> BackendDoctor:
         return self.store.doctor()
+
+
+def _entry_prefix(prefix: str) -> str:
+    """``prefix`` checked as the start of an entry key (anything a key may start with, or nothing)."""
+    if prefix:
+        if not isinstance(prefix, str):
+            raise InvalidNameError(f"an entry key prefix must be a string, got {type(prefix).__name__}")
+        # A prefix ending with '/' is a key's whole first segments; without, a key's beginning.
+        validate_entry_key(prefix.rstrip("/") or "x")
+    return prefix
+
+
+def _shared_prefix(*prefixes: str) -> str:
+    """The longest run of whole segments (ending with ``/``) that starts every prefix."""
+    shared: list[str] = []
+    for segments in zip(*(p.split("/")[:-1] for p in prefixes), strict=False):
+        if len(set(segments)) != 1:
+            break
+        shared.append(segments[0])
+    return "".join(f"{s}/" for s in shared)
+
+
+class _Merged:
+    """The instances held under several prefixes (index 0: the records Dynamo reads; 1: the side records),
+    and the one each instance key resolves to: the highest index that holds it."""
+
+    def __init__(self, parse: Callable[[str, bytes], Instance | None], sources: int = 2) -> None:
+        self._parse = parse
+        self._by_key: list[dict[str, Instance]] = [{} for _ in range(sources)]
+        self._by_id: list[dict[_Key, Instance]] = [{} for _ in range(sources)]
+
+    def snapshot(self, index: int, items: dict[str, bytes]) -> None:
+        by_key: dict[str, Instance] = {}
+        for key, value in sorted(items.items()):
+            instance = self._parse(key, value)
+            if instance is not None:
+                by_key[key] = instance
+        self._by_key[index] = by_key
+        self._by_id[index] = {i.key: i for i in by_key.values()}
+
+    def apply(self, index: int, event: StoreEvent) -> list[tuple[Instance | None, Instance | None]]:
+        """Apply a put or delete of one prefix; return each affected instance before and after."""
+        assert not isinstance(event, StoreSnapshot)
+        old = self._by_key[index].get(event.key)
+        new = self._parse(event.key, event.value) if isinstance(event, StorePut) else None
+        keys = [k.key for k in (old, new) if k is not None]
+        before = {k: self.effective(k) for k in keys}
+        if old is not None:
+            del self._by_key[index][event.key]
+            self._by_id[index].pop(old.key, None)
+        if new is not None:
+            self._by_key[index][event.key] = new
+            self._by_id[index][new.key] = new
+        return [(before[k], self.effective(k)) for k in dict.fromkeys(keys)]
+
+    def effective(self, key: _Key) -> Instance | None:
+        for by_id in reversed(self._by_id):
+            found = by_id.get(key)
+            if found is not None:
+                return found
+        return None
+
+    def current(self) -> list[Instance]:
+        keys = {k for by_id in self._by_id for k in by_id}
+        found = (self.effective(k) for k in keys)
+        return sorted(
+            (i for i in found if i is not None),
+            key=lambda i: (i.namespace, i.component, i.endpoint, i.instance_id),
+        )

@@ -1,17 +1,23 @@
-"""Key layouts of the key-value backends: where an instance is stored and in what shape.
+"""Key layouts of the key-value backends: where instances and metadata entries are stored, in what shape.
 
 ``dyndisc`` (the default) stores ``{root}/{namespace}/{component}/{endpoint}/{instance_id:x}`` with the
-compact record of :meth:`~dyndisc.Instance.to_json`, under ``/services``.
+compact record of :meth:`~dyndisc.Instance.to_json`, under ``/services``, and the entries of a bucket ``b``
+under ``/b/``.
 
-``dynamo-v1`` reads and writes what the reference runtime (NVIDIA Dynamo) writes, so dyndisc frontends see
-Dynamo workers and Dynamo frontends see dyndisc workers: the key is
+``dynamo-v1`` reads and writes what the reference runtime (NVIDIA Dynamo 1.6.1) writes, so dyndisc frontends
+see Dynamo workers and Dynamo frontends see dyndisc workers: the key is
 ``v1/instances/{namespace}/{component}/{endpoint}/{instance_id:x}`` (no leading slash) and the value is
 Dynamo's internally tagged ``DiscoveryInstance::Endpoint`` record::
 
     {"type":"Endpoint","component":"backend","endpoint":"generate","namespace":"dynamo",
-     "instance_id":7587890213466789413,"transport":{"tcp":"10.0.0.5:41555/694d98147d54be25/generate"}}
+     "instance_id":7587888160958627365,
+     "transport":{"tcp":"10.0.0.5:41555/694d98147d54be25/dynamo/backend/generate"},
+     "device_type":"cuda","request_plane_codec":"msgpack"}
 
-Select it with ``KvDiscovery(store, layout="dynamo-v1")`` or ``DYN_KV_LAYOUT=dynamo-v1``.
+The entries of a bucket ``v1/mdc`` live under ``v1/mdc/``, as the reference's. A draining instance is moved
+to ``v1/dyndisc_endpoints/...``, which only dyndisc reads: Dynamo stops routing to it while dyndisc watchers
+see it draining. Select the layout with ``KvDiscovery(store, layout="dynamo-v1")`` or
+``DYN_KV_LAYOUT=dynamo-v1``.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ import logging
 import os
 from typing import Any
 
-from dyndisc._errors import ConfigurationError
-from dyndisc._models import Instance, InstanceQuery
+from dyndisc._dynamo import ENDPOINTS_BUCKET, READABLE, reference_skips
+from dyndisc._entries import validate_bucket
+from dyndisc._errors import ConfigurationError, InvalidNameError, InvalidRecordError
+from dyndisc._models import Instance, InstanceQuery, Readiness
 
 log = logging.getLogger("dyndisc.kv")
 
@@ -32,11 +40,22 @@ DEFAULT_ROOT = "/services"
 #: Layout names accepted by ``DYN_KV_LAYOUT`` and ``KvDiscovery(layout=...)``.
 LAYOUT_NAMES = ("dyndisc", "dynamo-v1")
 #: Key prefix of endpoint instances in the reference runtime (its ``v1/instances`` bucket).
-DYNAMO_V1_ROOT = "v1/instances"
-#: Fields of Dynamo's endpoint record that dyndisc models itself; any other field (``device_type``,
-#: ``request_plane_codec`` ...) is kept in the instance's metadata so a router can read it.
-_DYNAMO_CORE_FIELDS = frozenset(
-    {"type", "namespace", "component", "endpoint", "instance_id", "transport", "metadata", "readiness"}
+DYNAMO_V1_ROOT = ENDPOINTS_BUCKET
+#: Where the dynamo-v1 layout keeps the records Dynamo must not route to (draining instances): a bucket
+#: the reference never reads.
+DYNAMO_V1_SIDE_ROOT = "v1/dyndisc_endpoints"
+#: Fields of Dynamo's endpoint record that dyndisc reads; other top-level fields the reference may add are
+#: ignored (not folded into metadata, which would move them on the next write).
+_DYNAMO_FIELDS = (
+    "namespace",
+    "component",
+    "endpoint",
+    "instance_id",
+    "transport",
+    "device_type",
+    "request_plane_codec",
+    "metadata",
+    "readiness",
 )
 
 
@@ -72,6 +91,9 @@ class KeyLayout(abc.ABC):
     name: str
     #: The key prefix of every instance, without the trailing ``/``.
     root: str
+    #: The key prefix of the instances the reference runtime must not route to (draining), or ``None``
+    #: when the layout keeps them with the others.
+    side_root: str | None = None
     #: Where skipped records are reported.
     skipped: SkipLog
 
@@ -79,9 +101,38 @@ class KeyLayout(abc.ABC):
         """The key an instance is stored under."""
         return f"{self.root}/{instance.endpoint_id.path}/{instance.instance_id:x}"
 
+    def side_key_for(self, instance: Instance) -> str:
+        """The key of ``instance`` under :attr:`side_root` (only for layouts that have one)."""
+        assert self.side_root is not None
+        return f"{self.side_root}/{instance.endpoint_id.path}/{instance.instance_id:x}"
+
     def prefix_for(self, query: InstanceQuery) -> str:
         """The key prefix covering ``query``; it ends with ``/`` so ``ns`` never matches ``ns2``."""
         return "/".join((self.root, *query.parts)) + "/"
+
+    def side_prefix_for(self, query: InstanceQuery) -> str | None:
+        """The prefix covering ``query`` under :attr:`side_root`, or ``None``."""
+        if self.side_root is None:
+            return None
+        return "/".join((self.side_root, *query.parts)) + "/"
+
+    def is_side(self, instance: Instance) -> bool:
+        """Whether ``instance`` is stored under :attr:`side_root` (draining, in a layout that has one)."""
+        return self.side_root is not None and instance.readiness is Readiness.DRAINING
+
+    @abc.abstractmethod
+    def entry_prefix(self, bucket: str) -> str:
+        """The key prefix (ending with ``/``) of the entries of ``bucket``; raise
+        :class:`~dyndisc.InvalidNameError` for a bucket this layout cannot hold (where its instances live)."""
+
+    def _check_apart(self, bucket: str, prefix: str) -> str:
+        for taken in (self.root, self.side_root):
+            if taken is not None and (prefix.startswith(taken + "/") or (taken + "/").startswith(prefix)):
+                raise InvalidNameError(
+                    f"bucket {bucket!r} is where the {self.name} layout keeps endpoint instances "
+                    f"({taken}/): register endpoints with Endpoint.register(), and pick another bucket"
+                )
+        return prefix
 
     @abc.abstractmethod
     def encode(self, instance: Instance) -> bytes:
@@ -97,19 +148,26 @@ class KeyLayout(abc.ABC):
 
         A record counts only at the exact key this layout writes for it: another spelling of its id
         (``01f``, ``1F``, ``0x1f``) or a key naming another endpoint is skipped, so every reader (a list, a
-        new watch, a running watch) sees one instance per key, and the same one.
+        new watch, a running watch) sees one instance per key, and the same one. A record under
+        :attr:`side_root` is draining, whatever it says.
         """
-        rest = key[len(self.root) + 1 :] if key.startswith(self.root + "/") else None
+        side = self.side_root is not None and key.startswith(self.side_root + "/")
+        root = self.side_root if side else self.root
+        assert root is not None
+        rest = key[len(root) + 1 :] if key.startswith(root + "/") else None
         if rest is None or rest.count("/") != 3:
-            self.skipped.warn(key, value, f"not {self.root}/<namespace>/<component>/<endpoint>/<id hex>")
+            self.skipped.warn(key, value, f"not {root}/<namespace>/<component>/<endpoint>/<id hex>")
             return None
         try:
             instance = self.decode(value)
         except ValueError as exc:
             self.skipped.warn(key, value, f"not a record: {exc}")
             return None
-        if key != self.key_for(instance):
-            self.skipped.warn(key, value, f"the record belongs at {self.key_for(instance)!r}")
+        if side and instance.readiness is not Readiness.DRAINING:
+            instance = instance.replace(readiness=Readiness.DRAINING)
+        expected = self.side_key_for(instance) if side else self.key_for(instance)
+        if key != expected:
+            self.skipped.warn(key, value, f"the record belongs at {expected!r}")
             return None
         return instance
 
@@ -131,21 +189,28 @@ class DyndiscLayout(KeyLayout):
     def decode(self, value: bytes) -> Instance:
         return Instance.from_json(value)
 
+    def entry_prefix(self, bucket: str) -> str:
+        return self._check_apart(bucket, f"/{validate_bucket(bucket)}/")
+
 
 class DynamoV1Layout(KeyLayout):
     """The reference runtime's ``v1/instances/...`` keys and tagged ``"type":"Endpoint"`` records.
 
     Written fields, in the reference's order: ``type``, ``component``, ``endpoint``, ``namespace``,
-    ``instance_id``, ``transport`` (externally tagged, e.g. ``{"tcp": "host:port/<id hex>/<endpoint>"}``;
-    a Dynamo frontend routes TCP requests to exactly that address, so give the worker's transport in that
-    form). dyndisc's own ``metadata`` and a ``readiness`` other than ``ready`` are added only when set;
-    the reference ignores unknown fields. On read, Dynamo's optional fields (``device_type``,
-    ``request_plane_codec``, ...) land in :attr:`Instance.metadata`. A record without a transport (which
-    the reference cannot route to) is written with ``"transport": null`` and skipped by Dynamo readers.
+    ``instance_id``, ``transport`` (externally tagged; a Dynamo client sends TCP requests to exactly that
+    address, whose path must be ``<id hex>/<ns>/<comp>/<ep>``: build it with :class:`~dyndisc.DynamoTcp`),
+    then ``device_type`` and ``request_plane_codec`` when set. dyndisc's own ``metadata`` and a
+    ``readiness`` other than ``ready`` are added only when set; the reference ignores unknown fields.
+
+    A record the reference would skip (no transport, a transport kind other than ``tcp`` / ``nats_tcp``, a
+    device type or codec it does not know) is refused with :class:`~dyndisc.InvalidRecordError`: under this
+    layout a worker is meant to be seen by Dynamo, and Dynamo would silently not see it. A draining instance
+    is written under :data:`DYNAMO_V1_SIDE_ROOT` instead, where only dyndisc reads it.
     """
 
     name = "dynamo-v1"
     root = DYNAMO_V1_ROOT
+    side_root = DYNAMO_V1_SIDE_ROOT
 
     def __init__(self) -> None:
         self.skipped = SkipLog()
@@ -159,7 +224,28 @@ class DynamoV1Layout(KeyLayout):
             "instance_id": instance.instance_id,
             "transport": instance.transport.to_wire() if instance.transport is not None else None,
         }
-        return instance.encode_record(body)
+        if instance.device_type is not None:
+            body["device_type"] = instance.device_type
+        if instance.request_plane_codec is not None:
+            body["request_plane_codec"] = instance.request_plane_codec
+        data = instance.encode_record(body)  # a record too large is that first
+        why = reference_skips(instance)
+        if why is not None:
+            raise InvalidRecordError(
+                f"the reference runtime (Dynamo 1.6.1) skips the record of {instance.endpoint_id} because "
+                f"{why}, so under the dynamo-v1 layout this worker would be invisible to Dynamo; it reads "
+                f"{READABLE}. Give a transport Dynamo can call, e.g. DynamoTcp(host, port), or use "
+                "layout='dyndisc'"
+            )
+        return data
+
+    def entry_prefix(self, bucket: str) -> str:
+        if validate_bucket(bucket).count("/") != 1:
+            raise InvalidNameError(
+                f"invalid bucket {bucket!r} for the dynamo-v1 layout: its buckets are two segments like the "
+                "reference's ('v1/mdc', 'v1/event_channels'), each a directory of its file store"
+            )
+        return self._check_apart(bucket, f"{bucket}/")
 
     def decode(self, value: bytes) -> Instance:
         try:
@@ -170,15 +256,7 @@ class DynamoV1Layout(KeyLayout):
             raise ValueError(f"expected a JSON object, got {type(body).__name__}")
         if body.get("type") != "Endpoint":
             raise ValueError(f"expected a Dynamo record of type 'Endpoint', got type {body.get('type')!r}")
-        own = body.get("metadata")
-        metadata: dict[str, Any] = own if isinstance(own, dict) else {}
-        extras = {k: v for k, v in body.items() if k not in _DYNAMO_CORE_FIELDS}
-        fields = {k: body[k] for k in ("namespace", "component", "endpoint", "instance_id") if k in body}
-        if body.get("transport") is not None:
-            fields["transport"] = body["transport"]
-        if "readiness" in body:
-            fields["readiness"] = body["readiness"]
-        return Instance.from_dict({**fields, "metadata": {**extras, **metadata}})
+        return Instance.from_dict({k: body[k] for k in _DYNAMO_FIELDS if k in body})
 
 
 def layout_from_env() -> str:

@@ -66,6 +66,8 @@ class KeyValueStore(Connected, abc.ABC):
     #: The key layouts this store can hold: a store whose keys the reference runtime cannot share (the
     #: file store keeps its own tree) leaves ``dynamo-v1`` out.
     layouts: frozenset[str] = ALL_LAYOUTS
+    #: Why a layout is missing from :attr:`layouts` and what to use instead, for the error (", ..." or "").
+    layout_hint: str = ""
 
     def __repr__(self) -> str:
         """Where the store is; stores with a server or a directory override it to say which."""

@@ -61,6 +61,13 @@ class NatsStore(KeyValueStore):
     """
 
     name = "nats"
+    #: The reference runtime (Dynamo 1.6.1) has no NATS store: nothing of Dynamo would read dynamo-v1 keys
+    #: here, so the layout is refused instead of promising interop that cannot happen.
+    layouts = frozenset({"dyndisc"})
+    layout_hint = (
+        "; the reference runtime (Dynamo 1.6.1) keeps discovery in etcd, files, memory or Kubernetes, never "
+        "in NATS, so dynamo-v1 keys here would reach no Dynamo process"
+    )
 
     def __init__(self, settings: NatsSettings | None = None) -> None:
         self.settings = settings if settings is not None else NatsSettings.load()
