@@ -84,14 +84,16 @@ class Workers:
         self.env = env
         self.processes: dict[str, subprocess.Popen[str]] = {}
 
-    def start(self, port: int) -> str:
+    def start(self, port: int, model: str | None = None) -> str:
+        """A worker at ``tcp://10.0.0.<port>:9000`` (serving the model card ``model`` if given)."""
+        argv = [
+            sys.executable,
+            str(HERE / "ui_worker.py"),
+            "fleet.backend.generate",
+            f"tcp://10.0.0.{port}:9000",
+        ]
         process = subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "ui_worker.py"),
-                "fleet.backend.generate",
-                f"tcp://10.0.0.{port}:9000",
-            ],
+            [*argv, *([model] if model else [])],
             stdout=subprocess.PIPE,
             text=True,
             env=self.env,
@@ -141,12 +143,14 @@ async def test_the_page_follows_the_fleet(
     await expect(page.locator("#where")).to_contain_text("etcd")
 
     # Registrations in other processes show up, pushed.
-    ids = [workers.start(port) for port in (5, 6, 7)]
+    ids = [workers.start(5, model="llama-test"), workers.start(6), workers.start(7)]
     for instance_id in ids:
         await expect(row(page, instance_id)).to_be_visible(timeout=SHOWN_WITHIN)
     await expect(page.locator('details[data-endpoint="fleet.backend.generate"] > summary')).to_contain_text(
         "3 instances"
     )
+    endpoint = page.locator('details[data-endpoint="fleet.backend.generate"]')
+    await expect(endpoint.locator(".model")).to_have_text(["llama-test (1)"], timeout=SHOWN_WITHIN)
     lease = row(page, ids[0]).locator("td.lease")  # the time etcd says is left (whole seconds there)
     await expect(lease).to_have_text(re.compile(r"^\d+\.\ds$"), timeout=SHOWN_WITHIN)
 
@@ -163,6 +167,7 @@ async def test_the_page_follows_the_fleet(
     await expect(page.locator(f'tr.leaving[data-id="{ids[0]}"]')).to_be_visible(timeout=(TTL + 3) * 1000)
     flashed_after = time.monotonic() - killed_at
     await expect(row(page, ids[0])).to_have_count(0, timeout=SHOWN_WITHIN)
+    await expect(endpoint.locator(".model")).to_have_count(0, timeout=SHOWN_WITHIN)  # its card went with it
     assert flashed_after >= TTL / 2, "it left before its lease could have expired"
     await expect(row(page, ids[2])).to_be_visible()
 

@@ -1,9 +1,10 @@
 """What the page shows, kept current: the instances of one query (one backend watch), their leases' time
 left, and whether the view is stale, pushed to every open page as events.
 
-A page gets a ``snapshot`` first, then ``added`` / ``removed`` as the watch delivers them, ``leases`` (the
-time left of each lease, where the backend knows it) every second, and ``status`` (stale or not) when it
-changes. Everything is read-only: the UI holds no lease and writes nothing.
+A page gets a ``snapshot`` first, then ``added`` / ``removed`` as the watch delivers them, ``models`` (the
+model deployment cards each endpoint serves, from a second watch of the ``v1/mdc`` bucket) when they
+change, ``leases`` (the time left of each lease, where the backend knows it) every second, and ``status``
+(stale or not) when it changes. Everything is read-only: the UI holds no lease and writes nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from dyndisc._cards import ModelCard
+from dyndisc._dynamo import MODEL_CARDS_BUCKET
+from dyndisc._entries import EntryAdded, EntryEvent, EntryRemoved, EntryResync, MetadataEntry
+from dyndisc._errors import ConfigurationError, DyndiscError
 from dyndisc._models import Added, DiscoveryEvent, EndpointId, Instance, InstanceQuery, Removed, Resync
 from dyndisc._retry import Backoff
 from dyndisc.backends.base import DiscoveryBackend
@@ -44,6 +49,8 @@ class Fleet:
         self.query = query
         self.instances: dict[tuple[EndpointId, int], Instance] = {}
         self.leases: dict[str, float | None] = {}
+        #: The model cards by key, or ``None`` where the backend stores no metadata entries.
+        self.cards: dict[str, ModelCard] | None = {}
         self.watch_broken_since: float | None = None
         self._pages: dict[MemoryObjectSendStream[Event], None] = {}
         self._ready = anyio.Event()
@@ -57,7 +64,24 @@ class Fleet:
             "query": str(self.query),
             "instances": [_instance(i) for i in ordered],
             "leases": self.leases,
+            "models": self.models(),
             "status": self.status(),
+        }
+
+    def models(self) -> dict[str, list[Event]] | None:
+        """Per endpoint (``ns.comp.ep``), the models its instances serve: name, LoRA, instance ids."""
+        if self.cards is None:
+            return None
+        found: dict[str, dict[tuple[str, str | None], list[str]]] = {}
+        for card in self.cards.values():
+            name = card.display_name or card.slug or "?"
+            ids = found.setdefault(str(card.endpoint_id), {}).setdefault((name, card.lora), [])
+            ids.append(f"{card.instance_id:x}")
+        return {
+            endpoint: [
+                {"name": n, "lora": lora, "instances": sorted(ids)} for (n, lora), ids in sorted(by.items())
+            ]
+            for endpoint, by in sorted(found.items())
         }
 
     def status(self) -> Event:
@@ -132,6 +156,39 @@ class Fleet:
                 log.warning("watch of %s failed (%s); retrying in %.1fs", self.query, exc, delay)
                 await anyio.sleep(delay)
 
+    def apply_cards(self, event: EntryEvent) -> None:
+        assert self.cards is not None
+        if isinstance(event, EntryResync):
+            self.cards = {e.key: c for e in event.entries if (c := _card(e)) is not None}
+        elif isinstance(event, EntryAdded):
+            card = _card(event.entry)
+            if card is None:
+                self.cards.pop(event.entry.key, None)
+            else:
+                self.cards[event.entry.key] = card
+        elif isinstance(event, EntryRemoved):
+            self.cards.pop(event.key, None)
+        self._publish({"event": "models", "models": self.models()})
+
+    async def _watch_cards(self) -> None:
+        prefix = "".join(f"{part}/" for part in self.query.parts)
+        backoff = Backoff(0.1, 2.0)
+        while True:
+            try:
+                async with self.backend.watch_entries(MODEL_CARDS_BUCKET, prefix) as events:
+                    async for event in events:
+                        self.apply_cards(event)
+                        backoff.reset()
+                raise ConnectionError("the watch of the model cards ended")
+            except (NotImplementedError, ConfigurationError):
+                self.cards = None  # this backend (or its layout) keeps no cards: the page says so, once
+                self._publish({"event": "models", "models": None})
+                return
+            except Exception as exc:
+                delay = backoff.next_delay()
+                log.warning("watch of the model cards failed (%s); retrying in %.1fs", exc, delay)
+                await anyio.sleep(delay)
+
     async def _poll(self) -> None:
         """Every second: the leases' time left (where the backend can tell) and whether the view is stale."""
         while True:
@@ -153,8 +210,18 @@ class Fleet:
     async def running(self) -> AsyncIterator[Fleet]:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch)
+            tg.start_soon(self._watch_cards)
             tg.start_soon(self._poll)
             try:
                 yield self
             finally:
                 tg.cancel_scope.cancel()
+
+
+def _card(entry: MetadataEntry) -> ModelCard | None:
+    """The card an entry holds, or ``None`` for one that is not a readable card (skipped, as the reference
+    skips it)."""
+    try:
+        return ModelCard.from_entry(entry)
+    except DyndiscError:
+        return None

@@ -9,6 +9,7 @@ const state = {
   instances: new Map(), // key "ns.comp.ep/<id>" -> instance JSON
   leaving: new Map(), // key -> instance JSON, while it flashes
   leases: {}, // id hex -> seconds left (null: unknown)
+  models: {}, // endpoint -> [{name, lora, instances}] (null: the backend keeps no model cards)
   fresh: new Set(), // keys that just arrived (highlighted once)
   status: { stale_for: null, live: 0 },
   backend: "",
@@ -39,8 +40,10 @@ function age(registeredAt) {
 
 function matches(instance, needle) {
   if (!needle) return true;
+  const served = ((state.models || {})[instance.endpoint] || [])
+    .filter((m) => m.instances.includes(instance.instance_id)).map((m) => m.name);
   const hay = [instance.endpoint, instance.instance_id, instance.transport || "", instance.readiness,
-    JSON.stringify(instance.metadata)].join(" ").toLowerCase();
+    JSON.stringify(instance.metadata), ...served].join(" ").toLowerCase();
   return hay.includes(needle);
 }
 
@@ -118,8 +121,21 @@ function render() {
       const compNode = node("comp", `${ns}.${comp}`, comp, compCount);
       for (const ep of sortedKeys(eps)) {
         const list = eps.get(ep).sort((a, b) => a[1].instance_id.localeCompare(b[1].instance_id));
-        const epNode = node("ep", `${ns}.${comp}.${ep}`, ep, list.length);
-        epNode.dataset.endpoint = `${ns}.${comp}.${ep}`;
+        const endpoint = `${ns}.${comp}.${ep}`;
+        const epNode = node("ep", endpoint, ep, list.length);
+        epNode.dataset.endpoint = endpoint;
+        const served = (state.models || {})[endpoint] || [];
+        if (served.length) {
+          const models = document.createElement("p");
+          models.className = "models";
+          models.appendChild(text("span", "models: ", "muted"));
+          for (const model of served) {
+            const label = model.lora ? `${model.name} + ${model.lora}` : model.name;
+            const count = model.instances.length;
+            models.appendChild(text("span", `${label} (${count})`, "model"));
+          }
+          epNode.appendChild(models);
+        }
         const table = document.createElement("table");
         const head = document.createElement("tr");
         for (const h of ["ID", "TRANSPORT", "STATE", "LEASE LEFT", "AGE", "METADATA"]) head.appendChild(text("th", h));
@@ -153,6 +169,7 @@ function apply(event) {
       for (const key of next.keys()) if (!state.instances.has(key)) state.fresh.add(key);
       state.instances = next;
       state.leases = event.leases || {};
+      state.models = event.models;
       state.status = event.status;
       state.backend = event.backend;
       state.query = event.query;
@@ -173,6 +190,9 @@ function apply(event) {
     }
     case "leases":
       state.leases = event.leases;
+      break;
+    case "models":
+      state.models = event.models;
       break;
     case "status":
       state.status = event;
