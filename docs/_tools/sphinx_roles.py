@@ -42,7 +42,7 @@ class SphinxRoles(griffe.Extension):
         short, target = match[1] == "~", match[2].strip().removesuffix("()")
         shown = target.rsplit(".", 1)[-1] if short else target.removeprefix("dyndisc.")
         parts = target.removeprefix("dyndisc.").split(".")
-        if len(parts) == 1 and parts[0][:1].islower() and owner in self.names:
+        if len(parts) == 1 and parts[0] not in self.names and parts[0][:1].islower() and owner in self.names:
             parts = [owner, parts[0]]  # a member of the class whose docstring this is: `to_json`
         elif parts[-1] in self.names:
             parts = parts[-1:]  # dyndisc.backends.KvDiscovery is documented as dyndisc.KvDiscovery
