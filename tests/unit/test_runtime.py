@@ -93,8 +93,9 @@ async def test_keep_alive_failing_past_the_ttl_keeps_trying_until_the_server_ans
     await runtime.endpoint("ns.c.e").register("tcp://h:1")
     backend.failing_lease = first_id  # no renewal reaches the store: it lets the lease expire
     with anyio.fail_after(5):
-        await backend.wait_calls(backend.calls + 6)
-    assert first_id not in dyndisc_store.inner.lease_ids
+        # Keep-alives go on failing (a jittered retry can be quick): wait until the store let it expire.
+        while first_id in dyndisc_store.inner.lease_ids:
+            await backend.wait_calls(backend.calls + 1)
     assert runtime.instance_id == first_id, "the runtime does not decide on its own clock"
     assert changes == []
     backend.failing_lease = None  # the server answers again: the lease is gone, it says
