@@ -28,12 +28,7 @@ class Client:
         # Picking is the router's hot path: derive the lists once per change of the set, not per pick.
         version, every, ready = self._cache
         if version != self._source.version:
-            ep = self.endpoint
-            every = [
-                i
-                for i in self._source.instances()
-                if (i.endpoint, i.component, i.namespace) == (ep.endpoint, ep.component, ep.namespace)
-            ]
+            every = self._source.instances_of(self.endpoint)
             ready = [i for i in every if i.readiness is Readiness.READY]
             self._cache = (self._source.version, every, ready)
         return every, ready

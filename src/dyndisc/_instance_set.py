@@ -9,6 +9,7 @@ from collections import deque
 import anyio
 from anyio.abc import TaskStatus
 
+from dyndisc._concurrency import gc_paused
 from dyndisc._metrics import metrics
 from dyndisc._models import Added, DiscoveryEvent, EndpointId, Instance, InstanceQuery, Removed, Resync
 from dyndisc._retry import Backoff
@@ -68,7 +69,10 @@ class InstanceSet:
     def __init__(self, backend: DiscoveryBackend, query: InstanceQuery) -> None:
         self.backend = backend
         self.query = query
-        self._instances: dict[tuple[EndpointId, int], Instance] = {}
+        # endpoint -> instance id -> instance: no key tuple per instance, and a client of one endpoint reads
+        # its own dict.
+        self._instances: dict[EndpointId, dict[int, Instance]] = {}
+        self._by_endpoint: dict[EndpointId, list[Instance]] = {}
         self._subscribers: dict[Subscription, None] = {}  # ordered: told in the order they came
         self._changed = anyio.Event()
         self._stale_since: float | None = None
@@ -82,14 +86,21 @@ class InstanceSet:
     def instances(self) -> list[Instance]:
         """Every instance, ordered by endpoint then instance id (do not modify the list)."""
         if self._sorted is None:
-            self._sorted = sorted(
-                self._instances.values(), key=lambda i: (i.namespace, i.component, i.endpoint, i.instance_id)
-            )
+            self._sorted = [i for e in sorted(self._instances, key=_names) for i in self.instances_of(e)]
         return self._sorted
+
+    def instances_of(self, endpoint: EndpointId) -> list[Instance]:
+        """The instances of ``endpoint``, ordered by instance id (do not modify the list)."""
+        found = self._by_endpoint.get(endpoint)
+        if found is None:
+            ids = self._instances.get(endpoint, {})
+            found = self._by_endpoint[endpoint] = [ids[i] for i in sorted(ids)]
+        return found
 
     def get(self, key: tuple[EndpointId, int]) -> Instance | None:
         """The instance with ``key`` (see :attr:`Instance.key`), if live."""
-        return self._instances.get(key)
+        ids = self._instances.get(key[0])
+        return None if ids is None else ids.get(key[1])
 
     def resync_event(self) -> Resync:
         """The current state as a ``Resync``."""
@@ -120,16 +131,28 @@ class InstanceSet:
     def _apply(self, event: DiscoveryEvent) -> None:
         if isinstance(event, Resync):
             self.resyncs += 1
-            fresh = {i.key: i for i in event.instances}
+            with gc_paused():  # many objects, none of them garbage: the collector would only rescan them
+                fresh = _by_endpoint(event.instances)
             if fresh == self._instances and self.resyncs > 1:
                 return
             self._instances = fresh
+            self._by_endpoint = {}
         elif isinstance(event, Added):
-            if self._instances.get(event.instance.key) == event.instance:
+            instance = event.instance
+            ids = self._instances.get(endpoint := instance.endpoint_id)
+            if ids is None:
+                ids = self._instances[endpoint] = {}
+            elif ids.get(instance.instance_id) == instance:
                 return
-            self._instances[event.instance.key] = event.instance
-        elif isinstance(event, Removed) and self._instances.pop(event.key, None) is None:
-            return
+            ids[instance.instance_id] = instance
+            self._by_endpoint.pop(endpoint, None)
+        elif isinstance(event, Removed):
+            ids = self._instances.get(event.endpoint)
+            if ids is None or ids.pop(event.instance_id, None) is None:
+                return
+            if not ids:
+                del self._instances[event.endpoint]
+            self._by_endpoint.pop(event.endpoint, None)
         self._sorted = None
         self.version += 1
         for sub in self._subscribers:
@@ -173,3 +196,20 @@ class InstanceSet:
                 delay = backoff.next_delay()
                 log.warning("watch of %s failed (%s); retrying in %.2fs", self.query, exc, delay)
                 await anyio.sleep(delay)
+
+
+def _by_endpoint(instances: tuple[Instance, ...]) -> dict[EndpointId, dict[int, Instance]]:
+    found: dict[EndpointId, dict[int, Instance]] = {}
+    ids: dict[int, Instance] = {}
+    names: tuple[str, str, str] | None = None
+    for instance in instances:
+        # A snapshot holds long runs of one endpoint: look its dict up only when the endpoint changes.
+        if names != (instance.namespace, instance.component, instance.endpoint):
+            names = (instance.namespace, instance.component, instance.endpoint)
+            ids = found.setdefault(instance.endpoint_id, {})
+        ids[instance.instance_id] = instance
+    return found
+
+
+def _names(endpoint: EndpointId) -> tuple[str, str, str]:
+    return (endpoint.namespace, endpoint.component, endpoint.endpoint)

@@ -168,7 +168,8 @@ class Instance:
     @property
     def endpoint_id(self) -> EndpointId:
         """The endpoint this instance serves."""
-        return self.key[0]
+        # Not through ``key``: a watcher asks this of every instance, and the key tuple would stay with each.
+        return endpoint_id(self.namespace, self.component, self.endpoint)
 
     @property
     def key(self) -> tuple[EndpointId, int]:
@@ -250,11 +251,22 @@ def _summary(exc: ValidationError) -> str:
     return "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
 
 
+_new_object = object.__new__
+_set_field = object.__setattr__
+
+
 def _transport_from_wire(value: dict[str, str] | None) -> Transport | None:
+    # Run for every record a watcher decodes: the schema has checked the shape already, so the transport is
+    # made without its __init__ (text that is all ASCII needs no UTF-8 check, and JSON's always passes).
     if value is None:
         return None
     ((kind, address),) = value.items()
-    return Transport(kind, address)
+    if not (kind.isascii() and address.isascii()):
+        return Transport(kind, address)
+    transport: Transport = _new_object(Transport)
+    _set_field(transport, "kind", kind)
+    _set_field(transport, "address", address)
+    return transport
 
 
 def _decoder() -> SchemaValidator:

@@ -11,9 +11,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from dyndisc._concurrency import gc_paused
 from dyndisc._diagnosis import BackendDoctor
 from dyndisc._errors import ConfigurationError, RegistrationConflictError
-from dyndisc._models import Added, DiscoveryEvent, Instance, InstanceQuery, Removed, Resync
+from dyndisc._models import Added, DiscoveryEvent, EndpointId, Instance, InstanceQuery, Removed, Resync
 from dyndisc.backends.base import DiscoveryBackend, Lease
 from dyndisc.backends.kv.layouts import KeyLayout, make_layout
 from dyndisc.backends.kv.store import KeyValueStore, StoreEvent, StorePut, StoreSnapshot
@@ -105,30 +106,33 @@ class KvDiscovery(DiscoveryBackend):
             yield self._translate(raw)
 
     async def _translate(self, raw: AsyncIterator[StoreEvent]) -> AsyncIterator[DiscoveryEvent]:
-        known: dict[str, Instance] = {}
+        # Which instances this watch reported, as endpoint -> ids (the ids are the instances' own int
+        # objects): a Removed names only an instance reported, and nothing else is held per instance here.
+        known: dict[EndpointId, set[int]] = {}
         async for event in raw:
             if isinstance(event, StoreSnapshot):
-                known = {}
-                for key, value in sorted(event.items.items()):
-                    instance = self.parse(key, value)
-                    if instance is not None:
-                        known[key] = instance
-                yield Resync(instances=tuple(known.values()))
-            elif isinstance(event, StorePut):
-                instance = self.parse(event.key, event.value)
-                if instance is None:
-                    # What the key held is gone from it: remove it here too, as a list or a new watch
-                    # (which would skip the unreadable value) would not show it either.
-                    gone = known.pop(event.key, None)
-                    if gone is not None:
-                        yield Removed(endpoint=gone.endpoint_id, instance_id=gone.instance_id)
-                elif known.get(event.key) != instance:
-                    known[event.key] = instance
-                    yield Added(instance=instance)
-            else:
-                gone = known.pop(event.key, None)
-                if gone is not None:
-                    yield Removed(endpoint=gone.endpoint_id, instance_id=gone.instance_id)
+                instances = self._decode_all(event.items)
+                del event  # the raw snapshot is garbage once decoded: do not hold it while suspended
+                known = _ids_by_endpoint(instances)
+                yield Resync(instances=instances)
+                continue
+            identity = self.layout.identity_of(event.key)
+            put = self.parse(event.key, event.value) if isinstance(event, StorePut) else None
+            if put is not None:
+                known.setdefault(put.endpoint_id, set()).add(put.instance_id)
+                yield Added(instance=put)
+            elif identity is not None and identity[1] in known.get(identity[0], ()):
+                # Deleted, or what the key held is gone from it (an unreadable value): remove it here too,
+                # as a list or a new watch (which would skip the unreadable value) would not show it either.
+                known[identity[0]].discard(identity[1])
+                yield Removed(endpoint=identity[0], instance_id=identity[1])
+
+    def _decode_all(self, items: dict[str, bytes]) -> tuple[Instance, ...]:
+        """Every readable record of a snapshot, in key order."""
+        parse = self.layout.parse
+        with gc_paused():  # many objects, none of them garbage: the collector would only rescan them
+            found = (parse(key, value) for key, value in sorted(items.items()))
+            return tuple(i for i in found if i is not None)
 
     async def aclose(self) -> None:
         if self._owns_store:
@@ -144,3 +148,16 @@ class KvDiscovery(DiscoveryBackend):
 
     def doctor(self) -> BackendDoctor:
         return self.store.doctor()
+
+
+def _ids_by_endpoint(instances: tuple[Instance, ...]) -> dict[EndpointId, set[int]]:
+    found: dict[EndpointId, set[int]] = {}
+    ids: set[int] = set()
+    names: tuple[str, str, str] | None = None
+    for instance in instances:
+        # A snapshot holds long runs of one endpoint: look its set up only when the endpoint changes.
+        if names != (instance.namespace, instance.component, instance.endpoint):
+            names = (instance.namespace, instance.component, instance.endpoint)
+            ids = found.setdefault(instance.endpoint_id, set())
+        ids.add(instance.instance_id)
+    return found

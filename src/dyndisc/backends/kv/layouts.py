@@ -20,12 +20,20 @@ import abc
 import json
 import logging
 import os
+import re
+from functools import cached_property
 from typing import Any
 
 from dyndisc._errors import ConfigurationError
-from dyndisc._models import Instance, InstanceQuery
+from dyndisc._models import EndpointId, Instance, InstanceQuery
+from dyndisc._names import MAX_NAME_LENGTH, endpoint_id
 
 log = logging.getLogger("dyndisc.kv")
+
+#: Endpoints whose key prefix a layout remembers (a few per deployment; past it, it starts over).
+_PREFIX_CACHE = 4096
+#: A name as :func:`~dyndisc.validate_name` accepts it.
+_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_NAME_LENGTH}}}")
 
 #: Default key root of the ``dyndisc`` layout.
 DEFAULT_ROOT = "/services"
@@ -77,7 +85,39 @@ class KeyLayout(abc.ABC):
 
     def key_for(self, instance: Instance) -> str:
         """The key an instance is stored under."""
-        return f"{self.root}/{instance.endpoint_id.path}/{instance.instance_id:x}"
+        return self._endpoint_prefix(instance.namespace, instance.component, instance.endpoint) + format(
+            instance.instance_id, "x"
+        )
+
+    def _endpoint_prefix(self, namespace: str, component: str, endpoint: str) -> str:
+        # Every record a watcher reads is checked against its key: the endpoint's part is built once.
+        names = (namespace, component, endpoint)
+        found = self._prefixes.get(names)
+        if found is None:
+            if len(self._prefixes) >= _PREFIX_CACHE:
+                self._prefixes.clear()
+            found = self._prefixes[names] = f"{self.root}/{namespace}/{component}/{endpoint}/"
+        return found
+
+    @cached_property
+    def _prefixes(self) -> dict[tuple[str, str, str], str]:
+        return {}
+
+    def identity_of(self, key: str) -> tuple[EndpointId, int] | None:
+        """The endpoint and instance id a key of this layout stands for, or ``None`` if it is not one (a key
+        :meth:`key_for` could not have written)."""
+        if not key.startswith(self.root + "/"):
+            return None
+        parts = key[len(self.root) + 1 :].split("/")
+        if len(parts) != 4 or not all(_NAME.fullmatch(p) for p in parts[:3]):
+            return None
+        try:
+            instance_id = int(parts[3], 16)
+        except ValueError:
+            return None
+        if format(instance_id, "x") != parts[3]:
+            return None
+        return endpoint_id(parts[0], parts[1], parts[2]), instance_id
 
     def prefix_for(self, query: InstanceQuery) -> str:
         """The key prefix covering ``query``; it ends with ``/`` so ``ns`` never matches ``ns2``."""
@@ -99,19 +139,23 @@ class KeyLayout(abc.ABC):
         (``01f``, ``1F``, ``0x1f``) or a key naming another endpoint is skipped, so every reader (a list, a
         new watch, a running watch) sees one instance per key, and the same one.
         """
-        rest = key[len(self.root) + 1 :] if key.startswith(self.root + "/") else None
-        if rest is None or rest.count("/") != 3:
-            self.skipped.warn(key, value, f"not {self.root}/<namespace>/<component>/<endpoint>/<id hex>")
-            return None
-        try:
-            instance = self.decode(value)
-        except ValueError as exc:
-            self.skipped.warn(key, value, f"not a record: {exc}")
-            return None
-        if key != self.key_for(instance):
-            self.skipped.warn(key, value, f"the record belongs at {self.key_for(instance)!r}")
-            return None
-        return instance
+        if key.startswith(self.root) and key[len(self.root) : len(self.root) + 1] == "/":
+            try:
+                instance = self.decode(value)
+            except ValueError as exc:
+                if key.count("/", len(self.root) + 1) == 3:
+                    self.skipped.warn(key, value, f"not a record: {exc}")
+                    return None
+            else:
+                # The common case costs one string comparison: a record at the key it was written for.
+                expected = self.key_for(instance)
+                if key == expected:
+                    return instance
+                if key.count("/", len(self.root) + 1) == 3:
+                    self.skipped.warn(key, value, f"the record belongs at {expected!r}")
+                    return None
+        self.skipped.warn(key, value, f"not {self.root}/<namespace>/<component>/<endpoint>/<id hex>")
+        return None
 
 
 class DyndiscLayout(KeyLayout):
