@@ -72,7 +72,7 @@ class DistributedRuntime:
             overrides["lease_ttl"] = lease_ttl
         if lease_loss_policy is not None:
             overrides["lease_loss_policy"] = lease_loss_policy
-        self.settings: RuntimeSettings = RuntimeSettings.load(**overrides)
+        self.settings: RuntimeSettings = RuntimeSettings.load_cached(**overrides)
         self.lease_loss_policy = self.settings.lease_loss_policy
         self.on_lease_change = on_lease_change
         #: The backend name to create at every start, or ``None`` for a backend given as an object.
@@ -116,6 +116,8 @@ class DistributedRuntime:
         self._metrics = metrics()
         #: Registrations reported to the metrics (so leaving the runtime subtracts exactly those).
         self._counted = 0
+        #: Whether the registrations changed since the health last counted them.
+        self._registrations_changed = False
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> DistributedRuntime:
@@ -252,6 +254,13 @@ class DistributedRuntime:
         )
 
     def _note_registrations(self) -> None:
+        # Counted when the health is read, not here: this runs on every registration, and counting walks
+        # every endpoint (a worker registering n endpoints would pay O(n^2)).
+        self._registrations_changed = True
+        self._count_registrations()
+
+    def _update_registration_health(self) -> None:
+        self._registrations_changed = False
         lease_id = self._lease.id if self._lease is not None else None
         pending = sum(
             1
@@ -259,7 +268,6 @@ class DistributedRuntime:
             if (found := self._registered.get(endpoint)) is None or found.instance_id != lease_id
         )
         self._health.registrations(len(self._wanted), pending)
-        self._count_registrations()
 
     def _count_registrations(self, *, live: bool = True) -> None:
         if self._metrics.enabled and self._backend is not None:
@@ -303,6 +311,8 @@ class DistributedRuntime:
 
     def health(self) -> RuntimeHealth:
         """The lease's state now (held, outage, replacing, failed ...), for the application and probes."""
+        if self._registrations_changed:
+            self._update_registration_health()
         return self._health.current
 
     # -- handles ---------------------------------------------------------------------------------------
