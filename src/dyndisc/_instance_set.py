@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import anyio
 from anyio.abc import TaskStatus
@@ -66,9 +68,26 @@ class Subscription:
 class InstanceSet:
     """The instances matching one query, kept current by one watch running in the runtime's task group."""
 
-    def __init__(self, backend: DiscoveryBackend, query: InstanceQuery) -> None:
+    def __init__(
+        self,
+        backend: DiscoveryBackend,
+        query: InstanceQuery,
+        *,
+        on_unused: Callable[[InstanceSet], None] | None = None,
+    ) -> None:
         self.backend = backend
         self.query = query
+        #: Told when the set stops (its last user released it, or its watch could not start).
+        self._on_unused = on_unused
+        self._users = 0
+        self._pinned = False
+        self._stopped = False
+        self._started = anyio.Event()
+        self._failure: BaseException | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._thread = threading.get_ident()
+        #: Releases made from another thread (a garbage collection there): applied on the set's own thread.
+        self._foreign_releases: deque[None] = deque()
         # endpoint -> instance id -> instance: no key tuple per instance, and a client of one endpoint reads
         # its own dict.
         self._instances: dict[EndpointId, dict[int, Instance]] = {}
@@ -126,6 +145,65 @@ class InstanceSet:
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop delivering to ``sub``."""
         self._subscribers.pop(sub, None)
+
+    # -- users ----------------------------------------------------------------------------------------
+    def acquire(self) -> None:
+        """One more user: the watch runs while the set has any (or was pinned)."""
+        self._take_foreign_releases()
+        self._users += 1
+
+    def pin(self) -> None:
+        """Keep the set for the life of the runtime, whatever its users do."""
+        self._pinned = True
+
+    def release(self) -> None:
+        """One user fewer; the last one stops the watch (unless pinned). Safe from any thread."""
+        if threading.get_ident() != self._thread:
+            self._foreign_releases.append(None)  # deque.append is atomic: applied at the next change
+            return
+        self._users -= 1
+        self._take_foreign_releases()
+        if self._users <= 0 and not self._pinned:
+            self._stop()
+
+    def _take_foreign_releases(self) -> None:
+        while self._foreign_releases:
+            self._foreign_releases.popleft()
+            self._users -= 1
+        if self._users <= 0 and not self._pinned and self._started.is_set():
+            self._stop()
+
+    def _stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+        if self._on_unused is not None:
+            self._on_unused(self)
+
+    def detach(self) -> None:
+        """The runtime has left: its task group stopped the watch already; later releases do nothing."""
+        self._stopped = True
+        self._scope = None
+
+    def failed(self, exc: BaseException) -> None:
+        """The watch could not start: the users waiting for it get ``exc``."""
+        self._failure = exc
+        self._started.set()
+        self._stop()
+
+    async def wait_started(self) -> None:
+        """Wait until the first ``Resync`` is applied; raise what stopped the watch before that."""
+        await self._started.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    async def run_until_unused(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """:meth:`run` until the last user releases the set."""
+        with anyio.CancelScope() as self._scope:
+            if not self._stopped:
+                await self.run(task_status=task_status)
 
     # -- feeding ---------------------------------------------------------------------------------------
     def _apply(self, event: DiscoveryEvent) -> None:
@@ -185,7 +263,10 @@ class InstanceSet:
                             self._stale_since = None
                         if not started:
                             started = True
+                            self._started.set()
                             task_status.started()
+                        if self._foreign_releases:
+                            self._take_foreign_releases()
                         backoff.reset()
                 raise ConnectionError("the watch stream ended")
             except Exception as exc:

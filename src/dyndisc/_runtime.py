@@ -98,7 +98,6 @@ class DistributedRuntime:
         self._tg: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._lease_lock = SharedExclusiveLock()
-        self._sets_lock = anyio.Lock()
         #: What the application registered (and did not unregister), in the order it did: the runtime makes
         #: this true under whatever lease it holds.
         self._wanted: dict[EndpointId, Instance] = {}
@@ -165,6 +164,8 @@ class DistributedRuntime:
             return await stack.__aexit__(*exc_info)
         finally:
             self._tg = None
+            for found in self._sets.values():
+                found.detach()
             self._sets.clear()
 
     async def _release_lease(self) -> None:
@@ -402,18 +403,50 @@ class DistributedRuntime:
                 self._note_registrations()
 
     async def instance_set(self, query: InstanceQuery) -> InstanceSet:
-        """The shared live set for ``query``, watched once per runtime; established before it returns."""
-        async with self._sets_lock:  # two first clients of one endpoint must not start two watches
+        """The shared live set for ``query``, watched once per runtime; established before it returns.
+
+        A set got this way is kept for the runtime's life; clients and ``watch()`` hold theirs only while
+        they are used (:meth:`acquire_instance_set`).
+        """
+        found = await self.acquire_instance_set(query)
+        found.pin()
+        return found
+
+    async def acquire_instance_set(self, query: InstanceQuery) -> InstanceSet:
+        """The shared live set for ``query``, with one more user: :meth:`InstanceSet.release` it when done.
+
+        The set's watch stops when its last user releases it. Waiting for a watch to be established holds
+        no lock of the runtime: a slow watch delays only the users of its own query.
+        """
+        while True:
             found = self._sets.get(query)
             if found is None:
                 if self._tg is None:
                     raise RuntimeNotStartedError(
                         "watches need a running runtime: 'async with DistributedRuntime()'"
                     )
-                found = InstanceSet(self.backend, query)
-                await self._tg.start(found.run)
-                self._sets[query] = found
-            return found
+                # Recorded before the watch starts: a second first user of the query waits for this one.
+                found = self._sets[query] = InstanceSet(self.backend, query, on_unused=self._forget_set)
+                found.acquire()
+                try:
+                    await self._tg.start(found.run_until_unused)
+                except BaseException as exc:
+                    found.failed(exc)
+                    raise
+                return found
+            found.acquire()
+            try:
+                await found.wait_started()
+            except BaseException:
+                found.release()
+                raise
+            if self._sets.get(query) is found:
+                return found
+            found.release()  # it was stopped while we waited: start another
+
+    def _forget_set(self, found: InstanceSet) -> None:
+        if self._sets.get(found.query) is found:
+            del self._sets[found.query]
 
     async def list(self, query: InstanceQuery | None = None) -> list[Instance]:
         """One-shot list of the instances matching ``query`` (everything by default)."""
@@ -426,12 +459,13 @@ class DistributedRuntime:
 
         The watch is live when the block starts and stops when it ends, however the block ends.
         """
-        source = await self.instance_set(query or InstanceQuery())
+        source = await self.acquire_instance_set(query or InstanceQuery())
         subscription = source.subscribe()
         try:
             yield subscription
         finally:
             source.unsubscribe(subscription)
+            source.release()
 
 
 def _restore(mapping: dict[EndpointId, Instance], key: EndpointId, previous: Instance | None) -> None:
