@@ -23,6 +23,10 @@ decode_segment = _TOKENS.decode
 INTERNAL_TOKEN = "_dyndisc/lease"
 
 
+#: The KV key filter of every lease key.
+LEASES_FILTER = f"{INTERNAL_TOKEN}.>"
+
+
 def encode_key(key: str) -> str:
     """A dyndisc key as a NATS KV key (reversible with :func:`decode_key`)."""
     return ".".join(encode_segment(segment) for segment in key.split("/"))
@@ -56,3 +60,15 @@ def is_internal(nats_key: str) -> bool:
 def lease_key(lease_id: int) -> str:
     """The NATS KV key recording that lease ``lease_id`` is alive."""
     return f"{INTERNAL_TOKEN}.{lease_id:x}"
+
+
+def lease_id_of(nats_key: str) -> int:
+    """The lease a lease key stands for (0 if ``nats_key`` is not one): read from the key, since the
+    server's expiry marker carries none of our headers."""
+    token, _, rest = nats_key.partition(".")
+    if token != INTERNAL_TOKEN:
+        return 0
+    try:
+        return int(rest, 16)
+    except ValueError:
+        return 0
