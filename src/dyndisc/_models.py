@@ -50,6 +50,8 @@ __all__ = [
 MAX_RECORD_BYTES = 64 * 1024
 #: Largest instance id: ids are unsigned 64-bit integers (etcd lease ids, the reference's ids).
 MAX_INSTANCE_ID = 2**64 - 1
+#: The compact JSON of records, made once (``json.dumps`` with options builds an encoder per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,31 @@ class Instance:
             validate_name("component", component),
             validate_name("endpoint", endpoint),
         )
+        self._fill(names, instance_id, transport, metadata, readiness)
+
+    @classmethod
+    def for_endpoint(
+        cls,
+        endpoint: EndpointId,
+        instance_id: int,
+        transport: Transport | str | Mapping[str, str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        readiness: Readiness | str = Readiness.READY,
+    ) -> Instance:
+        """An instance of ``endpoint`` (whose names are checked already), checked like a new one otherwise."""
+        found: Instance = _new_object(cls)
+        names = (endpoint.namespace, endpoint.component, endpoint.endpoint)
+        found._fill(names, instance_id, transport, metadata, readiness)
+        return found
+
+    def _fill(
+        self,
+        names: tuple[str, str, str],
+        instance_id: int,
+        transport: Transport | str | Mapping[str, str] | None,
+        metadata: Mapping[str, Any] | None,
+        readiness: Readiness | str,
+    ) -> None:
         where = ".".join(names)
         if isinstance(instance_id, bool) or not isinstance(instance_id, int):
             raise InvalidRecordError(f"instance id of {where} must be an integer, got {instance_id!r}")
@@ -212,7 +239,7 @@ class Instance:
             body.setdefault("metadata", self.metadata)
         if self.readiness is not Readiness.READY:
             body.setdefault("readiness", self.readiness.value)
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        data = _ENCODER.encode(body).encode()
         if len(data) > MAX_RECORD_BYTES:
             raise RecordTooLargeError(
                 f"the record of {self.endpoint_id} is {len(data)} bytes; the limit is {MAX_RECORD_BYTES} "

@@ -344,15 +344,7 @@ class DistributedRuntime:
             raise self._failure
         lease = self.lease
         # Checked before anything is recorded or written: a bad record is the caller's error, at once.
-        wanted = Instance(
-            endpoint.namespace,
-            endpoint.component,
-            endpoint.endpoint,
-            lease.id,
-            transport,
-            metadata,
-            readiness,
-        )
+        wanted = Instance.for_endpoint(endpoint, lease.id, transport, metadata, readiness)
         previous = self._wanted.get(endpoint)
         self._wanted[endpoint] = wanted
         try:

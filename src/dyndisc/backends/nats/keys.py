@@ -12,12 +12,17 @@ produced by the encoding: the store keeps its own bookkeeping (lease keys) there
 
 from __future__ import annotations
 
+import re
+
 from dyndisc.backends.kv.escape import SegmentEscaper
 
 #: Segments as subject tokens: ``=XX`` escapes, a lone ``=`` for an empty segment.
 _TOKENS = SegmentEscaper("=")
 encode_segment = _TOKENS.encode
 decode_segment = _TOKENS.decode
+
+#: A key of plain segments after a leading "/": its encoding is a lone "=" and the segments, dot-joined.
+_PLAIN_KEY = re.compile(r"(?:/[A-Za-z0-9_-]+)+")
 
 #: First token of the store's own keys (leases): it holds a ``/`` so no encoded key can collide with it.
 INTERNAL_TOKEN = "_dyndisc/lease"
@@ -29,6 +34,8 @@ LEASES_FILTER = f"{INTERNAL_TOKEN}.>"
 
 def encode_key(key: str) -> str:
     """A dyndisc key as a NATS KV key (reversible with :func:`decode_key`)."""
+    if _PLAIN_KEY.fullmatch(key):  # every key dyndisc writes: "/" and names that need no escaping
+        return "=" + key.replace("/", ".")
     return ".".join(encode_segment(segment) for segment in key.split("/"))
 
 
