@@ -238,7 +238,13 @@ class SharedWatch:
             with anyio.fail_after(self.connection.request_timeout):
                 await grpc_await(call.write(rpc.WatchRequest(create_request=create)))
             while True:
-                reply = await grpc_await(call.read())
+                # Read on our own task (one task per event would cost every event a turn of the loop): a
+                # cancellation of ours reaches grpc's read and is re-raised as itself. Only a call already
+                # ended answers a read with a fresh CancelledError that anyio would not recognise: such a
+                # call is never read.
+                if call.done():
+                    raise Transient("the watch stream ended")
+                reply = await call.read()
                 if reply is grpc.aio.EOF:
                     raise Transient("etcd closed the watch stream")
                 self._handle(reply, stubs)

@@ -116,12 +116,13 @@ class KvDiscovery(DiscoveryBackend):
                 known = _ids_by_endpoint(instances)
                 yield Resync(instances=instances)
                 continue
-            identity = self.layout.identity_of(event.key)
             put = self.parse(event.key, event.value) if isinstance(event, StorePut) else None
             if put is not None:
                 known.setdefault(put.endpoint_id, set()).add(put.instance_id)
                 yield Added(instance=put)
-            elif identity is not None and identity[1] in known.get(identity[0], ()):
+            elif (identity := self.layout.identity_of(event.key)) is not None and identity[1] in known.get(
+                identity[0], ()
+            ):
                 # Deleted, or what the key held is gone from it (an unreadable value): remove it here too,
                 # as a list or a new watch (which would skip the unreadable value) would not show it either.
                 known[identity[0]].discard(identity[1])
