@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -346,6 +346,13 @@ def _decoder() -> SchemaValidator:
 
 
 _DECODER = _decoder()
+
+
+def record_decoder() -> Callable[[bytes], Instance]:
+    """pydantic-core's decoder of stored records, for a layout decoding many at once: it returns an
+    :class:`Instance` or raises ``ValueError`` (pydantic-core's ``ValidationError``)."""
+    decode: Callable[[bytes], Instance] = _DECODER.validate_json
+    return decode
 
 
 def _as_tuple(value: Any) -> tuple[Instance, ...]:

@@ -7,6 +7,7 @@ events into ``Resync`` / ``Added`` / ``Removed``, skipping (with a warning) any 
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -130,10 +131,10 @@ class KvDiscovery(DiscoveryBackend):
 
     def _decode_all(self, items: dict[str, bytes]) -> tuple[Instance, ...]:
         """Every readable record of a snapshot, in key order."""
-        parse = self.layout.parse
+        if any(a > b for a, b in itertools.pairwise(items)):  # etcd lists in key order; others may not
+            items = dict(sorted(items.items()))
         with gc_paused():  # many objects, none of them garbage: the collector would only rescan them
-            found = (parse(key, value) for key, value in sorted(items.items()))
-            return tuple(i for i in found if i is not None)
+            return tuple(self.layout.parse_all(items))
 
     async def aclose(self) -> None:
         if self._owns_store:

@@ -25,7 +25,7 @@ from functools import cached_property
 from typing import Any
 
 from dyndisc._errors import ConfigurationError
-from dyndisc._models import EndpointId, Instance, InstanceQuery
+from dyndisc._models import EndpointId, Instance, InstanceQuery, record_decoder
 from dyndisc._names import MAX_NAME_LENGTH, endpoint_id
 
 log = logging.getLogger("dyndisc.kv")
@@ -157,6 +157,11 @@ class KeyLayout(abc.ABC):
         self.skipped.warn(key, value, f"not {self.root}/<namespace>/<component>/<endpoint>/<id hex>")
         return None
 
+    def parse_all(self, items: dict[str, bytes]) -> list[Instance]:
+        """Every record of ``items`` that :meth:`parse` reads, in the order given."""
+        parse = self.parse
+        return [i for i in (parse(k, v) for k, v in items.items()) if i is not None]
+
 
 class DyndiscLayout(KeyLayout):
     """``{root}/{namespace}/{component}/{endpoint}/{instance_id:x}`` holding :meth:`Instance.to_json`."""
@@ -174,6 +179,31 @@ class DyndiscLayout(KeyLayout):
 
     def decode(self, value: bytes) -> Instance:
         return Instance.from_json(value)
+
+    def parse_all(self, items: dict[str, bytes]) -> list[Instance]:
+        # A snapshot of a large prefix: pydantic-core is called straight, and the key is checked against the
+        # endpoint's prefix of the record before (a run of one endpoint's records). Anything unusual takes
+        # the one-record path, which warns exactly as parse() does.
+        decode = record_decoder()
+        found: list[Instance] = []
+        names: tuple[str, str, str] | None = None
+        prefix = ""
+        for key, value in items.items():
+            try:
+                instance = decode(value)
+            except ValueError:
+                pass
+            else:
+                here = (instance.namespace, instance.component, instance.endpoint)
+                if here != names:
+                    names, prefix = here, self._endpoint_prefix(*here)
+                if key.startswith(prefix) and key[len(prefix) :] == format(instance.instance_id, "x"):
+                    found.append(instance)
+                    continue
+            slow = self.parse(key, value)
+            if slow is not None:
+                found.append(slow)
+        return found
 
 
 class DynamoV1Layout(KeyLayout):
