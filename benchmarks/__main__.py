@@ -16,7 +16,9 @@ import time
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
+from benchmarks import bulk
 from benchmarks import cases as bench
 from benchmarks.targets import TARGETS
 
@@ -31,6 +33,8 @@ QUICK: dict[str, Any] = {
     "fail_workers": 2,
     "watchers": 2,
     "clean": 2,
+    "registrations": 400,
+    "snapshot": [1000],
 }
 FULL: dict[str, Any] = {
     "prop": 1000,
@@ -43,6 +47,8 @@ FULL: dict[str, Any] = {
     "fail_workers": 8,
     "watchers": 10,
     "clean": 10,
+    "registrations": 20000,
+    "snapshot": [10000, 30000],
 }
 #: The scale case runs where the issue asks for it; the others have no bulk seeding path worth measuring.
 SCALE_TARGETS = ("memory", "etcd")
@@ -50,7 +56,9 @@ SCALE_TARGETS = ("memory", "etcd")
 #: endpoint of a worker lives in its one DynamoWorkerMetadata, re-applied whole on each registration (as the
 #: reference runtime does), so n endpoints on one worker cost O(n^2); real workers have a handful.
 LIMITS: dict[str, dict[str, int]] = {"kubernetes": {"prop": 200, "thr": 100}}
-CASES = ("propagation", "throughput", "scale", "failure", "keepalive")
+CASES = ("propagation", "throughput", "registrations", "scale", "snapshot", "failure", "keepalive")
+#: Cases that need an etcd server of their own and processes of their own (CPU-bound, one new process each).
+ETCD_ONLY = ("registrations", "snapshot")
 
 
 async def run(targets: list[str], cases: list[str], sizes: dict[str, Any]) -> dict[str, Any]:
@@ -67,9 +75,22 @@ async def run(targets: list[str], cases: list[str], sizes: dict[str, Any]) -> di
             if "throughput" in cases:
                 found["throughput"] = await bench.throughput(target, sizes["thr"], 64, sizes["repeats"])
                 await target.close_backends()
+            if "registrations" in cases and name == "etcd" and target.worker_env is not None:
+                found["registrations"] = await anyio.to_thread.run_sync(
+                    bulk.measure_registrations,
+                    target.worker_env["ETCD_ENDPOINTS"],
+                    sizes["registrations"],
+                    4,
+                    32,
+                    sizes["repeats"],
+                )
             if "scale" in cases and name in SCALE_TARGETS:
                 found["scale"] = [await bench.scale(target, n, w) for n, w in sizes["scale"]]
                 await target.close_backends()
+            if "snapshot" in cases and name == "etcd" and target.worker_env is not None:
+                found["snapshot"] = await anyio.to_thread.run_sync(
+                    bulk.run_sizes, target.worker_env["ETCD_ENDPOINTS"], sizes["snapshot"], sizes["repeats"]
+                )
             if "failure" in cases:
                 found["failure"] = await bench.failure_detection(
                     target, sizes["fail_ttls"], sizes["fail_workers"], sizes["watchers"], sizes["clean"]
@@ -128,6 +149,11 @@ def main() -> None:
     )
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        help="also take etcd's first snapshot at this many instances (e.g. 100000; minutes, not in CI)",
+    )
     parser.add_argument("--profile", help="profile the run with pyinstrument; write its text report here")
     args = parser.parse_args()
     targets = [t for t in args.targets.split(",") if t]
@@ -138,7 +164,9 @@ def main() -> None:
     if unknown := [c for c in cases if c not in CASES]:
         parser.error(f"unknown cases {unknown}; choose from {list(CASES)}")
     started = time.perf_counter()
-    sizes = QUICK if args.quick else FULL
+    sizes = dict(QUICK if args.quick else FULL)
+    if args.scale:
+        sizes["snapshot"] = sorted({*sizes["snapshot"], args.scale})
     if args.profile:
         from pyinstrument import Profiler
 

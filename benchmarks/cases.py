@@ -194,6 +194,7 @@ async def scale(target: Target, instances: int, watchers: int) -> Figures:
             second.instances()
             retained = tracemalloc.get_traced_memory()[0] - before
             tracemalloc.stop()
+            raw_snapshot = await _raw_snapshot(target, backend.prefix_for(InstanceQuery(ns, "c", "e")))
             clients = [first] + [await r.endpoint(f"{ns}.c.e").client() for r in runtimes[1:]]
             # The first change is reported on its own: it is the first Added every watcher handles (the
             # interpreter and caches warm up on it), and it would otherwise be the p99 of 50 rounds.
@@ -207,7 +208,9 @@ async def scale(target: Target, instances: int, watchers: int) -> Figures:
                             await client._source.wait_changed()
                 fanout.append(time.perf_counter() - started)
             first, fanout = fanout[0], fanout[1:]
-    raw = await _raw_fanout(target, watchers) if target.new_raw is not None else None
+            # The raw fan-out runs while our watchers and their instances are alive, so both sides share a
+            # process holding the same objects (the collector's work grows with them).
+            raw = await _raw_fanout(target, watchers) if target.new_raw is not None else None
     await backend.revoke_lease(lease)
     await backend.aclose()
     figures: Figures = {
@@ -219,6 +222,13 @@ async def scale(target: Target, instances: int, watchers: int) -> Figures:
         "fanout_p99_ms": _ms(percentile(fanout, 99)),
         "bytes_per_instance": round(retained / instances),
     }
+    if raw_snapshot is not None:
+        raw_seconds, raw_bytes = raw_snapshot
+        figures |= {
+            "raw_snapshot_ms": _ms(raw_seconds),
+            "ratio_snapshot": round(snapshot / max(raw_seconds, 1e-9), 2),
+            "raw_bytes_per_instance": round(raw_bytes / instances),
+        }
     if raw:
         figures |= {
             "raw_fanout_p50_ms": _ms(percentile(raw, 50)),
@@ -226,6 +236,32 @@ async def scale(target: Target, instances: int, watchers: int) -> Figures:
         }
         figures["ratio_fanout_p99"] = round(percentile(fanout, 99) / max(percentile(raw, 99), 1e-9), 2)
     return figures
+
+
+async def _raw_snapshot(target: Target, prefix: str) -> tuple[float, int] | None:
+    """The raw client's first snapshot of ``prefix``: its time, then (in a second one, traced) the bytes it
+    holds. ``None`` where the raw client cannot list."""
+    if target.new_raw is None:
+        return None
+    client = target.new_raw()
+    try:
+        try:
+            await client.snapshot("/warm-up/")  # the connection exists before the timing, as ours does
+        except NotImplementedError:
+            return None
+        started = time.perf_counter()
+        await client.snapshot(prefix)
+        seconds = time.perf_counter() - started
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        held = await client.snapshot(prefix)
+        retained = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        del held
+        return seconds, retained
+    finally:
+        await client.aclose()
 
 
 async def _raw_fanout(target: Target, watchers: int) -> list[float]:

@@ -1,6 +1,7 @@
-"""Plots of a benchmark run for ``docs/performance.md``: ``python -m benchmarks.plot results.json [out_dir]``.
+"""Plots for ``docs/performance.md``: ``python -m benchmarks.plot run1.json [run2.json ...] [--out out_dir]``.
 
-Needs matplotlib (in the ``dev`` extra). Writes ``propagation.png`` (ours beside the raw client, per target)
+Every figure is the median over the runs given, as in the tables of :mod:`benchmarks.report`. Needs matplotlib
+(in the ``dev`` extra). Writes ``propagation.png`` (ours beside the raw client, per target)
 and ``scale.png`` (how snapshot time, fan-out and memory grow with the number of instances).
 """
 
@@ -15,6 +16,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a CI machine
 import matplotlib.pyplot as plt  # after choosing the backend
+
+from benchmarks.report import medians
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -73,10 +76,19 @@ def scale(results: dict[str, Any], out: Path) -> Path:
 
 
 def main() -> None:
-    if len(sys.argv) not in (2, 3):
-        raise SystemExit("usage: python -m benchmarks.plot results.json [out_dir (default docs/img)]")
-    results = json.loads(Path(sys.argv[1]).read_text())["results"]
-    out = Path(sys.argv[2] if len(sys.argv) == 3 else "docs/img")
+    args = sys.argv[1:]
+    if not args:
+        raise SystemExit(
+            "usage: python -m benchmarks.plot run1.json [run2.json ...] [--out out_dir (default docs/img)]"
+        )
+    out = Path("docs/img")
+    if "--out" in args:
+        at = args.index("--out")
+        out, args = Path(args[at + 1]), args[:at] + args[at + 2 :]
+    elif len(args) == 2 and not args[1].endswith(".json"):  # the old form: results.json out_dir
+        out, args = Path(args[1]), args[:1]
+    # The medians of the runs, as the tables of benchmarks.report show them.
+    results = medians([json.loads(Path(p).read_text()) for p in args])
     out.mkdir(parents=True, exist_ok=True)
     for path in (propagation(results, out), scale(results, out)):
         print(path)

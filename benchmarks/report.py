@@ -15,14 +15,13 @@ from typing import Any
 #: Figures shown per case, in order, with their column titles.
 COLUMNS: dict[str, list[tuple[str, str]]] = {
     "propagation": [
-        ("p50_ms", "returned→Added p50 ms"),
-        ("ratio_p50", "ratio"),
         ("e2e_p50_ms", "called→Added p50 ms"),
-        ("e2e_p99_ms", "p99 ms"),
         ("raw_e2e_p50_ms", "raw p50 ms"),
-        ("raw_e2e_p99_ms", "raw p99 ms"),
         ("ratio_e2e_p50", "ratio p50"),
+        ("e2e_p99_ms", "called→Added p99 ms"),
+        ("raw_e2e_p99_ms", "raw p99 ms"),
         ("ratio_e2e_p99", "ratio p99"),
+        ("p50_ms", "returned→Added p50 ms"),
     ],
     "throughput": [
         ("seq_per_s", "sequential /s"),
@@ -32,15 +31,40 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("raw_c64_per_s", "raw /s"),
         ("ratio_c64", "ratio"),
     ],
+    "registrations": [
+        ("registrations", "registrations"),
+        ("ours_per_s", "/s"),
+        ("raw_per_s", "raw /s"),
+        ("ratio_rate", "ratio"),
+        ("ours_cpu_us", "CPU µs each"),
+        ("raw_cpu_us", "raw CPU µs"),
+        ("ratio_cpu", "ratio"),
+    ],
     "scale": [
         ("instances", "instances"),
         ("snapshot_ms", "first snapshot ms"),
+        ("raw_snapshot_ms", "raw ms"),
+        ("ratio_snapshot", "ratio"),
         ("fanout_first_ms", "first change ms"),
         ("fanout_p50_ms", "fan-out p50 ms"),
         ("fanout_p99_ms", "fan-out p99 ms"),
         ("raw_fanout_p99_ms", "raw fan-out p99 ms"),
         ("ratio_fanout_p99", "ratio"),
         ("bytes_per_instance", "bytes/instance"),
+        ("raw_bytes_per_instance", "raw bytes"),
+    ],
+    "snapshot": [
+        ("instances", "instances"),
+        ("ours_wall_s", "first snapshot s (new process)"),
+        ("raw_wall_s", "raw s"),
+        ("ratio_wall_s", "ratio"),
+        ("ours_cpu_us", "CPU µs/instance"),
+        ("raw_cpu_us", "raw"),
+        ("ours_gc_share", "GC share"),
+        ("ours_traced_bytes", "traced B/instance"),
+        ("raw_traced_bytes", "raw"),
+        ("ours_rss_bytes", "RSS B/instance"),
+        ("raw_rss_bytes", "raw"),
     ],
     "failure": [
         ("ttl2_p50_s", "TTL 2 s: p50 s"),
@@ -75,6 +99,21 @@ def _rows(runs: list[dict[str, Any]], target: str, case: str) -> list[dict[str, 
     if isinstance(found[0], list):  # the scale case: one row per size, in the same order in every run
         return [{k: _median([f[i].get(k) for f in found]) for k in found[0][i]} for i in range(len(found[0]))]
     return [{k: _median([f.get(k) for f in found]) for k in found[0]}]
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The results of several runs as one, every figure its median over the runs (what the tables show, so
+    the plots drawn from it agree with them)."""
+    merged: dict[str, Any] = {}
+    for target, found in runs[0]["results"].items():
+        merged[target] = {}
+        for case, figures in found.items():
+            if case not in COLUMNS:
+                merged[target][case] = figures
+                continue
+            rows = _rows(runs, target, case)
+            merged[target][case] = rows if isinstance(figures, list) else (rows[0] if rows else {})
+    return merged
 
 
 def table(runs: list[dict[str, Any]], case: str) -> str:

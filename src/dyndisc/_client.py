@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import weakref
 
 import anyio
 
@@ -18,22 +19,32 @@ class Client:
     Reading is free (no I/O): the view is fed by one watch per endpoint per runtime.
     """
 
-    def __init__(self, endpoint: EndpointId, source: InstanceSet) -> None:
+    def __init__(self, endpoint: EndpointId, source: InstanceSet, *, holds_source: bool = False) -> None:
         self.endpoint = endpoint
         self._source = source
         self._counter = itertools.count()
         self._cache: tuple[int, list[Instance], list[Instance]] = (-1, [], [])
+        # A client holds its endpoint's watch until it is closed or garbage-collected: the watch stops
+        # with the last client of it (and the last ``watch()`` of its query).
+        self._release = weakref.finalize(self, source.release) if holds_source else None
+
+    def close(self) -> None:
+        """Let go of the watch behind this client (it stops with the last user); reading after this
+        gives the view as it was. Also done when the client is garbage-collected."""
+        if self._release is not None:
+            self._release()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _view(self) -> tuple[list[Instance], list[Instance]]:
         # Picking is the router's hot path: derive the lists once per change of the set, not per pick.
         version, every, ready = self._cache
         if version != self._source.version:
-            ep = self.endpoint
-            every = [
-                i
-                for i in self._source.instances()
-                if (i.endpoint, i.component, i.namespace) == (ep.endpoint, ep.component, ep.namespace)
-            ]
+            every = self._source.instances_of(self.endpoint)
             ready = [i for i in every if i.readiness is Readiness.READY]
             self._cache = (self._source.version, every, ready)
         return every, ready

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import gc
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 
 import anyio
 from anyio.abc import TaskGroup
@@ -22,6 +23,23 @@ async def background_tasks() -> AsyncIterator[TaskGroup]:
             tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         raise _single(group) from None
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Keep the garbage collector out of a bulk step that makes many objects and frees none (decoding a
+    snapshot): each collection it would trigger rescans everything made so far, so a large snapshot would
+    cost more per instance than a small one. Only synchronous code may run inside (no awaits): the pause is
+    process-wide, and must not outlast the step.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -51,17 +69,9 @@ class SharedExclusiveLock:
         self._changed.set()
         self._changed = anyio.Event()
 
-    @asynccontextmanager
-    async def shared(self) -> AsyncIterator[None]:
-        while self._exclusive:
-            await self._changed.wait()
-        self._shared += 1
-        try:
-            yield
-        finally:
-            self._shared -= 1
-            if self._exclusive and not self._shared:  # the exclusive holder waits for the last of us
-                self._notify()
+    def shared(self) -> AbstractAsyncContextManager[None]:
+        """Hold the shared side (a plain object, not a generator: it is on every registration's path)."""
+        return _SharedHold(self)
 
     @asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
@@ -82,33 +92,60 @@ class SharedExclusiveLock:
             self._notify()
 
 
-class KeyedLocks:
-    """One lock per key, made on first use and dropped once nobody holds or waits for it.
+class _SharedHold:
+    __slots__ = ("_lock",)
 
-    Writes to different keys proceed concurrently; writes to one key (and a keep-alive's conditional
-    re-publish of it) take turns.
+    def __init__(self, lock: SharedExclusiveLock) -> None:
+        self._lock = lock
+
+    async def __aenter__(self) -> None:
+        lock = self._lock
+        while lock._exclusive:
+            await lock._changed.wait()
+        lock._shared += 1
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        lock = self._lock
+        lock._shared -= 1
+        if lock._exclusive and not lock._shared:  # the exclusive holder waits for the last of us
+            lock._notify()
+
+
+class KeyedLocks:
+    """One lock per key, held only while used: writes to different keys proceed concurrently, writes to one
+    key take turns. Taking a free key's lock costs no turn of the event loop (it is on every write's path);
+    a waiter is woken when the key is released and tries again.
     """
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[anyio.Lock, list[int]]] = {}
+        #: Held keys, each with the events of the tasks waiting for it.
+        self._held: dict[str, list[anyio.Event]] = {}
 
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        entry = self._locks.get(key)
-        if entry is None:
-            entry = self._locks[key] = (anyio.Lock(), [0])
-        lock, users = entry
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._locks[key]
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
+        """Hold ``key``'s lock for the ``async with`` block."""
+        return _KeyHold(self._held, key)
 
     def __len__(self) -> int:
-        return len(self._locks)
+        return len(self._held)
+
+
+class _KeyHold:
+    __slots__ = ("_held", "_key")
+
+    def __init__(self, held: dict[str, list[anyio.Event]], key: str) -> None:
+        self._held = held
+        self._key = key
+
+    async def __aenter__(self) -> None:
+        while (waiters := self._held.get(self._key)) is not None:
+            released = anyio.Event()
+            waiters.append(released)
+            await released.wait()
+        self._held[self._key] = []
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for released in self._held.pop(self._key):
+            released.set()
 
 
 class Wake:

@@ -71,6 +71,8 @@ class Runtime(Protocol):
 
     async def instance_set(self, query: InstanceQuery) -> InstanceSet: ...
 
+    async def acquire_instance_set(self, query: InstanceQuery) -> InstanceSet: ...
+
     async def list(self, query: InstanceQuery | None = None) -> list[Instance]: ...
 
     def watch(self, query: InstanceQuery | None = None) -> EventWatch: ...
@@ -152,9 +154,10 @@ class Endpoint:
         await self.runtime.unregister(self.id)
 
     async def client(self) -> Client:
-        """A :class:`Client` of this endpoint; the watch behind it is live when this returns."""
-        source = await self.runtime.instance_set(InstanceQuery.for_endpoint(self.id))
-        return Client(self.id, source)
+        """A :class:`Client` of this endpoint; the watch behind it is live when this returns, and stops
+        when the last client of the endpoint is closed (or garbage-collected)."""
+        source = await self.runtime.acquire_instance_set(InstanceQuery.for_endpoint(self.id))
+        return Client(self.id, source, holds_source=True)
 
     def watch(self) -> EventWatch:
         """Events for this endpoint: a ``Resync`` first, then ``Added`` / ``Removed``."""

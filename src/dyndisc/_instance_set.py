@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import anyio
 from anyio.abc import TaskStatus
 
+from dyndisc._concurrency import gc_paused
 from dyndisc._metrics import metrics
 from dyndisc._models import Added, DiscoveryEvent, EndpointId, Instance, InstanceQuery, Removed, Resync
 from dyndisc._retry import Backoff
@@ -73,10 +76,30 @@ class Subscription:
 class InstanceSet:
     """The instances matching one query, kept current by one watch running in the runtime's task group."""
 
-    def __init__(self, backend: DiscoveryBackend, query: InstanceQuery) -> None:
+    def __init__(
+        self,
+        backend: DiscoveryBackend,
+        query: InstanceQuery,
+        *,
+        on_unused: Callable[[InstanceSet], None] | None = None,
+    ) -> None:
         self.backend = backend
         self.query = query
-        self._instances: dict[tuple[EndpointId, int], Instance] = {}
+        #: Told when the set stops (its last user released it, or its watch could not start).
+        self._on_unused = on_unused
+        self._users = 0
+        self._pinned = False
+        self._stopped = False
+        self._started = anyio.Event()
+        self._failure: BaseException | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._thread = threading.get_ident()
+        #: Releases made from another thread (a garbage collection there): applied on the set's own thread.
+        self._foreign_releases: deque[None] = deque()
+        # endpoint -> instance id -> instance: no key tuple per instance, and a client of one endpoint reads
+        # its own dict.
+        self._instances: dict[EndpointId, dict[int, Instance]] = {}
+        self._by_endpoint: dict[EndpointId, list[Instance]] = {}
         self._subscribers: dict[Subscription, None] = {}  # ordered: told in the order they came
         self._changed = anyio.Event()
         self._stale_since: float | None = None
@@ -91,14 +114,21 @@ class InstanceSet:
     def instances(self) -> list[Instance]:
         """Every instance, ordered by endpoint then instance id (do not modify the list)."""
         if self._sorted is None:
-            self._sorted = sorted(
-                self._instances.values(), key=lambda i: (i.namespace, i.component, i.endpoint, i.instance_id)
-            )
+            self._sorted = [i for e in sorted(self._instances, key=_names) for i in self.instances_of(e)]
         return self._sorted
+
+    def instances_of(self, endpoint: EndpointId) -> list[Instance]:
+        """The instances of ``endpoint``, ordered by instance id (do not modify the list)."""
+        found = self._by_endpoint.get(endpoint)
+        if found is None:
+            ids = self._instances.get(endpoint, {})
+            found = self._by_endpoint[endpoint] = [ids[i] for i in sorted(ids)]
+        return found
 
     def get(self, key: tuple[EndpointId, int]) -> Instance | None:
         """The instance with ``key`` (see :attr:`Instance.key`), if live."""
-        return self._instances.get(key)
+        ids = self._instances.get(key[0])
+        return None if ids is None else ids.get(key[1])
 
     def resync_event(self) -> Resync:
         """The current state as a ``Resync``."""
@@ -140,20 +170,91 @@ class InstanceSet:
         """Stop delivering to ``sub``."""
         self._subscribers.pop(sub, None)
 
+    # -- users ----------------------------------------------------------------------------------------
+    def acquire(self) -> None:
+        """One more user: the watch runs while the set has any (or was pinned)."""
+        self._take_foreign_releases()
+        self._users += 1
+
+    def pin(self) -> None:
+        """Keep the set for the life of the runtime, whatever its users do."""
+        self._pinned = True
+
+    def release(self) -> None:
+        """One user fewer; the last one stops the watch (unless pinned). Safe from any thread."""
+        if threading.get_ident() != self._thread:
+            self._foreign_releases.append(None)  # deque.append is atomic: applied at the next change
+            return
+        self._users -= 1
+        self._take_foreign_releases()
+        if self._users <= 0 and not self._pinned:
+            self._stop()
+
+    def _take_foreign_releases(self) -> None:
+        while self._foreign_releases:
+            self._foreign_releases.popleft()
+            self._users -= 1
+        if self._users <= 0 and not self._pinned and self._started.is_set():
+            self._stop()
+
+    def _stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+        if self._on_unused is not None:
+            self._on_unused(self)
+
+    def detach(self) -> None:
+        """The runtime has left: its task group stopped the watch already; later releases do nothing."""
+        self._stopped = True
+        self._scope = None
+
+    def failed(self, exc: BaseException) -> None:
+        """The watch could not start: the users waiting for it get ``exc``."""
+        self._failure = exc
+        self._started.set()
+        self._stop()
+
+    async def wait_started(self) -> None:
+        """Wait until the first ``Resync`` is applied; raise what stopped the watch before that."""
+        await self._started.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    async def run_until_unused(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """:meth:`run` until the last user releases the set."""
+        with anyio.CancelScope() as self._scope:
+            if not self._stopped:
+                await self.run(task_status=task_status)
+
     # -- feeding ---------------------------------------------------------------------------------------
     def _apply(self, event: DiscoveryEvent) -> None:
         if isinstance(event, Resync):
             self.resyncs += 1
-            fresh = {i.key: i for i in event.instances}
+            with gc_paused():  # many objects, none of them garbage: the collector would only rescan them
+                fresh = _by_endpoint(event.instances)
             if fresh == self._instances and self.resyncs > 1:
                 return
             self._instances = fresh
+            self._by_endpoint = {}
         elif isinstance(event, Added):
-            if self._instances.get(event.instance.key) == event.instance:
+            instance = event.instance
+            ids = self._instances.get(endpoint := instance.endpoint_id)
+            if ids is None:
+                ids = self._instances[endpoint] = {}
+            elif ids.get(instance.instance_id) == instance:
                 return
-            self._instances[event.instance.key] = event.instance
-        elif isinstance(event, Removed) and self._instances.pop(event.key, None) is None:
-            return
+            ids[instance.instance_id] = instance
+            self._by_endpoint.pop(endpoint, None)
+        elif isinstance(event, Removed):
+            ids = self._instances.get(event.endpoint)
+            if ids is None or ids.pop(event.instance_id, None) is None:
+                return
+            if not ids:
+                del self._instances[event.endpoint]
+            self._by_endpoint.pop(event.endpoint, None)
         self._sorted = None
         self.version += 1
         for sub in self._subscribers:
@@ -186,7 +287,10 @@ class InstanceSet:
                             self._stale_since = None
                         if not started:
                             started = True
+                            self._started.set()
                             task_status.started()
+                        if self._foreign_releases:
+                            self._take_foreign_releases()
                         backoff.reset()
                 raise ConnectionError("the watch stream ended")
             except Exception as exc:
@@ -197,3 +301,20 @@ class InstanceSet:
                 delay = backoff.next_delay()
                 log.warning("watch of %s failed (%s); retrying in %.2fs", self.query, exc, delay)
                 await anyio.sleep(delay)
+
+
+def _by_endpoint(instances: tuple[Instance, ...]) -> dict[EndpointId, dict[int, Instance]]:
+    found: dict[EndpointId, dict[int, Instance]] = {}
+    ids: dict[int, Instance] = {}
+    names: tuple[str, str, str] | None = None
+    for instance in instances:
+        # A snapshot holds long runs of one endpoint: look its dict up only when the endpoint changes.
+        if names != (instance.namespace, instance.component, instance.endpoint):
+            names = (instance.namespace, instance.component, instance.endpoint)
+            ids = found.setdefault(instance.endpoint_id, {})
+        ids[instance.instance_id] = instance
+    return found
+
+
+def _names(endpoint: EndpointId) -> tuple[str, str, str]:
+    return (endpoint.namespace, endpoint.component, endpoint.endpoint)

@@ -37,6 +37,11 @@ class FrozenDict(dict[str, Any]):
     __slots__ = ()
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only
 
+    def __hash__(self) -> int:  # type: ignore[override]
+        # Immutable, so hashable (like a tuple, only if its values are). It also tells pydantic-core that
+        # the shared EMPTY default needs no deep copy: it would otherwise copy it for every record decoded.
+        return hash(frozenset(self.items()))
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (FrozenDict, (dict(self),))
 

@@ -110,31 +110,42 @@ class PrometheusMetrics(Metrics):
             **kwargs,
         )
         self._last_renewal: dict[str, float] = {}
+        # Labelled series, looked up once: prometheus_client's labels() takes a lock and checks its
+        # arguments on every call, and some of these are on every registration and every watch event.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _series(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def registered(self, backend: str, delta: int) -> None:
-        self._registered.labels(backend).inc(delta)
+        self._series(self._registered, backend).inc(delta)
 
     def keep_alive_succeeded(self, backend: str, seconds: float) -> None:
-        self._keep_alive.labels(backend).observe(seconds)
+        self._series(self._keep_alive, backend).observe(seconds)
         if backend not in self._last_renewal:
             # Computed when scraped, so the gauge grows while renewals stall.
-            self._since.labels(backend).set_function(lambda: time.monotonic() - self._last_renewal[backend])
+            since = self._series(self._since, backend)
+            since.set_function(lambda: time.monotonic() - self._last_renewal[backend])
         self._last_renewal[backend] = time.monotonic()
 
     def keep_alive_failed(self, backend: str) -> None:
-        self._failures.labels(backend).inc()
+        self._series(self._failures, backend).inc()
 
     def lease_lost(self, backend: str) -> None:
-        self._losses.labels(backend).inc()
+        self._series(self._losses, backend).inc()
 
     def watch_event(self, backend: str, kind: str) -> None:
-        self._events.labels(backend, kind).inc()
+        self._series(self._events, backend, kind).inc()
 
     def resync(self, backend: str) -> None:
-        self._resyncs.labels(backend).inc()
+        self._series(self._resyncs, backend).inc()
 
     def watch_lag(self, backend: str, seconds: float) -> None:
-        self._lag.labels(backend).observe(seconds)
+        self._series(self._lag, backend).observe(seconds)
 
 
 _current: Metrics | None = None

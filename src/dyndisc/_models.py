@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -50,6 +50,8 @@ __all__ = [
 MAX_RECORD_BYTES = 64 * 1024
 #: Largest instance id: ids are unsigned 64-bit integers (etcd lease ids, the reference's ids).
 MAX_INSTANCE_ID = 2**64 - 1
+#: The compact JSON of records, made once (``json.dumps`` with options builds an encoder per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +161,57 @@ class Instance:
             validate_name("component", component),
             validate_name("endpoint", endpoint),
         )
+        self._fill(
+            names,
+            instance_id,
+            transport,
+            metadata,
+            readiness,
+            device_type=device_type,
+            request_plane_codec=request_plane_codec,
+            registered_at=registered_at,
+        )
+
+    @classmethod
+    def for_endpoint(
+        cls,
+        endpoint: EndpointId,
+        instance_id: int,
+        transport: Transport | str | Mapping[str, str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        readiness: Readiness | str = Readiness.READY,
+        *,
+        device_type: str | None = None,
+        request_plane_codec: str | None = None,
+        registered_at: float | None = None,
+    ) -> Instance:
+        """An instance of ``endpoint`` (whose names are checked already), checked like a new one otherwise."""
+        found: Instance = _new_object(cls)
+        names = (endpoint.namespace, endpoint.component, endpoint.endpoint)
+        found._fill(
+            names,
+            instance_id,
+            transport,
+            metadata,
+            readiness,
+            device_type=device_type,
+            request_plane_codec=request_plane_codec,
+            registered_at=registered_at,
+        )
+        return found
+
+    def _fill(
+        self,
+        names: tuple[str, str, str],
+        instance_id: int,
+        transport: Transport | str | Mapping[str, str] | None,
+        metadata: Mapping[str, Any] | None,
+        readiness: Readiness | str,
+        *,
+        device_type: str | None,
+        request_plane_codec: str | None,
+        registered_at: float | None,
+    ) -> None:
         where = ".".join(names)
         if isinstance(instance_id, bool) or not isinstance(instance_id, int):
             raise InvalidRecordError(f"instance id of {where} must be an integer, got {instance_id!r}")
@@ -201,7 +254,8 @@ class Instance:
     @property
     def endpoint_id(self) -> EndpointId:
         """The endpoint this instance serves."""
-        return self.key[0]
+        # Not through ``key``: a watcher asks this of every instance, and the key tuple would stay with each.
+        return endpoint_id(self.namespace, self.component, self.endpoint)
 
     @property
     def key(self) -> tuple[EndpointId, int]:
@@ -251,7 +305,7 @@ class Instance:
             body.setdefault("metadata", self.metadata)
         if self.readiness is not Readiness.READY:
             body.setdefault("readiness", self.readiness.value)
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        data = _ENCODER.encode(body).encode()
         if len(data) > MAX_RECORD_BYTES:
             raise RecordTooLargeError(
                 f"the record of {self.endpoint_id} is {len(data)} bytes; the limit is {MAX_RECORD_BYTES} "
@@ -290,11 +344,22 @@ def _summary(exc: ValidationError) -> str:
     return "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
 
 
+_new_object = object.__new__
+_set_field = object.__setattr__
+
+
 def _transport_from_wire(value: dict[str, str] | None) -> Transport | None:
+    # Run for every record a watcher decodes: the schema has checked the shape already, so the transport is
+    # made without its __init__ (text that is all ASCII needs no UTF-8 check, and JSON's always passes).
     if value is None:
         return None
     ((kind, address),) = value.items()
-    return Transport(kind, address)
+    if not (kind.isascii() and address.isascii()):
+        return Transport(kind, address)
+    transport: Transport = _new_object(Transport)
+    _set_field(transport, "kind", kind)
+    _set_field(transport, "address", address)
+    return transport
 
 
 def _decoder() -> SchemaValidator:
@@ -363,6 +428,13 @@ def _decoder() -> SchemaValidator:
 
 
 _DECODER = _decoder()
+
+
+def record_decoder() -> Callable[[bytes], Instance]:
+    """pydantic-core's decoder of stored records, for a layout decoding many at once: it returns an
+    :class:`Instance` or raises ``ValueError`` (pydantic-core's ``ValidationError``)."""
+    decode: Callable[[bytes], Instance] = _DECODER.validate_json
+    return decode
 
 
 def _as_tuple(value: Any) -> tuple[Instance, ...]:

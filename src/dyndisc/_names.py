@@ -26,6 +26,11 @@ _NAME_RULE = (
 )
 
 
+def is_name(value: str) -> bool:
+    """Whether ``value`` is a name :func:`validate_name` accepts (a check without an error)."""
+    return len(value) <= MAX_NAME_LENGTH and _NAME_RE.fullmatch(value) is not None
+
+
 def validate_name(kind: str, value: object) -> str:
     """Return ``value`` if it is a valid ``kind`` name (namespace, component or endpoint), else raise.
 

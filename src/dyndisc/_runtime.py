@@ -87,7 +87,7 @@ class DistributedRuntime:
             overrides["lease_ttl"] = lease_ttl
         if lease_loss_policy is not None:
             overrides["lease_loss_policy"] = lease_loss_policy
-        self.settings: RuntimeSettings = RuntimeSettings.load(**overrides)
+        self.settings: RuntimeSettings = RuntimeSettings.load_cached(**overrides)
         self.lease_loss_policy = self.settings.lease_loss_policy
         self.on_lease_change = on_lease_change
         #: The backend name to create at every start, or ``None`` for a backend given as an object.
@@ -113,7 +113,6 @@ class DistributedRuntime:
         self._tg: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._lease_lock = SharedExclusiveLock()
-        self._sets_lock = anyio.Lock()
         #: What the application registered (and did not unregister), in the order it did: the runtime makes
         #: this true under whatever lease it holds.
         self._wanted: dict[EndpointId, Instance] = {}
@@ -138,6 +137,8 @@ class DistributedRuntime:
         self._metrics = metrics()
         #: Registrations reported to the metrics (so leaving the runtime subtracts exactly those).
         self._counted = 0
+        #: Whether the registrations changed since the health last counted them.
+        self._registrations_changed = False
 
     @classmethod
     def from_env(
@@ -207,6 +208,7 @@ class DistributedRuntime:
                 else "the runtime left its 'async with': this view no longer changes"
             )
             for found in self._sets.values():
+                found.detach()
                 found.close(why)
             self._sets.clear()
 
@@ -302,6 +304,13 @@ class DistributedRuntime:
         )
 
     def _note_registrations(self) -> None:
+        # Counted when the health is read, not here: this runs on every registration, and counting walks
+        # every endpoint (a worker registering n endpoints would pay O(n^2)).
+        self._registrations_changed = True
+        self._count_registrations()
+
+    def _update_registration_health(self) -> None:
+        self._registrations_changed = False
         lease_id = self._lease.id if self._lease is not None else None
         pending = sum(
             1
@@ -309,7 +318,6 @@ class DistributedRuntime:
             if (found := self._registered.get(endpoint)) is None or found.instance_id != lease_id
         )
         self._health.registrations(len(self._wanted), pending)
-        self._count_registrations()
 
     def _count_registrations(self, *, live: bool = True) -> None:
         if self._metrics.enabled and self._backend is not None:
@@ -353,6 +361,8 @@ class DistributedRuntime:
 
     def health(self) -> RuntimeHealth:
         """The lease's state now (held, outage, replacing, failed ...), for the application and probes."""
+        if self._registrations_changed:
+            self._update_registration_health()
         return self._health.current
 
     # -- handles ---------------------------------------------------------------------------------------
@@ -409,10 +419,8 @@ class DistributedRuntime:
         # Checked before anything is recorded or written: a bad record is the caller's error, at once.
         previous = self._wanted.get(endpoint)
         previous_template = self._templates.get(endpoint)
-        wanted = Instance(
-            endpoint.namespace,
-            endpoint.component,
-            endpoint.endpoint,
+        wanted = Instance.for_endpoint(
+            endpoint,
             lease.id,
             given,
             metadata,
@@ -589,18 +597,50 @@ class DistributedRuntime:
         return [c for c in found if topic is None or c.topic == topic]
 
     async def instance_set(self, query: InstanceQuery) -> InstanceSet:
-        """The shared live set for ``query``, watched once per runtime; established before it returns."""
-        async with self._sets_lock:  # two first clients of one endpoint must not start two watches
+        """The shared live set for ``query``, watched once per runtime; established before it returns.
+
+        A set got this way is kept for the runtime's life; clients and ``watch()`` hold theirs only while
+        they are used (:meth:`acquire_instance_set`).
+        """
+        found = await self.acquire_instance_set(query)
+        found.pin()
+        return found
+
+    async def acquire_instance_set(self, query: InstanceQuery) -> InstanceSet:
+        """The shared live set for ``query``, with one more user: :meth:`InstanceSet.release` it when done.
+
+        The set's watch stops when its last user releases it. Waiting for a watch to be established holds
+        no lock of the runtime: a slow watch delays only the users of its own query.
+        """
+        while True:
             found = self._sets.get(query)
             if found is None:
                 if self._tg is None:
                     raise RuntimeNotStartedError(
                         "watches need a running runtime: 'async with DistributedRuntime()'"
                     )
-                found = InstanceSet(self.backend, query)
-                await self._tg.start(found.run)
-                self._sets[query] = found
-            return found
+                # Recorded before the watch starts: a second first user of the query waits for this one.
+                found = self._sets[query] = InstanceSet(self.backend, query, on_unused=self._forget_set)
+                found.acquire()
+                try:
+                    await self._tg.start(found.run_until_unused)
+                except BaseException as exc:
+                    found.failed(exc)
+                    raise
+                return found
+            found.acquire()
+            try:
+                await found.wait_started()
+            except BaseException:
+                found.release()
+                raise
+            if self._sets.get(query) is found:
+                return found
+            found.release()  # it was stopped while we waited: start another
+
+    def _forget_set(self, found: InstanceSet) -> None:
+        if self._sets.get(found.query) is found:
+            del self._sets[found.query]
 
     async def list(self, query: InstanceQuery | None = None) -> list[Instance]:
         """One-shot list of the instances matching ``query`` (everything by default)."""
@@ -613,12 +653,13 @@ class DistributedRuntime:
 
         The watch is live when the block starts and stops when it ends, however the block ends.
         """
-        source = await self.instance_set(query or InstanceQuery())
+        source = await self.acquire_instance_set(query or InstanceQuery())
         subscription = source.subscribe()
         try:
             yield subscription
         finally:
             source.unsubscribe(subscription)
+            source.release()
 
 
 def _restore(mapping: dict[K, V], key: K, previous: V | None) -> None:

@@ -8,6 +8,7 @@ Every settings class derives from :class:`Settings`, so a bad value anywhere bec
 from __future__ import annotations
 
 import enum
+import functools
 import os
 from typing import Annotated, Any, ClassVar, Literal, Self, cast, get_args
 
@@ -103,6 +104,25 @@ class RuntimeSettings(Settings):
     health_port: Annotated[int | None, Field(ge=0, le=65535)] = None
     #: Where the probe endpoint listens (a kubelet probes the pod's address, so all interfaces by default).
     health_host: str = "0.0.0.0"
+
+    @classmethod
+    def load_cached(cls, **overrides: Any) -> RuntimeSettings:
+        """:meth:`load`, remembered per value of the ``DYN_*`` variables and ``overrides``: reading the
+        environment through pydantic-settings costs a quarter of a millisecond, and a process may make many
+        runtimes. The settings are shared: treat them as read-only."""
+        found: RuntimeSettings = _load_runtime_settings(
+            tuple(sorted((k.upper(), v) for k, v in os.environ.items() if k.upper().startswith("DYN_"))),
+            tuple(sorted(overrides.items())),
+        )
+        return found
+
+
+@functools.lru_cache(maxsize=64)
+def _load_runtime_settings(
+    _environment: tuple[tuple[str, str], ...], overrides: tuple[tuple[str, Any], ...]
+) -> RuntimeSettings:
+    # The environment is part of the key only: pydantic-settings reads it again itself.
+    return RuntimeSettings.load(**dict(overrides))
 
 
 #: The lease TTL when neither the runtime, ``DYN_LEASE_TTL`` nor the backend (``ETCD_LEASE_TTL``) sets one.

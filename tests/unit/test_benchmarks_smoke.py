@@ -49,11 +49,18 @@ def test_quick_benchmarks_produce_every_figure(tmp_path: Path) -> None:
         (scale,) = results[target]["scale"]
         assert scale["bytes_per_instance"] > 0
         assert scale["snapshot_ms"] > 0
+        # Beside the raw client's snapshot and memory, with the same objects alive for both fan-outs.
+        beside_raw = {"raw_snapshot_ms", "ratio_snapshot", "raw_bytes_per_instance", "ratio_fanout_p99"}
+        assert beside_raw <= set(scale)
+    # The CPU-bound registrations and the new-process first snapshot, each beside raw (etcd).
+    assert {"ours_per_s", "raw_per_s", "ratio_rate", "ratio_cpu"} <= set(results["etcd"]["registrations"])
+    (snapshot,) = results["etcd"]["snapshot"]
+    assert {"ratio_wall_s", "ours_traced_bytes", "raw_traced_bytes", "ours_rss_bytes"} <= set(snapshot)
     # The table is printed for people, with every target in it.
     for target in results:
         assert f"## {target}" in done.stdout
     plotted = subprocess.run(
-        [sys.executable, "-m", "benchmarks.plot", str(out), str(tmp_path / "img")],
+        [sys.executable, "-m", "benchmarks.plot", str(out), str(out), "--out", str(tmp_path / "img")],
         cwd=ROOT,
         capture_output=True,
         text=True,

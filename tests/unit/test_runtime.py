@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -14,6 +16,7 @@ from dyndisc import (
     DiscoveryBackend,
     DistributedRuntime,
     Instance,
+    InstanceQuery,
     KvDiscovery,
     Lease,
     LeaseChange,
@@ -146,6 +149,94 @@ async def test_concurrent_first_clients_start_one_watch(
         for _ in range(10):
             tg.start_soon(runtime.endpoint("ns.c.e").client)
     assert backend.watches == 1
+
+
+class GatedBackend(KvDiscovery):
+    """Counts the watches open now; a watch of ``held`` waits for ``gate`` before it is established."""
+
+    def __init__(self, store: MemoryStore, held: InstanceQuery | None = None) -> None:
+        super().__init__(store, owns_store=False)
+        self.open = 0
+        self.held = held
+        self.gate = anyio.Event()
+        self.none_open = anyio.Event()
+
+    @asynccontextmanager
+    async def watch(self, query):  # type: ignore[no-untyped-def]
+        if query == self.held:
+            await self.gate.wait()
+        async with super().watch(query) as events:
+            self.open += 1
+            try:
+                yield events
+            finally:
+                self.open -= 1
+                if not self.open:
+                    self.none_open.set()
+                    self.none_open = anyio.Event()
+
+
+async def test_a_slow_watch_does_not_hold_up_the_clients_of_other_endpoints(
+    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+) -> None:
+    backend = GatedBackend(dyndisc_store, held=InstanceQuery("ns", "c", "slow"))
+    runtime = await make_runtime(backend)
+    got_slow = anyio.Event()
+
+    async def slow_client() -> None:
+        await runtime.endpoint("ns.c.slow").client()
+        got_slow.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(slow_client)
+        await anyio.wait_all_tasks_blocked()
+        with anyio.fail_after(2):  # the slow watch is still being established meanwhile
+            fast = await runtime.endpoint("ns.c.fast").client()
+        assert fast.instances() == []
+        assert not got_slow.is_set()
+        backend.gate.set()
+        with anyio.fail_after(2):
+            await got_slow.wait()
+
+
+async def test_a_watch_stops_with_its_last_client_or_watcher(
+    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+) -> None:
+    backend = GatedBackend(dyndisc_store)
+    backend.gate.set()
+    worker, runtime = await make_runtime(), await make_runtime(backend)
+    first = await runtime.endpoint("ns.c.e").client()
+    second = await runtime.endpoint("ns.c.e").client()
+    assert backend.open == 1
+    first.close()
+    first.close()  # closing twice releases once
+    assert backend.open == 1
+    assert second._source is runtime._sets[InstanceQuery("ns", "c", "e")]
+    stopped = backend.none_open
+    second.close()
+    with anyio.fail_after(2):
+        await stopped.wait()
+    assert runtime._sets == {}
+
+    # A garbage-collected client lets go too, and a later client starts a fresh watch that works.
+    await worker.endpoint("ns.c.e").register("tcp://h:1")
+    client = await runtime.endpoint("ns.c.e").client()
+    assert [i.instance_id for i in client.instances()] == [worker.instance_id]
+    stopped = backend.none_open
+    del client
+    gc.collect()
+    with anyio.fail_after(2):
+        await stopped.wait()
+
+    async with runtime.endpoint("ns.c.e").watch() as events:
+        assert isinstance(await anext(events), Resync)
+        assert backend.open == 1
+        stopped = backend.none_open
+    with anyio.fail_after(2):
+        await stopped.wait()
+    # instance_set() keeps its set for the runtime's life.
+    await runtime.instance_set(InstanceQuery("ns"))
+    assert backend.open == 1
 
 
 async def test_a_slow_subscriber_gets_a_resync_and_stalls_nobody(make_runtime: MakeRuntime) -> None:

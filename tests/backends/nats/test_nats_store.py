@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AsyncExitStack
 
 import anyio
 import nats
@@ -14,6 +15,7 @@ from nats_helpers import PROMPT, MakeStore, eventually, next_event, unique_prefi
 from dyndisc import ConfigurationError, LeaseNotFoundError
 from dyndisc.backends.kv import StoreDelete, StoredValue, StorePut, StoreSnapshot
 from dyndisc.backends.nats import watch as _nats_watch
+from dyndisc.backends.nats.keys import encode_key
 from dyndisc.testing.servers import NatsServer
 
 
@@ -213,17 +215,95 @@ async def test_deleted_keys_leave_nothing_behind_after_the_marker_ttl(
     server = private_nats()  # type: ignore[operator]
     store = make_store(server.url, kv_bucket="markers", kv_marker_ttl=1)
     lease = await store.grant(1)
-    await store.create("/a", b"1", lease.id)  # expires
+    await store.create("/a", b"1", lease.id)  # its lease expires
     await store.put("/b", b"2", 0)
     await store.delete("/b")  # deleted
     nc = await nats.connect(server.url)
     try:
         js = nc.jetstream()
 
+        async def lease_gone() -> bool:
+            # "/a" has no TTL of its own: once its lease key is gone, a reader sees it no more and purges it.
+            return await store.get_prefix("/") == {}
+
         async def empty() -> bool:
             return (await js.stream_info("KV_markers")).state.messages == 0
 
-        # Values, the lease key and every deletion marker expire: the stream holds nothing at all.
+        await eventually(lease_gone, 4, "the lease to end")
+        # The lease key's expiry marker, the purged key's and the deleted key's markers expire: the stream
+        # holds nothing at all.
         await eventually(empty, 6, "the stream to be empty")
     finally:
         await nc.close()
+
+
+async def test_a_keep_alive_republishes_the_lease_key_alone(
+    nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    # Keys carry no TTL of their own: what reaches a watcher per renewal is one message, however many
+    # keys the lease holds.
+    owner = make_store(nats_server.url)
+    prefix = unique_prefix()
+    lease = await owner.grant(5)
+    for n in range(50):
+        await owner.create(f"{prefix}k{n}", b"1", lease.id)
+    nc = await nats.connect(nats_server.url)
+    subjects: list[str] = []
+    renewed, revoked = anyio.Event(), anyio.Event()
+
+    async def on_msg(msg: nats.aio.msg.Msg) -> None:
+        subjects.append(msg.subject)
+        if len(subjects) == 3:
+            renewed.set()
+        if len(subjects) == 3 + 51:
+            revoked.set()
+
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(
+            f"$KV.{owner.bucket}.>", cb=on_msg, ordered_consumer=True, deliver_policy=api.DeliverPolicy.NEW
+        )
+        for _ in range(3):
+            assert await owner.keep_alive(lease.id) == 5
+        with anyio.fail_after(PROMPT):
+            await renewed.wait()
+        await owner.revoke(lease.id)  # 50 deletes and the lease key's: the end of what we look at
+        with anyio.fail_after(PROMPT):
+            await revoked.wait()
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    renewals = subjects[:3]
+    assert renewals == [f"$KV.{owner.bucket}._dyndisc/lease.{lease.id:x}"] * 3, renewals
+
+
+async def test_a_crashed_lease_leaves_every_watcher_and_its_keys_are_purged_once(
+    nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    owner = make_store(nats_server.url)
+    watchers = [make_store(nats_server.url) for _ in range(3)]
+    prefix = unique_prefix()
+    lease = await owner.grant(1)  # never renewed: it ends after a second, as if its process crashed
+    keys = {f"{prefix}k{n}": f"{n}".encode() for n in range(5)}
+    for key, value in keys.items():
+        await owner.create(key, value, lease.id)
+    async with AsyncExitStack() as stack:
+        streams = [await stack.enter_async_context(w.watch(prefix)) for w in watchers]
+        for events in streams:
+            assert await next_event(events) == StoreSnapshot(items=keys)
+        for events in streams:  # every watcher: every key of the lease leaves, at the lease key's marker
+            gone = {await next_event(events, timeout=4) for _ in keys}
+            assert gone == {StoreDelete(key=key) for key in keys}
+
+        async def purged() -> bool:
+            # Deleted in the bucket itself (a delete marker is the last message of each key), by one of the
+            # watchers; the others' conditional deletes found nothing left to do.
+            found = [await owner.connection.get(encode_key(key)) for key in keys]
+            return all(m is not None and m.headers and m.headers.get("KV-Operation") == "DEL" for m in found)
+
+        await eventually(purged, PROMPT, "the keys of the ended lease to be purged")
+        for events in streams:  # and nothing else reached the watchers: no key came back
+            with anyio.move_on_after(0.5):
+                event = await anext(events)
+                raise AssertionError(f"unexpected {event}")
+    assert await owner.get_prefix(prefix) == {}

@@ -77,9 +77,9 @@ class EtcdStore(KeyValueStore):
             raise ValueError(f"lease TTL must be positive, got {ttl}")
         seconds = max(1, math.ceil(ttl))
 
-        async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
+        def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
             request = rpc.LeaseGrantRequest(TTL=seconds, ID=0)
-            return await stubs.lease.LeaseGrant(request, timeout=timeout, metadata=metadata)
+            return stubs.lease.LeaseGrant(request, timeout=timeout, metadata=metadata)
 
         reply = await self.connection.call(f"granting a {seconds}s lease", attempt)
         if reply.error:
@@ -107,9 +107,9 @@ class EtcdStore(KeyValueStore):
         return float(reply.TTL) if reply.TTL > 0 else None  # etcd answers -1 for a lease it does not know
 
     async def revoke(self, lease_id: int) -> None:
-        async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
+        def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
             request = rpc.LeaseRevokeRequest(ID=lease_id)
-            return await stubs.lease.LeaseRevoke(request, timeout=timeout, metadata=metadata)
+            return stubs.lease.LeaseRevoke(request, timeout=timeout, metadata=metadata)
 
         with contextlib.suppress(LeaseNotFoundError):  # already gone: revoking is idempotent
             await self.connection.call(f"revoking lease {lease_id:x}", attempt)
@@ -118,13 +118,13 @@ class EtcdStore(KeyValueStore):
     async def create(self, key: str, value: bytes, lease_id: int) -> StoredValue | None:
         raw = key.encode()
 
-        async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
+        def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
             request = rpc.TxnRequest(
                 compare=[rpc.Compare(result=_EQUAL, target=_CREATE, key=raw, create_revision=0)],
                 success=[rpc.RequestOp(request_put=rpc.PutRequest(key=raw, value=value, lease=lease_id))],
                 failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=raw))],
             )
-            return await stubs.kv.Txn(request, timeout=timeout, metadata=metadata)
+            return stubs.kv.Txn(request, timeout=timeout, metadata=metadata)
 
         reply = await self.connection.call(f"registering {key}", attempt)
         if reply.succeeded:
@@ -135,25 +135,25 @@ class EtcdStore(KeyValueStore):
         return StoredValue(value=bytes(kvs[0].value), lease_id=int(kvs[0].lease))
 
     async def put(self, key: str, value: bytes, lease_id: int) -> None:
-        async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
+        def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
             request = rpc.PutRequest(key=key.encode(), value=value, lease=lease_id)
-            return await stubs.kv.Put(request, timeout=timeout, metadata=metadata)
+            return stubs.kv.Put(request, timeout=timeout, metadata=metadata)
 
         await self.connection.call(f"writing {key}", attempt)
 
     async def delete(self, key: str) -> None:
-        async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
+        def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
             request = rpc.DeleteRangeRequest(key=key.encode())
-            return await stubs.kv.DeleteRange(request, timeout=timeout, metadata=metadata)
+            return stubs.kv.DeleteRange(request, timeout=timeout, metadata=metadata)
 
         await self.connection.call(f"deleting {key}", attempt)
 
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
         raw = prefix.encode()
 
-        async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
+        def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
             request = rpc.RangeRequest(key=raw, range_end=prefix_range_end(raw))
-            return await stubs.kv.Range(request, timeout=timeout, metadata=metadata)
+            return stubs.kv.Range(request, timeout=timeout, metadata=metadata)
 
         # A large prefix is one large answer: give each attempt the whole request timeout.
         reply = await self.connection.call(

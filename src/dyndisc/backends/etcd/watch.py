@@ -1,9 +1,12 @@
 """One etcd watch per prefix, shared by every subscriber of an :class:`~dyndisc.backends.etcd.EtcdStore`.
 
-The shared watch keeps the prefix's current contents and the revision they reflect. A broken stream is
-re-opened from ``revision + 1``, so etcd replays exactly what was missed (lease-expiry deletes included) and
-no resync is needed. Only when that history is gone (compacted) or the cluster's history restarted does it
-list the prefix again and send every subscriber a fresh snapshot.
+The shared watch keeps the revision its subscribers have seen, not the prefix's contents: every subscriber
+decodes what it is given, so a copy of every raw value here would only double the memory of a large watch.
+A broken stream is re-opened from ``revision + 1``, so etcd replays exactly what was missed (lease-expiry
+deletes included) and no resync is needed. Only when that history is gone (compacted) or the cluster's
+history restarted does it list the prefix again and send every subscriber a fresh snapshot. A subscriber
+that joins a watch already running, or falls too far behind, lists the prefix itself and skips the events
+its listing already holds (by revision).
 
 Structured concurrency without a store-wide task group: every subscriber's ``watch()`` context runs a task
 that waits on :attr:`SharedWatch.leader` and, holding it, pumps the stream. When the pumping subscriber
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -21,6 +26,7 @@ import grpc
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
+from dyndisc._concurrency import gc_paused
 from dyndisc._errors import AccessDeniedError, BackendUnavailableError
 from dyndisc._retry import Backoff
 from dyndisc.backends.etcd.connection import (
@@ -32,8 +38,8 @@ from dyndisc.backends.etcd.connection import (
     grpc_await,
     stray_cancellation,
 )
-from dyndisc.backends.kv import StoreDelete, StorePut
-from dyndisc.backends.kv.event_queue import StoreEventQueue
+from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
+from dyndisc.backends.kv.event_queue import MAX_PENDING_EVENTS
 
 log = logging.getLogger("dyndisc.etcd")
 
@@ -48,13 +54,69 @@ class _Relist(Exception):
     """Internal: the history needed to resume is gone; list the prefix again."""
 
 
-class Subscriber(StoreEventQueue):
-    """One consumer of a shared watch: a snapshot first, then puts and deletes, resynced if it lags."""
+class Subscriber:
+    """One consumer of a shared watch: a snapshot first, then puts and deletes, resynced if it lags.
+
+    Its snapshot comes from the shared watch's listing, or (joining a watch that has listed already, or
+    after falling behind) from a listing of its own; events queued meanwhile that the listing already
+    reflects (by revision) are dropped, so nothing is applied twice or out of order.
+    """
 
     def __init__(self, shared: SharedWatch) -> None:
-        # The shared contents are exactly what every later push builds on, once listed.
-        super().__init__(lambda: dict(shared.items) if shared.listed else None)
         self.shared = shared
+        self._pending: deque[tuple[int, StorePut | StoreDelete]] = deque()
+        self._snapshot: tuple[dict[str, bytes], int] | None = None
+        #: Whether this subscriber must list the prefix itself (the shared listing is behind it).
+        self._must_list = shared.listed
+        self._wake = anyio.Event()
+
+    def snapshot(self, items: dict[str, bytes], revision: int) -> None:
+        """The shared watch listed the prefix at ``revision``: that is this subscriber's next event."""
+        self._pending.clear()
+        self._snapshot = (items, revision)
+        self._must_list = False
+        self._wake.set()
+
+    def _take_snapshot(self) -> dict[str, bytes]:
+        assert self._snapshot is not None
+        items, self._snapshot = self._snapshot[0], None
+        return items
+
+    def push(self, event: StorePut | StoreDelete, revision: int) -> None:
+        """Queue a change made at ``revision``; past the bound, list afresh instead (memory stays bounded)."""
+        if len(self._pending) >= MAX_PENDING_EVENTS:
+            self.resync()
+            return
+        self._pending.append((revision, event))
+        self._wake.set()
+
+    def resync(self) -> None:
+        """Drop the backlog: the next event is a fresh snapshot, listed by this subscriber."""
+        self._pending.clear()
+        self._snapshot = None
+        self._must_list = True
+        self._wake.set()
+
+    async def events(self) -> AsyncIterator[StoreEvent]:
+        """The consumer's events, for as long as it reads them."""
+        seen = 0  # the revision the last snapshot reflects: older queued events are in it already
+        while True:
+            if self._snapshot is not None:
+                seen = self._snapshot[1]
+                # No local holds the snapshot: a large one is freed as soon as its consumer has decoded it.
+                yield StoreSnapshot(items=self._take_snapshot())
+            elif self._must_list:
+                self._must_list = False
+                items, header = await self.shared.fetch()
+                if self._snapshot is None and not self._must_list:  # nothing newer arrived meanwhile
+                    self._snapshot = (items, int(header.revision))
+            elif self._pending:
+                revision, event = self._pending.popleft()
+                if revision > seen:
+                    yield event
+            else:
+                await self._wake.wait()
+                self._wake = anyio.Event()
 
 
 class SharedWatch:
@@ -63,7 +125,6 @@ class SharedWatch:
     def __init__(self, connection: EtcdConnection, prefix: str) -> None:
         self.connection = connection
         self.prefix = prefix
-        self.items: dict[str, bytes] = {}
         self.revision = 0
         self.cluster_id: int | None = None
         self.listed = False
@@ -82,13 +143,9 @@ class SharedWatch:
         self.resumes = 0
 
     # -- fan-out ---------------------------------------------------------------------------------------
-    def _broadcast(self, event: StorePut | StoreDelete) -> None:
+    def _broadcast(self, event: StorePut | StoreDelete, revision: int) -> None:
         for subscriber in self.subscribers:
-            subscriber.push(event)
-
-    def _resync_all(self) -> None:
-        for subscriber in self.subscribers:
-            subscriber.resync()
+            subscriber.push(event, revision)
 
     # -- pump ------------------------------------------------------------------------------------------
     async def lead(self) -> None:
@@ -142,23 +199,30 @@ class SharedWatch:
             self.settled.set()
         log.error("etcd watch of %r failed: %s; retrying", self.prefix, error)
 
-    async def _list(self) -> None:
+    async def fetch(self) -> tuple[dict[str, bytes], Any]:
+        """List the prefix: its contents and the header of the answer (revision, cluster id)."""
         key = self.prefix.encode()
 
-        async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
+        def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
             request = rpc.RangeRequest(key=key, range_end=prefix_range_end(key))
-            return await stubs.kv.Range(request, timeout=timeout, metadata=metadata)
+            return stubs.kv.Range(request, timeout=timeout, metadata=metadata)
 
         reply = await self.connection.call(
             f"listing {self.prefix!r}", attempt, attempt_timeout=self.connection.request_timeout
         )
-        self.items = {kv.key.decode(errors="replace"): bytes(kv.value) for kv in reply.kvs}
-        self.revision = int(reply.header.revision)
-        self.cluster_id = int(reply.header.cluster_id)
+        with gc_paused():  # many objects, none of them garbage: the collector would only rescan them
+            items = {kv.key.decode(errors="replace"): bytes(kv.value) for kv in reply.kvs}
+        return items, reply.header
+
+    async def _list(self) -> None:
+        items, header = await self.fetch()
+        self.revision = int(header.revision)
+        self.cluster_id = int(header.cluster_id)
         relisted, self.listed, self.needs_list = self.listed, True, False
         if relisted:
             self.relists += 1
-        self._resync_all()
+        for subscriber in self.subscribers:
+            subscriber.snapshot(items, self.revision)
 
     async def _stream(self) -> None:
         stubs, metadata = await self.connection.stubs()
@@ -175,7 +239,13 @@ class SharedWatch:
             with anyio.fail_after(self.connection.request_timeout):
                 await grpc_await(call.write(rpc.WatchRequest(create_request=create)))
             while True:
-                reply = await grpc_await(call.read())
+                # Read on our own task (one task per event would cost every event a turn of the loop): a
+                # cancellation of ours reaches grpc's read and is re-raised as itself. Only a call already
+                # ended answers a read with a fresh CancelledError that anyio would not recognise: such a
+                # call is never read.
+                if call.done():
+                    raise Transient("the watch stream ended")
+                reply = await call.read()
                 if reply is grpc.aio.EOF:
                     raise Transient("etcd closed the watch stream")
                 self._handle(reply, stubs)
@@ -231,10 +301,9 @@ class SharedWatch:
         for event in reply.events:
             kv = event.kv
             key = kv.key.decode(errors="replace")
+            revision = int(kv.mod_revision)
             if event.type == _PUT:
-                value = bytes(kv.value)
-                self.items[key] = value
-                self._broadcast(StorePut(key=key, value=value))
-            elif self.items.pop(key, None) is not None:
-                self._broadcast(StoreDelete(key=key))
-            self.revision = max(self.revision, int(kv.mod_revision))
+                self._broadcast(StorePut(key=key, value=bytes(kv.value)), revision)
+            else:  # etcd reports deletes of keys that existed only
+                self._broadcast(StoreDelete(key=key), revision)
+            self.revision = max(self.revision, revision)

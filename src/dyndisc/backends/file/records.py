@@ -28,6 +28,9 @@ from dyndisc.backends.file.layout import (
 
 log = logging.getLogger("dyndisc.file")
 
+#: Records read between two offers of the GIL to other threads (a scan in a worker thread would otherwise
+#: keep the event loop waiting for the interpreter's whole switch interval, several milliseconds, each time).
+_GIL_BATCH = 128
 #: A temporary file older than this was left by a writer that died mid-write; scans remove it.
 STALE_TEMP_SECONDS = 60.0
 
@@ -160,7 +163,9 @@ class Records:
             partial = ""
         deadlines: dict[int, float | None] = {}
         found: dict[str, Record] = {}
-        for key, record in self.walk(under, partial):
+        for n, (key, record) in enumerate(self.walk(under, partial)):
+            if not n % _GIL_BATCH:
+                time.sleep(0)  # let the event loop's thread have the GIL: scans run in a worker thread
             if not key.startswith(prefix) or not isinstance(record, Record):
                 continue
             if record.lease_id not in deadlines:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
+import anyio
 import anyio.to_thread
 
 from dyndisc._diagnosis import BackendDoctor
@@ -50,6 +51,8 @@ class FileStore(KeyValueStore):
         self.rescan_interval = rescan_interval
         self._own_keys: dict[int, set[str]] = {}  # keys this store wrote, per lease (revoke deletes them)
         self.records = Records(self.layout)
+        # Scans and revokes run in worker threads, one at a time per store: they share the records' caches.
+        self._io_limiter = anyio.CapacityLimiter(1)
         self.changes = ChangeFeed(self.layout)
         self._prepare_root()
 
@@ -108,10 +111,14 @@ class FileStore(KeyValueStore):
             self.lease_path(lease_id).unlink()
         own = self._own_keys.pop(lease_id, None)
         if own is not None:
-            for key in own:
+            for n, key in enumerate(own):
+                if not n % 128:
+                    time.sleep(0)  # runs in a worker thread: let the event loop's thread have the GIL
                 self._delete_if_owned(key, lease_id)
         else:  # someone else's lease: find its records (it may own some anywhere under the root)
-            for key, record in self.records.walk(self.kv_dir, ""):
+            for n, (key, record) in enumerate(self.records.walk(self.kv_dir, "")):
+                if not n % 128:
+                    time.sleep(0)
                 if isinstance(record, Record) and record.lease_id == lease_id:
                     self._delete_if_owned(key, lease_id)
 
@@ -205,7 +212,9 @@ class FileStore(KeyValueStore):
         return self._keep_alive(lease_id)
 
     async def revoke(self, lease_id: int) -> None:
-        self._revoke(lease_id)
+        # One unlink per key of the lease (or a walk of the tree, for a lease of another process): off the
+        # event loop, which would otherwise stall for a quarter of a second at 10,000 records.
+        await anyio.to_thread.run_sync(self._revoke, lease_id, limiter=self._io_limiter)
 
     async def time_to_live(self, lease_id: int) -> float | None:
         deadline = await anyio.to_thread.run_sync(self.records.lease_deadline, lease_id)
@@ -221,6 +230,9 @@ class FileStore(KeyValueStore):
         self._delete(key)
 
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        return await anyio.to_thread.run_sync(self._get_prefix, prefix, limiter=self._io_limiter)
+
+    def _get_prefix(self, prefix: str) -> dict[str, bytes]:
         return {k: r.value for k, r in self.records.scan(prefix).items()}
 
     @asynccontextmanager

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 
 from dyndisc.backends.file.changes import ChangeFeed
 from dyndisc.backends.file.layout import Record
@@ -74,7 +75,12 @@ class FileWatch:
             if self.needs_snapshot:
                 self.needs_snapshot = False
                 self.pending.clear()
-                self.known = self.records.scan(self.prefix)
+                # Reading every record under the prefix blocks for as long as the disk takes: off the loop.
+                known = await anyio.to_thread.run_sync(self.records.scan, self.prefix)
+                if self.needs_snapshot:
+                    continue  # a resync was asked for meanwhile: scan again
+                self.out.clear()
+                self.known = known
                 self.scanned = True
                 self._refresh_deadlines()
                 yield StoreSnapshot(items={k: r.value for k, r in self.known.items()})
@@ -87,7 +93,9 @@ class FileWatch:
                 self._check_leases({i for i, d in self.deadlines.items() if d <= time.time()})
             elif time.monotonic() >= next_rescan:
                 self.changes.check()
-                self._reconcile(self.layout.kv_dir, "/")
+                found = await anyio.to_thread.run_sync(self.records.scan, self.prefix)
+                if not self.needs_snapshot:
+                    self._reconcile(self.layout.kv_dir, "/", found)
                 next_rescan = time.monotonic() + self.rescan_interval
             else:
                 wait = next_rescan - time.monotonic()
@@ -128,13 +136,14 @@ class FileWatch:
                     self.records.remove_record_if_unchanged(self.layout.record_path(key), record)
                     self._set(key, None)
 
-    def _reconcile(self, directory: Path, dir_prefix: str) -> None:
-        """Make ``known`` match the disk for the watched keys under ``directory`` (keys ``dir_prefix...``)."""
+    def _reconcile(self, directory: Path, dir_prefix: str, scanned: dict[str, Record] | None = None) -> None:
+        """Make ``known`` match the disk for the watched keys under ``directory`` (keys ``dir_prefix...``);
+        ``scanned`` is a scan of the whole watch made already (off the loop)."""
         if self.prefix.startswith(dir_prefix):  # the watched directory or one above it: all of the watch
             prefix, under = self.prefix, None
         else:
             prefix, under = dir_prefix, directory
-        found = self.records.scan(prefix, under=under)
+        found = scanned if scanned is not None and under is None else self.records.scan(prefix, under=under)
         for key in [k for k in self.known if k.startswith(prefix) and k not in found]:
             self._set(key, None)
         for key, record in found.items():

@@ -9,10 +9,12 @@ stores metadata entries the same way, one key per entry under the bucket's prefi
 from __future__ import annotations
 
 import builtins
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from dyndisc._concurrency import gc_paused
 from dyndisc._diagnosis import BackendDoctor
 from dyndisc._entries import (
     EntryAdded,
@@ -163,30 +165,35 @@ class KvDiscovery(DiscoveryBackend):
             yield self._translate_merged(raw, (main, side))
 
     async def _translate(self, raw: AsyncIterator[StoreEvent]) -> AsyncIterator[DiscoveryEvent]:
-        known: dict[str, Instance] = {}
+        # Which instances this watch reported, as endpoint -> ids (the ids are the instances' own int
+        # objects): a Removed names only an instance reported, and nothing else is held per instance here.
+        known: dict[EndpointId, set[int]] = {}
         async for event in raw:
             if isinstance(event, StoreSnapshot):
-                known = {}
-                for key, value in sorted(event.items.items()):
-                    instance = self.parse(key, value)
-                    if instance is not None:
-                        known[key] = instance
-                yield Resync(instances=tuple(known.values()))
-            elif isinstance(event, StorePut):
-                instance = self.parse(event.key, event.value)
-                if instance is None:
-                    # What the key held is gone from it: remove it here too, as a list or a new watch
-                    # (which would skip the unreadable value) would not show it either.
-                    gone = known.pop(event.key, None)
-                    if gone is not None:
-                        yield Removed(gone.endpoint_id, gone.instance_id, RemovalReason.UNREADABLE)
-                elif known.get(event.key) != instance:
-                    known[event.key] = instance
-                    yield Added(instance=instance)
-            else:
-                gone = known.pop(event.key, None)
-                if gone is not None:
-                    yield Removed(gone.endpoint_id, gone.instance_id, event.reason)
+                instances = self._decode_all(event.items)
+                del event  # the raw snapshot is garbage once decoded: do not hold it while suspended
+                known = _ids_by_endpoint(instances)
+                yield Resync(instances=instances)
+                continue
+            put = self.parse(event.key, event.value) if isinstance(event, StorePut) else None
+            reason = RemovalReason.UNREADABLE if isinstance(event, StorePut) else event.reason
+            if put is not None:
+                known.setdefault(put.endpoint_id, set()).add(put.instance_id)
+                yield Added(instance=put)
+            elif (identity := self.layout.identity_of(event.key)) is not None and identity[1] in known.get(
+                identity[0], ()
+            ):
+                # Deleted, or what the key held is gone from it (an unreadable value): remove it here too,
+                # as a list or a new watch (which would skip the unreadable value) would not show it either.
+                known[identity[0]].discard(identity[1])
+                yield Removed(identity[0], identity[1], reason)
+
+    def _decode_all(self, items: dict[str, bytes]) -> tuple[Instance, ...]:
+        """Every readable record of a snapshot, in key order."""
+        if any(a > b for a, b in itertools.pairwise(items)):  # etcd lists in key order; others may not
+            items = dict(sorted(items.items()))
+        with gc_paused():  # many objects, none of them garbage: the collector would only rescan them
+            return tuple(self.layout.parse_all(items))
 
     async def _translate_merged(
         self, raw: AsyncIterator[StoreEvent], prefixes: tuple[str, ...]
@@ -352,3 +359,16 @@ class _Merged:
             (i for i in found if i is not None),
             key=lambda i: (i.namespace, i.component, i.endpoint, i.instance_id),
         )
+
+
+def _ids_by_endpoint(instances: tuple[Instance, ...]) -> dict[EndpointId, set[int]]:
+    found: dict[EndpointId, set[int]] = {}
+    ids: set[int] = set()
+    names: tuple[str, str, str] | None = None
+    for instance in instances:
+        # A snapshot holds long runs of one endpoint: look its set up only when the endpoint changes.
+        if names != (instance.namespace, instance.component, instance.endpoint):
+            names = (instance.namespace, instance.component, instance.endpoint)
+            ids = found.setdefault(instance.endpoint_id, set())
+        ids.add(instance.instance_id)
+    return found

@@ -26,14 +26,19 @@ import abc
 import json
 import logging
 import os
+from functools import cached_property
 from typing import Any
 
 from dyndisc._dynamo import ENDPOINTS_BUCKET, READABLE, reference_skips
 from dyndisc._entries import validate_bucket
 from dyndisc._errors import ConfigurationError, InvalidNameError, InvalidRecordError
-from dyndisc._models import Instance, InstanceQuery, Readiness
+from dyndisc._models import EndpointId, Instance, InstanceQuery, Readiness, record_decoder
+from dyndisc._names import endpoint_id, is_name
 
 log = logging.getLogger("dyndisc.kv")
+
+#: Endpoints whose key prefix a layout remembers (a few per deployment; past it, it starts over).
+_PREFIX_CACHE = 4096
 
 #: Default key root of the ``dyndisc`` layout.
 DEFAULT_ROOT = "/services"
@@ -99,7 +104,39 @@ class KeyLayout(abc.ABC):
 
     def key_for(self, instance: Instance) -> str:
         """The key an instance is stored under."""
-        return f"{self.root}/{instance.endpoint_id.path}/{instance.instance_id:x}"
+        return self._endpoint_prefix(instance.namespace, instance.component, instance.endpoint) + format(
+            instance.instance_id, "x"
+        )
+
+    def _endpoint_prefix(self, namespace: str, component: str, endpoint: str) -> str:
+        # Every record a watcher reads is checked against its key: the endpoint's part is built once.
+        names = (namespace, component, endpoint)
+        found = self._prefixes.get(names)
+        if found is None:
+            if len(self._prefixes) >= _PREFIX_CACHE:
+                self._prefixes.clear()
+            found = self._prefixes[names] = f"{self.root}/{namespace}/{component}/{endpoint}/"
+        return found
+
+    @cached_property
+    def _prefixes(self) -> dict[tuple[str, str, str], str]:
+        return {}
+
+    def identity_of(self, key: str) -> tuple[EndpointId, int] | None:
+        """The endpoint and instance id a key of this layout stands for, or ``None`` if it is not one (a key
+        :meth:`key_for` could not have written)."""
+        if not key.startswith(self.root + "/"):
+            return None
+        parts = key[len(self.root) + 1 :].split("/")
+        if len(parts) != 4 or not all(is_name(p) for p in parts[:3]):
+            return None
+        try:
+            instance_id = int(parts[3], 16)
+        except ValueError:
+            return None
+        if format(instance_id, "x") != parts[3]:
+            return None
+        return endpoint_id(parts[0], parts[1], parts[2]), instance_id
 
     def side_key_for(self, instance: Instance) -> str:
         """The key of ``instance`` under :attr:`side_root` (only for layouts that have one)."""
@@ -154,22 +191,30 @@ class KeyLayout(abc.ABC):
         side = self.side_root is not None and key.startswith(self.side_root + "/")
         root = self.side_root if side else self.root
         assert root is not None
-        rest = key[len(root) + 1 :] if key.startswith(root + "/") else None
-        if rest is None or rest.count("/") != 3:
-            self.skipped.warn(key, value, f"not {root}/<namespace>/<component>/<endpoint>/<id hex>")
-            return None
-        try:
-            instance = self.decode(value)
-        except ValueError as exc:
-            self.skipped.warn(key, value, f"not a record: {exc}")
-            return None
-        if side and instance.readiness is not Readiness.DRAINING:
-            instance = instance.replace(readiness=Readiness.DRAINING)
-        expected = self.side_key_for(instance) if side else self.key_for(instance)
-        if key != expected:
-            self.skipped.warn(key, value, f"the record belongs at {expected!r}")
-            return None
-        return instance
+        if key.startswith(root) and key[len(root) : len(root) + 1] == "/":
+            try:
+                instance = self.decode(value)
+            except ValueError as exc:
+                if key.count("/", len(root) + 1) == 3:
+                    self.skipped.warn(key, value, f"not a record: {exc}")
+                    return None
+            else:
+                if side and instance.readiness is not Readiness.DRAINING:
+                    instance = instance.replace(readiness=Readiness.DRAINING)
+                # The common case costs one string comparison: a record at the key it was written for.
+                expected = self.side_key_for(instance) if side else self.key_for(instance)
+                if key == expected:
+                    return instance
+                if key.count("/", len(root) + 1) == 3:
+                    self.skipped.warn(key, value, f"the record belongs at {expected!r}")
+                    return None
+        self.skipped.warn(key, value, f"not {root}/<namespace>/<component>/<endpoint>/<id hex>")
+        return None
+
+    def parse_all(self, items: dict[str, bytes]) -> list[Instance]:
+        """Every record of ``items`` that :meth:`parse` reads, in the order given."""
+        parse = self.parse
+        return [i for i in (parse(k, v) for k, v in items.items()) if i is not None]
 
 
 class DyndiscLayout(KeyLayout):
@@ -191,6 +236,31 @@ class DyndiscLayout(KeyLayout):
 
     def entry_prefix(self, bucket: str) -> str:
         return self._check_apart(bucket, f"/{validate_bucket(bucket)}/")
+
+    def parse_all(self, items: dict[str, bytes]) -> list[Instance]:
+        # A snapshot of a large prefix: pydantic-core is called straight, and the key is checked against the
+        # endpoint's prefix of the record before (a run of one endpoint's records). Anything unusual takes
+        # the one-record path, which warns exactly as parse() does.
+        decode = record_decoder()
+        found: list[Instance] = []
+        names: tuple[str, str, str] | None = None
+        prefix = ""
+        for key, value in items.items():
+            try:
+                instance = decode(value)
+            except ValueError:
+                pass
+            else:
+                here = (instance.namespace, instance.component, instance.endpoint)
+                if here != names:
+                    names, prefix = here, self._endpoint_prefix(*here)
+                if key.startswith(prefix) and key[len(prefix) :] == format(instance.instance_id, "x"):
+                    found.append(instance)
+                    continue
+            slow = self.parse(key, value)
+            if slow is not None:
+                found.append(slow)
+        return found
 
 
 class DynamoV1Layout(KeyLayout):

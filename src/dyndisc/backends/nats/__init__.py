@@ -1,4 +1,4 @@
-"""The NATS backend: discovery keys in one JetStream KV bucket, liveness by per-key TTLs.
+"""The NATS backend: discovery keys in one JetStream KV bucket, liveness by one TTL'd lease key per process.
 
 Settings (environment, see ``docs/backends/nats.md``): ``NATS_SERVER``, ``NATS_USER`` / ``NATS_PASSWORD``,
 ``NATS_TOKEN``, ``NATS_CREDS``, ``NATS_CA`` / ``NATS_CERT`` / ``NATS_KEY``, ``NATS_KV_BUCKET``,
@@ -6,7 +6,7 @@ Settings (environment, see ``docs/backends/nats.md``): ``NATS_SERVER``, ``NATS_U
 
 The room: ``settings``, ``connection`` (the client connection and bucket requests), ``keys`` (dyndisc keys
 as NATS keys), ``feed`` (one ordered consumer), ``watch`` (a prefix watch that resyncs after reconnects),
-``store`` (the :class:`NatsStore`, leases emulated with per-key TTLs).
+``store`` (the :class:`NatsStore`, leases emulated with TTL'd lease keys that readers join keys to).
 """
 
 from __future__ import annotations

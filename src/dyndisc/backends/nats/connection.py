@@ -265,42 +265,46 @@ class NatsBucket:
         js = await self.jetstream()
         subject = self.subject_prefix + nats_key
         ack = await self.request(
-            f"write key {nats_key!r}", lambda: js.publish(subject, value, headers=dict(headers) or None)
+            f"write key {nats_key!r}",
+            lambda timeout: js.publish(subject, value, timeout=timeout, headers=dict(headers) or None),
         )
         return int(ack.seq)
 
-    async def request(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
-        """Make a JetStream request, retrying one that got no answer, within ``settings.timeout``.
+    async def request(self, what: str, call: Callable[[float], Awaitable[_T]]) -> _T:
+        """Make a JetStream request, ``call(timeout)``, retrying one that got no answer, within
+        ``settings.timeout``.
 
-        A request written just before a connection broke is lost with it (NATS requests are at most once);
-        the client reconnects within a second, so a retry usually succeeds. Retried writes are conditional
-        or idempotent, and the callers treat "it was already done" as done.
+        Each attempt is bounded by the client's own request timeout (no cancel scope of ours: this is on
+        every write's path). A request written just before a connection broke is lost with it (NATS
+        requests are at most once); the client reconnects within a second, so a retry usually succeeds.
+        Retried writes are conditional or idempotent, and the callers treat "it was already done" as done.
         """
         deadline = anyio.current_time() + self.settings.timeout
         attempt_timeout = max(self.settings.timeout / 3, 0.5)
         while True:
             left = deadline - anyio.current_time()
             with self.translate(what):
-                with anyio.move_on_after(min(attempt_timeout, max(left, 0.0))) as scope:
-                    try:
-                        return await call()
-                    except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                        # No answer (lost in a broken connection) or no JetStream yet (just restarted).
-                        if anyio.current_time() >= deadline:
-                            raise
-                        await anyio.sleep(min(0.1, max(deadline - anyio.current_time(), 0.0)))
-                        continue
-                if scope.cancelled_caught and anyio.current_time() >= deadline:
-                    raise nats.errors.TimeoutError
+                try:
+                    return await call(max(min(attempt_timeout, left), 0.05))
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    # No answer (lost in a broken connection) or no JetStream yet (just restarted).
+                    if anyio.current_time() >= deadline:
+                        raise
+                await anyio.sleep(min(0.1, max(deadline - anyio.current_time(), 0.0)))
 
     async def get(self, nats_key: str) -> api.RawStreamMsg | None:
         """The last message stored for ``nats_key`` (a value or a deletion marker), or ``None``."""
         js = await self.jetstream()
         try:
-            return await self.request(
-                f"read key {nats_key!r}",
-                lambda: js.get_msg(self.stream, subject=self.subject_prefix + nats_key),
-            )
+
+            async def read(timeout: float) -> api.RawStreamMsg:
+                try:  # get_msg takes no timeout of its own
+                    with anyio.fail_after(timeout):
+                        return await js.get_msg(self.stream, subject=self.subject_prefix + nats_key)
+                except TimeoutError:
+                    raise nats.errors.TimeoutError from None
+
+            return await self.request(f"read key {nats_key!r}", read)
         except BackendUnavailableError as exc:
             if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
                 return None

@@ -12,6 +12,8 @@ produced by the encoding: the store keeps its own bookkeeping (lease keys) there
 
 from __future__ import annotations
 
+import re
+
 from dyndisc.backends.kv.escape import SegmentEscaper
 
 #: Segments as subject tokens: ``=XX`` escapes, a lone ``=`` for an empty segment.
@@ -19,12 +21,21 @@ _TOKENS = SegmentEscaper("=")
 encode_segment = _TOKENS.encode
 decode_segment = _TOKENS.decode
 
+#: A key of plain segments after a leading "/": its encoding is a lone "=" and the segments, dot-joined.
+_PLAIN_KEY = re.compile(r"(?:/[A-Za-z0-9_-]+)+")
+
 #: First token of the store's own keys (leases): it holds a ``/`` so no encoded key can collide with it.
 INTERNAL_TOKEN = "_dyndisc/lease"
 
 
+#: The KV key filter of every lease key.
+LEASES_FILTER = f"{INTERNAL_TOKEN}.>"
+
+
 def encode_key(key: str) -> str:
     """A dyndisc key as a NATS KV key (reversible with :func:`decode_key`)."""
+    if _PLAIN_KEY.fullmatch(key):  # every key dyndisc writes: "/" and names that need no escaping
+        return "=" + key.replace("/", ".")
     return ".".join(encode_segment(segment) for segment in key.split("/"))
 
 
@@ -56,3 +67,15 @@ def is_internal(nats_key: str) -> bool:
 def lease_key(lease_id: int) -> str:
     """The NATS KV key recording that lease ``lease_id`` is alive."""
     return f"{INTERNAL_TOKEN}.{lease_id:x}"
+
+
+def lease_id_of(nats_key: str) -> int:
+    """The lease a lease key stands for (0 if ``nats_key`` is not one): read from the key, since the
+    server's expiry marker carries none of our headers."""
+    token, _, rest = nats_key.partition(".")
+    if token != INTERNAL_TOKEN:
+        return 0
+    try:
+        return int(rest, 16)
+    except ValueError:
+        return 0

@@ -1,18 +1,20 @@
-"""The NATS store: leases emulated over one JetStream KV bucket, liveness by per-key TTLs.
+"""The NATS store: leases emulated over one JetStream KV bucket, liveness by one TTL'd lease key per lease.
 
 NATS KV has no leases, so :class:`NatsStore` emulates them (see ``docs/backends/nats.md``):
 
-* a lease is the set of keys one store (one runtime) wrote under it, plus a lease key
-  ``_dyndisc/lease.<id>`` that records it on the server, so another client can revoke it;
-* every key of a lease carries a per-message TTL (``Nats-TTL``, nats-server >= 2.11) and a ``Dyndisc-Lease``
-  header; a keep-alive re-publishes each of them, conditionally on the revision it last wrote, so a key
-  deleted by someone else is never resurrected;
-* the bucket is created with a limit-marker TTL, so when a key's TTL ends the server writes a delete marker
-  that every watcher sees: a crashed worker disappears within its TTL.
+* a lease is a lease key ``_dyndisc/lease.<id>`` carrying a per-message TTL (``Nats-TTL``, nats-server
+  >= 2.11), plus the keys one store (one runtime) wrote under it, each with a ``Dyndisc-Lease`` header naming
+  the lease and no TTL of its own;
+* a keep-alive re-publishes the lease key alone, conditionally on the revision it last wrote: one message
+  per TTL/2 whatever the number of keys, and a lease key deleted by someone else is never resurrected;
+* a key is live while its lease key is: every reader (a watch, a list) joins keys to live lease keys. The
+  bucket is created with a limit-marker TTL, so when a lease key's TTL ends the server writes a delete
+  marker that every watcher sees: the lease's keys leave every watch at once, and the watchers purge them
+  from the bucket (conditionally on the revision they saw: idempotent, safe when several do it).
 
-Watches re-create their consumer and emit a fresh snapshot as soon as the connection comes back, rather than
-waiting for nats-py's idle-heartbeat detection; :attr:`NatsStore.stale_since` says since when the server has
-been gone.
+Watches re-create their consumers and emit a fresh snapshot as soon as the connection comes back, rather
+than waiting for nats-py's idle-heartbeat detection; :attr:`NatsStore.stale_since` says since when the server
+has been gone.
 """
 
 from __future__ import annotations
@@ -32,25 +34,32 @@ from dyndisc._errors import BackendUnavailableError, LeaseNotFoundError
 from dyndisc.backends.base import Lease
 from dyndisc.backends.kv import KeyValueStore, StoredValue, StoreEvent
 from dyndisc.backends.nats.connection import NatsBucket, WrongRevision
-from dyndisc.backends.nats.feed import MARKER_REASON, is_removal, lease_of
-from dyndisc.backends.nats.keys import encode_key, is_internal, lease_key, prefix_filter
+from dyndisc.backends.nats.feed import is_removal, lease_of
+from dyndisc.backends.nats.keys import (
+    LEASES_FILTER,
+    encode_key,
+    is_internal,
+    lease_id_of,
+    lease_key,
+    prefix_filter,
+)
 from dyndisc.backends.nats.settings import NatsSettings
 from dyndisc.backends.nats.watch import NatsWatch, user_key
 
 log = logging.getLogger("dyndisc.nats")
 
-#: Keys of a lease re-published at once by a keep-alive (each is one JetStream request).
-REFRESH_CONCURRENCY = 64
+#: Orphaned keys (of ended leases) purged at once by one reader (each is one JetStream request).
+PURGE_CONCURRENCY = 64
 
 
 @dataclass
 class _LeaseState:
     ttl: float
-    #: The TTL written on every key of the lease: whole seconds, at least 1 (the server's resolution).
+    #: The TTL written on the lease key: whole seconds, at least 1 (the server's resolution).
     key_ttl: int
     revision: int
-    #: NATS key -> (revision we last wrote, value): what the keep-alive re-publishes.
-    keys: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    #: NATS key -> the revision we last wrote, of every key we wrote under the lease (revoke deletes them).
+    keys: dict[str, int] = field(default_factory=dict)
 
 
 class NatsStore(KeyValueStore):
@@ -112,10 +121,9 @@ class NatsStore(KeyValueStore):
             lease_id = secrets.randbits(63)
             if lease_id == 0:
                 continue
-            value = f'{{"ttl":{ttl}}}'.encode()
             try:
                 revision = await self.connection.publish(
-                    lease_key(lease_id), value, ttl=key_ttl, lease_id=lease_id, expected=0
+                    lease_key(lease_id), _lease_value(ttl), ttl=key_ttl, lease_id=lease_id, expected=0
                 )
             except WrongRevision:
                 continue  # a 63-bit collision: pick again
@@ -124,77 +132,32 @@ class NatsStore(KeyValueStore):
 
     async def keep_alive(self, lease_id: int) -> float:
         state = self._live_lease(lease_id)
-        async with self._revoke_lock.shared():
-            async with self._key_locks.hold(lease_key(lease_id)):
-                revision = await self._refresh(lease_key(lease_id), None, state, lease_id, state.revision)
-            if revision is None:
-                await self._drop_lease(lease_id)
-                raise LeaseNotFoundError(
-                    f"lease {lease_id:x} is gone from NATS KV bucket {self.bucket!r}: it expired (no "
-                    f"keep-alive within {state.ttl}s) or another client revoked it"
-                )
-            state.revision = revision
-            await self._refresh_keys(state, lease_id)
+        async with self._revoke_lock.shared(), self._key_locks.hold(lease_key(lease_id)):
+            revision = await self._refresh(state, lease_id)
+        if revision is None:
+            await self._drop_lease(lease_id)
+            raise LeaseNotFoundError(
+                f"lease {lease_id:x} is gone from NATS KV bucket {self.bucket!r}: it expired (no "
+                f"keep-alive within {state.ttl}s) or another client revoked it"
+            )
+        state.revision = revision
         return state.ttl
 
-    async def _refresh_keys(self, state: _LeaseState, lease_id: int) -> None:
-        """Re-publish every key of the lease, up to :data:`REFRESH_CONCURRENCY` at a time."""
-        limiter = anyio.CapacityLimiter(REFRESH_CONCURRENCY)
-        failures: list[Exception] = []
-
-        async def refresh(nats_key: str) -> None:
-            async with limiter, self._key_locks.hold(nats_key):
-                entry = state.keys.get(nats_key)
-                if entry is None or failures:
-                    return  # deleted meanwhile (or the connection is failing: the retry redoes all)
-                key_revision, value = entry
-                try:
-                    new = await self._refresh(nats_key, value, state, lease_id, key_revision)
-                except Exception as exc:
-                    failures.append(exc)
-                    return
-                if new is None:
-                    # Deleted or taken over by someone else: not ours to bring back.
-                    log.info(
-                        "key %r of lease %x was changed by another client; no longer kept alive",
-                        nats_key,
-                        lease_id,
-                    )
-                    state.keys.pop(nats_key, None)
-                else:
-                    state.keys[nats_key] = (new, value)
-
-        async with anyio.create_task_group() as tg:
-            for nats_key in list(state.keys):
-                tg.start_soon(refresh, nats_key)
-        if failures:
-            raise failures[0]
-
-    async def _refresh(
-        self, nats_key: str, value: bytes | None, state: _LeaseState, lease_id: int, expected: int
-    ) -> int | None:
-        """Re-publish a key of the lease with a fresh TTL if it is still the one we wrote; else ``None``."""
+    async def _refresh(self, state: _LeaseState, lease_id: int) -> int | None:
+        """Re-publish the lease key with a fresh TTL if it is still the one we wrote; else ``None``."""
+        nats_key = lease_key(lease_id)
+        expected = state.revision
         for _ in range(3):
-            current_value = value
-            if current_value is None:
-                current_value = f'{{"ttl":{state.ttl}}}'.encode()
             try:
                 return await self.connection.publish(
-                    nats_key, current_value, ttl=state.key_ttl, lease_id=lease_id, expected=expected
+                    nats_key, _lease_value(state.ttl), ttl=state.key_ttl, lease_id=lease_id, expected=expected
                 )
             except WrongRevision:
                 # A write we gave up on (cancelled mid-request) may have landed: still ours if it carries
-                # our lease.
+                # our lease. An expiry marker or a delete means the server ended the lease.
                 found = await self.connection.get(nats_key)
-                if value is not None and (found is None or MARKER_REASON in (found.headers or {})):
-                    # An endpoint key the server expired (an outage outlasted its TTL) while the lease key
-                    # survived: the lease is alive, so its key is written again. A delete by a client
-                    # (a DEL or PURGE marker) is respected.
-                    expected = int(found.seq or 0) if found is not None else 0
-                    log.info("key %r of lease %x expired on the server; writing it again", nats_key, lease_id)
-                    continue
                 if found is None or is_removal(found.headers) or lease_of(found.headers) != lease_id:
-                    return None  # deleted or rewritten by someone else: no longer ours
+                    return None
                 expected = int(found.seq or 0)
         return None
 
@@ -203,19 +166,50 @@ class NatsStore(KeyValueStore):
         state = self._leases.pop(lease_id, None)
         if state is None:
             return
-        for nats_key, (revision, _) in state.keys.items():
-            try:
-                await self.connection.remove(nats_key, expected=revision)
-            except BackendUnavailableError as exc:
-                log.warning(
-                    "could not delete %r of lost lease %x (it will expire): %s", nats_key, lease_id, exc
-                )
+        await self._purge(list(state.keys.items()))
+
+    async def _purge(self, keys: list[tuple[str, int]]) -> None:
+        """Delete each NATS key if it still holds the revision given: the keys of an ended lease, by their
+        owner or by any reader that saw the lease end (a key rewritten since is left alone)."""
+        limiter = anyio.CapacityLimiter(PURGE_CONCURRENCY)
+
+        async def one(nats_key: str, revision: int) -> None:
+            async with limiter:
+                try:
+                    await self.connection.remove(nats_key, expected=revision)
+                except BackendUnavailableError as exc:
+                    log.info("could not purge %r of an ended lease (the next reader will): %s", nats_key, exc)
+
+        async with anyio.create_task_group() as tg:
+            for nats_key, revision in keys:
+                tg.start_soon(one, nats_key, revision)
+
+    async def _purge_orphans(self, keys: list[tuple[str, int, int]]) -> None:
+        """Purge keys that look orphaned, ``(NATS key, revision, lease)``, once a direct read of each lease
+        key confirms it is gone: a lease key missing from a consumer's view is not proof enough."""
+        ended: dict[int, bool] = {}
+        confirmed: list[tuple[str, int]] = []
+        for nats_key, revision, lease_id in keys:
+            if lease_id not in ended:
+                try:
+                    ended[lease_id] = not await self._lease_alive(lease_id)
+                except BackendUnavailableError:
+                    ended[lease_id] = False  # cannot tell now: a later reader will
+            if ended[lease_id]:
+                confirmed.append((nats_key, revision))
+        if confirmed:
+            await self._purge(confirmed)
+
+    async def _lease_alive(self, lease_id: int) -> bool:
+        found = await self.connection.get(lease_key(lease_id))
+        return found is not None and not is_removal(found.headers)
 
     async def revoke(self, lease_id: int) -> None:
         async with self._revoke_lock.exclusive():
             state = self._leases.get(lease_id)
             if state is not None:
                 await self._drop_lease(lease_id)
+                # The lease key last: until it goes, a reader that missed a delete still joins correctly.
                 await self.connection.remove(lease_key(lease_id), expected=state.revision)
                 return
             # Not ours: find its keys on the server by their lease header.
@@ -228,23 +222,24 @@ class NatsStore(KeyValueStore):
                 await self.connection.remove(lease_key(lease_id), expected=own.revision)
 
     # -- keys ------------------------------------------------------------------------------------------
-    def _track(self, nats_key: str, lease_id: int, revision: int, value: bytes) -> None:
+    def _track(self, nats_key: str, lease_id: int, revision: int) -> None:
         for other_id, other in self._leases.items():
             if other_id != lease_id:
                 other.keys.pop(nats_key, None)
         if lease_id:
-            self._leases[lease_id].keys[nats_key] = (revision, value)
+            self._leases[lease_id].keys[nats_key] = revision
 
     async def create(self, key: str, value: bytes, lease_id: int) -> StoredValue | None:
-        state = self._live_lease(lease_id) if lease_id else None
+        if lease_id:
+            self._live_lease(lease_id)
         nats_key = encode_key(key)
-        ttl = state.key_ttl if state is not None else None
         async with self._revoke_lock.shared(), self._key_locks.hold(nats_key):
             expected = 0
             for _ in range(5):
                 try:
+                    # No TTL: the key lives as long as its lease key (every reader joins the two).
                     revision = await self.connection.publish(
-                        nats_key, value, ttl=ttl, lease_id=lease_id, expected=expected
+                        nats_key, value, ttl=None, lease_id=lease_id, expected=expected
                     )
                 except WrongRevision:
                     found = await self.connection.get(nats_key)
@@ -255,25 +250,28 @@ class NatsStore(KeyValueStore):
                     else:
                         owner = lease_of(found.headers)
                         data = found.data or b""
+                        if owner and owner != lease_id and not await self._lease_alive(owner):
+                            # An orphan of an ended lease nobody purged yet: absent, for every reader.
+                            await self._purge([(nats_key, int(found.seq or 0))])
+                            continue
                         if lease_id and owner == lease_id:
-                            # Ours already (a retried registration): make sure the keep-alive covers it.
-                            self._track(nats_key, lease_id, int(found.seq or 0), data)
+                            # Ours already (a retried registration): make sure the revoke covers it.
+                            self._track(nats_key, lease_id, int(found.seq or 0))
                         return StoredValue(value=data, lease_id=owner)
                 else:
-                    self._track(nats_key, lease_id, revision, value)
+                    self._track(nats_key, lease_id, revision)
                     return None
         raise BackendUnavailableError(
             f"could not create {key!r} in NATS KV bucket {self.bucket!r}: it kept changing under us"
         )
 
     async def put(self, key: str, value: bytes, lease_id: int) -> None:
-        state = self._live_lease(lease_id) if lease_id else None
+        if lease_id:
+            self._live_lease(lease_id)
         nats_key = encode_key(key)
         async with self._revoke_lock.shared(), self._key_locks.hold(nats_key):
-            revision = await self.connection.publish(
-                nats_key, value, ttl=state.key_ttl if state is not None else None, lease_id=lease_id
-            )
-            self._track(nats_key, lease_id, revision, value)
+            revision = await self.connection.publish(nats_key, value, ttl=None, lease_id=lease_id)
+            self._track(nats_key, lease_id, revision)
 
     async def delete(self, key: str) -> None:
         nats_key = encode_key(key)
@@ -288,23 +286,39 @@ class NatsStore(KeyValueStore):
                     return
 
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        # The keys first, then the leases (as a watch does): a key's lease is older than the key, so a lease
+        # missing from the second scan has ended, and its keys are orphans to purge.
+        found = await self.connection.scan(prefix_filter(prefix))
+        live = {i for k in await self.connection.scan(LEASES_FILTER) if (i := lease_id_of(k))}
         items: dict[str, bytes] = {}
-        for nats_key, change in (await self.connection.scan(prefix_filter(prefix))).items():
+        orphans: list[tuple[str, int, int]] = []
+        for nats_key, change in found.items():
             key = user_key(nats_key)
-            if key is not None and key.startswith(prefix) and change.value is not None:
+            if key is None or not key.startswith(prefix) or change.value is None:
+                continue
+            if not change.lease_id or change.lease_id in live:
                 items[key] = change.value
+            else:
+                orphans.append((nats_key, change.revision, change.lease_id))
+        if orphans:
+            await self._purge_orphans(orphans)
         return items
 
     # -- watch -----------------------------------------------------------------------------------------
     @asynccontextmanager
     async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[StoreEvent]]:
         await self.connection.jetstream()  # connection problems surface here, before the watch exists
-        watch = NatsWatch(self.connection.open_feed, prefix)
+        watch = NatsWatch(self.connection.open_feed, prefix, purge=self._purge_orphans)
         restart = watch.on_reconnect
         self.connection.on_reconnect.add(restart)
         try:
             async with background_tasks() as tg:
                 await tg.start(watch.run)
+                tg.start_soon(watch.purge_orphans)
                 yield watch.events()
         finally:
             self.connection.on_reconnect.discard(restart)
+
+
+def _lease_value(ttl: float) -> bytes:
+    return f'{{"ttl":{ttl}}}'.encode()
