@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
@@ -272,3 +272,6 @@ class CrashableBackend(_Forwarding, DiscoveryBackend):
 
     def watch(self, query: InstanceQuery) -> AbstractAsyncContextManager[AsyncIterator[DiscoveryEvent]]:
         return self.inner.watch(query)
+
+    def follow_leases(self, renew_now: Callable[[], None]) -> AbstractAsyncContextManager[object]:
+        return self.inner.follow_leases(renew_now)
