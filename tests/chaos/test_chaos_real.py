@@ -19,6 +19,7 @@ SEEDS = {
     "etcd-cluster": (14, 17),
     "nats": (17, 22),
     "file": (2, 4),
+    "kubernetes": (11, 138),
 }
 DURATION = 15.0
 
