@@ -36,6 +36,7 @@ from dyndisc.backends.kubernetes import KubernetesDiscovery, PodIdentity, manife
 from dyndisc.backends.kubernetes.api import KubeApi, connect
 from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError
 from dyndisc.backends.kubernetes.join import DISCOVERY_LABELS
+from dyndisc.testing.kubelet import node_manifest, pod_manifest, running_status, service_manifest
 from dyndisc.testing.servers import KubeApiServer, KubeCluster, TcpProxy
 from dyndisc.testing.servers.kube import RESTRICTED_USER
 
@@ -186,22 +187,7 @@ class Cluster:
     ) -> str:
         """Create a Pod object (labelled ``app``, bound to ``node`` if given) and return its uid; nothing runs
         it until :meth:`set_pod_status` says it does."""
-        body = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": app, **DISCOVERY_LABELS}},
-            "spec": {
-                **({"nodeName": node} if node else {}),
-                "containers": [
-                    {
-                        "name": c,
-                        "image": "worker:test",
-                        "ports": [{"name": "system", "containerPort": 9090, "protocol": "TCP"}],
-                    }
-                    for c in containers
-                ],
-            },
-        }
+        body = pod_manifest(name, app=app, node=node, containers=containers)
         created = await self.call("POST", f"/api/v1/namespaces/{namespace}/pods", body=body)
         return str(created["metadata"]["uid"])
 
@@ -222,21 +208,14 @@ class Cluster:
         found = _nodes.get(self.server.url)
         if found is None:
             found = f"node-{uuid.uuid4().hex[:8]}"
-            labels = {"kubernetes.io/hostname": found, "topology.kubernetes.io/zone": "zone-a"}
-            await self.call("POST", "/api/v1/nodes", body={"metadata": {"name": found, "labels": labels}})
+            await self.call("POST", "/api/v1/nodes", body=node_manifest(found))
             _nodes[self.server.url] = found
         return found
 
     async def create_service(self, namespace: str, name: str = APP, *, app: str | None = None) -> None:
         """A Service carrying the discovery labels (as the reference's operator makes per component),
         selecting the pods labelled ``app`` (default: its own name)."""
-        body = {
-            "metadata": {"name": name, "labels": DISCOVERY_LABELS},
-            "spec": {
-                "selector": {"app": app or name},
-                "ports": [{"name": "system", "port": 9090, "targetPort": "system", "protocol": "TCP"}],
-            },
-        }
+        body = service_manifest(name, app or name)
         await self.call("POST", f"/api/v1/namespaces/{namespace}/services", body=body)
 
     async def set_pod_status(
@@ -250,38 +229,13 @@ class Cluster:
     ) -> None:
         """Write the status kubelet would for a running pod whose readiness probes pass (``ready``), except
         for the ``not_ready`` containers (the pod is then not ready either)."""
-        ready = ready and not not_ready
         pod = await self.call("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
         ip = (pod.get("status") or {}).get("podIP") or f"10.20.{_ips_part()}"
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        flag = "True" if ready else "False"
-        status = {
-            "phase": "Running",
-            "podIP": ip,
-            "podIPs": [{"ip": ip}],
-            "conditions": [
-                {"type": "PodScheduled", "status": "True"},
-                {"type": "Initialized", "status": "True"},
-                {"type": "ContainersReady", "status": flag, "lastTransitionTime": now},
-                {"type": "Ready", "status": flag, "lastTransitionTime": now},
-            ],
-            "containerStatuses": [
-                {
-                    "name": c,
-                    "ready": ready or (bool(not_ready) and c not in not_ready),
-                    "restartCount": 0,
-                    "image": "worker:test",
-                    "imageID": "",
-                    "started": True,
-                    "state": {"running": {"startedAt": now}},
-                }
-                for c in containers
-            ],
-        }
+        flags = {c: ready and c not in not_ready for c in containers}
         await self.call(
             "PATCH",
             f"/api/v1/namespaces/{namespace}/pods/{name}/status",
-            body={"status": status},
+            body={"status": running_status(ip, ready=flags, containers=containers)},
             content_type="application/merge-patch+json",
         )
 
@@ -317,11 +271,17 @@ class Cluster:
         return None
 
     async def wait_listed(
-        self, namespace: str, pod: str, *, ready: bool | None = True, serving: bool | None = None
+        self,
+        namespace: str,
+        pod: str,
+        *,
+        ready: bool | None = True,
+        serving: bool | None = None,
+        timeout: float = CONTROLLER_TIMEOUT,
     ) -> None:
         """Wait until the controller lists ``pod`` with that ``ready`` (and ``serving``) condition, or not at
         all (``ready=None``)."""
-        deadline = time.monotonic() + CONTROLLER_TIMEOUT
+        deadline = time.monotonic() + timeout
         while True:
             endpoint = await self.endpoint_of(namespace, pod)
             conditions = (endpoint or {}).get("conditions") or {}
@@ -334,7 +294,7 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"the EndpointSlice controller did not list pod {namespace}/{pod} with ready={ready} "
-                    f"serving={serving} within {CONTROLLER_TIMEOUT}s; last seen: {endpoint}"
+                    f"serving={serving} within {timeout}s; last seen: {endpoint}"
                 )
             await anyio.sleep(0.02)
 

@@ -372,7 +372,14 @@ async def test_a_watch_survives_an_api_server_restart(
         assert seen == {a.key, b.key}
     assert watcher.stale_since is None
     assert not host.done, "the worker kept running through the restart"
-    print(f"api server restarted in {restarted_in:.1f}s")
+    # The controller-manager comes back too, on client-go's backoff (up to 30 s): wait for it, so that the
+    # tests after this one find it at work.
+    started = time.monotonic()
+    await cluster.create_pod(namespace, "after-restart", node=await cluster.node())
+    await cluster.set_pod_status(namespace, "after-restart", ready=True)
+    await cluster.wait_listed(namespace, "after-restart", timeout=90)
+    back = time.monotonic() - started
+    print(f"api server restarted in {restarted_in:.1f}s; controllers back {back:.1f}s later")
 
 
 async def test_list_and_watch_are_namespace_local(workers: Workers, cluster: Cluster, namespace: str) -> None:

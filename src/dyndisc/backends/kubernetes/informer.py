@@ -16,6 +16,7 @@ last one leaves, the watch is closed and the state dropped (the next subscriber 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -131,7 +132,7 @@ class SharedReflector(Generic[T]):
                     await self._ensure_listed()
                 except (DyndiscError, OSError) as exc:
                     if self.reflector.stale_since is None:
-                        self.reflector.stale_since = anyio.current_time()
+                        self.reflector.stale_since = time.monotonic()  # the reflector's clock
                     delay = backoff.next_delay()
                     log.warning("listing %s failed (%s); retrying in %.2fs", self.reflector.what, exc, delay)
                     await anyio.sleep(delay)

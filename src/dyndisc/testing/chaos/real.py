@@ -38,6 +38,8 @@ class _Agent:
         self.log = log
         self.workers: list[str] = []
         self.alive = True
+        #: Set when the agent reads commands (its imports done).
+        self.ready = anyio.Event()
 
 
 class RealRun:
@@ -91,7 +93,9 @@ class RealRun:
     def report(self, agent: _Agent, said: dict[str, Any]) -> None:
         at = round(said["t"] - self.t0, 4)
         kind = said["type"]
-        if kind == "op_start":
+        if kind == "ready":
+            agent.ready.set()
+        elif kind == "op_start":
             op = self.history.operation(said["actor"], said["action"], said["args"], at)
             self.ops[(agent.name, said["op"])] = self.history.operations.index(op)
         elif kind == "op_end":
@@ -151,15 +155,32 @@ class RealRun:
         else:
             await self.send(agent, cmd=step.action, name=name, args=step.args)
 
+    def _group(self, worker: str) -> str:
+        return f"p{int(worker[1:]) // self.target.per_process}"
+
     async def start_worker(self, tg: TaskGroup, name: str) -> None:
-        group = f"p{int(name[1:]) // self.target.per_process}"
+        group = self._group(name)
         agent = self.agents.get(group)
         if agent is None or not agent.alive:
             argv = [sys.executable, "-m", "dyndisc.testing.chaos.agent", self.target.backend]
             agent = await self.spawn(tg, group, argv, self.read_agent)
+        env = await self.target.worker_env(group, self.namespace)
         agent.workers.append(name)
         self.worker_agent[name] = agent
-        await self.send(agent, cmd="start", name=name, ttl=self.plan.ttl, namespace=self.namespace)
+        await self.send(agent, cmd="start", name=name, ttl=self.plan.ttl, namespace=self.namespace, env=env)
+
+    async def prewarm(self, tg: TaskGroup) -> None:
+        """Start every worker's agent process ahead (each waits for its worker to start): on a backend with
+        a process per worker, starting one per worker as the plan goes would cost seconds of imports on
+        the plan's clock, on a machine shared with the servers."""
+        argv = [sys.executable, "-m", "dyndisc.testing.chaos.agent", self.target.backend]
+        agents = [
+            await self.spawn(tg, g, argv, self.read_agent)
+            for g in sorted(set(map(self._group, self.plan.workers)))
+        ]
+        with anyio.fail_after(120):
+            for agent in agents:
+                await agent.ready.wait()
 
     def _signal(self, agent: _Agent, *, pause: bool) -> None:
         count = self.paused.get(agent.name, 0) + (1 if pause else -1)
@@ -208,6 +229,7 @@ class RealRun:
     async def nemesis(self, step: Step) -> None:
         kind, heal, now = step.args["kind"], step.action == "heal", self.now()
         target = step.args.get("target", "server")
+        detail: dict[str, Any] = {}
         if kind == "pause_watcher":
             agent = self.agents.get(target)
             if agent is not None:
@@ -233,6 +255,7 @@ class RealRun:
         for fault in reversed(self.history.faults):
             if fault.kind == kind and fault.target == target and fault.end is None:
                 fault.end = self.now()
+                fault.detail.update(detail)  # what healing it took (Kubernetes: the controllers' return)
                 break
 
     async def as_another_client(self, kind: str, args: dict[str, Any], now: float) -> None:
@@ -281,6 +304,9 @@ class RealRun:
         try:
             async with anyio.create_task_group() as tg:
                 self.tg = tg
+                if self.target.prewarm:
+                    await self.prewarm(tg)
+                    self.t0 = time.monotonic()
                 for step in self.plan.steps:
                     await anyio.sleep(max(self.t0 + step.at - time.monotonic(), 0.0))
                     await self.execute(tg, step)

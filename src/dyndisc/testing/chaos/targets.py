@@ -60,6 +60,8 @@ class Target:
     #: Whether an agent's start waits for the server (a pod to create first): it then runs in the
     #: background, so that a start during an outage holds up no other step (the heal among them).
     start_in_background = False
+    #: Whether every worker's agent process is started before the plan's clock (see ``RealRun.prewarm``).
+    prewarm = False
 
     def __init__(self) -> None:
         self.proxies: dict[str, TcpProxy] = {}
@@ -105,6 +107,10 @@ class Target:
     async def environment(self, agent: str, namespace: str) -> dict[str, str]:
         """The environment of a new agent process (Kubernetes: its pod is made first)."""
         return agent_env(self, agent)
+
+    async def worker_env(self, agent: str, namespace: str) -> dict[str, str]:
+        """Variables a worker of ``agent`` needs set before it starts (Kubernetes: its pod's identity)."""
+        return {}
 
     async def lease_held(self, agent: str, namespace: str) -> None:
         """A runtime of ``agent`` reports its lease held."""
@@ -316,6 +322,7 @@ class KubernetesTarget(Target):
     # One worker per pod: an agent's identity is its pod's.
     per_process = 1
     start_in_background = True
+    prewarm = True
     #: Seconds from a SIGSTOP to the pod marked not ready (kubelet's failing readiness probe).
     probe_failure = 1.0
 
@@ -370,20 +377,57 @@ class KubernetesTarget(Target):
                     await backoff.sleep()
 
     async def prepare(self, namespace: str) -> None:
-        await self._kubelet("creating the namespace", self.kubelet.create_namespace, namespace)
+        kubelet = self.kubelet
+        await self._kubelet("creating the namespace", kubelet.create_namespace, namespace)
+        await self._kubelet("creating the Service", kubelet.create_service, namespace, "workers", "worker")
+        # A pod with no worker (no metadata, so never an instance) whose readiness the nemesis flips to see
+        # the controllers at work again after the API server came back.
+        self.namespace = namespace
+        self._canary = True
         await self._kubelet(
-            "creating the Service", self.kubelet.create_service, namespace, "workers", "worker"
+            "creating the canary", lambda: kubelet.create_pod(namespace, "canary", app="worker")
         )
+        await self._kubelet("readying the canary", kubelet.set_ready, namespace, "canary", True)
+        await self._controllers_caught_up()
 
-    async def environment(self, agent: str, namespace: str) -> dict[str, str]:
-        # Workers' pods are selected by the discovery Service; watchers' are not (they only watch).
-        app = "worker" if agent.startswith("p") else "watcher"
+    async def _controllers_caught_up(self) -> None:
+        """Wait until the EndpointSlice controller lists the canary as it is now.
+
+        After an API server restart the controller-manager's watches come back on client-go's backoff (up to
+        30 s): until then pods change readiness and slices do not follow. The heal of an outage ends when
+        they follow again, so the run's quiet point (and so every bound) starts after it.
+        """
+        path = f"/apis/discovery.k8s.io/v1/namespaces/{self.namespace}/endpointslices"
+
+        def listed() -> bool | None:
+            status, found = self.server.request("GET", path)
+            for item in (found or {}).get("items") or () if status == 200 else ():
+                for endpoint in item.get("endpoints") or ():
+                    if (endpoint.get("targetRef") or {}).get("name") == "canary":
+                        return bool((endpoint.get("conditions") or {}).get("ready"))
+            return None
+
+        with anyio.fail_after(120):
+            # A condition on the server, not in this process: it is polled.
+            while await self._kubelet("reading the slices", listed) is not self._canary:  # noqa: ASYNC110
+                await anyio.sleep(0.1)
+
+    async def _run_pod(self, agent: str, namespace: str, app: str) -> dict[str, str]:
         uid = await self._kubelet(
             f"creating pod {agent}", lambda: self.kubelet.create_pod(namespace, agent, app=app)
         )
         self._pods[agent] = _Pod(namespace)
+        return {"POD_NAME": agent, "POD_NAMESPACE": namespace, "POD_UID": uid}
+
+    async def environment(self, agent: str, namespace: str) -> dict[str, str]:
         env = await super().environment(agent, namespace)
-        return {**env, "POD_NAME": agent, "POD_NAMESPACE": namespace, "POD_UID": uid}
+        if agent.startswith("v"):  # a watcher's pod: not selected by the discovery Service
+            env.update(await self._run_pod(agent, namespace, "watcher"))
+        return env
+
+    async def worker_env(self, agent: str, namespace: str) -> dict[str, str]:
+        # A worker's pod is made when it starts (its agent may be waiting already).
+        return await self._run_pod(agent, namespace, "worker")
 
     async def _sync(self, agent: str) -> None:
         """Bring the pod's status in line with what kubelet would report now (one write at a time per pod)."""
@@ -393,7 +437,7 @@ class KubernetesTarget(Target):
         async with pod.lock:
             if pod.deleted:
                 return
-            ready = pod.held and not pod.killed and not pod.probe_failing()
+            ready = pod.held and not pod.killed and not pod.probe_failed
             if ready != pod.ready:
                 await self._kubelet(
                     f"reporting pod {agent} ready={ready}",
@@ -423,16 +467,30 @@ class KubernetesTarget(Target):
         pod = self._pods.get(agent)
         if pod is None:
             return
-        pod.paused_at = anyio.current_time() if paused else None
+        pod.pauses += 1
+        pause = pod.pauses
+        pod.probe_failed = False
         if paused:
             await anyio.sleep(self.probe_failure)  # the readiness probe fails only after its period
+            if pod.pauses != pause:
+                return  # resumed meanwhile
+            pod.probe_failed = True
         await self._sync(agent)
 
     async def fault(self, kind: str, args: dict[str, Any], heal: bool) -> dict[str, Any]:
         if kind == "server_kill":
             # The API server alone: etcd keeps the data, the controller-manager waits for it to come back.
             await anyio.to_thread.run_sync(self.server.start if heal else self.server.kill)
-            return {}
+            if not heal:
+                return {}
+            started = anyio.current_time()
+            self._canary = not self._canary
+            ready = self._canary
+            await self._kubelet(
+                "flipping the canary", self.kubelet.set_ready, self.namespace, "canary", ready
+            )
+            await self._controllers_caught_up()
+            return {"controllers_back_after_s": round(anyio.current_time() - started, 3)}
         return await super().fault(kind, args, heal)
 
     async def revoke(self, namespace: str, lease: int) -> None:
@@ -442,9 +500,11 @@ class KubernetesTarget(Target):
     async def foreign_write(
         self, namespace: str, write: str, endpoint: str, rng: random.Random
     ) -> tuple[str, str | None]:
-        """Malformed custom resources: ``garbage`` (spec.data not an object), ``shape`` (endpoints not
-        records), ``noncanonical`` (a well-formed record in the resource of a pod that does not run: no
-        watcher may show it), ``overwrite`` (garbage over a live worker's endpoints, which it repairs)."""
+        """Malformed custom resources (``spec.data`` must be an object, or the API server refuses them):
+        ``garbage`` (endpoints not an object), ``shape`` (entries that are not records), ``noncanonical`` (a
+        well-formed record in the resource of a pod that does not run: no watcher may show it),
+        ``overwrite`` (a live worker's endpoints replaced by garbage: it drops out until its worker, which
+        follows its resource, repairs it)."""
         from dyndisc._models import Instance
         from dyndisc.backends.kubernetes.join import endpoint_key
         from dyndisc.backends.kubernetes.siphash import instance_id_for
@@ -453,20 +513,19 @@ class KubernetesTarget(Target):
 
         path = resources_path(namespace)
         name = f"foreign-{rng.getrandbits(32):x}"
-        data: Any = "garbage"
+        data: Any = {"endpoints": "garbage"}
         if write == "shape":
             data = {"endpoints": {"x": [1, 2, 3]}, "model_cards": "?"}
         elif write == "noncanonical":
-            ns, comp, ep = namespace, *endpoint.split(".")
-            iid = instance_id_for(name)
+            component, ep = endpoint.split(".")
             record = {
                 "type": "Endpoint",
-                "namespace": ns,
-                "component": comp,
+                "namespace": namespace,
+                "component": component,
                 "endpoint": ep,
-                "instance_id": iid,
+                "instance_id": instance_id_for(name),
+                "transport": {"tcp": "10.9.9.9:9"},
             }
-            record["transport"] = {"tcp": "10.9.9.9:9"}
             data = {"endpoints": {endpoint_key(Instance.from_dict(record)): record}}
         elif write == "overwrite":
             listed = await self._kubelet("listing resources", self.server.request, "GET", path)
@@ -477,7 +536,7 @@ class KubernetesTarget(Target):
             )
             if live:
                 name = rng.choice(live)
-                patch = {"spec": {"data": {"endpoints": {"garbage": "x"}}}}
+                patch = {"spec": {"data": {"endpoints": "garbage"}}}
                 status, answer = await self._kubelet(
                     f"overwriting {name}",
                     lambda: self.server.request(
@@ -511,12 +570,9 @@ class _Pod:
         self.killed = False
         self.deleted = False
         self.ready = False
-        self.paused_at: float | None = None
-
-    def probe_failing(self) -> bool:
-        return self.paused_at is not None and anyio.current_time() - self.paused_at >= 0.99 * (
-            KubernetesTarget.probe_failure
-        )
+        #: Whether its readiness probe fails (a second into a SIGSTOP); pauses and resumes so far.
+        self.probe_failed = False
+        self.pauses = 0
 
 
 def _json(body: Any) -> bytes:
