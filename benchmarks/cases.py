@@ -356,8 +356,7 @@ class _Watcher:
     async def follow(self, source: Any) -> None:
         sub = source.subscribe()
         try:
-            while True:
-                event = await sub.next()
+            async for event in sub:  # ends when the runtime leaves
                 now = time.perf_counter()
                 if isinstance(event, Resync):
                     ids = {i.instance_id for i in event.instances}

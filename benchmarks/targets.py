@@ -163,6 +163,10 @@ class _KubeWorkers:
         self.count += 1
         return f"worker-{self.count}-{uuid.uuid4().hex[:6]}"
 
+    async def start_pod(self) -> Any:
+        """A pod listed ready in an EndpointSlice written here (this API server runs no controllers)."""
+        return await self.cluster.ready_pod(self.namespace, self.next_pod())
+
 
 @asynccontextmanager
 async def kubernetes_target() -> AsyncIterator[Target]:

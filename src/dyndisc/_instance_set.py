@@ -37,6 +37,7 @@ class Subscription:
         self._stamps: deque[float] | None = deque([time.monotonic()]) if source.metrics.enabled else None
         self._wake = anyio.Event()
         self._closed: Exception | None = None
+        self._clean = False
 
     def _push(self, event: DiscoveryEvent) -> None:
         if len(self._pending) >= MAX_SUBSCRIBER_BACKLOG or isinstance(event, Resync):
@@ -49,15 +50,21 @@ class Subscription:
             self._stamps.append(time.monotonic())
         self._wake.set()
 
-    def _close(self, why: Exception) -> None:
-        self._closed = why
+    def _close(self, why: Exception, clean: bool) -> None:
+        self._closed, self._clean = why, clean
         self._wake.set()
 
     async def next(self) -> DiscoveryEvent:
         """Wait for the next event; raise why the watch ended once its runtime stopped (what was
-        delivered before that is delivered first)."""
+        delivered before that is delivered first). Iterating ends quietly instead when the runtime left
+        cleanly."""
+        return await self._next(iterating=False)
+
+    async def _next(self, *, iterating: bool) -> DiscoveryEvent:
         while not self._pending:
             if self._closed is not None:
+                if iterating and self._clean:
+                    raise StopAsyncIteration
                 raise self._closed
             await self._wake.wait()
             self._wake = anyio.Event()
@@ -70,7 +77,7 @@ class Subscription:
         return self
 
     async def __anext__(self) -> DiscoveryEvent:
-        return await self.next()
+        return await self._next(iterating=True)
 
 
 class InstanceSet:
@@ -150,14 +157,15 @@ class InstanceSet:
         if self._closed is not None:
             raise self._closed
 
-    def close(self, why: Exception) -> None:
+    def close(self, why: Exception, *, clean: bool = False) -> None:
         """The runtime feeding this set stopped: readers keep the last view (stale from now), and waiters
-        and subscribers get ``why`` instead of waiting for ever."""
+        get ``why`` instead of waiting for ever; subscribers too, or the end of their iteration when the
+        runtime left ``clean``-ly."""
         self._closed = why
         if self._stale_since is None:
             self._stale_since = time.monotonic()
         for sub in self._subscribers:
-            sub._close(why)
+            sub._close(why, clean)
         self._changed.set()
 
     def subscribe(self) -> Subscription:

@@ -209,7 +209,7 @@ class DistributedRuntime:
             )
             for found in self._sets.values():
                 found.detach()
-                found.close(why)
+                found.close(why, clean=failure is None)
             self._sets.clear()
 
     async def _release_lease(self) -> None:
@@ -227,18 +227,20 @@ class DistributedRuntime:
         """The keep-alive task: renew; replace the lease when the server says it is gone (or shut down)."""
         assert self._backend is not None
         try:
-            while True:
-                lease = self.lease
-                try:
-                    await keep_lease_alive(self._backend, lease, self._health, self._renew_now)
-                except LeaseLost as exc:
-                    log.error("lost lease %x: %s", lease.id, exc)
-                    self._metrics.lease_lost(self._backend.name)
-                    if self.lease_loss_policy is LeaseLossPolicy.SHUTDOWN:
-                        raise LeaseLostError(
-                            f"runtime shut down: {exc} (lease_loss_policy=shutdown)"
-                        ) from exc
-                    await self._replace_lease(lease, str(exc))
+            # A backend that watches its leases wakes the loop itself when one changes (Kubernetes).
+            async with self._backend.follow_leases(self._renew_now.set):
+                while True:
+                    lease = self.lease
+                    try:
+                        await keep_lease_alive(self._backend, lease, self._health, self._renew_now)
+                    except LeaseLost as exc:
+                        log.error("lost lease %x: %s", lease.id, exc)
+                        self._metrics.lease_lost(self._backend.name)
+                        if self.lease_loss_policy is LeaseLossPolicy.SHUTDOWN:
+                            raise LeaseLostError(
+                                f"runtime shut down: {exc} (lease_loss_policy=shutdown)"
+                            ) from exc
+                        await self._replace_lease(lease, str(exc))
         except Exception as exc:
             # A permanent error, or a lost lease under the shutdown policy: stop, and tell everyone waiting.
             self._fail(exc)

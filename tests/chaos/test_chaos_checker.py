@@ -105,6 +105,49 @@ def test_an_instance_held_past_its_lease_is_a_phantom() -> None:
     assert {"no phantom", "convergence"} <= _invariants(history)
 
 
+def test_an_id_held_again_is_gone_only_until_then() -> None:
+    # On Kubernetes a replaced lease keeps its id (the hash of the pod's name): held again, it is no phantom.
+    seen = [Seen("v0", 0.0, "resync", []), Seen("v0", 1.1, "added", [(KEY, RECORD)])]
+    replaced = [
+        LeaseReport("w0", 0.5, 1, "held"),
+        LeaseReport("w0", 2.0, 1, "replaced"),
+        LeaseReport("w0", 2.3, 1, "held"),
+    ]
+    kept = _history(
+        operations=[*_register(1.0), *_register(2.2)],
+        seen=[*seen, Seen("v0", 2.1, "removed", [(KEY, "")]), Seen("v0", 2.4, "added", [(KEY, RECORD)])],
+        leases=replaced,
+        truth=[(KEY, RECORD)],
+        late_watch=[(KEY, RECORD)],
+    )
+    assert _invariants(kept) == set()
+    # Held through the gap within the bound: still fine (the watcher may never have seen it leave).
+    assert _invariants(_history(**{**_fields(kept), "seen": seen})) == set()
+    # Gone again for good after that: a watcher holding it past the bound is a phantom, as anywhere.
+    gone_again = _history(
+        **{**_fields(kept), "leases": [*replaced, LeaseReport("w0", 4.0, 1, "revoked")], "truth": []}
+    )
+    assert "no phantom" in _invariants(gone_again)
+    # And a watcher still holding it in a gap longer than the bound is one too.
+    slow = [
+        LeaseReport("w0", 0.5, 1, "held"),
+        LeaseReport("w0", 2.0, 1, "replaced"),
+        LeaseReport("w0", 5.0, 1, "held"),
+    ]
+    in_the_gap = [*seen, Seen("v0", 4.0, "resync", [(KEY, RECORD)])]
+    assert "no phantom" in _invariants(_history(**{**_fields(kept), "seen": in_the_gap, "leases": slow}))
+
+
+def _fields(history: History) -> dict[str, Any]:
+    return {
+        "operations": history.operations,
+        "seen": history.seen,
+        "leases": history.leases,
+        "truth": history.truth,
+        "late_watch": history.late_watch,
+    }
+
+
 def test_a_live_registration_missing_from_the_truth_is_a_loss() -> None:
     history = _history(
         operations=_register(1.0),

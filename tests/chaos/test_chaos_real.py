@@ -19,6 +19,7 @@ SEEDS = {
     "etcd-cluster": (3, 4),
     "nats": (3, 4),
     "file": (0, 2),
+    "kubernetes": (11, 138),
 }
 DURATION = 15.0
 

@@ -144,9 +144,9 @@ async def test_kube_apiserver_restart_and_410_gone_during_a_watch(
             async with watching(watcher_backends, query) as watchers:
                 await assert_converged(watchers, fresh, query, bound=PROMPT, expected=live)
                 # A forced 410 Gone: every watcher's next resume asks for history the server has dropped.
-                relists = [sum(r.relists for r in b._reflectors) for b in watcher_backends]
+                relists = [sum(r.relists for r in b.reflectors) for b in watcher_backends]
                 for watcher_backend in watcher_backends:
-                    for reflector in watcher_backend._reflectors:
+                    for reflector in watcher_backend.reflectors:
                         reflector.resource_version = "1"
                 proxy.cut()
                 await hosts[0].runtime.endpoint("dyn.w0.a").unregister()
@@ -156,7 +156,7 @@ async def test_kube_apiserver_restart_and_410_gone_during_a_watch(
                 await assert_converged(watchers, fresh, query, bound=PROMPT * 2, expected=live)
                 after_410 = time.monotonic() - gone_at
                 for before, watcher_backend in zip(relists, watcher_backends, strict=True):
-                    assert sum(r.relists for r in watcher_backend._reflectors) > before, "410 Gone: a relist"
+                    assert sum(r.relists for r in watcher_backend.reflectors) > before, "410 Gone: a relist"
 
                 uids = {
                     n: (await cluster.call("GET", f"{cluster.crs_path(namespace)}/worker-{n}"))["metadata"][

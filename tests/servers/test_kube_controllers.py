@@ -322,3 +322,35 @@ async def test_pod_on_a_missing_node_is_left_out_until_the_node_exists(
         listed_as(ready=True, serving=True, terminating=False),
         "the pod listed once its Node exists",
     )
+
+
+async def test_the_kubelet_stand_in_drives_the_controllers(
+    kube_cluster: KubeCluster, cluster: Cluster
+) -> None:
+    # dyndisc.testing.kubelet.Kubelet (what the chaos runs use) does from a thread what the tests above do.
+    from dyndisc.testing.kubelet import Kubelet
+
+    kubelet = Kubelet(kube_cluster.apiserver)
+    namespace = f"kubelet-{uuid.uuid4().hex[:8]}"
+    await anyio.to_thread.run_sync(kubelet.create_namespace, namespace)
+    await anyio.to_thread.run_sync(kubelet.create_service, namespace, "workers", "worker")
+    uid = await anyio.to_thread.run_sync(lambda: kubelet.create_pod(namespace, "w0", app="worker"))
+    assert await anyio.to_thread.run_sync(kubelet.set_ready, namespace, "w0", True)
+    endpoint, _ = await wait_for(
+        lambda: endpoint_of(cluster, namespace, "workers", "w0"),
+        listed_as(ready=True, serving=True, terminating=False),
+        "the pod listed as ready",
+    )
+    assert endpoint is not None
+    assert endpoint["targetRef"]["uid"] == uid
+    await anyio.to_thread.run_sync(kubelet.set_ready, namespace, "w0", False)
+    await wait_for(
+        lambda: endpoint_of(cluster, namespace, "workers", "w0"),
+        listed_as(ready=False, serving=False, terminating=False),
+        "the pod listed as not ready",
+    )
+    await anyio.to_thread.run_sync(kubelet.delete_pod, namespace, "w0", 0)
+    await wait_for(
+        lambda: endpoint_of(cluster, namespace, "workers", "w0"), lambda found: found is None, "the pod gone"
+    )
+    assert not await anyio.to_thread.run_sync(kubelet.set_ready, namespace, "w0", True), "a gone pod says so"

@@ -69,3 +69,25 @@ def test_quick_benchmarks_produce_every_figure(tmp_path: Path) -> None:
     assert plotted.returncode == 0, plotted.stderr[-4000:]
     for name in ("propagation.png", "scale.png"):
         assert (tmp_path / "img" / name).stat().st_size > 10_000, name
+
+
+@pytest.mark.slow
+def test_quick_kube_fleet_produces_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "fleet.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.kube_fleet", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads(out.read_text())
+    clients = results["clients"]
+    for figure in ("snapshot_ms", "raw_snapshot_ms", "bytes_per_instance", "ratio_snapshot", "ratio_bytes"):
+        assert clients[figure] > 0, (figure, clients)
+    # One watch per kind (and the routers' own resource), however many clients.
+    assert clients["watches_open"] == 3, clients
+    for ttl in ("ttl2", "ttl10"):
+        assert results["workers"][ttl]["requests_per_s"] >= 0, results["workers"]

@@ -359,3 +359,23 @@ async def test_a_client_of_a_runtime_that_left_cleanly_says_so(dyndisc_store: Fa
     await host.stop()
     with anyio.fail_after(5), pytest.raises(RuntimeNotStartedError, match="left its 'async with'"):
         await client.wait_for_instances()
+
+
+async def test_a_subscriber_in_another_task_stops_iterating_when_its_runtime_leaves_cleanly(
+    dyndisc_store: FaultyStore,
+) -> None:
+    runtime = DistributedRuntime(dyndisc_store)
+    host = await RuntimeHost.start(runtime)
+    seen: list[object] = []
+    async with runtime.watch() as events, anyio.create_task_group() as tg:
+
+        async def follow() -> None:
+            async for event in events:
+                seen.append(event)
+            seen.append("ended")
+
+        tg.start_soon(follow)
+        await anyio.wait_all_tasks_blocked()
+        await host.stop()
+    assert isinstance(seen[0], Resync)
+    assert seen[-1] == "ended"

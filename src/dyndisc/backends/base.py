@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import abc
 import builtins
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass, field
 
 from dyndisc._diagnosis import BackendDoctor
 from dyndisc._entries import EntryEvent, MetadataEntry
@@ -22,11 +22,14 @@ from dyndisc._models import DiscoveryEvent, Instance, InstanceQuery
 class Lease:
     """A lease granted by the backend: every registration of a process hangs off it.
 
-    ``id`` is also the process's instance id. ``ttl`` is the granted time-to-live in seconds.
+    ``id`` is also the process's instance id. ``ttl`` is the granted time-to-live in seconds. ``holder``
+    tells apart grants a backend cannot tell apart by id (on Kubernetes every lease of a pod has the pod's
+    id, and several runtimes may share its resource); it takes no part in equality.
     """
 
     id: int
     ttl: float
+    holder: int = field(default=0, compare=False)
 
 
 class Connected:
@@ -141,6 +144,16 @@ class DiscoveryBackend(Connected, abc.ABC):
         """Watch the entries of ``bucket`` whose key starts with ``prefix``: an ``EntryResync`` first, then
         ``EntryAdded`` / ``EntryRemoved``, with the guarantees of :meth:`watch`."""
         raise NotImplementedError(f"the {self.name} backend does not store metadata entries")
+
+    def follow_leases(self, renew_now: Callable[[], None]) -> AbstractAsyncContextManager[object]:
+        """Held by a runtime for as long as it holds leases of this backend (around its keep-alive loop).
+
+        A backend that hears about its leases through a watch (Kubernetes follows its worker's resource
+        through its shared informer) keeps that watch here and calls ``renew_now()`` when a lease may have
+        changed, so the keep-alive loop asks at once instead of at its next period. The default holds
+        nothing.
+        """
+        return nullcontext()
 
     async def __aenter__(self) -> DiscoveryBackend:
         return self

@@ -16,7 +16,7 @@ from __future__ import annotations
 import builtins
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
@@ -297,3 +297,6 @@ class CrashableBackend(_Forwarding, DiscoveryBackend):
         self, bucket: str, prefix: str = ""
     ) -> AbstractAsyncContextManager[AsyncIterator[EntryEvent]]:
         return self.inner.watch_entries(bucket, prefix)
+
+    def follow_leases(self, renew_now: Callable[[], None]) -> AbstractAsyncContextManager[object]:
+        return self.inner.follow_leases(renew_now)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from importlib import resources
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import pytest
@@ -164,8 +163,9 @@ def kube_apiserver() -> Iterator[KubeApiServer]:
 def _start_cluster() -> KubeCluster:
     # dyndisc's CRD exists before the controllers start, so the garbage collector watches
     # DynamoWorkerMetadata from the first moment (it discovers new resource types only every 30 s).
-    crd = resources.files("dyndisc.backends").joinpath("manifests", "crd.yaml").read_text()
-    cluster = KubeCluster(crds=[crd])
+    from dyndisc.backends.kubernetes.manifests import manifest  # no Kubernetes client needed
+
+    cluster = KubeCluster(crds=[manifest("crd.yaml")])
     _STARTED["kube-cluster apiserver"] = cluster.apiserver
     _STARTED["kube-cluster etcd"] = cluster.apiserver.etcd
     _STARTED["kube-controller-manager"] = cluster.controller_manager

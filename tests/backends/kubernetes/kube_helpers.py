@@ -1,4 +1,5 @@
-"""Helpers for the Kubernetes backend tests: workers on pods the test makes ready, and watchers."""
+"""Helpers for the Kubernetes backend tests: workers on pods the test runs (as kubelet would; the real
+EndpointSlice controller lists them), and watchers."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Any
 
 import anyio
 
-from dyndisc import DiscoveryEvent, DistributedRuntime, InstanceQuery, Resync
+from dyndisc import Added, DiscoveryEvent, DistributedRuntime, Instance, InstanceQuery, Removed, Resync
 from dyndisc.backends.kubernetes import KubernetesDiscovery, PodIdentity
+from dyndisc.backends.kubernetes.worker import WorkerResource
 from dyndisc.testing import CrashableBackend, RuntimeHost
 from harnesses.kubernetes import Cluster, kubeconfig
 
@@ -32,19 +34,27 @@ class Workers:
         self.backends.append(backend)
         return backend
 
-    async def pod(self, name: str, *, ready: bool = True) -> PodIdentity:
-        if ready:
-            return await self.cluster.ready_pod(self.namespace, name)
-        uid = await self.cluster.create_pod(self.namespace, name)
-        return PodIdentity(name=name, namespace=self.namespace, uid=uid)
+    async def pod(self, name: str, *, ready: bool = True, app: str = "worker") -> PodIdentity:
+        """A running pod; one of the namespace's Service (``app=worker``) is listed by the EndpointSlice
+        controller as ready (or not) when this returns."""
+        return await self.cluster.run_pod(self.namespace, name, ready=ready, app=app, wait=app == "worker")
 
     async def start(self, pod: PodIdentity, **kwargs: Any) -> RuntimeHost:
-        backend_kwargs = {k: kwargs.pop(k) for k in ("kubeconfig", "debounce") if k in kwargs}
+        backend_kwargs = {k: kwargs.pop(k) for k in ("kubeconfig", "debounce", "mode") if k in kwargs}
         kwargs.setdefault("lease_ttl", 2.0)
         backend = CrashableBackend(self.backend(pod, **backend_kwargs))
         host = await RuntimeHost.start(DistributedRuntime(backend, **kwargs))
         self.hosts.append(host)
         return host
+
+    @staticmethod
+    def resource(host: RuntimeHost) -> WorkerResource:
+        """The worker resource of a runtime :meth:`start` made."""
+        backend = host.runtime.backend
+        assert isinstance(backend, CrashableBackend)
+        assert isinstance(backend.inner, KubernetesDiscovery)
+        assert backend.inner._resource is not None
+        return backend.inner._resource
 
     async def close(self) -> None:
         for host in reversed(self.hosts):
@@ -66,6 +76,29 @@ async def next_resync(events: AsyncIterator[DiscoveryEvent], timeout: float = PR
             event = await anext(events)
             if isinstance(event, Resync):
                 return event
+
+
+async def settle(
+    events: AsyncIterator[DiscoveryEvent],
+    state: set[Instance],
+    *,
+    quiet: float = 0.5,
+    timeout: float = PROMPT,
+) -> set[Instance]:
+    """Apply events to ``state`` until none comes for ``quiet`` seconds; return the state then."""
+    state = set(state)
+    with anyio.fail_after(timeout):
+        while True:
+            with anyio.move_on_after(quiet):
+                event = await anext(events)
+                if isinstance(event, Resync):
+                    state = set(event.instances)
+                elif isinstance(event, Added):
+                    state = {i for i in state if i.key != event.instance.key} | {event.instance}
+                elif isinstance(event, Removed):
+                    state = {i for i in state if i.key != event.key}
+                continue
+            return state
 
 
 def everything() -> InstanceQuery:

@@ -1,4 +1,8 @@
-"""The pure join of EndpointSlices and DynamoWorkerMetadata objects (no server needed)."""
+"""The pure join of EndpointSlices (or Pods) and DynamoWorkerMetadata objects (no server needed).
+
+Input the EndpointSlice controller cannot produce (endpoints without a uid or a ready condition, garbage) is
+tested here; what it does produce is tested against the real controller in test_kube_controllers.py.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +16,25 @@ from dyndisc.backends.kubernetes.entries import UNBOUND_RESOURCE, join_entries
 from dyndisc.backends.kubernetes.join import (
     OTHER_ENTRIES,
     SIDE_ENDPOINTS,
+    WRITER_ANNOTATION,
+    by_endpoint,
     endpoint_key,
     join,
     parse_worker,
+    pod_containers,
     pod_states,
+    select,
     slice_pods,
     worker_data,
 )
 from dyndisc.backends.kubernetes.siphash import instance_id_for
 
 
-def endpoint(pod: str, uid: str | None = None, **conditions: bool) -> dict[str, Any]:
+def endpoint(pod: str, uid: str | None = "pod-uid", **conditions: bool) -> dict[str, Any]:
     ref: dict[str, Any] = {"kind": "Pod", "name": pod}
     if uid:
         ref["uid"] = uid
+    conditions.setdefault("ready", True)
     return {"addresses": ["10.0.0.1"], "conditions": conditions, "targetRef": ref}
 
 
@@ -44,11 +53,14 @@ def cr(pod: str, *instances: Instance, uid: str = "cr-uid", owner: str | None = 
     return {"metadata": meta, "spec": {"data": worker_data(instances)}}
 
 
-def test_conditions_map_to_readiness() -> None:
+def test_conditions_map_to_readiness(caplog: pytest.LogCaptureFixture) -> None:
+    unset = endpoint("unset")
+    del unset["conditions"]["ready"]
     pods = slice_pods(
         slice_of(
             endpoint("ready", ready=True),
-            endpoint("unset"),  # the API says a missing "ready" means ready
+            unset,  # read as the reference runtime reads it (ready.unwrap_or(false)): not ready
+            {**endpoint("noconditions"), "conditions": None},
             endpoint("draining", ready=False, serving=True, terminating=True),
             endpoint("gone", ready=False, serving=False, terminating=True),
             endpoint("notready", ready=False),
@@ -59,9 +71,20 @@ def test_conditions_map_to_readiness() -> None:
     )
     assert {p.name: p.readiness for p in pods} == {
         "ready": Readiness.READY,
-        "unset": Readiness.READY,
         "draining": Readiness.DRAINING,
     }
+    assert not caplog.text  # nothing there is worth a warning
+
+
+def test_endpoints_without_a_uid_are_skipped_and_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    # Joining by name alone could attach an earlier pod's metadata (a StatefulSet's) to its successor.
+    unnamed = slice_of(endpoint("a", uid=None), endpoint("b", uid=""), endpoint("c"))
+    with caplog.at_level(logging.WARNING, "dyndisc.kubernetes"):
+        for _ in range(3):
+            assert [p.name for p in slice_pods(unnamed)] == ["c"]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings  # once per pod, however often the slice is read
+    assert "skipping pod 'a' of EndpointSlice 's': its targetRef has no uid" in warnings[0]
 
 
 def test_a_pod_in_several_slices_is_counted_once_and_ready_wins() -> None:
@@ -93,11 +116,45 @@ def test_draining_pods_are_reported_draining() -> None:
     assert found.replace(readiness=Readiness.READY) == a
 
 
+def test_container_mode_reads_ready_containers_of_pods(caplog: pytest.LogCaptureFixture) -> None:
+    def pod(name: str, uid: str | None, *ready: tuple[str, bool], deleting: bool = False) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name}
+        if uid:
+            meta["uid"] = uid
+        if deleting:
+            meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        statuses = [{"name": c, "ready": r} for c, r in ready]
+        return {"metadata": meta, "status": {"containerStatuses": statuses}}
+
+    found = [
+        *pod_containers(pod("w0", "u0", ("main", True), ("engine-1", True), ("sidecar", False))),
+        *pod_containers(pod("w1", "u1", ("engine-0", True), deleting=True)),
+        *pod_containers(pod("w2", None, ("main", True))),  # no uid: never joined by name alone
+        *pod_containers({"metadata": {"name": "w3", "uid": "u3"}}),  # no status yet
+        *pod_containers("garbage"),
+    ]
+    assert [(p.name, p.uid, p.readiness) for p in found] == [
+        ("w0", "u0", Readiness.READY),  # "main" keeps the pod's name
+        ("w0-engine-1", "u0", Readiness.READY),
+        ("w1-engine-0", "u1", Readiness.DRAINING),  # ready, but its pod is being deleted
+    ]
+    assert "skipping pod 'w2': it has no metadata.uid" in caplog.text
+
+
 def test_metadata_of_an_earlier_pod_with_the_same_name_is_ignored() -> None:
     a = instance("a")
     workers = {"a": parse_worker(cr("a", a, owner="old-uid"))}
     assert join(pod_states([slice_of(endpoint("a", uid="new-uid"))]), workers, InstanceQuery()) == {}  # type: ignore[arg-type]
     assert len(join(pod_states([slice_of(endpoint("a", uid="old-uid"))]), workers, InstanceQuery())) == 1  # type: ignore[arg-type]
+
+
+def test_select_reads_one_endpoint_or_a_prefix() -> None:
+    insts = [instance("a", "x"), instance("b", "x"), instance("a", "y"), instance("a", "x", ns="other")]
+    grouped = by_endpoint(insts)
+    assert set(select(grouped, InstanceQuery("dyn", "backend", "x")).values()) == set(insts[:2])
+    assert set(select(grouped, InstanceQuery("dyn")).values()) == set(insts[:3])
+    assert set(select(grouped, InstanceQuery()).values()) == set(insts)
+    assert select(grouped, InstanceQuery("dyn", "backend", "none")) == {}
 
 
 def test_query_filters() -> None:
@@ -151,13 +208,24 @@ def test_reference_shaped_records_parse() -> None:
         ({"data": {"endpoints": [1, 2]}}, "spec.data.endpoints is not an object"),
     ],
 )
-def test_a_malformed_worker_is_skipped_with_a_warning(
+def test_a_malformed_worker_holds_nothing_and_is_said(
     spec: Any, message: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, "dyndisc.kubernetes"):
-        assert parse_worker({"metadata": {"name": "w"}, "spec": spec}) is None
+        record = parse_worker({"metadata": {"name": "w", "resourceVersion": "7"}, "spec": spec})
+    # Kept (its worker needs to know that it exists), with nothing a watcher could use.
+    assert record is not None
+    assert (record.readable, record.instances, record.resource_version) == (False, (), "7")
     assert message in caplog.text
     assert "'w'" in caplog.text
+
+
+def test_the_writer_and_version_are_read() -> None:
+    obj = cr("w", instance("w"))
+    obj["metadata"].update(resourceVersion="42", annotations={WRITER_ANNOTATION: "host/1/ab"})
+    record = parse_worker(obj)
+    assert record is not None
+    assert (record.writer, record.resource_version, record.readable) == ("host/1/ab", "42", True)
 
 
 def test_bad_entries_are_skipped_and_good_ones_kept(caplog: pytest.LogCaptureFixture) -> None:

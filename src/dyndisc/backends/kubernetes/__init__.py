@@ -1,13 +1,15 @@
 """The Kubernetes backend: a ``DynamoWorkerMetadata`` resource per worker, readiness from EndpointSlices.
 
-Settings: ``KUBECONFIG`` (or the in-cluster service account), ``POD_NAME`` / ``POD_NAMESPACE`` /
-``POD_UID`` (or ``/etc/podinfo``); see ``docs/backends/kubernetes.md``.
+Settings: ``KUBECONFIG`` (or the in-cluster service account), ``/etc/podinfo`` (or ``POD_NAME`` /
+``POD_NAMESPACE`` / ``POD_UID``), ``DYN_KUBE_DISCOVERY_MODE`` and ``CONTAINER_NAME``; see
+``docs/backends/kubernetes.md``.
 
 The room: ``api`` (a thin JSON client; the only module that imports the Kubernetes client, so importing
 this package needs no extra), ``errors``, ``identity`` (who this pod is), ``siphash`` (the reference's
 instance ids), ``join`` (slices x worker resources -> instances), ``reflector`` (list-then-watch),
-``worker`` (this pod's resource), ``discovery`` (the :class:`KubernetesDiscovery`), ``manifests`` (the CRD
-and RBAC) and ``doctor``.
+``informer`` (the reflectors of a namespace, shared by every watch and worker of a backend), ``worker``
+(this pod's resource), ``discovery`` (the :class:`KubernetesDiscovery`), ``manifests`` (the CRD and RBAC)
+and ``doctor``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,6 @@ __all__ = [
 
 def from_env(*, startup_timeout: float | None = None) -> KubernetesDiscovery:
     """The backend for ``DYN_DISCOVERY_BACKEND=kubernetes``: credentials from ``KUBECONFIG`` or in-cluster,
-    pod identity from ``POD_NAME`` / ``POD_NAMESPACE`` / ``POD_UID`` (or ``/etc/podinfo``).
+    pod identity from ``/etc/podinfo`` (or ``POD_NAME`` / ``POD_NAMESPACE`` / ``POD_UID``).
     ``startup_timeout`` is not used: the API server is asked when first needed."""
     return KubernetesDiscovery()

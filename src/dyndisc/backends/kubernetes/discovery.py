@@ -2,12 +2,15 @@
 
 Worker side: the worker's endpoints are written, by server-side apply, into ``spec.data`` of a
 ``DynamoWorkerMetadata`` named after its pod and owned by the pod (so it is garbage-collected with it).
-Watcher side: two watches in the namespace, discovery EndpointSlices and every DynamoWorkerMetadata, joined:
-an instance is live when its pod is ready in some slice and its metadata exists and parses.
+Watcher side: one shared informer per namespace (:mod:`~dyndisc.backends.kubernetes.informer`) lists and
+watches the discovery EndpointSlices (Pods, in container mode) and every DynamoWorkerMetadata once, however
+many watches the backend serves; each watch joins them for its query: an instance is live when its pod is
+ready and its metadata exists and parses.
 
 Leases: Kubernetes has no TTL; liveness is the pod's readiness. The lease id is the instance id (the
-reference runtime's 53-bit hash of the pod name, so it never changes for a pod); the lease is the worker's
-resource (:mod:`dyndisc.backends.kubernetes.worker`). See ``docs/backends/kubernetes.md``.
+reference runtime's 53-bit hash of the resource name, so it never changes for a pod); the lease is the
+worker's resource (:mod:`dyndisc.backends.kubernetes.worker`), followed through the informer. See
+``docs/backends/kubernetes.md``.
 """
 
 from __future__ import annotations
@@ -15,14 +18,14 @@ from __future__ import annotations
 import builtins
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from dyndisc._concurrency import Wake, background_tasks
+from dyndisc._concurrency import Wake
 from dyndisc._diagnosis import BackendDoctor
 from dyndisc._entries import (
     EntryAdded,
@@ -32,12 +35,13 @@ from dyndisc._entries import (
     MetadataEntry,
     validate_entry_key,
 )
-from dyndisc._errors import ConfigurationError, RegistrationConflictError
-from dyndisc._models import Added, DiscoveryEvent, EndpointId, Instance, InstanceQuery, Removed, Resync
+from dyndisc._errors import ConfigurationError, LeaseNotFoundError, RegistrationConflictError
+from dyndisc._models import Added, DiscoveryEvent, Instance, InstanceQuery, Removed, Resync
 from dyndisc.backends.base import DiscoveryBackend, Lease
 from dyndisc.backends.kubernetes.entries import UnboundEntries, join_entries
 from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError
-from dyndisc.backends.kubernetes.identity import PODINFO_DIR, PodIdentity, namespace_from_env
+from dyndisc.backends.kubernetes.identity import PODINFO_DIR, DiscoveryMode, PodIdentity, namespace_from_env
+from dyndisc.backends.kubernetes.informer import NamespaceInformer
 from dyndisc.backends.kubernetes.join import (
     KIND,
     LABEL_SELECTOR,
@@ -46,20 +50,18 @@ from dyndisc.backends.kubernetes.join import (
     join,
     merge_pods,
     parse_worker,
+    pod_containers,
     pod_states,
-    slice_pods,
 )
-from dyndisc.backends.kubernetes.reflector import Reflector
 from dyndisc.backends.kubernetes.siphash import instance_id_for
 from dyndisc.backends.kubernetes.worker import WorkerResource, delete_resource, resources_path
 
 if TYPE_CHECKING:
     from dyndisc.backends.kubernetes.api import KubeApi
+    from dyndisc.backends.kubernetes.reflector import Reflector
 
 log = logging.getLogger("dyndisc.kubernetes")
 
-#: What the EndpointSlice reflector keeps per slice: the pods it lists.
-_Pods = list[PodState]
 #: Seconds to wait after a change before recomputing the instance set, so a burst becomes one update.
 DEFAULT_DEBOUNCE = 0.2
 
@@ -68,10 +70,11 @@ class KubernetesDiscovery(DiscoveryBackend):
     """Discovery through the Kubernetes API (see the module docstring for the model).
 
     ``namespace`` is where workers and watches live (default: ``POD_NAMESPACE``, else the kubeconfig's
-    namespace, else ``default``). ``identity`` is this worker's pod (default: read from ``POD_NAME``,
-    ``POD_NAMESPACE``, ``POD_UID`` or ``/etc/podinfo/*`` when the runtime first grants a lease; a process
-    that only lists and watches needs none). ``kubeconfig`` is a path or a parsed kubeconfig (default:
-    ``$KUBECONFIG``, ``~/.kube/config``, or the in-cluster service account).
+    namespace, else ``default``). ``identity`` is this worker's pod (default: read from ``/etc/podinfo/*`` or
+    ``POD_NAME``, ``POD_NAMESPACE``, ``POD_UID`` when the runtime first grants a lease; a process that only
+    lists and watches needs none). ``kubeconfig`` is a path or a parsed kubeconfig (default: ``$KUBECONFIG``,
+    ``~/.kube/config``, or what a pod sees: ``KUBERNETES_SERVICE_HOST`` and the service account in
+    ``service_account_dir``). ``mode`` is ``pod`` or ``container`` (default: ``DYN_KUBE_DISCOVERY_MODE``).
     """
 
     name = "kubernetes"
@@ -85,6 +88,8 @@ class KubernetesDiscovery(DiscoveryBackend):
         debounce: float = DEFAULT_DEBOUNCE,
         watch_timeout: float = 60.0,
         podinfo_dir: Path = PODINFO_DIR,
+        mode: DiscoveryMode | str | None = None,
+        service_account_dir: Path | None = None,
     ) -> None:
         if identity is not None and namespace is not None and identity.namespace != namespace:
             raise ConfigurationError(
@@ -96,12 +101,20 @@ class KubernetesDiscovery(DiscoveryBackend):
         self.debounce = debounce
         self.watch_timeout = watch_timeout
         self._podinfo_dir = podinfo_dir
+        if mode is None:
+            mode = (
+                DiscoveryMode.CONTAINER
+                if identity is not None and identity.container is not None
+                else DiscoveryMode.from_env()
+            )
+        self.mode = DiscoveryMode(mode)
+        self._service_account_dir = service_account_dir
         self._api: KubeApi | None = None
         self._connect_lock = anyio.Lock()
         self._resource: WorkerResource | None = None
-        self._reflectors: set[Reflector[Any]] = set()
+        self._informers: dict[str, NamespaceInformer] = {}
         #: How many times the watches of this backend recomputed their instance set (a diagnostic: a burst
-        #: of changes within ``debounce`` seconds costs one recomputation).
+        #: of changes within ``debounce`` seconds costs one recomputation per watch).
         self.recomputations = 0
 
     # -- connection ----------------------------------------------------------------------------------------
@@ -109,9 +122,11 @@ class KubernetesDiscovery(DiscoveryBackend):
         """The API client, connected on first use."""
         async with self._connect_lock:
             if self._api is None:
-                from dyndisc.backends.kubernetes.api import connect  # the client comes with the extra
+                from dyndisc.backends.kubernetes.api import SERVICE_ACCOUNT_DIR, connect  # from the extra
 
-                self._api = await connect(self._kubeconfig)
+                self._api = await connect(
+                    self._kubeconfig, service_account_dir=self._service_account_dir or SERVICE_ACCOUNT_DIR
+                )
             return self._api
 
     async def namespace(self) -> str:
@@ -127,7 +142,9 @@ class KubernetesDiscovery(DiscoveryBackend):
     async def _identity(self) -> PodIdentity:
         if self.identity is None:
             namespace = await self.namespace()
-            self.identity = PodIdentity.from_env(podinfo=self._podinfo_dir, default_namespace=namespace)
+            self.identity = PodIdentity.from_env(
+                podinfo=self._podinfo_dir, default_namespace=namespace, mode=self.mode
+            )
             if self.identity.namespace != namespace:
                 raise ConfigurationError(
                     f"POD_NAMESPACE={self.identity.namespace!r} but this backend works in {namespace!r}"
@@ -145,6 +162,16 @@ class KubernetesDiscovery(DiscoveryBackend):
         except KubeStatusError as exc:
             raise api.explain(exc) from None
 
+    async def informer(self, namespace: str | None = None) -> NamespaceInformer:
+        """The shared informer of ``namespace`` (default: this backend's): one per backend and namespace."""
+        namespace = namespace or await self.namespace()
+        found = self._informers.get(namespace)
+        if found is None:
+            found = self._informers[namespace] = NamespaceInformer(
+                await self.api(), namespace, mode=self.mode, watch_timeout=self.watch_timeout
+            )
+        return found
+
     # -- worker side -----------------------------------------------------------------------------------
     async def _worker(self) -> WorkerResource:
         if self._resource is None:
@@ -155,20 +182,48 @@ class KubernetesDiscovery(DiscoveryBackend):
         return self.identity is not None and lease.id == self.identity.instance_id
 
     async def grant_lease(self, ttl: float) -> Lease:
-        """Apply this worker's custom resource (replacing a stale one); the lease id is the pod-name hash."""
+        """Apply this worker's custom resource (replacing a stale one); the lease id is the hash of its name.
+        Every grant is a holder of the one resource (runtimes sharing this backend share it)."""
         worker = await self._worker()
-        await worker.create()
-        return Lease(id=worker.pod.instance_id, ttl=ttl)
+        holder = worker.hold()
+        await worker.create(holder)
+        return Lease(id=worker.pod.instance_id, ttl=ttl, holder=holder)
 
     async def keep_alive(self, lease: Lease) -> float:
-        """Check that the custom resource still exists (and re-apply it if its content was changed)."""
-        await (await self._worker()).check()
+        """Check that the custom resource is still as this worker left it (from the informer's copy when it is
+        in step, else by asking), re-applying content someone else changed."""
+        if not self._own_lease(lease) or self._resource is None:
+            raise LeaseNotFoundError(f"lease {lease.id:x} is not this worker's")
+        await self._resource.check(lease.holder)
         return lease.ttl
 
+    @asynccontextmanager
+    async def follow_leases(self, renew_now: Callable[[], None]) -> AsyncIterator[object]:
+        """Follow this worker's resource through the informer's name-scoped reflector while the runtime holds
+        its lease: a change wakes the keep-alive at once, and a keep-alive needs no request."""
+        worker = await self._worker()
+        source = (await self.informer(worker.pod.namespace)).own(worker.name)
+
+        def changed(name: str | None) -> None:
+            worker.observe(name)
+            if name is None or name == worker.name:
+                renew_now()
+
+        worker.follower = source
+        try:
+            async with source.subscribe(changed, wait=False):
+                yield source
+        finally:
+            if not source.subscribers:
+                worker.follower = None
+                worker.synced = False
+
     async def revoke_lease(self, lease: Lease) -> None:
-        """Delete the custom resource of the worker whose instance id is ``lease.id`` (a no-op if none)."""
+        """Revoke ``lease``: this worker's own (its holder's endpoints leave; the resource is deleted with the
+        last holder), or another worker's, whose resource is deleted (a no-op if none)."""
         if self._own_lease(lease):
-            await (await self._worker()).delete()
+            worker = await self._worker()
+            await worker.release(lease.holder if worker.holds(lease.holder) else None)
             return
         namespace = await self.namespace()
         listed = await self._call("GET", resources_path(namespace), f"listing {KIND} in {namespace}")
@@ -182,11 +237,11 @@ class KubernetesDiscovery(DiscoveryBackend):
         pod = worker.pod
         if lease.id != pod.instance_id or instance.instance_id != pod.instance_id:
             raise RegistrationConflictError(
-                f"instance {instance.instance_id:x} of {instance.endpoint_id} is not pod {pod.name!r}'s (its "
-                f"instance id is {pod.instance_id:x}): on Kubernetes an instance id is the hash of its pod's "
-                "name, so only that pod can register it"
+                f"instance {instance.instance_id:x} of {instance.endpoint_id} is not {worker.name!r}'s (its "
+                f"instance id is {pod.instance_id:x}): on Kubernetes an instance id is the hash of its "
+                "worker's resource name (its pod's), so only that worker can register it"
             )
-        await worker.register(instance)
+        await worker.register(lease.holder, instance)
         return instance
 
     async def unregister(self, instance: Instance) -> None:
@@ -194,11 +249,18 @@ class KubernetesDiscovery(DiscoveryBackend):
 
     # -- watcher side ----------------------------------------------------------------------------------
     async def list(self, query: InstanceQuery) -> list[Instance]:
+        pods, workers = await self._read_namespace()
+        return _ordered(join(pods, workers, query).values())
+
+    async def _read_namespace(self) -> tuple[dict[str, PodState], dict[str, WorkerRecord]]:
+        """The readiness of every worker and every resource, read now (a list must see writes that a
+        watch may not have delivered yet)."""
         namespace = await self.namespace()
-        slices = await self._call(
+        informer = await self.informer(namespace)
+        ready = await self._call(
             "GET",
-            self._slices_path(namespace),
-            f"listing EndpointSlices in {namespace}",
+            informer.readiness.reflector.path,
+            f"listing {informer.readiness.reflector.what}",
             query={"labelSelector": LABEL_SELECTOR},
         )
         crs = await self._call("GET", resources_path(namespace), f"listing {KIND} in {namespace}")
@@ -207,65 +269,35 @@ class KubernetesDiscovery(DiscoveryBackend):
             record = parse_worker(obj)
             if record is not None:
                 workers[record.name] = record
-        live = join(pod_states(slices.get("items") or ()), workers, query)
-        return _ordered(live.values())
+        items = ready.get("items") or ()
+        if self.mode is DiscoveryMode.CONTAINER:
+            pods = {p.name: p for obj in items for p in pod_containers(obj)}
+        else:
+            pods = pod_states(items)
+        return pods, workers
 
     @asynccontextmanager
     async def watch(self, query: InstanceQuery) -> AsyncIterator[AsyncIterator[DiscoveryEvent]]:
-        namespace = await self.namespace()
-        api = await self.api()
+        informer = await self.informer()
         wake = Wake()
-        slices: Reflector[_Pods] = Reflector(
-            api,
-            self._slices_path(namespace),
-            what=f"EndpointSlices in {namespace}",
-            label_selector=LABEL_SELECTOR,
-            transform=lambda obj, _previous: slice_pods(obj),
-            on_change=wake.set,
-            watch_timeout=self.watch_timeout,
-        )
-        workers: Reflector[WorkerRecord] = Reflector(
-            api,
-            resources_path(namespace),
-            what=f"{KIND} in {namespace}",
-            # An unreadable resource drops what it held: a list, a new watch and this one agree.
-            transform=lambda obj, _previous: parse_worker(obj),
-            on_change=wake.set,
-            watch_timeout=self.watch_timeout,
-        )
-        await slices.relist()
-        await workers.relist()
-        self._reflectors.update((slices, workers))
-        try:
-            async with background_tasks() as tg:
-                tg.start_soon(slices.run)
-                tg.start_soon(workers.run)
-                yield self._events(query, slices, workers, wake)
-        finally:
-            self._reflectors.difference_update((slices, workers))
+        async with informer.watch(wake.set):
+            yield self._events(informer, query, wake)
 
     async def _events(
-        self,
-        query: InstanceQuery,
-        slices: Reflector[_Pods],
-        workers: Reflector[WorkerRecord],
-        wake: Wake,
+        self, informer: NamespaceInformer, query: InstanceQuery, wake: Wake
     ) -> AsyncIterator[DiscoveryEvent]:
-        def current() -> dict[tuple[EndpointId, int], Instance]:
-            return join(merge_pods(slices.items.values()), workers.items, query)
-
         wake.clear()
-        known = current()
-        relists = (slices.relists, workers.relists)
+        known = informer.matching(query)
+        relists = informer.relists
         yield Resync(instances=tuple(_ordered(known.values())))
         while True:
             await wake.wait()
             await anyio.sleep(self.debounce)  # coalesce a burst (a rollout) into one recomputation
             wake.clear()
-            fresh = current()
+            fresh = informer.matching(query)
             self.recomputations += 1
-            if (slices.relists, workers.relists) != relists:
-                relists = (slices.relists, workers.relists)
+            if informer.relists != relists:
+                relists = informer.relists
                 known = fresh
                 yield Resync(instances=tuple(_ordered(known.values())))
                 continue
@@ -296,74 +328,32 @@ class KubernetesDiscovery(DiscoveryBackend):
         await UnboundEntries(await self.namespace(), self._call).delete(bucket, key)
 
     async def list_entries(self, bucket: str, prefix: str = "") -> builtins.list[MetadataEntry]:
-        namespace = await self.namespace()
-        slices = await self._call(
-            "GET",
-            self._slices_path(namespace),
-            f"listing EndpointSlices in {namespace}",
-            query={"labelSelector": LABEL_SELECTOR},
-        )
-        crs = await self._call("GET", resources_path(namespace), f"listing {KIND} in {namespace}")
-        workers = {r.name: r for r in map(parse_worker, crs.get("items") or ()) if r is not None}
-        live = join_entries(pod_states(slices.get("items") or ()), workers, bucket, _prefix(prefix))
+        pods, workers = await self._read_namespace()
+        live = join_entries(pods, workers, bucket, _prefix(prefix))
         return [live[k] for k in sorted(live)]
 
     @asynccontextmanager
     async def watch_entries(self, bucket: str, prefix: str = "") -> AsyncIterator[AsyncIterator[EntryEvent]]:
-        # The same two watches as instances (entries are live while their pod is), joined on entries.
-        namespace = await self.namespace()
-        api = await self.api()
+        # The same shared informer as instances (entries are live while their worker is), joined on entries.
+        informer = await self.informer()
         wake = Wake()
-        slices: Reflector[_Pods] = Reflector(
-            api,
-            self._slices_path(namespace),
-            what=f"EndpointSlices in {namespace}",
-            label_selector=LABEL_SELECTOR,
-            transform=lambda obj, _previous: slice_pods(obj),
-            on_change=wake.set,
-            watch_timeout=self.watch_timeout,
-        )
-        workers: Reflector[WorkerRecord] = Reflector(
-            api,
-            resources_path(namespace),
-            what=f"{KIND} in {namespace}",
-            transform=lambda obj, _previous: parse_worker(obj),
-            on_change=wake.set,
-            watch_timeout=self.watch_timeout,
-        )
-        await slices.relist()
-        await workers.relist()
-        self._reflectors.update((slices, workers))
-        try:
-            async with background_tasks() as tg:
-                tg.start_soon(slices.run)
-                tg.start_soon(workers.run)
-                yield self._entry_events(bucket, _prefix(prefix), slices, workers, wake)
-        finally:
-            self._reflectors.difference_update((slices, workers))
+        async with informer.watch(wake.set):
+            yield self._entry_events(informer, bucket, _prefix(prefix), wake)
 
     async def _entry_events(
-        self,
-        bucket: str,
-        prefix: str,
-        slices: Reflector[_Pods],
-        workers: Reflector[WorkerRecord],
-        wake: Wake,
+        self, informer: NamespaceInformer, bucket: str, prefix: str, wake: Wake
     ) -> AsyncIterator[EntryEvent]:
-        def current() -> dict[str, MetadataEntry]:
-            return join_entries(merge_pods(slices.items.values()), workers.items, bucket, prefix)
-
         wake.clear()
-        known = current()
-        relists = (slices.relists, workers.relists)
+        known = _entries_of(informer, bucket, prefix)
+        relists = informer.relists
         yield EntryResync(entries=tuple(known[k] for k in sorted(known)))
         while True:
             await wake.wait()
             await anyio.sleep(self.debounce)  # coalesce a burst into one recomputation
             wake.clear()
-            fresh = current()
-            if (slices.relists, workers.relists) != relists:
-                relists = (slices.relists, workers.relists)
+            fresh = _entries_of(informer, bucket, prefix)
+            if informer.relists != relists:
+                relists = informer.relists
                 known = fresh
                 yield EntryResync(entries=tuple(known[k] for k in sorted(known)))
                 continue
@@ -386,8 +376,13 @@ class KubernetesDiscovery(DiscoveryBackend):
 
     @property
     def stale_since(self) -> float | None:
-        stale = [r.stale_since for r in self._reflectors if r.stale_since is not None]
+        stale = [i.stale_since for i in self._informers.values() if i.stale_since is not None]
         return min(stale) if stale else None
+
+    @property
+    def reflectors(self) -> tuple[Reflector[Any], ...]:
+        """Every reflector in use now (a diagnostic: one per kind and namespace, however many watches)."""
+        return tuple(s.reflector for i in self._informers.values() for s in i.sources())
 
 
 def _prefix(prefix: str) -> str:
@@ -399,3 +394,8 @@ def _prefix(prefix: str) -> str:
 
 def _ordered(instances: Any) -> list[Instance]:
     return sorted(instances, key=lambda i: (i.namespace, i.component, i.endpoint, i.instance_id))
+
+
+def _entries_of(informer: NamespaceInformer, bucket: str, prefix: str) -> dict[str, MetadataEntry]:
+    """The live entries of ``bucket`` under ``prefix`` in the informer's namespace, by key."""
+    return join_entries(merge_pods(informer.readiness.items.values()), informer.workers.items, bucket, prefix)

@@ -1,8 +1,20 @@
-"""The pure part of Kubernetes discovery: read EndpointSlices and DynamoWorkerMetadata objects, and join them.
+"""The pure part of Kubernetes discovery: read EndpointSlices, Pods and DynamoWorkerMetadata, and join them.
 
-An instance is live when its pod is an endpoint of some discovery EndpointSlice that is ready (or still
-serving while terminating: then it is reported as draining) **and** the pod's DynamoWorkerMetadata exists
-and parses. Everything here works on the JSON objects the API server sends, and never raises on garbage.
+An instance is live when its worker is ready **and** its DynamoWorkerMetadata exists and parses. Readiness
+comes from EndpointSlices in pod mode (a pod listed ready, or still serving while terminating: then it is
+reported as draining) and from Pods in container mode (a container whose status is ready). Everything here
+works on the JSON objects the API server sends, and never raises on garbage.
+
+Readings that follow the reference runtime (``lib/runtime/src/discovery/kube/utils.rs``, release 1.6.1), so a
+dyndisc frontend and a Dynamo frontend watching one namespace see the same instances:
+
+* an endpoint whose ``conditions.ready`` is missing is **not** ready (the reference reads
+  ``ready.unwrap_or(false)``; the EndpointSlice API would read it as "unknown, treat as ready", but its
+  controller always writes it, so only hand-written slices differ);
+* an endpoint without ``targetRef.uid`` is skipped: joining by name alone could attach the metadata of an
+  earlier pod of that name (a StatefulSet's) to the new pod;
+* in container mode a worker's resource is named ``{pod}-{container}`` (``{pod}`` for the container named
+  ``main``) and its instance id is the hash of that name.
 
 ``spec.data`` holds what the reference runtime reads (``endpoints``, ``model_cards``, ``event_channels``,
 ``event_sources``) and two maps only dyndisc reads (the reference ignores unknown keys of ``spec.data``):
@@ -27,7 +39,8 @@ from dyndisc.backends.kubernetes.siphash import instance_id_for
 log = logging.getLogger("dyndisc.kubernetes")
 
 GROUP, VERSION, PLURAL, KIND = "nvidia.com", "v1alpha1", "dynamoworkermetadatas", "DynamoWorkerMetadata"
-#: Labels the operator puts on a component's Service; the EndpointSlice controller copies them to slices.
+#: Labels the operator puts on a component's Service (and its pods); the EndpointSlice controller copies the
+#: Service's labels to its slices.
 DISCOVERY_LABELS = {
     "nvidia.com/dynamo-discovery-backend": "kubernetes",
     "nvidia.com/dynamo-discovery-enabled": "true",
@@ -43,25 +56,60 @@ BUCKET_MAPS = {
 SIDE_ENDPOINTS = "dyndisc_endpoints"
 #: Entries of the buckets the reference has no map for: ``{bucket: {key: value}}``.
 OTHER_ENTRIES = "dyndisc_entries"
+#: The container that keeps the pod's own identity in container mode (the reference's constant).
+MAIN_CONTAINER = "main"
+#: The annotation a worker marks its writes with (``host/pid/token``), so that a second process writing
+#: the same resource is noticed instead of silently overwriting it.
+WRITER_ANNOTATION = "dyndisc/writer"
+
+#: Names already warned about, so that a slice written without uids says so once, not at every change.
+_warned: set[str] = set()
+_WARN_LIMIT = 1000
 
 
-@dataclass(frozen=True)
+def _warn_once(key: str, message: str, *args: Any) -> None:
+    if key in _warned:
+        return
+    if len(_warned) < _WARN_LIMIT:
+        _warned.add(key)
+    log.warning(message, *args)
+
+
+def resource_name(pod: str, container: str | None) -> str:
+    """The DynamoWorkerMetadata name of a worker: its pod's, or ``{pod}-{container}`` in container mode
+    (the container named ``main`` keeps the pod's name, so pod-mode and container-mode watchers agree)."""
+    if container is None or container == MAIN_CONTAINER:
+        return pod
+    return f"{pod}-{container}"
+
+
+@dataclass(frozen=True, slots=True)
 class PodState:
-    """A pod as the EndpointSlices list it: its uid (when the slice names it) and whether it takes work."""
-
-    name: str
-    uid: str | None
-    readiness: Readiness
-
-
-@dataclass(frozen=True)
-class WorkerRecord:
-    """A parsed DynamoWorkerMetadata: the worker's registered endpoint instances."""
+    """A worker as the readiness source lists it: the name of its resource (the pod's, or
+    ``{pod}-{container}``), its pod's uid, and whether it takes work."""
 
     name: str
     uid: str
-    owner_uids: frozenset[str]
+    readiness: Readiness
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """A DynamoWorkerMetadata as watchers keep it: the worker's registered endpoint instances, and what the
+    worker itself checks (who owns it, who wrote it last, its resourceVersion).
+
+    A resource that cannot be read keeps a record with no instances (``readable`` false): it holds nothing
+    for watchers, but it exists, which is what its worker needs to know.
+    """
+
+    name: str
+    uid: str
+    #: The uids of the pods that own it (a tuple: one, usually; a frozenset costs 200 bytes more each).
+    owner_uids: tuple[str, ...]
     instances: tuple[Instance, ...]
+    resource_version: str = ""
+    writer: str | None = None
+    readable: bool = True
     entries: tuple[MetadataEntry, ...] = ()
 
 
@@ -78,24 +126,65 @@ def slice_pods(endpoint_slice: Any) -> list[PodState]:
             not isinstance(ref, dict)
             or ref.get("kind", "Pod") != "Pod"
             or not isinstance(ref.get("name"), str)
+            or not ref["name"]
         ):
             continue
         found_conditions = endpoint.get("conditions")
         conditions: dict[str, Any] = found_conditions if isinstance(found_conditions, dict) else {}
-        ready = conditions.get("ready")
-        # The EndpointSlice API says a missing "ready" means ready. A pod that is terminating but still
-        # passes its readiness probe has ready=false, serving=true: it finishes in-flight work (draining).
-        if ready is None or ready is True:
+        # Ready only when it says so (the reference's reading: a missing "ready" is not ready). A pod that
+        # is terminating but still passes its readiness probe has ready=false, serving=true: it finishes
+        # in-flight work (draining).
+        if conditions.get("ready") is True:
             readiness = Readiness.READY
         elif conditions.get("serving") is True:
             readiness = Readiness.DRAINING
         else:
             continue
         uid = ref.get("uid")
-        found.append(
-            PodState(name=ref["name"], uid=uid if isinstance(uid, str) and uid else None, readiness=readiness)
-        )
+        if not isinstance(uid, str) or not uid:
+            slice_name = _name_of(endpoint_slice) or "?"
+            _warn_once(
+                f"slice-uid/{slice_name}/{ref['name']}",
+                "skipping pod %r of EndpointSlice %r: its targetRef has no uid, and joining by name alone "
+                "could attach an earlier pod's metadata to it (the EndpointSlice controller always writes "
+                "the uid; fix whatever wrote this slice)",
+                ref["name"],
+                slice_name,
+            )
+            continue
+        found.append(PodState(name=ref["name"], uid=uid, readiness=readiness))
     return found
+
+
+def pod_containers(pod: Any) -> list[PodState]:
+    """Container mode: the workers of one Pod, one per container whose status is ready (``main`` under the
+    pod's own name); a ready container of a pod being deleted is draining."""
+    meta = pod.get("metadata") if isinstance(pod, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name:
+        return []
+    assert isinstance(meta, dict)
+    uid = meta.get("uid")
+    if not isinstance(uid, str) or not uid:
+        _warn_once(f"pod-uid/{name}", "skipping pod %r: it has no metadata.uid", name)
+        return []
+    status = pod.get("status")
+    statuses = status.get("containerStatuses") if isinstance(status, dict) else None
+    readiness = Readiness.DRAINING if meta.get("deletionTimestamp") else Readiness.READY
+    found = []
+    for container in statuses if isinstance(statuses, list) else ():
+        if not isinstance(container, dict) or container.get("ready") is not True:
+            continue
+        container_name = container.get("name")
+        if isinstance(container_name, str) and container_name:
+            found.append(PodState(resource_name(name, container_name), uid, readiness))
+    return found
+
+
+def _name_of(obj: Any) -> str | None:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def merge_pods(groups: Iterable[Iterable[PodState]]) -> dict[str, PodState]:
@@ -164,9 +253,11 @@ def parse_entries(name: str, data: dict[str, Any]) -> list[MetadataEntry]:
 
 
 def parse_worker(obj: Any) -> WorkerRecord | None:
-    """Read a DynamoWorkerMetadata object; warn and return ``None`` if it is not one a watcher can use.
+    """Read a DynamoWorkerMetadata object; ``None`` only for an object without a name.
 
-    An individual endpoint entry that is unreadable is skipped (with a warning); the others stay.
+    One whose data cannot be read is kept with no instances (``readable`` false), with a warning that names
+    it and what is wrong; an individual endpoint entry that is unreadable is skipped (with a warning) and the
+    others stay.
     """
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     name = meta.get("name") if isinstance(meta, dict) else None
@@ -174,6 +265,22 @@ def parse_worker(obj: Any) -> WorkerRecord | None:
         log.warning("skipping a DynamoWorkerMetadata without a name")
         return None
     assert isinstance(meta, dict)
+    found_owners = meta.get("ownerReferences")
+    owners: list[Any] = found_owners if isinstance(found_owners, list) else []
+    owner_uids = tuple(
+        str(o["uid"]) for o in owners if isinstance(o, dict) and o.get("kind") == "Pod" and o.get("uid")
+    )
+    annotations = meta.get("annotations")
+    writer = annotations.get(WRITER_ANNOTATION) if isinstance(annotations, dict) else None
+    rv = meta.get("resourceVersion")
+    record = WorkerRecord(
+        name=name,
+        uid=str(meta.get("uid", "")),
+        owner_uids=owner_uids,
+        instances=(),
+        resource_version=rv if isinstance(rv, str) else "",
+        writer=writer if isinstance(writer, str) else None,
+    )
     spec = obj.get("spec")
     data = spec.get("data") if isinstance(spec, dict) else None
     if data is None:
@@ -182,7 +289,7 @@ def parse_worker(obj: Any) -> WorkerRecord | None:
         log.warning(
             "skipping DynamoWorkerMetadata %r: spec.data is %s, not an object", name, type(data).__name__
         )
-        return None
+        return _unreadable(record)
     expected_id = instance_id_for(name)
     instances: dict[str, Instance] = {}
     for field in ("endpoints", SIDE_ENDPOINTS):
@@ -191,22 +298,31 @@ def parse_worker(obj: Any) -> WorkerRecord | None:
             endpoints = {}
         if not isinstance(endpoints, dict):
             log.warning("skipping DynamoWorkerMetadata %r: spec.data.%s is not an object", name, field)
-            return None
+            return _unreadable(record)
         for key, entry in sorted(endpoints.items()):
             instance = _parse_entry(name, key, entry, expected_id)
             if instance is not None:
                 instances.setdefault(key, instance)
-    found_owners = meta.get("ownerReferences")
-    owners: list[Any] = found_owners if isinstance(found_owners, list) else []
-    owner_uids = frozenset(
-        str(o["uid"]) for o in owners if isinstance(o, dict) and o.get("kind") == "Pod" and o.get("uid")
-    )
     return WorkerRecord(
         name=name,
-        uid=str(meta.get("uid", "")),
+        uid=record.uid,
         owner_uids=owner_uids,
         instances=tuple(instances.values()),
+        resource_version=record.resource_version,
+        writer=record.writer,
         entries=tuple(parse_entries(name, data)),
+    )
+
+
+def _unreadable(record: WorkerRecord) -> WorkerRecord:
+    return WorkerRecord(
+        name=record.name,
+        uid=record.uid,
+        owner_uids=record.owner_uids,
+        instances=(),
+        resource_version=record.resource_version,
+        writer=record.writer,
+        readable=False,
     )
 
 
@@ -237,13 +353,13 @@ def _parse_entry(name: str, key: str, entry: Any, expected_id: int) -> Instance 
 def join(
     pods: Mapping[str, PodState], workers: Mapping[str, WorkerRecord], query: InstanceQuery
 ) -> dict[tuple[EndpointId, int], Instance]:
-    """The live instances matching ``query``: pods that take work and whose metadata exists and parses."""
+    """The live instances matching ``query``: workers that take work and whose metadata exists and parses."""
     live: dict[tuple[EndpointId, int], Instance] = {}
     for name, pod in pods.items():
         worker = workers.get(name)
-        if worker is None:
+        if worker is None or not worker.instances:
             continue
-        if pod.uid is not None and worker.owner_uids and pod.uid not in worker.owner_uids:
+        if worker.owner_uids and pod.uid not in worker.owner_uids:
             continue  # metadata left by an earlier pod of the same name, not yet garbage-collected
         for instance in worker.instances:
             if not query.matches(instance.endpoint_id):
@@ -252,3 +368,25 @@ def join(
                 instance = instance.replace(readiness=Readiness.DRAINING)
             live[instance.key] = instance
     return live
+
+
+def by_endpoint(live: Iterable[Instance]) -> dict[EndpointId, dict[int, Instance]]:
+    """Live instances grouped by endpoint, so that a query of one endpoint reads only its own."""
+    grouped: dict[EndpointId, dict[int, Instance]] = {}
+    for instance in live:
+        grouped.setdefault(instance.endpoint_id, {})[instance.instance_id] = instance
+    return grouped
+
+
+def select(
+    grouped: Mapping[EndpointId, Mapping[int, Instance]], query: InstanceQuery
+) -> dict[tuple[EndpointId, int], Instance]:
+    """The instances of ``grouped`` (see :func:`by_endpoint`) that ``query`` covers."""
+    if query.endpoint is not None:
+        assert query.namespace is not None
+        assert query.component is not None
+        one = grouped.get(EndpointId(query.namespace, query.component, query.endpoint))
+        return {i.key: i for i in one.values()} if one else {}
+    return {
+        i.key: i for endpoint, found in grouped.items() if query.matches(endpoint) for i in found.values()
+    }

@@ -47,10 +47,12 @@ def _resource_version(obj: Any) -> str | None:
 
 
 class Reflector(Generic[T]):
-    """Objects at ``path`` (optionally filtered by labels) by name, each turned into a ``T`` by ``transform``.
+    """Objects at ``path`` (optionally filtered by labels or fields) by name, each turned into a ``T`` by
+    ``transform``.
 
     ``transform(obj, previous)`` returns the value to keep, or ``None`` to drop the object (it may return
-    ``previous`` to keep the last good value). ``on_change`` is called after every change.
+    ``previous`` to keep the last good value). ``on_change(name)`` is called after every change, with the
+    name of the object that changed, or ``None`` after a (re)list.
     """
 
     def __init__(
@@ -60,8 +62,9 @@ class Reflector(Generic[T]):
         *,
         what: str,
         transform: Callable[[JsonObject, T | None], T | None],
-        on_change: Callable[[], None],
+        on_change: Callable[[str | None], None],
         label_selector: str | None = None,
+        field_selector: str | None = None,
         watch_timeout: float = 60.0,
     ) -> None:
         self.api = api
@@ -70,6 +73,7 @@ class Reflector(Generic[T]):
         self.transform = transform
         self.on_change = on_change
         self.label_selector = label_selector
+        self.field_selector = field_selector
         self.watch_timeout = watch_timeout
         #: Silence (seconds) after which a watch connection is presumed dead: the server ends every watch
         #: after ``watch_timeout``, so a stream quiet for longer than this is partitioned or stuck.
@@ -82,7 +86,18 @@ class Reflector(Generic[T]):
         self.stale_since: float | None = None
 
     def _query(self) -> dict[str, str]:
-        return {"labelSelector": self.label_selector} if self.label_selector else {}
+        query = {}
+        if self.label_selector:
+            query["labelSelector"] = self.label_selector
+        if self.field_selector:
+            query["fieldSelector"] = self.field_selector
+        return query
+
+    def forget(self) -> None:
+        """Drop the state (nobody uses it any more): the next user lists afresh."""
+        self.items = {}
+        self.resource_version = ""
+        self.stale_since = None
 
     async def relist(self) -> None:
         """Replace the state with a fresh list (raises a clear error if the list fails)."""
@@ -104,7 +119,7 @@ class Reflector(Generic[T]):
         self.items = items
         self.resource_version = rv
         self.relists += 1
-        self.on_change()
+        self.on_change(None)
 
     async def run(self) -> None:
         """Watch forever (the state must have been listed): resume after failures, relist after 410."""
@@ -192,4 +207,4 @@ class Reflector(Generic[T]):
             self.items.pop(name, None)
         else:
             return
-        self.on_change()
+        self.on_change(name)

@@ -120,6 +120,7 @@ class Worker:
                 assert self.host is not None
                 self.finished = True
                 await self.host.stop()
+                await self.backend.aclose()  # the runtime does not close a backend it was given
                 health = runtime.health()
                 self.recorder.op_end(op)
                 # Revoked: gone now. Not revoked (the store was away): it ends on its TTL, as a kill's.

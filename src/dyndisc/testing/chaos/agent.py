@@ -1,11 +1,12 @@
 """An agent process of a real chaos run: it hosts workers or one watcher, on the backend its environment
 names, takes commands from the orchestrator on stdin and reports on stdout, one JSON object a line.
 
-Commands: ``{"cmd": "start", "name": "w0", "ttl": 2}``, ``{"cmd": "register" | "unregister" | "exit",
-"name": ..., "args": {...}}``, ``{"cmd": "watch", "name": "v0", "kind": "backend" | "runtime" | "client",
-"namespace": ..., "endpoint": ...}``, ``{"cmd": "quit"}``. Reports carry ``t``, this host's
-``time.monotonic()`` (the orchestrator's clock too): ``op_start`` / ``op_end``, ``seen`` (a watch event as
-records), ``lease``. The orchestrator SIGKILLs or SIGSTOPs the whole process for the faults of a process.
+Commands: ``{"cmd": "start", "name": "w0", "ttl": 2, "env": {...}}`` (``env``: variables to set first),
+``{"cmd": "register" | "unregister" | "exit", "name": ..., "args": {...}}``, ``{"cmd": "watch", "name":
+"v0", "kind": "backend" | "runtime" | "client", "namespace": ..., "endpoint": ...}``, ``{"cmd": "quit"}``.
+Reports carry ``t``, this host's ``time.monotonic()`` (the orchestrator's clock too): ``ready`` (once, when
+it reads commands), ``op_start`` / ``op_end``, ``seen`` (a watch event as records), ``lease``. The
+orchestrator SIGKILLs or SIGSTOPs the whole process for the faults of a process.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ class _PipeRecorder:
     def lease(self, runtime: str, instance_id: int | None, state: str) -> None:
         self._say(type="lease", runtime=runtime, instance_id=instance_id, state=state)
 
+    def ready(self) -> None:
+        """The agent has imported what it needs and reads commands."""
+        self._say(type="ready")
+
 
 async def _never_paused() -> None:
     """A real watcher is paused by SIGSTOP, not in code."""
@@ -77,6 +82,9 @@ class Agent:
         if cmd == "quit":
             return False
         if cmd == "start":
+            # Who the worker is may come with the command (an agent started ahead of its worker: on
+            # Kubernetes its pod is made only when the worker starts).
+            os.environ.update(order.get("env") or {})
             worker = Worker(
                 order["name"],
                 create_backend(self.backend_name),
@@ -118,6 +126,9 @@ class Agent:
                 await anyio.sleep(0.5)
 
     async def run(self) -> None:
+        if self.backend_name == "kubernetes":
+            import dyndisc.backends.kubernetes.api  # noqa: F401 - the client's imports, before the clock runs
+        self.recorder.ready()
         async with anyio.create_task_group() as tg:
             lines = anyio.wrap_file(sys.stdin)
             async for line in lines:

@@ -213,23 +213,45 @@ def _cut_off(history: History, watcher: str, at: float, slack: float) -> bool:
     return False
 
 
-def _gone_times(history: History, bounds: Bounds) -> dict[int, float]:
-    """For each lease id, the time by which it is certainly gone on the server."""
-    gone: dict[int, float] = {}
+#: When a lease was certainly gone on the server, and until when (``None``: for good).
+Gone = list[tuple[float, float | None]]
 
-    def note(lease: int | None, at: float) -> None:
-        if lease is not None:
-            gone[lease] = min(gone.get(lease, at), at)
 
-    for report in history.leases:
-        if report.state in ("revoked", "replaced"):
-            note(report.instance_id, report.at)
-        elif report.state == "killed":
-            note(report.instance_id, report.at + history.ttl + bounds.expiry)
-    for fault in history.faults:
-        if fault.kind == "revoke":
-            note(fault.detail.get("lease"), fault.start)
+def _gone_times(history: History, bounds: Bounds) -> dict[int, Gone]:
+    """For each lease id, the times it was certainly gone on the server.
+
+    An id is gone from its first sign of going (a clean exit's revoke, a revoke, a lease found gone, a killed
+    worker's TTL) until a runtime holds it again. On Kubernetes the instance id is the hash of the pod's
+    name, so a lease replaced (its resource deleted behind the worker's back, then applied again) keeps its
+    id; on every other backend a replacement has a new id, and a gone id is gone for good.
+    """
+    signs: list[tuple[float, str, int]] = [
+        (r.at, r.state, r.instance_id) for r in history.leases if r.instance_id is not None
+    ]
+    signs += [
+        (f.start, "revoked", f.detail["lease"])
+        for f in history.faults
+        if f.kind == "revoke" and isinstance(f.detail.get("lease"), int)
+    ]
+    gone: dict[int, Gone] = {}
+    since: dict[int, float] = {}
+    for at, state, lease in sorted(signs, key=lambda sign: sign[0]):
+        if state in ("revoked", "replaced", "killed"):
+            start = at + history.ttl + bounds.expiry if state == "killed" else at
+            since[lease] = min(since.get(lease, start), start)
+        elif state == "held" and lease in since and at >= since[lease]:
+            gone.setdefault(lease, []).append((since.pop(lease), at))
+    for lease, start in since.items():
+        gone.setdefault(lease, []).append((start, None))
     return gone
+
+
+def _gone_at(intervals: Gone | None, at: float, bound: float) -> float | None:
+    """When the lease went, if it has been gone for longer than ``bound`` at ``at`` (else ``None``)."""
+    for start, end in intervals or ():
+        if start + bound < at and (end is None or at < end):
+            return start
+    return None
 
 
 def _no_phantom(history: History, by_watcher: dict[str, list[Seen]], bounds: Bounds) -> list[Violation]:
@@ -261,8 +283,8 @@ def _no_phantom(history: History, by_watcher: dict[str, list[Seen]], bounds: Bou
                     ]
             for key in held:
                 lease = int(key.rsplit("/", 1)[1], 16)
-                ended = gone.get(lease)
-                if ended is None or seen.at <= ended + bounds.gone:
+                ended = _gone_at(gone.get(lease), seen.at, bounds.gone)
+                if ended is None:
                     continue
                 if _cut_off(history, name, ended, bounds.gone):
                     continue
@@ -279,10 +301,9 @@ def _no_phantom(history: History, by_watcher: dict[str, list[Seen]], bounds: Bou
         # Held to the end: judged at the truth's time.
         for key in held:
             lease = int(key.rsplit("/", 1)[1], 16)
-            ended = gone.get(lease)
+            ended = _gone_at(gone.get(lease), history.truth_at, bounds.gone)
             if (
                 ended is not None
-                and history.truth_at > ended + bounds.gone
                 and name not in history.gone_watchers
                 and not _cut_off(history, name, ended, bounds.gone)
             ):

@@ -1,7 +1,8 @@
 """A chaos run against a real server: workers and watchers in agent processes, the nemesis in this one.
 
-Workers live two to a process (runtimes as tasks of one process: a kill or a pause takes both); every watcher
-has a process of its own (the CLI's ``dyndisc watch --json`` among them), so a SIGSTOP pauses one watcher.
+Workers live ``target.per_process`` to a process (runtimes as tasks of one process: a kill or a pause takes
+them all; one on Kubernetes, where a process's identity is its pod's); every watcher has a process of its own
+(the CLI's ``dyndisc watch --json`` among them), so a SIGSTOP pauses one watcher.
 Agents report with ``time.monotonic()``, which every process of a host shares, so their reports and this
 process's faults share one timeline.
 """
@@ -25,14 +26,10 @@ from anyio.abc import Process, TaskGroup
 from dyndisc._errors import DyndiscError
 from dyndisc._models import Added, Instance, InstanceQuery, Removed, Resync
 from dyndisc._names import EndpointId
-from dyndisc.backends.kv import KeyValueStore
 from dyndisc.testing.chaos.checker import quiet_point
 from dyndisc.testing.chaos.history import Fault, History, LeaseReport, Seen, record_of
 from dyndisc.testing.chaos.plan import Plan, Step
-from dyndisc.testing.chaos.targets import Target, agent_env
-
-#: Runtimes per worker process.
-PER_PROCESS = 2
+from dyndisc.testing.chaos.targets import Target
 
 
 class _Agent:
@@ -42,6 +39,8 @@ class _Agent:
         self.log = log
         self.workers: list[str] = []
         self.alive = True
+        #: Set when the agent reads commands (its imports done).
+        self.ready = anyio.Event()
 
 
 class RealRun:
@@ -60,18 +59,19 @@ class RealRun:
         self.ops: dict[tuple[str, int], int] = {}
         self.leases: dict[str, int | None] = {}
         self.paused: dict[str, int] = {}
-        #: The nemesis's own connection to the server (made on first use).
-        self.store: KeyValueStore | None = None
+        #: The run's task group: what the orchestrator does beside the steps (a kubelet's reports).
+        self.tg: TaskGroup | None = None
 
     def now(self) -> float:
         return round(time.monotonic() - self.t0, 4)
 
     # -- agents -------------------------------------------------------------------------------------------
     async def spawn(self, tg: TaskGroup, name: str, argv: list[str], reader: Any) -> _Agent:
+        env = await self.target.environment(name, self.namespace)
         path = self.logs / f"{name}.log"
         log = await anyio.to_thread.run_sync(path.open, "ab")  # closed by stop_agents
         process = await anyio.open_process(
-            argv, env=agent_env(self.target, name), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log
+            argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log
         )
         agent = self.agents[name] = _Agent(name, process, log)
         tg.start_soon(reader, agent)
@@ -88,7 +88,9 @@ class RealRun:
     def report(self, agent: _Agent, said: dict[str, Any]) -> None:
         at = round(said["t"] - self.t0, 4)
         kind = said["type"]
-        if kind == "op_start":
+        if kind == "ready":
+            agent.ready.set()
+        elif kind == "op_start":
             op = self.history.operation(said["actor"], said["action"], said["args"], at)
             self.ops[(agent.name, said["op"])] = self.history.operations.index(op)
         elif kind == "op_end":
@@ -102,6 +104,8 @@ class RealRun:
         elif kind == "lease":
             self.leases[said["runtime"]] = said["instance_id"]
             self.history.leases.append(LeaseReport(said["runtime"], at, said["instance_id"], said["state"]))
+            if said["state"] == "held" and self.tg is not None:
+                self.tg.start_soon(self.target.lease_held, agent.name, self.namespace)
 
     async def read_cli(self, agent: _Agent) -> None:
         """The CLI's ``watch --json`` lines, as watch events."""
@@ -120,14 +124,10 @@ class RealRun:
     async def worker_step(self, tg: TaskGroup, step: Step) -> None:
         name = step.actor
         if step.action == "start":
-            group = f"p{int(name[1:]) // PER_PROCESS}"
-            agent = self.agents.get(group)
-            if agent is None or not agent.alive:
-                argv = [sys.executable, "-m", "dyndisc.testing.chaos.agent", self.target.backend]
-                agent = await self.spawn(tg, group, argv, self.read_agent)
-            agent.workers.append(name)
-            self.worker_agent[name] = agent
-            await self.send(agent, cmd="start", name=name, ttl=self.plan.ttl, namespace=self.namespace)
+            if self.target.start_in_background:
+                tg.start_soon(self.start_worker, tg, name)
+            else:
+                await self.start_worker(tg, name)
             return
         agent = self.worker_agent.get(name)
         if agent is None or not agent.alive:
@@ -137,18 +137,54 @@ class RealRun:
             agent.process.kill()
             for worker in agent.workers:  # every runtime of the process dies with it
                 self.history.leases.append(LeaseReport(worker, self.now(), self.leases.get(worker), "killed"))
+            tg.start_soon(self.target.agent_killed, agent.name, self.namespace)
         elif step.action in ("pause", "resume"):
             self._signal(agent, pause=step.action == "pause")
         else:
             await self.send(agent, cmd=step.action, name=name, args=step.args)
+
+    def _group(self, worker: str) -> str:
+        return f"p{int(worker[1:]) // self.target.per_process}"
+
+    async def start_worker(self, tg: TaskGroup, name: str) -> None:
+        group = self._group(name)
+        agent = self.agents.get(group)
+        if agent is None or not agent.alive:
+            argv = [sys.executable, "-m", "dyndisc.testing.chaos.agent", self.target.backend]
+            agent = await self.spawn(tg, group, argv, self.read_agent)
+        env = await self.target.worker_env(group, self.namespace)
+        agent.workers.append(name)
+        self.worker_agent[name] = agent
+        await self.send(agent, cmd="start", name=name, ttl=self.plan.ttl, namespace=self.namespace, env=env)
+
+    async def prewarm(self, tg: TaskGroup) -> None:
+        """Start every worker's agent process ahead (each waits for its worker to start): on a backend with
+        a process per worker, starting one per worker as the plan goes would cost seconds of imports on
+        the plan's clock, on a machine shared with the servers."""
+        argv = [sys.executable, "-m", "dyndisc.testing.chaos.agent", self.target.backend]
+        agents = [
+            await self.spawn(tg, g, argv, self.read_agent)
+            for g in sorted(set(map(self._group, self.plan.workers)))
+        ]
+        with anyio.fail_after(120):
+            for agent in agents:
+                await agent.ready.wait()
 
     def _signal(self, agent: _Agent, *, pause: bool) -> None:
         count = self.paused.get(agent.name, 0) + (1 if pause else -1)
         self.paused[agent.name] = max(count, 0)
         if agent.alive and ((pause and count == 1) or (not pause and count <= 0)):
             os.kill(agent.process.pid, signal.SIGSTOP if pause else signal.SIGCONT)
+            if self.tg is not None:
+                self.tg.start_soon(self.target.agent_paused, agent.name, self.namespace, pause)
 
     async def start_watcher(self, tg: TaskGroup, name: str) -> None:
+        if self.target.start_in_background:
+            tg.start_soon(self._start_watcher, tg, name)
+        else:
+            await self._start_watcher(tg, name)
+
+    async def _start_watcher(self, tg: TaskGroup, name: str) -> None:
         kind = self.plan.watchers[name]
         if kind == "cli":
             argv = [
@@ -181,6 +217,7 @@ class RealRun:
     async def nemesis(self, step: Step) -> None:
         kind, heal, now = step.args["kind"], step.action == "heal", self.now()
         target = step.args.get("target", "server")
+        detail: dict[str, Any] = {}
         if kind == "pause_watcher":
             agent = self.agents.get(target)
             if agent is not None:
@@ -191,7 +228,12 @@ class RealRun:
         elif kind == "compact" and self.server_down():
             return
         else:
-            detail = await self.target.fault(kind, step.args, heal)
+            args = step.args
+            if kind == "partition" and target in self.worker_agent:
+                # A worker is cut off with its process: the proxies are the agents' (a fix: worker names never
+                # matched an agent's, so partitioning one worker cut nothing).
+                args = {**args, "target": self.worker_agent[target].name}
+            detail = await self.target.fault(kind, args, heal)
             if not heal and kind == "compact":
                 self.history.faults.append(Fault(kind, "server", now, now, detail))
                 return
@@ -201,6 +243,7 @@ class RealRun:
         for fault in reversed(self.history.faults):
             if fault.kind == kind and fault.target == target and fault.end is None:
                 fault.end = self.now()
+                fault.detail.update(detail)  # what healing it took (Kubernetes: the controllers' return)
                 break
 
     async def as_another_client(self, kind: str, args: dict[str, Any], now: float) -> None:
@@ -212,15 +255,13 @@ class RealRun:
         """
         if self.server_down():
             return
-        if self.store is None:
-            self.store = self.target.direct()
         try:
             with anyio.fail_after(5):
                 if kind == "revoke":
-                    await self.revoke(self.store, now)
+                    await self.revoke(now)
                 else:
-                    await self.foreign_write(self.store, args["write"], args["endpoint"], now)
-        except (DyndiscError, TimeoutError) as error:
+                    await self.foreign_write(args["write"], args["endpoint"], now)
+        except (DyndiscError, TimeoutError, OSError, RuntimeError) as error:  # RuntimeError: a kubelet write
             failed = Fault(f"{kind}_failed", "server", now, now, {"error": str(error)[:200]})
             self.history.faults.append(failed)
 
@@ -228,38 +269,32 @@ class RealRun:
         """Whether a fault that takes the server away is in force."""
         return any(f.kind in ("server_kill", "quorum_loss") and f.end is None for f in self.history.faults)
 
-    async def revoke(self, store: KeyValueStore, now: float) -> None:
+    async def revoke(self, now: float) -> None:
         live = sorted(w for w, lease in self.leases.items() if lease and self.worker_agent[w].alive)
         if not live:
             return
         worker = self.rng.choice(live)
         lease = self.leases[worker]
         assert lease is not None
-        await store.revoke(lease)
+        await self.target.revoke(self.namespace, lease)
         self.history.faults.append(Fault("revoke", worker, now, now, {"lease": lease}))
 
-    async def foreign_write(self, store: KeyValueStore, write: str, endpoint: str, now: float) -> None:
-        prefix = f"/services/{self.namespace}/{endpoint.replace('.', '/')}/"
-        live = await store.get_prefix(prefix)
-        key, value = f"{prefix}{self.rng.getrandbits(40):x}", b"\xff\x00garbage"
-        if write == "shape":
-            value = b'{"unexpected": [1, 2, 3]}'
-        elif write in ("noncanonical", "overwrite") and live:
-            victim = self.rng.choice(sorted(live))
-            head, _, ident = victim.rpartition("/")
-            if write == "noncanonical":
-                key, value = f"{head}/0{ident.upper()}", live[victim]
-            else:
-                key = victim
-                self.history.damaged.append(f"{self.namespace}.{endpoint}/{ident}")
-        await store.put(key, value, 0)
+    async def foreign_write(self, write: str, endpoint: str, now: float) -> None:
+        key, damaged = await self.target.foreign_write(self.namespace, write, endpoint, self.rng)
+        if damaged is not None:
+            self.history.damaged.append(damaged)
         self.history.faults.append(Fault("foreign_write", key, now, now, {"write": write}))
 
     # -- the run -------------------------------------------------------------------------------------------
     async def run(self) -> History:
+        await self.target.prepare(self.namespace)
         self.t0 = time.monotonic()
         try:
             async with anyio.create_task_group() as tg:
+                self.tg = tg
+                if self.target.prewarm:
+                    await self.prewarm(tg)
+                    self.t0 = time.monotonic()
                 for step in self.plan.steps:
                     await anyio.sleep(max(self.t0 + step.at - time.monotonic(), 0.0))
                     await self.execute(tg, step)
@@ -278,7 +313,7 @@ class RealRun:
         return self.history
 
     async def read_truth(self) -> None:
-        backend, query = self.target.discovery(), InstanceQuery(self.namespace)
+        backend, query = self.target.discovery(self.namespace), InstanceQuery(self.namespace)
         self.history.truth_at = self.now()
         self.history.truth = sorted(record_of(i) for i in await backend.list(query))
         async with backend.watch(query) as events:

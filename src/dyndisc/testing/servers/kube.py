@@ -336,8 +336,11 @@ class KubeApiServer(ServerBase):
         """Path of the CA certificate file."""
         return self.tls.ca_path
 
-    def write_kubeconfig(self, token: str, path: Path | None = None, user: str = "user") -> Path:
-        """Write a kubeconfig that authenticates with ``token``; return its path.
+    def write_kubeconfig(
+        self, token: str, path: Path | None = None, user: str = "user", *, server_url: str | None = None
+    ) -> Path:
+        """Write a kubeconfig that authenticates with ``token``; return its path. ``server_url`` points it
+        elsewhere than :attr:`url` (a proxy in front of this server).
 
         It is written as JSON, which every kubeconfig loader accepts (YAML is a superset).
         """
@@ -349,7 +352,7 @@ class KubeApiServer(ServerBase):
                 {
                     "name": "dyndisc-test",
                     "cluster": {
-                        "server": self.url,
+                        "server": server_url or self.url,
                         "certificate-authority-data": base64.b64encode(self.ca_pem.encode()).decode(),
                     },
                 }
