@@ -35,14 +35,19 @@ class SphinxRoles(griffe.Extension):
         if obj.docstring is None or ":`" not in obj.docstring.value:
             return
         owner = obj if obj.is_class else obj.parent
-        owner_name = owner.name if isinstance(owner, griffe.Object) and owner.is_class else None
-        obj.docstring.value = ROLE.sub(lambda m: self.link(m, owner_name), obj.docstring.value)
+        is_class = isinstance(owner, griffe.Object) and owner.is_class
+        owner_name = owner.name if is_class else None
+        # Only members the class declares are rendered (and linkable); inherited ones are not.
+        declared = set(owner.members) if is_class else set()
+        obj.docstring.value = ROLE.sub(lambda m: self.link(m, owner_name, declared), obj.docstring.value)
 
-    def link(self, match: re.Match[str], owner: str | None) -> str:
+    def link(self, match: re.Match[str], owner: str | None, declared: set[str]) -> str:
         short, target = match[1] == "~", match[2].strip().removesuffix("()")
         shown = target.rsplit(".", 1)[-1] if short else target.removeprefix("dyndisc.")
         parts = target.removeprefix("dyndisc.").split(".")
         if len(parts) == 1 and parts[0] not in self.names and parts[0][:1].islower() and owner in self.names:
+            if parts[0] not in declared:
+                return f"`{shown}`"
             parts = [owner, parts[0]]  # a member of the class whose docstring this is: `to_json`
         elif parts[-1] in self.names:
             parts = parts[-1:]  # dyndisc.backends.KvDiscovery is documented as dyndisc.KvDiscovery
