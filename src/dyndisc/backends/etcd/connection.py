@@ -347,7 +347,11 @@ class EtcdConnection:
                     error,
                     left,
                 )
-            delay = backoff.next_delay(limit=left)
+            limit = left
+            if not self._connected_once and not self._said_waiting:
+                # Wake by the notice time: a long jittered delay must not skip the notice and fail silently.
+                limit = min(left, max(WAITING_NOTICE - (budget - left), 0.0) + RETRY_MIN)
+            delay = backoff.next_delay(limit=limit)
             log.debug("%s failed on etcd (%s); retrying on %s in %.2fs", what, error, self.url, delay)
             await anyio.sleep(delay)
 

@@ -126,8 +126,14 @@ class NatsBucket:
                 refused = message.startswith(f"{where} refused")
                 if refused:
                     raise AccessDeniedError(message) from exc
-                delay = backoff.next_delay()
-                if time.monotonic() + delay > deadline:
+                now = time.monotonic()
+                # The last attempt is made at the deadline, not given up early on a long jittered delay; and
+                # one is made just after the notice time, so a waiting process says so.
+                limit = deadline - now
+                if not said_waiting:
+                    limit = min(limit, max(started + WAITING_NOTICE - now, 0.0) + 0.05)
+                delay = backoff.next_delay(limit=limit)
+                if now >= deadline:
                     if settings.startup_connect_timeout:
                         message += (
                             f" (waited {settings.startup_connect_timeout:g}s: NATS_STARTUP_CONNECT_TIMEOUT)"
