@@ -24,6 +24,7 @@ from dyndisc import (
     Readiness,
     RecordTooLargeError,
     RegistrationConflictError,
+    RemovalReason,
     Removed,
     Resync,
 )
@@ -105,6 +106,31 @@ async def test_crashed_runtime_disappears_within_ttl(runtimes: Runtimes, harness
     bound = harness.lease_ttl + harness.expiry_bound
     await wait_until(client._source, lambda: client.instances() == [], bound, f"{instance} to expire")
     assert time.monotonic() - crashed_at <= bound
+
+
+@pytest.mark.contract("removal_reasons")
+@pytest.mark.contract("lease_ttl")
+async def test_a_removal_says_whether_it_left_or_expired(
+    runtimes: Runtimes, harness: Harness, ns: str
+) -> None:
+    host = await runtimes.host()
+    endpoint = host.runtime.endpoint(f"{ns}.c.e")
+    async with runtimes.backend().watch(query(ns)) as events:
+        assert await next_event(events) == Resync(instances=())
+        instance = await endpoint.register("tcp://h:1")
+        assert await next_event(events) == Added(instance=instance)
+        await endpoint.unregister()
+        left = await next_event(events)
+        assert isinstance(left, Removed)
+        assert left.reason is RemovalReason.LEFT
+
+        again = await endpoint.register("tcp://h:1")
+        assert await next_event(events) == Added(instance=again)
+        await host.crash()
+        expired = await next_event(events, harness.lease_ttl + harness.expiry_bound)
+        assert isinstance(expired, Removed)
+        assert expired.key == again.key
+        assert expired.reason is RemovalReason.EXPIRED
 
 
 @pytest.mark.contract("lease_time_left")

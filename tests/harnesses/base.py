@@ -25,7 +25,15 @@ class Harness(abc.ABC):
     #: Features of the contract this backend supports; tests of the others are not collected for it
     #: (``@pytest.mark.contract`` in ``tests/conformance``).
     supports: frozenset[str] = frozenset(
-        {"raw_write", "break_watches", "lease_ttl", "conflict", "new_id_on_lease_loss", "lease_time_left"}
+        {
+            "raw_write",
+            "break_watches",
+            "lease_ttl",
+            "conflict",
+            "new_id_on_lease_loss",
+            "lease_time_left",
+            "removal_reasons",
+        }
     )
 
     @abc.abstractmethod

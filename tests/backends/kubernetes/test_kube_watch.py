@@ -27,6 +27,7 @@ from dyndisc import (
     Instance,
     InstanceQuery,
     Readiness,
+    RemovalReason,
     Removed,
     Resync,
 )
@@ -55,8 +56,15 @@ async def test_readiness_flips_follow_the_pods_readiness(
             # The readiness probe fails (or passes again): kubelet writes the pod's status, the controller
             # updates the slice, the watcher follows.
             await cluster.set_pod_status(namespace, "worker-0", ready=ready)
-            assert await next_event(events) == (Added(instance=instance) if ready else removed(instance))
+            event = await next_event(events)
+            assert event == (Added(instance=instance) if ready else removed(instance))
             flips.append(time.monotonic() - started)
+            if isinstance(event, Removed):
+                assert event.reason is RemovalReason.NOT_READY, "its resource still lists it"
+        await host.runtime.endpoint("dyn.c.e").unregister()
+        left = await next_event(events)
+        assert isinstance(left, Removed)
+        assert left.reason is RemovalReason.LEFT, "taken out of its resource: it left"
     record_property("readiness_flip_seconds", [round(f, 3) for f in flips])
     print(f"readiness flip seen by the watcher after {statistics.median(flips):.3f}s (median)")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from dyndisc._models import RemovalReason
 from dyndisc.backends.file.changes import ChangeFeed
 from dyndisc.backends.file.layout import Record
 from dyndisc.backends.file.records import Records
@@ -111,7 +112,10 @@ class FileWatch:
         if record is None:
             if old is not None:
                 del self.known[key]
-                self.out.append(StoreDelete(key=key))
+                # Past its lease's deadline as last seen: it expired (whoever reaped it); else it left.
+                expired = self.deadlines.get(old.lease_id, float("inf")) <= time.time()
+                reason = RemovalReason.EXPIRED if expired else RemovalReason.LEFT
+                self.out.append(StoreDelete(key=key, reason=reason))
         elif old is None or (old.value, old.lease_id) != (record.value, record.lease_id):
             self.known[key] = record
             self.out.append(StorePut(key=key, value=record.value))
@@ -130,11 +134,11 @@ class FileWatch:
             if deadline is not None:
                 self.deadlines[lease_id] = deadline
                 continue
-            self.deadlines.pop(lease_id, None)
             for key, record in list(self.known.items()):
                 if record.lease_id == lease_id:
                     self.records.remove_record_if_unchanged(self.layout.record_path(key), record)
                     self._set(key, None)
+            self.deadlines.pop(lease_id, None)
 
     def _reconcile(self, directory: Path, dir_prefix: str, scanned: dict[str, Record] | None = None) -> None:
         """Make ``known`` match the disk for the watched keys under ``directory`` (keys ``dir_prefix...``);

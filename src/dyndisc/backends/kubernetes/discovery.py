@@ -301,9 +301,11 @@ class KubernetesDiscovery(DiscoveryBackend):
                 known = fresh
                 yield Resync(instances=tuple(_ordered(known.values())))
                 continue
-            for key in sorted(known.keys() - fresh.keys(), key=str):
+            left = sorted(known.keys() - fresh.keys(), key=str)
+            reasons = informer.removal_reasons(known[key] for key in left) if left else {}
+            for key in left:
                 gone = known[key]
-                yield Removed(endpoint=gone.endpoint_id, instance_id=gone.instance_id)
+                yield Removed(gone.endpoint_id, gone.instance_id, reasons[key])
             for key, instance in sorted(fresh.items(), key=lambda kv: str(kv[0])):
                 if known.get(key) != instance:
                     yield Added(instance=instance)

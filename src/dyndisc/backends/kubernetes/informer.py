@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -25,7 +25,7 @@ import anyio
 
 from dyndisc._concurrency import background_tasks
 from dyndisc._errors import DyndiscError
-from dyndisc._models import EndpointId, Instance, InstanceQuery
+from dyndisc._models import EndpointId, Instance, InstanceQuery, RemovalReason
 from dyndisc._retry import Backoff
 from dyndisc.backends.kubernetes.identity import DiscoveryMode
 from dyndisc.backends.kubernetes.join import (
@@ -42,6 +42,7 @@ from dyndisc.backends.kubernetes.join import (
     slice_pods,
 )
 from dyndisc.backends.kubernetes.reflector import RETRY_MAX, RETRY_MIN, Reflector
+from dyndisc.backends.kubernetes.siphash import instance_id_for
 from dyndisc.backends.kubernetes.worker import resources_path
 
 if TYPE_CHECKING:
@@ -216,6 +217,24 @@ class NamespaceInformer:
     def matching(self, query: InstanceQuery) -> dict[tuple[EndpointId, int], Instance]:
         """The live instances ``query`` covers."""
         return select(self.live(), query)
+
+    def removal_reasons(self, gone: Iterable[Instance]) -> dict[tuple[EndpointId, int], RemovalReason]:
+        """Why each of ``gone`` (no longer live) left: its resource still lists it, so its pod stopped
+        taking work (not ready); its resource cannot be read (unreadable); or it was taken out of its
+        resource, or the resource was deleted (left)."""
+        wanted = {instance.key for instance in gone}
+        reasons = dict.fromkeys(wanted, RemovalReason.LEFT)
+        unreadable = set()
+        for record in self.workers.items.values():
+            if not record.readable:
+                unreadable.add(instance_id_for(record.name))  # every instance id of a worker is its hash
+            for instance in record.instances:
+                if instance.key in wanted:
+                    reasons[instance.key] = RemovalReason.NOT_READY
+        for key in wanted:
+            if key[1] in unreadable:
+                reasons[key] = RemovalReason.UNREADABLE
+        return reasons
 
     # -- a worker's own resource ---------------------------------------------------------------------------
     def own(self, name: str) -> SharedReflector[WorkerRecord]:

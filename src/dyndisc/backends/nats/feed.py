@@ -46,6 +46,8 @@ class KvChange:
     value: bytes | None
     lease_id: int
     revision: int
+    #: The server removed it because its time ran out (its TTL/max-age marker), not a client.
+    expired: bool = False
 
 
 class KvFeed:
@@ -101,6 +103,7 @@ class KvFeed:
             value=None if is_removal(headers) else msg.data,
             lease_id=lease_of(headers),
             revision=meta.sequence.stream,
+            expired=MARKER_REASON in (headers or {}),
         )
         if self._live:
             self._on_change(change)

@@ -12,6 +12,7 @@ from functools import partial
 import anyio
 from anyio.abc import TaskStatus
 
+from dyndisc._models import RemovalReason
 from dyndisc._retry import Backoff
 from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
 from dyndisc.backends.kv.event_queue import MAX_PENDING_EVENTS as MAX_PENDING_EVENTS  # the same bound
@@ -161,7 +162,8 @@ class NatsWatch:
             self._emit(StorePut(key=key, value=change.value))
             return
         if self._hide(change.nats_key):
-            self._emit(StoreDelete(key=key))
+            reason = RemovalReason.EXPIRED if change.expired else RemovalReason.LEFT
+            self._emit(StoreDelete(key=key, reason=reason if change.value is None else None))
         if change.value is not None:
             self._held[change.nats_key] = change  # its lease is not live (yet)
 
@@ -188,9 +190,10 @@ class NatsWatch:
             return
         # The lease key expired (the server's marker) or was deleted: every key of the lease leaves.
         self._leases.discard(lease_id)
+        reason = RemovalReason.EXPIRED if change.expired else RemovalReason.LEFT
         for nats_key in sorted(self._by_lease.pop(lease_id, ())):
             key, _lease, revision = self._shown.pop(nats_key)
-            self._emit(StoreDelete(key=key))
+            self._emit(StoreDelete(key=key, reason=reason))
             self._ended(nats_key, revision, lease_id)
         for nats_key, held in [(k, c) for k, c in self._held.items() if c.lease_id == lease_id]:
             del self._held[nats_key]
