@@ -45,7 +45,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _summary(outcomes: list[Outcome]) -> str:
+def _summary(outcomes: list[Outcome], errored: list[int]) -> str:
     failed = [o.seed for o in outcomes if not o.ok]
     converged = [o.converged_in for o in outcomes]
     rows = [
@@ -55,6 +55,7 @@ def _summary(outcomes: list[Outcome]) -> str:
         ("faults", str(sum(o.faults for o in outcomes))),
         ("violations", str(sum(len(o.violations) for o in outcomes))),
         ("failing seeds", " ".join(map(str, failed)) or "none"),
+        ("seeds the harness could not run", " ".join(map(str, errored)) or "none"),
         (
             "convergence median / worst (s)",
             f"{statistics.median(converged or [0]):.2f} / {max(converged or [0]):.2f}",
@@ -71,9 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     quiet_logs()
     seeds = [args.seed] if args.seed is not None else list(range(args.first, args.first + args.seeds))
     outcomes: list[Outcome] = []
+    errored: list[int] = []
     with Session(args.backend, duration=args.duration, logs=args.out / "logs") as session:
         for seed in seeds:
-            outcome = session.run(seed, frozenset(args.plant))
+            try:
+                outcome = session.run(seed, frozenset(args.plant))
+            except Exception as exc:
+                if not args.keep_going:
+                    raise
+                # The harness failed (not the system under test): say so and go on to the next seed.
+                errored.append(seed)
+                print(f"seed {seed}: HARNESS ERROR ({type(exc).__name__}: {exc})", flush=True)
+                continue
             outcomes.append(outcome)
             mark = "ok" if outcome.ok else "VIOLATION"
             print(
@@ -89,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(outcome.report(), f"history: {saved}", sep="\n", flush=True)
                 if not args.keep_going:
                     break
-    print(_summary(outcomes))
+    print(_summary(outcomes, errored))
     return 0 if all(o.ok for o in outcomes) and len(outcomes) == len(seeds) else 1
 
 
