@@ -8,6 +8,7 @@ for the line it needs, with a deadline.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import anyio
@@ -34,17 +36,21 @@ TOOLS = ROOT / "tools" / "dynamo-reference"
 HERE = Path(__file__).resolve().parent
 #: The reference release the suite is verified against (install.sh pins it).
 REFERENCE_VERSION = "1.6.1"
-#: Every socket of a reference process on loopback (the drivers set these too; the frontend and mocker need
-#: them from us), and no hub.
-LOOPBACK_ENV = {
-    "DYN_TCP_RPC_HOST": "127.0.0.1",
-    "DYN_EVENT_PLANE_HOST": "127.0.0.1",
-    "DYN_TCP_RESPONSE_STREAM_HOST": "127.0.0.1",
-    "DYN_SYSTEM_HOST": "127.0.0.1",
-    "DYN_REQUEST_PLANE": "tcp",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-}
+
+
+def _drivers_common() -> ModuleType:
+    """The drivers' shared module (it runs in the reference's venv, so it is loaded by path, not imported)."""
+    spec = importlib.util.spec_from_file_location("dynamo_reference_common", TOOLS / "_common.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: Every socket of a reference process on loopback, and no hub: what the drivers set for themselves, and
+#: what the frontend and mocker, which are not our drivers, need from us.
+LOOPBACK_ENV: dict[str, str] = _drivers_common().LOOPBACK_ENV
 
 
 @dataclass(frozen=True)

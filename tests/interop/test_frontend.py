@@ -44,6 +44,41 @@ def pod_env(server: KubeApiServer, pod: PodIdentity) -> dict[str, str]:
     }
 
 
+def frontend_argv(reference: Reference, port: int, backend: str) -> list[str]:
+    """The reference's OpenAI frontend on loopback ``port``, discovering through ``backend``."""
+    return [
+        str(reference.python), "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port),
+        "--discovery-backend", backend, "--request-plane", "tcp",
+    ]  # fmt: skip
+
+
+async def listed_then_dropped_on_exit(
+    label: str,
+    frontend: list[str],
+    port: int,
+    ref_env: dict[str, str],
+    dd_env: dict[str, str],
+    tmp_path: Path,
+    *,
+    gone_within: float,
+) -> None:
+    """Start the frontend and a dyndisc worker with a model: the frontend lists it, and drops it within
+    ``gone_within`` seconds of the worker's SIGTERM."""
+    url = f"http://127.0.0.1:{port}"
+    model = f"dd-{uuid.uuid4().hex[:6]}"
+    worker = dyndisc_argv("--endpoint", f"{model}.backend.generate", "--model", model)
+    async with (
+        spawn("frontend", frontend, ref_env, tmp_path),
+        spawn("dd-worker", worker, dd_env, tmp_path) as dd,
+    ):
+        registered = await dd.lines.wait_for("model", timeout=30)
+        _, listed = await wait_for_models(url, lambda ids: model in ids, START, model)
+        TIMINGS.add(f"frontend ({label}): dyndisc model registered -> listed", listed - registered["t"])
+        stopped = dd.signal(signal.SIGTERM)
+        _, gone = await wait_for_models(url, lambda ids: model not in ids, gone_within, f"{model} gone")
+        TIMINGS.add(f"frontend ({label}): dyndisc worker SIGTERM -> model dropped", gone - stopped)
+
+
 async def test_a_reference_frontend_serves_dyndisc_models_and_dyndisc_reads_the_mockers(
     reference: Reference, etcd_server: EtcdServer, tmp_path: Path
 ) -> None:
@@ -57,10 +92,7 @@ async def test_a_reference_frontend_serves_dyndisc_models_and_dyndisc_reads_the_
             "ETCD_ENDPOINTS": etcd_server.client_url,
         }
     )
-    frontend = [
-        str(reference.python), "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port),
-        "--discovery-backend", "etcd", "--request-plane", "tcp",
-    ]  # fmt: skip
+    frontend = frontend_argv(reference, port, "etcd")
     model = f"dd-{uuid.uuid4().hex[:6]}"
     worker = dyndisc_argv(
         "--endpoint", f"{model}.backend.generate", "--model", model, "--lease-ttl", str(TTL)
@@ -116,27 +148,12 @@ async def test_a_reference_frontend_on_files_serves_a_dyndisc_model(
 ) -> None:
     root = tmp_path / "kv"
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     ref_env = reference_env({"DYN_FILE_KV": str(root)}, tmp_path)
     dd_env = dyndisc_env(
         {"DYN_DISCOVERY_BACKEND": "file", "DYN_KV_LAYOUT": "dynamo-v1", "DYN_FILE_KV": str(root)}
     )
-    frontend = [
-        str(reference.python), "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port),
-        "--discovery-backend", "file", "--request-plane", "tcp",
-    ]  # fmt: skip
-    model = f"dd-{uuid.uuid4().hex[:6]}"
-    worker = dyndisc_argv("--endpoint", f"{model}.backend.generate", "--model", model)
-    async with (
-        spawn("frontend", frontend, ref_env, tmp_path),
-        spawn("dd-worker", worker, dd_env, tmp_path) as dd,
-    ):
-        registered = await dd.lines.wait_for("model", timeout=30)
-        _, listed = await wait_for_models(url, lambda ids: model in ids, START, model)
-        TIMINGS.add("frontend (files): dyndisc model registered -> listed", listed - registered["t"])
-        stopped = dd.signal(signal.SIGTERM)
-        _, gone = await wait_for_models(url, lambda ids: model not in ids, 5, f"{model} gone")
-        TIMINGS.add("frontend (files): dyndisc worker SIGTERM -> model dropped", gone - stopped)
+    frontend = frontend_argv(reference, port, "file")
+    await listed_then_dropped_on_exit("files", frontend, port, ref_env, dd_env, tmp_path, gone_within=5)
 
 
 async def test_a_reference_frontend_on_kubernetes_serves_a_dyndisc_model(
@@ -147,23 +164,10 @@ async def test_a_reference_frontend_on_kubernetes_serves_a_dyndisc_model(
         worker_pod = await cluster.ready_pod(namespace, "dd-0")
         front_pod = PodIdentity("frontend-0", namespace, await cluster.create_pod(namespace, "frontend-0"))
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
         ref_env = reference_env(pod_env(kube_apiserver, front_pod), tmp_path)
         dd_env = dyndisc_env({"DYN_DISCOVERY_BACKEND": "kubernetes", **pod_env(kube_apiserver, worker_pod)})
-        frontend = [
-            str(reference.python), "-m", "dynamo.frontend", "--http-host", "127.0.0.1",
-            "--http-port", str(port), "--discovery-backend", "kubernetes", "--request-plane", "tcp",
-        ]  # fmt: skip
-        model = f"dd-{uuid.uuid4().hex[:6]}"
-        worker = dyndisc_argv("--endpoint", f"{model}.backend.generate", "--model", model)
-        async with (
-            spawn("frontend", frontend, ref_env, tmp_path),
-            spawn("dd-worker", worker, dd_env, tmp_path) as dd,
-        ):
-            registered = await dd.lines.wait_for("model", timeout=30)
-            _, listed = await wait_for_models(url, lambda ids: model in ids, START, model)
-            TIMINGS.add("frontend (kubernetes): dyndisc model registered -> listed", listed - registered["t"])
-            stopped = dd.signal(signal.SIGTERM)
-            await dd.lines.wait_for("stopped", timeout=15)  # its resource is deleted
-            _, gone = await wait_for_models(url, lambda ids: model not in ids, 15, f"{model} gone")
-            TIMINGS.add("frontend (kubernetes): dyndisc worker SIGTERM -> model dropped", gone - stopped)
+        frontend = frontend_argv(reference, port, "kubernetes")
+        # The worker deletes its resource as it stops; the frontend's watch follows.
+        await listed_then_dropped_on_exit(
+            "kubernetes", frontend, port, ref_env, dd_env, tmp_path, gone_within=15
+        )

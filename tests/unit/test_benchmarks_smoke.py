@@ -24,11 +24,10 @@ EXPECTED = {
 WITH_RAW = {"memory", "etcd", "nats", "file"}
 
 
-@pytest.mark.slow
-def test_quick_benchmarks_produce_every_figure(tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
+def run_quick(module: str, out: Path) -> subprocess.CompletedProcess[str]:
+    """Run benchmark ``module`` in its quick mode, its JSON results to ``out``; it must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
+        [sys.executable, "-m", module, "--quick", "--json", str(out)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -36,6 +35,13 @@ def test_quick_benchmarks_produce_every_figure(tmp_path: Path) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+@pytest.mark.slow
+def test_quick_benchmarks_produce_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    done = run_quick("benchmarks", out)
     results = json.loads(out.read_text())["results"]
     assert set(results) == {"memory", "etcd", "nats", "file", "kubernetes"}
     for target, found in results.items():
@@ -74,15 +80,7 @@ def test_quick_benchmarks_produce_every_figure(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_quick_kube_fleet_produces_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "fleet.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.kube_fleet", "--quick", "--json", str(out)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_quick("benchmarks.kube_fleet", out)
     results = json.loads(out.read_text())
     clients = results["clients"]
     for figure in ("snapshot_ms", "raw_snapshot_ms", "bytes_per_instance", "ratio_snapshot", "ratio_bytes"):
