@@ -34,6 +34,7 @@ from pathlib import Path
 
 from dyndisc._errors import ConfigurationError, LeaseNotFoundError
 from dyndisc.backends.base import Lease
+from dyndisc.backends.file.layout import write_temp_file
 from dyndisc.backends.kv import KeyValueStore, StoredValue, StoreEvent
 
 log = logging.getLogger("dyndisc.file")
@@ -208,14 +209,8 @@ class DynamoFileStore(KeyValueStore):
     # -- writing -----------------------------------------------------------------------------------------
     def _temp(self, directory: Path, value: bytes) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
-        temp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
         # 0666 less the umask, as the reference's files: any process of the host may read discovery.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        try:
-            os.write(fd, value)
-        finally:
-            os.close(fd)
-        return temp
+        return write_temp_file(directory, TEMP_PREFIX, value, 0o666)
 
     def _own(self, key: str, lease_id: int) -> None:
         for state in self._leases.values():

@@ -14,6 +14,7 @@ directories of longer keys, and names starting with ``.`` are free for temporary
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from contextlib import suppress
 from dataclasses import dataclass
@@ -145,6 +146,18 @@ def read_regular_file(path: Path) -> tuple[bytes, os.stat_result]:
         return os.read(fd, info.st_size), info  # files are replaced whole, never grown in place
     finally:
         os.close(fd)
+
+
+def write_temp_file(directory: Path, prefix: str, body: bytes, mode: int) -> Path:
+    """A new file ``{prefix}{random}`` in ``directory`` holding ``body`` (``mode`` less the umask), to be
+    renamed or linked into place: a reader never sees a half-written record."""
+    temp = directory / f"{prefix}{secrets.token_hex(8)}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, body)
+    finally:
+        os.close(fd)
+    return temp
 
 
 def mkdirs(path: Path) -> None:

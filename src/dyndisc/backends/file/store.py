@@ -26,7 +26,14 @@ from dyndisc._errors import ConfigurationError, LeaseNotFoundError
 from dyndisc.backends.base import Lease
 from dyndisc.backends.file.changes import ChangeFeed
 from dyndisc.backends.file.doctor import FileDoctor
-from dyndisc.backends.file.layout import CORRUPT, FileLayout, Record, encode_record, mkdirs
+from dyndisc.backends.file.layout import (
+    CORRUPT,
+    FileLayout,
+    Record,
+    encode_record,
+    mkdirs,
+    write_temp_file,
+)
 from dyndisc.backends.file.records import Records
 from dyndisc.backends.file.watch import FileWatch
 from dyndisc.backends.kv import KeyValueStore, StoredValue, StoreEvent
@@ -177,13 +184,7 @@ class FileStore(KeyValueStore):
     # -- low-level file operations ------------------------------------------------------------------------
     def _temp_file(self, directory: Path, body: bytes) -> Path:
         mkdirs(directory)
-        temp = directory / f".tmp-{secrets.token_hex(8)}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, body)
-        finally:
-            os.close(fd)
-        return temp
+        return write_temp_file(directory, ".tmp-", body, 0o600)
 
     def _create_file(self, path: Path, body: bytes) -> bool:
         """Create ``path`` with ``body`` atomically unless it exists; ``True`` if created."""

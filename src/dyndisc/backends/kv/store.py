@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dyndisc._models import RemovalReason
 from dyndisc.backends.base import Connected, Lease
@@ -38,10 +38,10 @@ class StorePut:
 @dataclass(frozen=True, slots=True)
 class StoreDelete:
     """A key was deleted (by a client, or because its lease ended: ``reason`` says which where the store
-    can tell)."""
+    can tell; two deletions of one key are equal whatever their reasons, as :class:`~dyndisc.Removed`)."""
 
     key: str
-    reason: RemovalReason | None = None
+    reason: RemovalReason | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
