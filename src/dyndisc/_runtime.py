@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Any, Literal, TypeVar
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, Literal
 
-import anyio
 from anyio.abc import TaskGroup
 
-from dyndisc._cards import EventChannel, ModelCard, event_segment
 from dyndisc._concurrency import SharedExclusiveLock, Wake, background_tasks
-from dyndisc._dynamo import EVENT_CHANNELS_BUCKET, MODEL_CARDS_BUCKET, DynamoTcp
-from dyndisc._entries import EntryEvent, MetadataEntry
-from dyndisc._errors import InvalidRecordError, LeaseLostError, LeaseNotFoundError, RuntimeNotStartedError
+from dyndisc._dynamo import DynamoTcp
+from dyndisc._entries import MetadataEntry
+from dyndisc._errors import LeaseNotFoundError, RuntimeNotStartedError
 from dyndisc._handles import Bucket, Component, Endpoint, Namespace, TransportArg
 from dyndisc._health import HealthRecorder, RuntimeHealth
 from dyndisc._instance_set import InstanceSet
 from dyndisc._lease import (
-    REVOKE_BUDGET,
     LeaseChange,
-    LeaseLost,
-    keep_lease_alive,
-    revoke_on_exit,
-    ride_out_outages,
 )
 from dyndisc._metrics import metrics
 from dyndisc._models import DiscoveryEvent, EndpointId, Instance, InstanceQuery, Readiness, Transport
 from dyndisc._probe import serve_probes
+from dyndisc._runtime_lease import LeaseKeeping
+from dyndisc._runtime_metadata import RuntimeMetadata, restore
 from dyndisc._settings import (
     DEFAULT_LEASE_TTL,
     BackendName,
@@ -47,14 +41,9 @@ __all__ = ["Bucket", "Component", "DistributedRuntime", "Endpoint", "LeaseChange
 log = logging.getLogger("dyndisc.runtime")
 
 LeaseChangeCallback = Callable[[LeaseChange], Any]
-#: What ``watch_entries`` returns: ``async with ... as events: async for event in events: ...``.
-EntryWatch = AbstractAsyncContextManager[AsyncIterator[EntryEvent]]
-K = TypeVar("K")
-V = TypeVar("V")
-R = TypeVar("R")
 
 
-class DistributedRuntime:
+class DistributedRuntime(LeaseKeeping, RuntimeMetadata):
     """The discovery side of a process: one lease, kept alive, and every endpoint registered under it.
 
     ``async with DistributedRuntime("memory") as runtime:`` grants the lease and starts the keep-alive loop;
@@ -212,122 +201,6 @@ class DistributedRuntime:
                 found.close(why, clean=failure is None)
             self._sets.clear()
 
-    async def _release_lease(self) -> None:
-        """Revoke the lease on a clean exit, retried within its budget; say what stays behind if it fails."""
-        assert self._backend is not None
-        lease, self._lease = self._lease, None
-        self._count_registrations(live=False)
-        self._changed.set()
-        revoked = False
-        if lease is not None and self._failure is None:
-            revoked = await revoke_on_exit(self._backend, lease, len(self._registered))
-        self._health.closed(revoked)
-
-    async def _hold_lease(self) -> None:
-        """The keep-alive task: renew; replace the lease when the server says it is gone (or shut down)."""
-        assert self._backend is not None
-        try:
-            # A backend that watches its leases wakes the loop itself when one changes (Kubernetes).
-            async with self._backend.follow_leases(self._renew_now.set):
-                while True:
-                    lease = self.lease
-                    try:
-                        await keep_lease_alive(self._backend, lease, self._health, self._renew_now)
-                    except LeaseLost as exc:
-                        log.error("lost lease %x: %s", lease.id, exc)
-                        self._metrics.lease_lost(self._backend.name)
-                        if self.lease_loss_policy is LeaseLossPolicy.SHUTDOWN:
-                            raise LeaseLostError(
-                                f"runtime shut down: {exc} (lease_loss_policy=shutdown)"
-                            ) from exc
-                        await self._replace_lease(lease, str(exc))
-        except Exception as exc:
-            # A permanent error, or a lost lease under the shutdown policy: stop, and tell everyone waiting.
-            self._fail(exc)
-            raise
-
-    def _fail(self, exc: BaseException) -> None:
-        self._failure = exc
-        self._health.failed(f"{type(exc).__name__}: {exc}")
-        self._changed.set()
-        log.error("the runtime stops: %s", exc)
-
-    async def _replace_lease(self, old: Lease, reason: str) -> None:
-        """Grant a new lease and register every wanted endpoint under it; revoke the old one in the
-        background (it is usually gone already, but a server that lost track must not keep it)."""
-        backend = self.backend
-        self._health.replacing(reason)
-        async with self._lease_lock.exclusive():
-
-            async def grant_and_register() -> Lease:
-                lease = await backend.grant_lease(self.lease_ttl)
-                # The new id is ours from now on: watchers may see it before re-registration completes.
-                self._lease = lease
-                self._registered = {}
-                self._written_entries = {}
-                try:
-                    for endpoint, instance in list(self._wanted.items()):
-                        moved = self._for_lease(endpoint, instance, lease.id)
-                        self._registered[endpoint] = await backend.register(moved, lease)
-                    for ident, render in list(self._wanted_entries.items()):
-                        entry = render(lease.id)
-                        await backend.put_entry(entry, lease)
-                        self._written_entries[ident] = entry
-                except BaseException:
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(REVOKE_BUDGET):
-                        await backend.revoke_lease(lease)
-                    raise
-                return lease
-
-            new = await ride_out_outages("granting a new lease", grant_and_register)
-        assert self._tg is not None
-        if old.id != new.id:  # on Kubernetes a pod's lease keeps its id: the "old" one is the new one
-            self._tg.start_soon(self._revoke_until_gone, old)
-        self._health.granted(new.id, new.ttl)
-        self._note_registrations()
-        self._changed.set()
-        log.warning(
-            "replaced lost lease %x with %x and re-registered %d endpoints",
-            old.id,
-            new.id,
-            len(self._registered),
-        )
-        if self.on_lease_change is not None:
-            try:
-                result = self.on_lease_change(LeaseChange(old.id, new.id, reason))
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:  # the application's callback must not take the keep-alive loop down
-                log.exception("on_lease_change callback failed")
-
-    async def _revoke_until_gone(self, lease: Lease) -> None:
-        await ride_out_outages(
-            f"revoking the lost lease {lease.id:x}", lambda: self.backend.revoke_lease(lease)
-        )
-
-    def _note_registrations(self) -> None:
-        # Counted when the health is read, not here: this runs on every registration, and counting walks
-        # every endpoint (a worker registering n endpoints would pay O(n^2)).
-        self._registrations_changed = True
-        self._count_registrations()
-
-    def _update_registration_health(self) -> None:
-        self._registrations_changed = False
-        lease_id = self._lease.id if self._lease is not None else None
-        pending = sum(
-            1
-            for endpoint in self._wanted
-            if (found := self._registered.get(endpoint)) is None or found.instance_id != lease_id
-        )
-        self._health.registrations(len(self._wanted), pending)
-
-    def _count_registrations(self, *, live: bool = True) -> None:
-        if self._metrics.enabled and self._backend is not None:
-            now = len(self._registered) if live else 0
-            if now != self._counted:
-                self._metrics.registered(self._backend.name, now - self._counted)
-                self._counted = now
-
     # -- state -----------------------------------------------------------------------------------------
     @property
     def backend(self) -> DiscoveryBackend:
@@ -433,7 +306,7 @@ class DistributedRuntime:
             registered_at=previous.registered_at if previous is not None else time.time(),
         )
         self._wanted[endpoint] = wanted
-        _restore(self._templates, endpoint, template)
+        restore(self._templates, endpoint, template)
         try:
             while True:
                 async with self._lease_lock.shared():
@@ -450,8 +323,8 @@ class DistributedRuntime:
                 await self._wait_for_another_lease(lease)
         except BaseException:
             if self._wanted.get(endpoint) is wanted:
-                _restore(self._wanted, endpoint, previous)
-                _restore(self._templates, endpoint, previous_template)
+                restore(self._wanted, endpoint, previous)
+                restore(self._templates, endpoint, previous_template)
                 self._note_registrations()
             raise
 
@@ -482,121 +355,6 @@ class DistributedRuntime:
                 raise
             finally:
                 self._note_registrations()
-
-    # -- metadata entries --------------------------------------------------------------------------------
-    async def put_entry(self, entry: MetadataEntry, *, bound: bool = True) -> MetadataEntry:
-        """Write ``entry``; bound to the lease (default) it goes with this process and is written again
-        under a replacement lease, unbound it stays until deleted."""
-        ident = ("entry", entry.bucket, entry.key)
-        if bound:
-            return await self._put_bound(ident, lambda _lease_id: entry)
-        entry.to_json()  # too large or not JSON: refused before anything changes
-        async with self._lease_lock.shared():
-            self._wanted_entries.pop(ident, None)
-            self._written_entries.pop(ident, None)
-            await self.backend.put_entry(entry, None)
-        return entry
-
-    async def _put_bound(self, ident: Hashable, render: Callable[[int], MetadataEntry]) -> MetadataEntry:
-        """Record a lease-bound entry and write it under the current lease (as :meth:`register` does)."""
-        if self._failure is not None:
-            raise self._failure
-        render(self.lease.id).to_json()  # a bad entry is the caller's error, before anything is recorded
-        previous = self._wanted_entries.get(ident)
-        self._wanted_entries[ident] = render
-        try:
-            while True:
-                async with self._lease_lock.shared():
-                    lease = self.lease
-                    entry = render(lease.id)
-                    try:
-                        await self.backend.put_entry(entry, lease)
-                    except LeaseNotFoundError:
-                        self._renew_now.set()
-                    else:
-                        self._written_entries[ident] = entry
-                        return entry
-                await self._wait_for_another_lease(lease)
-        except BaseException:
-            if self._wanted_entries.get(ident) is render:
-                _restore(self._wanted_entries, ident, previous)
-            raise
-
-    async def delete_entry(self, bucket: str, key: str) -> None:
-        """Delete an entry (bound or not; a no-op if absent)."""
-        await self._forget_entry(("entry", bucket, key), bucket, key)
-
-    async def _forget_entry(self, ident: Hashable, bucket: str, key: str) -> None:
-        async with self._lease_lock.shared():
-            self._wanted_entries.pop(ident, None)
-            written = self._written_entries.pop(ident, None)
-            if written is not None:
-                bucket, key = written.bucket, written.key
-            await self.backend.delete_entry(bucket, key)
-
-    async def get_entry(self, bucket: str, key: str) -> MetadataEntry | None:
-        """The entry ``key`` of ``bucket``, if there is one (live)."""
-        found = await self.backend.list_entries(bucket, key)
-        return next((e for e in found if e.key == key), None)
-
-    async def list_entries(self, bucket: str, prefix: str = "") -> list[MetadataEntry]:
-        """The entries of ``bucket`` whose key starts with ``prefix``."""
-        return await self.backend.list_entries(bucket, prefix)
-
-    def watch_entries(self, bucket: str, prefix: str = "") -> EntryWatch:
-        """Watch the entries of ``bucket`` under ``prefix`` (see :meth:`Bucket.watch`)."""
-        return self.backend.watch_entries(bucket, prefix)
-
-    async def register_model(
-        self, endpoint: EndpointId, card: Mapping[str, Any], lora: str | None = None
-    ) -> ModelCard:
-        """Publish a model deployment card on ``endpoint``, bound to the lease, at the reference's key
-        (``v1/mdc/{ns}/{comp}/{ep}/{instance id:x}[/{lora}]``), written again for a replacement lease."""
-        if not isinstance(card, Mapping):
-            raise InvalidRecordError(f"a model card is a mapping (card_json), got {type(card).__name__}")
-        ns, comp, ep = endpoint.namespace, endpoint.component, endpoint.endpoint
-        frozen = ModelCard(ns, comp, ep, 0, card, lora).card  # checked once, before anything is written
-
-        def render(lease_id: int) -> MetadataEntry:
-            return ModelCard(ns, comp, ep, lease_id, frozen, lora).to_entry()
-
-        entry = await self._put_bound(("model", endpoint, lora), render)
-        return ModelCard.from_entry(entry)
-
-    async def unregister_model(self, endpoint: EndpointId, lora: str | None = None) -> None:
-        """Withdraw the card :meth:`register_model` published (a no-op if there is none)."""
-        ns, comp, ep = endpoint.namespace, endpoint.component, endpoint.endpoint
-        key = ModelCard(ns, comp, ep, self.instance_id, {}, lora).key
-        await self._forget_entry(("model", endpoint, lora), MODEL_CARDS_BUCKET, key)
-
-    async def models(self, query: InstanceQuery | None = None) -> list[ModelCard]:
-        """The model cards registered on the endpoints ``query`` covers (everything by default), by every
-        process (dyndisc or Dynamo); cards that cannot be read are skipped with a warning."""
-        parts = (query or InstanceQuery()).parts
-        found = await self.backend.list_entries(MODEL_CARDS_BUCKET, "".join(f"{p}/" for p in parts))
-        return _read_all(found, ModelCard.from_entry)
-
-    async def register_event_channel(self, channel: EventChannel) -> EventChannel:
-        """Publish an event channel, bound to the lease, where the reference's subscribers look for it."""
-        entry = channel.to_entry()
-        await self._put_bound(("entry", entry.bucket, entry.key), lambda _lease_id: entry)
-        return channel
-
-    async def unregister_event_channel(self, channel: EventChannel) -> None:
-        """Withdraw an event channel."""
-        await self.delete_entry(EVENT_CHANNELS_BUCKET, channel.key)
-
-    async def event_channels(
-        self, query: InstanceQuery | None = None, topic: str | None = None
-    ) -> list[EventChannel]:
-        """The event channels under the scope of ``query`` (channels of its components and endpoints too),
-        of ``topic`` if given; channels that cannot be read are skipped with a warning."""
-        kinds = ("namespace", "component", "endpoint")
-        parts = (query or InstanceQuery()).parts
-        prefix = "".join(f"{kind}/{event_segment(name)}/" for kind, name in zip(kinds, parts, strict=False))
-        entries = await self.backend.list_entries(EVENT_CHANNELS_BUCKET, prefix)
-        found = _read_all(entries, EventChannel.from_entry)
-        return [c for c in found if topic is None or c.topic == topic]
 
     async def instance_set(self, query: InstanceQuery) -> InstanceSet:
         """The shared live set for ``query``, watched once per runtime; established before it returns.
@@ -662,21 +420,3 @@ class DistributedRuntime:
         finally:
             source.unsubscribe(subscription)
             source.release()
-
-
-def _restore(mapping: dict[K, V], key: K, previous: V | None) -> None:
-    if previous is None:
-        mapping.pop(key, None)
-    else:
-        mapping[key] = previous
-
-
-def _read_all(entries: list[MetadataEntry], read: Callable[[MetadataEntry], R]) -> list[R]:
-    """``read`` of every entry; one that is not what ``read`` expects is skipped with a warning."""
-    found = []
-    for entry in entries:
-        try:
-            found.append(read(entry))
-        except InvalidRecordError as exc:
-            log.warning("skipping %s: %s", entry, exc)
-    return found
