@@ -37,6 +37,7 @@ from dyndisc._errors import (
     RegistrationConflictError,
     RuntimeNotStartedError,
 )
+from dyndisc._events import Added, DiscoveryEvent, RemovalReason, Removed, Resync
 from dyndisc._health import LeaseState, RuntimeHealth
 from dyndisc._instance_set import InstanceSet
 from dyndisc._lease import LeaseChange
@@ -44,15 +45,10 @@ from dyndisc._metadata import MAX_METADATA_DEPTH
 from dyndisc._models import (
     MAX_NAME_LENGTH,
     MAX_RECORD_BYTES,
-    Added,
-    DiscoveryEvent,
     EndpointId,
     Instance,
     InstanceQuery,
     Readiness,
-    RemovalReason,
-    Removed,
-    Resync,
     Transport,
 )
 from dyndisc._runtime import Bucket, Component, DistributedRuntime, Endpoint, Namespace

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import anyio
 
-from dyndisc._models import Added, Removed, Resync
+from dyndisc._events import Added, Removed, Resync
 from dyndisc._runtime import DistributedRuntime
 from dyndisc._settings import canonical_backend_name
 from dyndisc.backends import create_backend

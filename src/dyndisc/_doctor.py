@@ -23,7 +23,8 @@ import anyio
 
 from dyndisc._diagnosis import BackendDoctor, Check, Report, Status
 from dyndisc._errors import ConfigurationError
-from dyndisc._models import Added, Instance, InstanceQuery, Removed, Resync
+from dyndisc._events import Added, Removed, Resync
+from dyndisc._models import Instance, InstanceQuery
 from dyndisc._settings import canonical_backend_name
 from dyndisc.backends import DiscoveryBackend, create_backend
 from dyndisc.backends.base import Lease

@@ -15,8 +15,9 @@ from dyndisc._cards import EventChannel, ModelCard
 from dyndisc._client import Client
 from dyndisc._dynamo import DynamoTcp
 from dyndisc._entries import EntryEvent, MetadataEntry, validate_bucket, validate_entry_key
+from dyndisc._events import DiscoveryEvent
 from dyndisc._instance_set import InstanceSet
-from dyndisc._models import DiscoveryEvent, EndpointId, Instance, InstanceQuery, Readiness, Transport
+from dyndisc._models import EndpointId, Instance, InstanceQuery, Readiness, Transport
 from dyndisc._names import validate_name
 
 #: What ``watch()`` returns: ``async with x.watch() as events: async for event in events: ...``.

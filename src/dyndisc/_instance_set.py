@@ -12,8 +12,9 @@ import anyio
 from anyio.abc import TaskStatus
 
 from dyndisc._concurrency import gc_paused
+from dyndisc._events import Added, DiscoveryEvent, Removed, Resync
 from dyndisc._metrics import metrics
-from dyndisc._models import Added, DiscoveryEvent, EndpointId, Instance, InstanceQuery, Removed, Resync
+from dyndisc._models import EndpointId, Instance, InstanceQuery
 from dyndisc._retry import Backoff
 from dyndisc.backends.base import DiscoveryBackend
 

@@ -14,6 +14,7 @@ from dyndisc._concurrency import SharedExclusiveLock, Wake, background_tasks
 from dyndisc._dynamo import DynamoTcp
 from dyndisc._entries import MetadataEntry
 from dyndisc._errors import LeaseNotFoundError, RuntimeNotStartedError
+from dyndisc._events import DiscoveryEvent
 from dyndisc._handles import Bucket, Component, Endpoint, Namespace, TransportArg
 from dyndisc._health import HealthRecorder, RuntimeHealth
 from dyndisc._instance_set import InstanceSet
@@ -21,7 +22,7 @@ from dyndisc._lease import (
     LeaseChange,
 )
 from dyndisc._metrics import metrics
-from dyndisc._models import DiscoveryEvent, EndpointId, Instance, InstanceQuery, Readiness, Transport
+from dyndisc._models import EndpointId, Instance, InstanceQuery, Readiness, Transport
 from dyndisc._probe import serve_probes
 from dyndisc._runtime_lease import LeaseKeeping
 from dyndisc._runtime_metadata import RuntimeMetadata, restore

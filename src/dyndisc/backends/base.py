@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from dyndisc._diagnosis import BackendDoctor
 from dyndisc._entries import EntryEvent, MetadataEntry
-from dyndisc._models import DiscoveryEvent, Instance, InstanceQuery
+from dyndisc._events import DiscoveryEvent
+from dyndisc._models import Instance, InstanceQuery
 
 
 @dataclass(frozen=True)

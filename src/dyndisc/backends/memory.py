@@ -22,7 +22,7 @@ import anyio.lowlevel
 from dyndisc._concurrency import background_tasks
 from dyndisc._diagnosis import BackendDoctor, Report, Status
 from dyndisc._errors import LeaseNotFoundError
-from dyndisc._models import RemovalReason
+from dyndisc._events import RemovalReason
 from dyndisc.backends.base import Lease
 from dyndisc.backends.kv import KeyValueStore, KvDiscovery, StoreDelete, StoredValue, StoreEvent, StorePut
 from dyndisc.backends.kv.event_queue import StoreEventQueue

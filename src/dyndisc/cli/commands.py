@@ -9,7 +9,8 @@ import time
 import anyio
 import click
 
-from dyndisc._models import Added, Instance, InstanceQuery, Readiness, Removed, Resync
+from dyndisc._events import Added, Removed, Resync
+from dyndisc._models import Instance, InstanceQuery, Readiness
 from dyndisc.cli.app import BACKEND_CHOICE, backend_options, main, run, settings
 from dyndisc.cli.inputs import (
     parse_endpoint,

@@ -15,16 +15,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from dyndisc._models import (
-    Added,
-    DiscoveryEvent,
-    EndpointId,
-    Instance,
-    InstanceQuery,
-    Readiness,
-    Removed,
-    Resync,
-)
+from dyndisc._events import Added, DiscoveryEvent, Removed, Resync
+from dyndisc._models import EndpointId, Instance, InstanceQuery, Readiness
 from dyndisc.backends import DiscoveryBackend
 from dyndisc.cli.output import INSTANCE_COLUMNS, Style, age, dumps, local_stamp
 

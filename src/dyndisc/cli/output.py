@@ -21,7 +21,8 @@ from typing import Any
 
 import click
 
-from dyndisc._models import Added, Instance, Readiness, Removed, Resync
+from dyndisc._events import Added, Removed, Resync
+from dyndisc._models import Instance, Readiness
 
 
 # -- JSON ---------------------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from dyndisc._concurrency import Wake, background_tasks
 from dyndisc._diagnosis import BackendDoctor
 from dyndisc._entries import EntryEvent, MetadataEntry
 from dyndisc._errors import BackendUnavailableError
-from dyndisc._models import DiscoveryEvent, Instance, InstanceQuery
+from dyndisc._events import DiscoveryEvent
+from dyndisc._models import Instance, InstanceQuery
 from dyndisc.backends.base import Connected, DiscoveryBackend, Lease
 from dyndisc.backends.kv import KeyValueStore, StoreDelete, StoredValue, StoreEvent
 from dyndisc.backends.kv.event_queue import MAX_PENDING_EVENTS

@@ -22,7 +22,8 @@ from dyndisc._cards import ModelCard
 from dyndisc._dynamo import MODEL_CARDS_BUCKET
 from dyndisc._entries import EntryAdded, EntryEvent, EntryRemoved, EntryResync, MetadataEntry
 from dyndisc._errors import ConfigurationError, DyndiscError
-from dyndisc._models import Added, DiscoveryEvent, EndpointId, Instance, InstanceQuery, Removed, Resync
+from dyndisc._events import Added, DiscoveryEvent, Removed, Resync
+from dyndisc._models import EndpointId, Instance, InstanceQuery
 from dyndisc._retry import Backoff
 from dyndisc.backends.base import DiscoveryBackend
 from dyndisc.cli.output import instance_json

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from dyndisc._models import RemovalReason
+from dyndisc._events import RemovalReason
 from dyndisc.backends.file.changes import ChangeFeed
 from dyndisc.backends.file.layout import Record
 from dyndisc.backends.file.records import Records

@@ -36,7 +36,8 @@ from dyndisc._entries import (
     validate_entry_key,
 )
 from dyndisc._errors import ConfigurationError, LeaseNotFoundError, RegistrationConflictError
-from dyndisc._models import Added, DiscoveryEvent, Instance, InstanceQuery, Removed, Resync
+from dyndisc._events import Added, DiscoveryEvent, Removed, Resync
+from dyndisc._models import Instance, InstanceQuery
 from dyndisc.backends.base import DiscoveryBackend, Lease
 from dyndisc.backends.kubernetes.entries import UnboundEntries, join_entries
 from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError

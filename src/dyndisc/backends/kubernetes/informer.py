@@ -25,7 +25,8 @@ import anyio
 
 from dyndisc._concurrency import background_tasks
 from dyndisc._errors import DyndiscError
-from dyndisc._models import EndpointId, Instance, InstanceQuery, RemovalReason
+from dyndisc._events import RemovalReason
+from dyndisc._models import EndpointId, Instance, InstanceQuery
 from dyndisc._retry import Backoff
 from dyndisc.backends.kubernetes.identity import DiscoveryMode
 from dyndisc.backends.kubernetes.join import (

@@ -25,16 +25,8 @@ from dyndisc._entries import (
     validate_entry_key,
 )
 from dyndisc._errors import ConfigurationError, InvalidNameError, RegistrationConflictError
-from dyndisc._models import (
-    Added,
-    DiscoveryEvent,
-    EndpointId,
-    Instance,
-    InstanceQuery,
-    RemovalReason,
-    Removed,
-    Resync,
-)
+from dyndisc._events import Added, DiscoveryEvent, RemovalReason, Removed, Resync
+from dyndisc._models import EndpointId, Instance, InstanceQuery
 from dyndisc.backends.base import DiscoveryBackend, Lease
 from dyndisc.backends.kv.layouts import KeyLayout, make_layout
 from dyndisc.backends.kv.store import KeyValueStore, StoreEvent, StorePut, StoreSnapshot

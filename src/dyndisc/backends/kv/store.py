@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
-from dyndisc._models import RemovalReason
+from dyndisc._events import RemovalReason
 from dyndisc.backends.base import Connected, Lease
 
 #: Every key layout a store can hold (see :mod:`dyndisc.backends.kv.layouts`).

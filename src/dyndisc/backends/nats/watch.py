@@ -12,7 +12,7 @@ from functools import partial
 import anyio
 from anyio.abc import TaskStatus
 
-from dyndisc._models import RemovalReason
+from dyndisc._events import RemovalReason
 from dyndisc._retry import Backoff
 from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
 from dyndisc.backends.kv.event_queue import MAX_PENDING_EVENTS as MAX_PENDING_EVENTS  # the same bound

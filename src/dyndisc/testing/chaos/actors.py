@@ -15,7 +15,8 @@ import anyio
 from anyio.abc import TaskStatus
 
 from dyndisc._client import Client
-from dyndisc._models import DiscoveryEvent, Instance, InstanceQuery, Resync
+from dyndisc._events import DiscoveryEvent, Resync
+from dyndisc._models import Instance, InstanceQuery
 from dyndisc._runtime import DistributedRuntime
 from dyndisc.backends.base import DiscoveryBackend, Lease
 from dyndisc.testing.chaos.history import record_of

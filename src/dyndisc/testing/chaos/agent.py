@@ -21,7 +21,8 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from dyndisc._models import DiscoveryEvent, InstanceQuery
+from dyndisc._events import DiscoveryEvent
+from dyndisc._models import InstanceQuery
 from dyndisc._runtime import DistributedRuntime
 from dyndisc._settings import canonical_backend_name
 from dyndisc.backends import create_backend

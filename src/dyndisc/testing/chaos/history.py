@@ -13,7 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dyndisc._models import Added, DiscoveryEvent, Instance, Removed, Resync
+from dyndisc._events import Added, DiscoveryEvent, Removed, Resync
+from dyndisc._models import Instance
 
 #: An instance as the history keeps it: ``"ns.comp.ep/<id hex>"`` (the key) and its record (JSON text).
 Record = tuple[str, str]

@@ -24,7 +24,8 @@ import anyio
 from anyio.abc import Process, TaskGroup
 
 from dyndisc._errors import DyndiscError
-from dyndisc._models import Added, Instance, InstanceQuery, Removed, Resync
+from dyndisc._events import Added, Removed, Resync
+from dyndisc._models import Instance, InstanceQuery
 from dyndisc._names import EndpointId
 from dyndisc.testing.chaos.checker import quiet_point
 from dyndisc.testing.chaos.history import Fault, History, LeaseReport, Seen, record_of

@@ -20,7 +20,8 @@ from typing import Any
 import anyio
 
 from dyndisc._errors import BackendUnavailableError
-from dyndisc._models import DiscoveryEvent, InstanceQuery, Resync
+from dyndisc._events import DiscoveryEvent, Resync
+from dyndisc._models import InstanceQuery
 from dyndisc._retry import seed_jitter
 from dyndisc._runtime import DistributedRuntime
 from dyndisc.backends.kv import KvDiscovery
