@@ -29,15 +29,8 @@ from aetcd.utils import prefix_range_end
 from dyndisc._concurrency import gc_paused
 from dyndisc._errors import AccessDeniedError, BackendUnavailableError
 from dyndisc._retry import Backoff
-from dyndisc.backends.etcd.connection import (
-    REQUIRE_LEADER,
-    EtcdConnection,
-    Stubs,
-    Transient,
-    Unreachable,
-    grpc_await,
-    stray_cancellation,
-)
+from dyndisc.backends.etcd.connection import REQUIRE_LEADER, EtcdConnection, Stubs, Transient, Unreachable
+from dyndisc.backends.etcd.grpc_calls import grpc_await, stray_cancellation
 from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
 from dyndisc.backends.kv.event_queue import MAX_PENDING_EVENTS
 
