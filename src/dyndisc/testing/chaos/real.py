@@ -30,7 +30,7 @@ from dyndisc._names import EndpointId
 from dyndisc.testing.chaos.checker import quiet_point
 from dyndisc.testing.chaos.history import Fault, History, LeaseReport, Seen, record_of
 from dyndisc.testing.chaos.plan import Plan, Step
-from dyndisc.testing.chaos.targets import Target
+from dyndisc.testing.chaos.target import Target
 
 
 class _Agent:

@@ -21,7 +21,8 @@ from dyndisc.testing.chaos.history import History
 from dyndisc.testing.chaos.plan import WATCHER_KINDS, make_plan
 from dyndisc.testing.chaos.real import RealRun
 from dyndisc.testing.chaos.sim import BOUNDS, FAULTS, WATCHERS, simulate
-from dyndisc.testing.chaos.targets import TARGETS, Target
+from dyndisc.testing.chaos.target import Target
+from dyndisc.testing.chaos.targets import TARGETS
 
 #: Every backend a run can use: ``memory`` is the simulation, the others run against real servers.
 BACKENDS = ("memory", *TARGETS)
