@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build kube-apiserver and kube-controller-manager from the published k8s.io/kubernetes Go module (see
 # go.mod here; the commands are cmd/<name>), or reuse the binaries cached for this Kubernetes version, and
-# print their paths, one a line. Same cache as dyndisc.testing.servers.kube:
+# print their paths, one a line. Same cache as dyndisc.testing.servers.kube_build:
 #   ${XDG_CACHE_HOME:-~/.cache}/dyndisc/<name>-<version>/<name>
 #
 #   build.sh [--force] [kube-apiserver] [kube-controller-manager]    (no name: both)

@@ -11,13 +11,9 @@ from dyndisc.testing.servers._process import ServerBase, ServerUnavailable, free
 from dyndisc.testing.servers._tls import TLSFiles
 from dyndisc.testing.servers.etcd import EtcdServer
 from dyndisc.testing.servers.etcd_cluster import EtcdCluster
-from dyndisc.testing.servers.kube import (
-    KubeApiServer,
-    KubeCluster,
-    KubeControllerManager,
-    build_kube_apiserver,
-    build_kube_controller_manager,
-)
+from dyndisc.testing.servers.kube import KubeApiServer
+from dyndisc.testing.servers.kube_build import build_kube_apiserver, build_kube_controller_manager
+from dyndisc.testing.servers.kube_controllers import KubeCluster, KubeControllerManager
 from dyndisc.testing.servers.nats import NatsServer
 from dyndisc.testing.servers.proxy import ProxyMode, TcpProxy
 

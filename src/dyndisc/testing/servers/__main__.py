@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from dyndisc.testing.servers.kube import _main
+from dyndisc.testing.servers.kube_build import _main
 
 if __name__ == "__main__":
     args = sys.argv[1:]
