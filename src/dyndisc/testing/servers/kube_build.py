@@ -13,18 +13,19 @@ Build from the command line (what CI does through ``tools/kubernetes/build.sh``)
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import os
 import re
-import shutil
-import subprocess
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
+from dyndisc.testing.servers._gobuild import (
+    cached_binary_path,
+    executable,
+    find_tool_source,
+    go_build,
+)
 from dyndisc.testing.servers._process import (
     ServerUnavailable,
 )
@@ -58,14 +59,9 @@ _OLD_KUBE_SRC_ENV = "DYNDISC_KUBE_APISERVER_SRC"
 
 
 # -- building -----------------------------------------------------------------------------------------
-def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "dyndisc"
-
-
 def cached_kube_binary_path(component: KubeComponent, version: str = KUBE_VERSION) -> Path:
     """Where the built ``component`` binary for ``version`` lives (it may not exist yet)."""
-    return _cache_root() / f"{component}-{version}" / component
+    return cached_binary_path(component, version)
 
 
 def cached_kube_apiserver_path(version: str = KUBE_VERSION) -> Path:
@@ -76,13 +72,7 @@ def cached_kube_apiserver_path(version: str = KUBE_VERSION) -> Path:
 def find_kube_source() -> Path | None:
     """The wrapper Go module: ``$DYNDISC_KUBE_SRC`` or ``tools/kubernetes`` of a checkout."""
     override = os.environ.get(KUBE_SRC_ENV) or os.environ.get(_OLD_KUBE_SRC_ENV)
-    if override:
-        return Path(override)
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "tools" / "kubernetes"
-        if (candidate / "go.mod").is_file():
-            return candidate
-    return None
+    return Path(override) if override else find_tool_source("kubernetes")
 
 
 #: The same module builds every component (the name is kept for existing callers).
@@ -98,34 +88,12 @@ def source_kube_version(source_dir: Path) -> str:
     return match.group(1)
 
 
-def _go_binary(component: KubeComponent) -> str:
-    found = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").is_file() else None)
-    if found is None:
-        raise ServerUnavailable(
-            f"building {component} needs the Go toolchain ('go' on PATH), or set "
-            f"{KUBE_BIN_ENVS[component]} to a {component} binary"
-        )
-    return found
-
-
 def _ldflags(version: str) -> str:
     """Strip symbols, and stamp the version the way Kubernetes' own build does (else it says v0.0.0)."""
     major, minor = version.lstrip("v").split(".")[:2]
     pkg = "k8s.io/component-base/version"
     stamps = {"gitVersion": version, "gitMajor": major, "gitMinor": minor, "gitTreeState": "clean"}
     return " ".join(["-s", "-w", *(f"-X {pkg}.{name}={value}" for name, value in stamps.items())])
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    # Parallel test processes (xdist) or CI steps must not build the same binary twice at once.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def build_kube_binary(
@@ -145,12 +113,9 @@ def build_kube_binary(
     if component not in KUBE_BIN_ENVS:
         raise ValueError(f"unknown Kubernetes component {component!r}; one of {', '.join(KUBE_COMPONENTS)}")
     bin_env = KUBE_BIN_ENVS[component]
-    override = os.environ.get(bin_env)
-    if override:
-        path = Path(override)
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise ServerUnavailable(f"{bin_env}={override} is not an executable file")
-        return path
+    override = executable(bin_env)
+    if override is not None:
+        return override
     source = source_dir or find_kube_source()
     version = source_kube_version(source) if source is not None else KUBE_VERSION
     target = cached_kube_binary_path(component, version)
@@ -162,31 +127,9 @@ def build_kube_binary(
             f"tools/kubernetes/build.sh from a dyndisc checkout, set {KUBE_SRC_ENV} to that directory, "
             f"or set {bin_env}"
         )
-    go = _go_binary(component)
-    with _file_lock(target.parent / ".build.lock"):
-        if target.is_file() and not force:
-            return target  # another process built it while we waited
-        log_path = target.parent / "build.log"
-        partial = target.with_name(f".{component}.{os.getpid()}.partial")
-        env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
-        package = f"./cmd/{component}"
-        argv = [go, "build", "-trimpath", f"-ldflags={_ldflags(version)}", "-o", str(partial), package]
-        started = time.monotonic()
-        if verbose:
-            print(f"building {component} {version} in {source} (log: {log_path})", file=sys.stderr)
-        with open(log_path, "wb") as log:
-            code = subprocess.call(argv, cwd=source, env=env, stdout=log, stderr=subprocess.STDOUT)
-        if code != 0:
-            partial.unlink(missing_ok=True)
-            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-            raise ServerUnavailable(
-                f"building {component} failed (exit {code}): cd {source} && GOFLAGS=-mod=mod "
-                f"{' '.join(argv[1:])}\n{tail}"
-            )
-        os.replace(partial, target)  # atomic: readers never see a half-written binary
-        if verbose:
-            print(f"built {component} in {time.monotonic() - started:.0f}s", file=sys.stderr)
-    return target
+    return go_build(
+        component, version, source, ldflags=_ldflags(version), bin_env=bin_env, force=force, verbose=verbose
+    )
 
 
 def build_kube_apiserver(
