@@ -56,6 +56,10 @@ REGRESSIONS = [
     # new lease (and the checker misread the runtime's writes as the application's wishes).
     # tests/unit/test_lease_semantics.py, tests/chaos/test_chaos_checker.py.
     ("etcd-cluster", 1004, 20.0),
+    # etcd 3.5.1 dropped a worker's delete that landed at the nemesis's compaction revision (etcd-io/etcd
+    # #18089, #19179): every watcher kept the instance. The suite now runs etcd 3.6.16; pinned by
+    # test_a_delete_at_the_compaction_revision_reaches_a_resumed_watch (tests/backends/etcd/).
+    ("etcd", 1016, 20.0),
 ]
 
 
