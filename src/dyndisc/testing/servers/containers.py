@@ -20,7 +20,7 @@ from dyndisc.testing.servers.external import ExternalEtcd, ExternalNats
 __all__ = ["ETCD_IMAGE", "NATS_IMAGE", "ContainerServer", "etcd_container", "nats_container", "servers_mode"]
 
 #: Images run by default; ``DYNDISC_ETCD_IMAGE`` / ``DYNDISC_NATS_IMAGE`` choose others.
-ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17"
+ETCD_IMAGE = "quay.io/coreos/etcd:v3.6.16"
 #: Per-message TTLs need nats-server 2.11 or later.
 NATS_IMAGE = "nats:2.11-alpine"
 #: Values of ``DYNDISC_TEST_SERVERS``.
