@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 
 import anyio
 from anyio.abc import TaskGroup
 
-from dyndisc._concurrency import SharedExclusiveLock, Wake
+from dyndisc._concurrency import Wake
 from dyndisc._dynamo import DynamoTcp
-from dyndisc._entries import MetadataEntry
 from dyndisc._errors import LeaseLostError
 from dyndisc._health import HealthRecorder
 from dyndisc._lease import (
@@ -26,43 +25,30 @@ from dyndisc._lease import (
 )
 from dyndisc._metrics import Metrics
 from dyndisc._models import EndpointId, Instance
+from dyndisc._runtime_state import RuntimeState
 from dyndisc._settings import LeaseLossPolicy
 from dyndisc.backends.base import DiscoveryBackend, Lease
 
 log = logging.getLogger("dyndisc.runtime")
 
 
-class LeaseKeeping:
+class LeaseKeeping(RuntimeState):
     """The lease methods of :class:`~dyndisc.DistributedRuntime` (which inherits them): what they need from
-    the runtime is declared here, and the runtime provides it."""
+    the runtime beyond :class:`RuntimeState` is declared here, and the runtime provides it."""
 
     lease_ttl: float
     lease_loss_policy: LeaseLossPolicy
     on_lease_change: Callable[[LeaseChange], object] | None
     _backend: DiscoveryBackend | None
-    _lease: Lease | None
     _tg: TaskGroup | None
-    _lease_lock: SharedExclusiveLock
     _wanted: dict[EndpointId, Instance]
     _registered: dict[EndpointId, Instance]
     _templates: dict[EndpointId, DynamoTcp]
-    _wanted_entries: dict[Hashable, Callable[[int], MetadataEntry]]
-    _written_entries: dict[Hashable, MetadataEntry]
     _health: HealthRecorder
     _changed: Wake
-    _renew_now: Wake
-    _failure: BaseException | None
     _metrics: Metrics
     _counted: int
     _registrations_changed: bool
-
-    @property
-    def backend(self) -> DiscoveryBackend:
-        raise NotImplementedError
-
-    @property
-    def lease(self) -> Lease:
-        raise NotImplementedError
 
     def _for_lease(self, endpoint: EndpointId, instance: Instance, lease_id: int) -> Instance:
         raise NotImplementedError

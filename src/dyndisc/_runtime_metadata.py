@@ -10,12 +10,12 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 from dyndisc._cards import EventChannel, ModelCard, event_segment
-from dyndisc._concurrency import SharedExclusiveLock, Wake
 from dyndisc._dynamo import EVENT_CHANNELS_BUCKET, MODEL_CARDS_BUCKET
 from dyndisc._entries import EntryEvent, MetadataEntry
 from dyndisc._errors import InvalidRecordError, LeaseNotFoundError
 from dyndisc._models import EndpointId, InstanceQuery
-from dyndisc.backends.base import DiscoveryBackend, Lease
+from dyndisc._runtime_state import RuntimeState
+from dyndisc.backends.base import Lease
 
 log = logging.getLogger("dyndisc.runtime")
 
@@ -26,23 +26,9 @@ V = TypeVar("V")
 R = TypeVar("R")
 
 
-class RuntimeMetadata:
-    """The metadata methods of :class:`~dyndisc.DistributedRuntime` (which inherits them): what it needs
-    from the runtime is declared here, and the runtime provides it."""
-
-    _failure: BaseException | None
-    _lease_lock: SharedExclusiveLock
-    _renew_now: Wake
-    _wanted_entries: dict[Hashable, Callable[[int], MetadataEntry]]
-    _written_entries: dict[Hashable, MetadataEntry]
-
-    @property
-    def backend(self) -> DiscoveryBackend:
-        raise NotImplementedError
-
-    @property
-    def lease(self) -> Lease:
-        raise NotImplementedError
+class RuntimeMetadata(RuntimeState):
+    """The metadata methods of :class:`~dyndisc.DistributedRuntime` (which inherits them): what they need
+    from the runtime beyond :class:`RuntimeState` is declared here, and the runtime provides it."""
 
     @property
     def instance_id(self) -> int:

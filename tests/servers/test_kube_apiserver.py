@@ -15,7 +15,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from dyndisc.testing.server_fixtures import server_unavailable
 from dyndisc.testing.servers import KubeApiServer, ServerUnavailable
-from dyndisc.testing.servers.kube import KUBE_VERSION, find_kube_apiserver_source, source_kube_version
+from dyndisc.testing.servers.kube_build import KUBE_VERSION, find_kube_apiserver_source, source_kube_version
 
 GROUP, VERSION, PLURAL = "nvidia.com", "v1alpha1", "dynamoworkermetadatas"
 TIMEOUT = 30.0

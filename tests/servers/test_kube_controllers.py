@@ -21,7 +21,7 @@ import pytest
 from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError
 from dyndisc.backends.kubernetes.join import DISCOVERY_LABELS
 from dyndisc.testing.servers import KubeCluster
-from dyndisc.testing.servers.kube import KUBE_VERSION
+from dyndisc.testing.servers.kube_build import KUBE_VERSION
 from harnesses.kubernetes import Cluster
 
 TIMEOUT = 30.0

@@ -1,7 +1,7 @@
 """Build (or locate) the test servers' binaries, cached by version:
 
-    python -m dyndisc.testing.servers etcd {build [--force] | path}
-    python -m dyndisc.testing.servers kube {build [--source DIR] [--force] | path} [NAME...]
+python -m dyndisc.testing.servers etcd {build [--force] | path}
+python -m dyndisc.testing.servers kube {build [--source DIR] [--force] | path} [NAME...]
 """
 
 from __future__ import annotations

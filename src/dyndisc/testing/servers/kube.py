@@ -21,33 +21,9 @@ from dyndisc.testing.servers._process import (
 )
 from dyndisc.testing.servers._tls import TLSFiles, generate_tls
 from dyndisc.testing.servers.etcd import EtcdServer
-from dyndisc.testing.servers.kube_build import (
-    KUBE_VERSION,
-    KubeComponent,
-    build_kube_apiserver,
-    build_kube_binary,
-    build_kube_controller_manager,
-    cached_kube_apiserver_path,
-    cached_kube_binary_path,
-    find_kube_apiserver_source,
-    find_kube_source,
-    resolve_kube_binary,
-    source_kube_version,
-)
+from dyndisc.testing.servers.kube_build import resolve_kube_binary
 
-__all__ = [
-    "KUBE_VERSION",
-    "KubeApiServer",
-    "KubeComponent",
-    "build_kube_apiserver",
-    "build_kube_binary",
-    "build_kube_controller_manager",
-    "cached_kube_apiserver_path",
-    "cached_kube_binary_path",
-    "find_kube_apiserver_source",
-    "find_kube_source",
-    "source_kube_version",
-]
+__all__ = ["ADMIN_USER", "RESTRICTED_USER", "KubeApiServer"]
 
 ADMIN_USER = "dyndisc-admin"
 RESTRICTED_USER = "restricted"
