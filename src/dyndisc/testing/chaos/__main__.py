@@ -14,6 +14,7 @@ import argparse
 import os
 import statistics
 import sys
+import traceback
 from pathlib import Path
 
 from dyndisc.testing.chaos.runner import BACKENDS, Outcome, Session, quiet_logs
@@ -43,6 +44,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="plant a known bug (memory only), to see what the checker reports when it catches one",
     )
     return parser.parse_args(argv)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc``'s groups (a task group's error says only how many it holds)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def _summary(outcomes: list[Outcome], errored: list[int]) -> str:
@@ -82,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
                     raise
                 # The harness failed (not the system under test): say so and go on to the next seed.
                 errored.append(seed)
-                print(f"seed {seed}: HARNESS ERROR ({type(exc).__name__}: {exc})", flush=True)
+                where = args.out / "logs" / f"seed-{seed}" / "harness-error.txt"
+                where.parent.mkdir(parents=True, exist_ok=True)
+                where.write_text("".join(traceback.format_exception(exc)))
+                causes = "; ".join(f"{type(e).__name__}: {e}" for e in _leaves(exc))
+                print(f"seed {seed}: HARNESS ERROR ({causes}; traceback: {where})", flush=True)
                 continue
             outcomes.append(outcome)
             mark = "ok" if outcome.ok else "VIOLATION"
