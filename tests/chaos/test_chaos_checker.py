@@ -167,3 +167,19 @@ def test_a_late_watcher_that_disagrees_with_list_breaks_agreement() -> None:
         late_watch=[],
     )
     assert "agreement" in _invariants(history)
+
+
+def test_a_watcher_whose_process_ended_on_its_own_is_a_violation() -> None:
+    # Kubernetes seeds 1014 and 1034: the CLI's watch, started during an API server outage with its 5 s
+    # one-shot default, gave up and exited; the harness then crashed signalling it. Now the CLI watcher
+    # waits as a monitor would, and a watcher that dies is held against the run rather than the harness.
+    history = _history(
+        operations=_register(1.0),
+        seen=[Seen("v0", 0.5, "resync", []), Seen("v0", 1.1, "added", [(KEY, RECORD)])],
+        leases=[LeaseReport("w0", 0.5, 1, "held")],
+        truth=[(KEY, RECORD)],
+        late_watch=[(KEY, RECORD)],
+        gone_watchers=["v1"],
+        died={"v1": 4.0},
+    )
+    assert _invariants(history) == {"watchers keep running"}

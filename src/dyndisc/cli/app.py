@@ -113,7 +113,8 @@ class CommandGroup(click.Group):
                 traceback.print_exception(raw, file=sys.stderr)
             if isinstance(error, BackendUnavailableError):
                 raise click.ClickException(
-                    f"{error} (waited --wait {config.wait:g}s; pass --wait 60 to wait longer)"
+                    f"{error} (waited --wait {config.wait:g}s; pass --wait {max(60, 2 * config.wait):g} "
+                    "to wait longer)"
                 ) from None
             if isinstance(error, DyndiscError):
                 raise click.ClickException(str(error)) from None

@@ -9,6 +9,7 @@
   worker's TTL), unless the watcher itself was cut off then.
 * **no loss**: every endpoint a live runtime registered and did not unregister is in the truth, under the
   runtime's current instance id, with the record it last wrote (keys a foreign writer damaged excepted).
+* **watchers keep running**: no watcher's process ends on its own, whatever the faults.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def check(history: History, bounds: Bounds) -> list[Violation]:
     found += _convergence(history, by_watcher, truth, bounds)
     found += _no_phantom(history, by_watcher, bounds)
     found += _no_loss(history, truth)
+    found += [
+        Violation("watchers keep running", f"{name} ended on its own at t={at:.3f}", [])
+        for name, at in sorted(history.died.items())
+        if at <= history.truth_at
+    ]
     return found
 
 

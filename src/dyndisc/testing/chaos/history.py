@@ -110,6 +110,8 @@ class History:
     gone_watchers: list[str] = field(default_factory=list)
     #: The endpoint a watcher follows (``ns.comp.ep``), for watchers that follow one (clients).
     scopes: dict[str, str] = field(default_factory=dict)
+    #: Watchers whose process ended on its own (nobody stopped or killed it), and when.
+    died: dict[str, float] = field(default_factory=dict)
 
     def truth_for(self, watcher: str) -> dict[str, str]:
         """The truth as ``watcher`` should see it (one endpoint's part of it, for a client)."""

@@ -58,6 +58,8 @@ class RealRun:
         self.agents: dict[str, _Agent] = {}
         self.worker_agent: dict[str, _Agent] = {}
         self.ops: dict[tuple[str, int], int] = {}
+        #: Set once the run stops its agents (an agent ending after that was stopped, not dead).
+        self.stopping = False
         self.leases: dict[str, int | None] = {}
         self.paused: dict[str, int] = {}
         #: The run's task group: what the orchestrator does beside the steps (a kubelet's reports).
@@ -75,8 +77,17 @@ class RealRun:
             argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log
         )
         agent = self.agents[name] = _Agent(name, process, log)
-        tg.start_soon(reader, agent)
+        tg.start_soon(self._follow, reader, agent)
         return agent
+
+    async def _follow(self, reader: Any, agent: _Agent) -> None:
+        """Read what ``agent`` says until its output ends; a watcher whose process ended on its own (not
+        stopped, not killed) is recorded, and the checker holds it against the run."""
+        await reader(agent)
+        if agent.alive and not self.stopping:
+            agent.alive = False
+            if agent.name.startswith("v"):
+                self.history.died[agent.name] = self.now()
 
     async def send(self, agent: _Agent, **order: Any) -> None:
         if agent.alive and agent.process.stdin is not None:
@@ -175,7 +186,10 @@ class RealRun:
         count = self.paused.get(agent.name, 0) + (1 if pause else -1)
         self.paused[agent.name] = max(count, 0)
         if agent.alive and ((pause and count == 1) or (not pause and count <= 0)):
-            os.kill(agent.process.pid, signal.SIGSTOP if pause else signal.SIGCONT)
+            try:
+                os.kill(agent.process.pid, signal.SIGSTOP if pause else signal.SIGCONT)
+            except ProcessLookupError:  # it has just ended on its own: _follow records it
+                return
             if self.tg is not None:
                 self.tg.start_soon(self.target.agent_paused, agent.name, self.namespace, pause)
 
@@ -197,6 +211,10 @@ class RealRun:
                 "--json",
                 "--backend",
                 self.target.backend,
+                # A long-lived watch waits for its server, as a monitor would (the 5 s default suits a
+                # one-shot command): a watcher started during an outage must outlast it.
+                "--wait",
+                "120",
             ]
             await self.spawn(tg, name, argv, self.read_cli)
             return
@@ -323,10 +341,13 @@ class RealRun:
         self.history.late_watch = sorted(record_of(i) for i in first.instances)
         # Judge only the watchers that are running now (a paused or killed one cannot converge).
         self.history.gone_watchers = [
-            name for name in self.plan.watchers if name not in self.agents or self.paused.get(name, 0) > 0
+            name
+            for name in self.plan.watchers
+            if name not in self.agents or self.paused.get(name, 0) > 0 or name in self.history.died
         ]
 
     async def stop_agents(self) -> None:
+        self.stopping = True
         # Watchers first, so that no watcher sees the workers leave as the run shuts down.
         watchers = [a for a in self.agents.values() if a.name.startswith("v")]
         await self._stop(watchers)
