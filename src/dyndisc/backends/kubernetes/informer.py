@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
@@ -153,26 +153,21 @@ class NamespaceInformer:
         self.namespace = namespace
         self.mode = mode
         self.watch_timeout = watch_timeout
+        pods: Callable[[Any], list[PodState]]
         if mode is DiscoveryMode.CONTAINER:
-            readiness: Reflector[list[PodState]] = Reflector(
-                api,
-                f"/api/v1/namespaces/{namespace}/pods",
-                what=f"Pods in {namespace}",
-                label_selector=LABEL_SELECTOR,
-                transform=lambda obj, _previous: pod_containers(obj),
-                on_change=_ignore,
-                watch_timeout=watch_timeout,
-            )
+            path, kind, pods = f"/api/v1/namespaces/{namespace}/pods", "Pods", pod_containers
         else:
-            readiness = Reflector(
-                api,
-                f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
-                what=f"EndpointSlices in {namespace}",
-                label_selector=LABEL_SELECTOR,
-                transform=lambda obj, _previous: slice_pods(obj),
-                on_change=_ignore,
-                watch_timeout=watch_timeout,
-            )
+            path = f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+            kind, pods = "EndpointSlices", slice_pods
+        readiness: Reflector[list[PodState]] = Reflector(
+            api,
+            path,
+            what=f"{kind} in {namespace}",
+            label_selector=LABEL_SELECTOR,
+            transform=lambda obj, _previous: pods(obj),
+            on_change=_ignore,
+            watch_timeout=watch_timeout,
+        )
         self.readiness = SharedReflector(readiness)
         self.workers: SharedReflector[WorkerRecord] = SharedReflector(
             Reflector(
