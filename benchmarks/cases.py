@@ -121,7 +121,8 @@ async def _propagation_raw(raw_client: RawClient, count: int, whole: list[float]
     return raw
 
 
-async def _run_bounded(count: int, concurrency: int, one: Any) -> float:
+async def run_bounded(count: int, concurrency: int, one: Any) -> float:
+    """``await one(n)`` for ``n`` in ``range(count)``, ``concurrency`` at a time; the seconds it took."""
     started = time.perf_counter()
     limiter = anyio.CapacityLimiter(concurrency)
 
@@ -151,7 +152,7 @@ async def throughput(target: Target, count: int, concurrency: int, repeats: int 
                 async def register(n: int, ns: str = ns, worker: DistributedRuntime = worker) -> None:
                     await worker.endpoint(f"{ns}.c.e{n}").register("tcp://127.0.0.1:1")
 
-                ours.append(await _run_bounded(count, width, register))
+                ours.append(await run_bounded(count, width, register))
             if target.raw is not None:
                 raw_client = target.raw
                 lease = await raw_client.grant(30)
@@ -161,7 +162,7 @@ async def throughput(target: Target, count: int, concurrency: int, repeats: int 
                 ) -> None:
                     await raw_client.put(ns, n, lease)
 
-                raw.append(await _run_bounded(count, width, put))
+                raw.append(await run_bounded(count, width, put))
         figures[f"{label}_per_s"] = round(count / statistics.median(ours))
         if raw:
             figures[f"raw_{label}_per_s"] = round(count / statistics.median(raw))
@@ -293,7 +294,7 @@ async def _seed(backend: KvDiscovery, lease: Lease, template: Any, count: int) -
     async def one(n: int) -> None:
         await backend.register(template.replace(instance_id=n + 1), lease)
 
-    await _run_bounded(count, 64, one)
+    await run_bounded(count, 64, one)
 
 
 async def keepalive_cost(target: Target, endpoint_counts: Sequence[int], ttl: float) -> Figures:
@@ -318,7 +319,7 @@ async def keepalive_cost(target: Target, endpoint_counts: Sequence[int], ttl: fl
         backend.keep_alive = counting  # type: ignore[method-assign]
         ns = _ns()
         async with DistributedRuntime(backend, lease_ttl=ttl) as runtime:
-            await _run_bounded(
+            await run_bounded(
                 count, 64, lambda n, ns=ns: runtime.endpoint(f"{ns}.c.e{n}").register("tcp://127.0.0.1:1")
             )
             await anyio.sleep(ttl)  # let writes of the registrations settle out of the window

@@ -34,7 +34,7 @@ import time
 import tracemalloc
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from typing import Any
 import anyio
 
 import dyndisc
+from benchmarks.cases import run_bounded
 from dyndisc import Client, DistributedRuntime
 from dyndisc.backends.kubernetes import KubernetesDiscovery, PodIdentity, instance_id_for
 from dyndisc.backends.kubernetes.api import KubeApi, connect
@@ -118,18 +119,6 @@ def requests_served(server: KubeApiServer, resource: str | None = None) -> float
 
 
 # -- seeding the fleet ---------------------------------------------------------------------------------------
-async def _bounded(count: int, limit: int, one: Callable[[int], Awaitable[None]]) -> None:
-    semaphore = anyio.Semaphore(limit)
-
-    async def run(n: int) -> None:
-        async with semaphore:
-            await one(n)
-
-    async with anyio.create_task_group() as tg:
-        for n in range(count):
-            tg.start_soon(run, n)
-
-
 def _entry(namespace: str, endpoint: str, name: str, n: int) -> tuple[str, dict[str, Any]]:
     iid = instance_id_for(name)
     record = {
@@ -163,7 +152,7 @@ async def seed(api: KubeApi, namespace: str, workers: int, endpoints: int) -> No
         await api.request("POST", crs, what=f"seeding {name}", body=body)
         per_endpoint[e].append((name, uid))
 
-    await _bounded(workers, 32, one)
+    await run_bounded(workers, 32, one)
     for e, pods in per_endpoint.items():
         body = {
             "apiVersion": "discovery.k8s.io/v1",

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
+from benchmarks.cases import run_bounded
 from dyndisc import DistributedRuntime, KvDiscovery
 
 
@@ -43,6 +44,19 @@ async def _count_messages(url: str, bucket: str, seconds: float) -> int:
     return received
 
 
+#: Registrations in flight at once, ours and raw.
+IN_FLIGHT = 64
+
+
+def _registering(runtime: DistributedRuntime, ns: str) -> Callable[[int], Awaitable[None]]:
+    """Register endpoint ``e<n>`` of ``ns`` on ``runtime``."""
+
+    async def register(n: int) -> None:
+        await runtime.endpoint(f"{ns}.c.e{n}").register("tcp://127.0.0.1:1")
+
+    return register
+
+
 async def keepalive(url: str, bucket: str, counts: list[int], ttl: float) -> dict[str, float]:
     from dyndisc.backends.nats import NatsSettings, NatsStore
 
@@ -50,18 +64,7 @@ async def keepalive(url: str, bucket: str, counts: list[int], ttl: float) -> dic
     for count in counts:
         settings = NatsSettings.load(server=url, kv_bucket=bucket)
         async with DistributedRuntime(KvDiscovery(NatsStore(settings)), lease_ttl=ttl) as runtime:
-            ns = f"k{uuid.uuid4().hex[:8]}"
-            limiter = anyio.CapacityLimiter(64)
-
-            async def one(
-                n: int, ns: str = ns, runtime: DistributedRuntime = runtime, limiter: Any = limiter
-            ) -> None:
-                async with limiter:
-                    await runtime.endpoint(f"{ns}.c.e{n}").register("tcp://127.0.0.1:1")
-
-            async with anyio.create_task_group() as tg:
-                for n in range(count):
-                    tg.start_soon(one, n)
+            await run_bounded(count, IN_FLIGHT, _registering(runtime, f"k{uuid.uuid4().hex[:8]}"))
             window = 3 * ttl
             figures[f"{count}_endpoints_msgs_per_s"] = round(
                 await _count_messages(url, bucket, window) / window, 2
@@ -84,30 +87,12 @@ async def registrations(url: str, bucket: str, count: int, runs: int) -> dict[st
             ns = f"r{uuid.uuid4().hex[:8]}"
             settings = NatsSettings.load(server=url, kv_bucket=bucket)
             async with DistributedRuntime(KvDiscovery(NatsStore(settings)), lease_ttl=30) as runtime:
-                limiter = anyio.CapacityLimiter(64)
+                ours.append(await run_bounded(count, IN_FLIGHT, _registering(runtime, ns)))
 
-                async def one(
-                    n: int, ns: str = ns, runtime: DistributedRuntime = runtime, limiter: Any = limiter
-                ) -> None:
-                    async with limiter:
-                        await runtime.endpoint(f"{ns}.c.e{n}").register("tcp://127.0.0.1:1")
+            async def put(n: int, ns: str = ns) -> None:
+                await kv.create(f"raw.{ns}.{n}", value, msg_ttl=30)
 
-                started = time.perf_counter()
-                async with anyio.create_task_group() as tg:
-                    for n in range(count):
-                        tg.start_soon(one, n)
-                ours.append(time.perf_counter() - started)
-            limiter = anyio.CapacityLimiter(64)
-
-            async def put(n: int, ns: str = ns, limiter: Any = limiter) -> None:
-                async with limiter:
-                    await kv.create(f"raw.{ns}.{n}", value, msg_ttl=30)
-
-            started = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for n in range(count):
-                    tg.start_soon(put, n)
-            raw.append(time.perf_counter() - started)
+            raw.append(await run_bounded(count, IN_FLIGHT, put))
     finally:
         await nc.close()
     return {
