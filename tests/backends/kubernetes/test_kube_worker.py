@@ -197,15 +197,16 @@ async def test_content_changed_by_someone_else_is_repaired_at_once(
                 await anyio.sleep(0.05)
         # Seen gone for a moment, or not at all (within the watcher's debounce): the view ends right.
         assert await settle(events, {instance}) == {instance}
-    # A label someone adds is not worth a write: the worker keeps the resource as it is.
+    # A label someone adds is not worth a write: the worker keeps the resource as it is. The count is read
+    # before the patch: the worker may look at the change before the PATCH call has returned here.
+    resource = workers.resource(host)
+    checks = resource.checks
     await cluster.call(
         "PATCH",
         f"{cluster.crs_path(namespace)}/worker-0",
         body={"metadata": {"labels": {"team": "a"}}},
         content_type="application/merge-patch+json",
     )
-    resource = workers.resource(host)
-    checks = resource.checks
     await until(lambda: resource.checks > checks, PROMPT, "a keep-alive to look at it")
     obj = await get_cr(cluster, namespace, "worker-0")
     assert obj["metadata"]["labels"] == {"team": "a"}
