@@ -38,9 +38,7 @@ from dyndisc._errors import (
     RuntimeNotStartedError,
 )
 from dyndisc._events import Added, DiscoveryEvent, RemovalReason, Removed, Resync
-from dyndisc._health import LeaseState, RuntimeHealth
 from dyndisc._instance_set import InstanceSet
-from dyndisc._lease import LeaseChange
 from dyndisc._metadata import MAX_METADATA_DEPTH
 from dyndisc._models import (
     MAX_NAME_LENGTH,
@@ -51,9 +49,18 @@ from dyndisc._models import (
     Readiness,
     Transport,
 )
-from dyndisc._runtime import Bucket, Component, DistributedRuntime, Endpoint, Namespace
 from dyndisc._settings import BackendName, LeaseLossPolicy, RuntimeSettings
 from dyndisc.backends import DiscoveryBackend, KeyValueStore, KvDiscovery, Lease, MemoryStore, create_backend
+from dyndisc.runtime import (
+    Bucket,
+    Component,
+    DistributedRuntime,
+    Endpoint,
+    LeaseChange,
+    LeaseState,
+    Namespace,
+    RuntimeHealth,
+)
 
 __version__ = "0.1.0.dev0"
 

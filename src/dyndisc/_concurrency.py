@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 
 import anyio
@@ -21,6 +21,23 @@ async def background_tasks() -> AsyncIterator[TaskGroup]:
         async with anyio.create_task_group() as tg:
             yield tg
             tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _single(group) from None
+
+
+async def run_bounded(jobs: Iterable[Callable[[], Awaitable[object]]], limit: int) -> None:
+    """Run every job, at most ``limit`` at once, and return when all are done. The first error cancels the
+    rest and propagates as itself (several at once: as a group)."""
+    queue = iter(jobs)
+
+    async def worker() -> None:
+        for job in queue:
+            await job()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(limit):
+                tg.start_soon(worker)
     except BaseExceptionGroup as group:
         raise _single(group) from None
 
@@ -119,9 +136,9 @@ class KeyedLocks:
 
     def __init__(self) -> None:
         #: Held keys, each with the events of the tasks waiting for it.
-        self._held: dict[str, list[anyio.Event]] = {}
+        self._held: dict[Hashable, list[anyio.Event]] = {}
 
-    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
+    def hold(self, key: Hashable) -> AbstractAsyncContextManager[None]:
         """Hold ``key``'s lock for the ``async with`` block."""
         return _KeyHold(self._held, key)
 
@@ -132,7 +149,7 @@ class KeyedLocks:
 class _KeyHold:
     __slots__ = ("_held", "_key")
 
-    def __init__(self, held: dict[str, list[anyio.Event]], key: str) -> None:
+    def __init__(self, held: dict[Hashable, list[anyio.Event]], key: Hashable) -> None:
         self._held = held
         self._key = key
 

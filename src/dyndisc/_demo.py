@@ -8,9 +8,9 @@ from collections.abc import Callable
 import anyio
 
 from dyndisc._events import Added, Removed, Resync
-from dyndisc._runtime import DistributedRuntime
 from dyndisc._settings import canonical_backend_name
 from dyndisc.backends import create_backend
+from dyndisc.runtime import DistributedRuntime
 from dyndisc.testing.faults import CrashableBackend
 
 ENDPOINT = "demo.backend.generate"

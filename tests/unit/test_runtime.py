@@ -211,12 +211,12 @@ async def test_a_watch_stops_with_its_last_client_or_watcher(
     first.close()
     first.close()  # closing twice releases once
     assert backend.open == 1
-    assert second._source is runtime._sets[InstanceQuery("ns", "c", "e")]
+    assert second._source is runtime.parts().watches.get(InstanceQuery("ns", "c", "e"))
     stopped = backend.none_open
     second.close()
     with anyio.fail_after(2):
         await stopped.wait()
-    assert runtime._sets == {}
+    assert len(runtime.parts().watches) == 0
 
     # A garbage-collected client lets go too, and a later client starts a fresh watch that works.
     await worker.endpoint("ns.c.e").register("tcp://h:1")

@@ -158,7 +158,7 @@ def register(
     wait: float | None,
 ) -> None:
     """Register an instance of PATH (ns.comp.ep) and hold it until Ctrl-C or SIGTERM, then leave cleanly."""
-    from dyndisc._runtime import DistributedRuntime
+    from dyndisc.runtime import DistributedRuntime
 
     endpoint = parse_endpoint(path)
     if transport is None and not no_transport:

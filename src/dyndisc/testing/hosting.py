@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from dyndisc._runtime import DistributedRuntime
+from dyndisc.runtime import DistributedRuntime
 from dyndisc.testing.faults import CrashableBackend
 
 #: The type of the pytest plugin's ``make_runtime`` fixture: ``await make_runtime(backend=None, **kwargs)``

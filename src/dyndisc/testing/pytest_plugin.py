@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from dyndisc._runtime import DistributedRuntime
 from dyndisc.backends.memory import MemoryStore
+from dyndisc.runtime import DistributedRuntime
 from dyndisc.testing.faults import FaultyStore
 from dyndisc.testing.hosting import MakeRuntime, RuntimeHost
 

@@ -17,8 +17,8 @@ from anyio.abc import TaskStatus
 from dyndisc._client import Client
 from dyndisc._events import DiscoveryEvent, Resync
 from dyndisc._models import Instance, InstanceQuery
-from dyndisc._runtime import DistributedRuntime
 from dyndisc.backends.base import DiscoveryBackend, Lease
+from dyndisc.runtime import DistributedRuntime
 from dyndisc.testing.chaos.history import record_of
 from dyndisc.testing.faults import CrashableBackend
 from dyndisc.testing.hosting import RuntimeHost

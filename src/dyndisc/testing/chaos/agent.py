@@ -23,9 +23,9 @@ from anyio.abc import TaskGroup
 
 from dyndisc._events import DiscoveryEvent
 from dyndisc._models import InstanceQuery
-from dyndisc._runtime import DistributedRuntime
 from dyndisc._settings import canonical_backend_name
 from dyndisc.backends import create_backend
+from dyndisc.runtime import DistributedRuntime
 from dyndisc.testing.chaos.actors import Worker, watch_backend, watch_client, watch_runtime
 from dyndisc.testing.chaos.history import Seen
 from dyndisc.testing.hosting import RuntimeHost

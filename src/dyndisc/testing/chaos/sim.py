@@ -23,9 +23,9 @@ from dyndisc._errors import BackendUnavailableError
 from dyndisc._events import DiscoveryEvent, Resync
 from dyndisc._models import InstanceQuery
 from dyndisc._retry import seed_jitter
-from dyndisc._runtime import DistributedRuntime
 from dyndisc.backends.kv import KvDiscovery
 from dyndisc.backends.memory import MemoryStore
+from dyndisc.runtime import DistributedRuntime
 from dyndisc.testing.chaos.actors import Worker, watch_backend, watch_client, watch_runtime
 from dyndisc.testing.chaos.checker import Bounds, quiet_point
 from dyndisc.testing.chaos.history import Fault, History, LeaseReport, Seen, record_of

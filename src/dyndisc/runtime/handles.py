@@ -1,7 +1,8 @@
 """Handles in the reference runtime's style: ``runtime.endpoint("ns.comp.ep")``, ``namespace().component()``,
 and ``runtime.bucket("v1/mdc")`` for metadata entries.
 
-A handle is a name bound to a runtime; it holds no state of its own, so making one is free.
+A handle is a name bound to a runtime; it holds no state of its own, so making one is free, before or while
+the runtime runs. It reaches the runtime's parts only when used.
 """
 
 from __future__ import annotations
@@ -9,80 +10,27 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any
 
 from dyndisc._cards import EventChannel, ModelCard
 from dyndisc._client import Client
-from dyndisc._dynamo import DynamoTcp
 from dyndisc._entries import EntryEvent, MetadataEntry, validate_bucket, validate_entry_key
 from dyndisc._events import DiscoveryEvent
-from dyndisc._instance_set import InstanceSet
-from dyndisc._models import EndpointId, Instance, InstanceQuery, Readiness, Transport
+from dyndisc._models import EndpointId, Instance, InstanceQuery, Readiness
 from dyndisc._names import validate_name
+from dyndisc.runtime.parts import HasParts
+from dyndisc.runtime.registrar import TransportArg
 
 #: What ``watch()`` returns: ``async with x.watch() as events: async for event in events: ...``.
 EventWatch = AbstractAsyncContextManager[AsyncIterator[DiscoveryEvent]]
 #: What ``Bucket.watch()`` returns.
 EntryWatch = AbstractAsyncContextManager[AsyncIterator[EntryEvent]]
-#: A transport as ``register`` takes it: a :class:`Transport`, ``"kind://address"``, ``{"kind": "address"}``,
-#: a :class:`DynamoTcp` (rendered for every lease), or ``None``.
-TransportArg = Transport | DynamoTcp | str | Mapping[str, str] | None
-
-
-class Runtime(Protocol):
-    """What a handle asks of its runtime (:class:`dyndisc.DistributedRuntime` is the one there is)."""
-
-    @property
-    def instance_id(self) -> int: ...
-
-    async def register(
-        self,
-        endpoint: EndpointId,
-        transport: TransportArg,
-        metadata: Mapping[str, Any] | None,
-        readiness: Readiness,
-        *,
-        device_type: str | None = None,
-        request_plane_codec: str | None = None,
-    ) -> Instance: ...
-
-    async def unregister(self, endpoint: EndpointId) -> None: ...
-
-    async def put_entry(self, entry: MetadataEntry, *, bound: bool = True) -> MetadataEntry: ...
-
-    async def get_entry(self, bucket: str, key: str) -> MetadataEntry | None: ...
-
-    async def delete_entry(self, bucket: str, key: str) -> None: ...
-
-    async def list_entries(self, bucket: str, prefix: str = "") -> list[MetadataEntry]: ...
-
-    def watch_entries(self, bucket: str, prefix: str = "") -> EntryWatch: ...
-
-    async def register_model(
-        self, endpoint: EndpointId, card: Mapping[str, Any], lora: str | None = None
-    ) -> ModelCard: ...
-
-    async def unregister_model(self, endpoint: EndpointId, lora: str | None = None) -> None: ...
-
-    async def models(self, query: InstanceQuery | None = None) -> list[ModelCard]: ...
-
-    async def register_event_channel(self, channel: EventChannel) -> EventChannel: ...
-
-    async def unregister_event_channel(self, channel: EventChannel) -> None: ...
-
-    async def instance_set(self, query: InstanceQuery) -> InstanceSet: ...
-
-    async def acquire_instance_set(self, query: InstanceQuery) -> InstanceSet: ...
-
-    async def list(self, query: InstanceQuery | None = None) -> list[Instance]: ...
-
-    def watch(self, query: InstanceQuery | None = None) -> EventWatch: ...
 
 
 class Namespace:
     """A namespace handle: ``runtime.namespace("ns")``."""
 
-    def __init__(self, runtime: Runtime, name: str) -> None:
+    def __init__(self, runtime: HasParts, name: str) -> None:
         self.runtime = runtime
         self.name = validate_name("namespace", name)
 
@@ -92,7 +40,7 @@ class Namespace:
 
     def watch(self) -> EventWatch:
         """Events for every instance in this namespace (see :meth:`DistributedRuntime.watch`)."""
-        return self.runtime.watch(InstanceQuery(self.name))
+        return self.runtime.parts().watches.watch(InstanceQuery(self.name))
 
     def __repr__(self) -> str:
         return f"Namespace({self.name!r})"
@@ -111,7 +59,7 @@ class Component:
 
     def watch(self) -> EventWatch:
         """Events for every instance of this component (see :meth:`DistributedRuntime.watch`)."""
-        return self.namespace.runtime.watch(InstanceQuery(self.namespace.name, self.name))
+        return self.namespace.runtime.parts().watches.watch(InstanceQuery(self.namespace.name, self.name))
 
     def __repr__(self) -> str:
         return f"Component({self.namespace.name}.{self.name!r})"
@@ -120,7 +68,7 @@ class Component:
 class Endpoint:
     """An endpoint handle: register it (worker side) or get a client of it (frontend/router side)."""
 
-    def __init__(self, runtime: Runtime, endpoint_id: EndpointId) -> None:
+    def __init__(self, runtime: HasParts, endpoint_id: EndpointId) -> None:
         self.runtime = runtime
         self.id = endpoint_id
 
@@ -141,7 +89,7 @@ class Endpoint:
         the reference runtime's optional fields. Registering again is idempotent, and replaces the record
         if it changed; ``readiness=Readiness.DRAINING`` keeps the instance listed as draining.
         """
-        return await self.runtime.register(
+        return await self.runtime.parts().registrar.register(
             self.id,
             transport,
             metadata,
@@ -152,40 +100,40 @@ class Endpoint:
 
     async def unregister(self) -> None:
         """Remove this process's instance of the endpoint (the lease and other endpoints stay)."""
-        await self.runtime.unregister(self.id)
+        await self.runtime.parts().registrar.unregister(self.id)
 
     async def client(self) -> Client:
         """A :class:`Client` of this endpoint; the watch behind it is live when this returns, and stops
         when the last client of the endpoint is closed (or garbage-collected)."""
-        source = await self.runtime.acquire_instance_set(InstanceQuery.for_endpoint(self.id))
+        source = await self.runtime.parts().watches.acquire(InstanceQuery.for_endpoint(self.id))
         return Client(self.id, source, holds_source=True)
 
     def watch(self) -> EventWatch:
         """Events for this endpoint: a ``Resync`` first, then ``Added`` / ``Removed``."""
-        return self.runtime.watch(InstanceQuery.for_endpoint(self.id))
+        return self.runtime.parts().watches.watch(InstanceQuery.for_endpoint(self.id))
 
     async def list(self) -> list[Instance]:
         """One-shot list of this endpoint's instances."""
-        return await self.runtime.list(InstanceQuery.for_endpoint(self.id))
+        return await self.runtime.parts().backend.list(InstanceQuery.for_endpoint(self.id))
 
     def connection_id(self) -> int:
         """The process's instance id, the reference runtime's name for it."""
-        return self.runtime.instance_id
+        return self.runtime.parts().keeper.lease.id
 
     async def register_model(self, card: Mapping[str, Any], *, lora: str | None = None) -> ModelCard:
         """Publish a model deployment card (the reference's ``card_json``, e.g. from
         :func:`~dyndisc.model_card`) for this endpoint, bound to the process's lease, where a Dynamo
         frontend reads it; registering again replaces it. A frontend lists the model while this endpoint's
         instance is registered (ready)."""
-        return await self.runtime.register_model(self.id, card, lora)
+        return await self.runtime.parts().metadata.register_model(self.id, card, lora)
 
     async def unregister_model(self, *, lora: str | None = None) -> None:
         """Withdraw the card published by :meth:`register_model`."""
-        await self.runtime.unregister_model(self.id, lora)
+        await self.runtime.parts().metadata.unregister_model(self.id, lora)
 
     async def models(self) -> builtins.list[ModelCard]:
         """The model cards registered on this endpoint, by every process."""
-        return await self.runtime.models(InstanceQuery.for_endpoint(self.id))
+        return await self.runtime.parts().metadata.models(InstanceQuery.for_endpoint(self.id))
 
     async def register_event_channel(
         self, topic: str, transport: Mapping[str, Any], *, publisher_id: int | None = None
@@ -201,11 +149,11 @@ class Endpoint:
             publisher_id if publisher_id is not None else EventChannel.new_publisher_id(),
             dict(transport),
         )
-        return await self.runtime.register_event_channel(channel)
+        return await self.runtime.parts().metadata.register_event_channel(channel)
 
     async def unregister_event_channel(self, channel: EventChannel) -> None:
         """Withdraw an event channel published by :meth:`register_event_channel`."""
-        await self.runtime.unregister_event_channel(channel)
+        await self.runtime.parts().metadata.unregister_event_channel(channel)
 
     def __repr__(self) -> str:
         return f"Endpoint({str(self.id)!r})"
@@ -216,32 +164,34 @@ class Bucket:
     keys; one bound to the lease (the default) goes when this process does, one written with
     ``lease=False`` stays until it is deleted."""
 
-    def __init__(self, runtime: Runtime, name: str) -> None:
+    def __init__(self, runtime: HasParts, name: str) -> None:
         self.runtime = runtime
         self.name = validate_bucket(name)
 
     async def put(self, key: str, value: Mapping[str, Any], *, lease: bool = True) -> MetadataEntry:
         """Write ``value`` at ``key`` (replacing what is there) and return the stored entry."""
-        return await self.runtime.put_entry(MetadataEntry(self.name, key, value), bound=lease)
+        return await self.runtime.parts().metadata.put_entry(
+            MetadataEntry(self.name, key, value), bound=lease
+        )
 
     async def get(self, key: str) -> MetadataEntry | None:
         """The entry at ``key``, or ``None``."""
-        return await self.runtime.get_entry(self.name, validate_entry_key(key))
+        return await self.runtime.parts().metadata.get_entry(self.name, validate_entry_key(key))
 
     async def delete(self, key: str) -> None:
         """Delete the entry at ``key`` (a no-op if there is none)."""
-        await self.runtime.delete_entry(self.name, validate_entry_key(key))
+        await self.runtime.parts().metadata.delete_entry(self.name, validate_entry_key(key))
 
     async def entries(self, prefix: str = "") -> list[MetadataEntry]:
         """Every entry whose key starts with ``prefix``, ordered by key."""
-        return await self.runtime.list_entries(self.name, prefix)
+        return await self.runtime.parts().metadata.list_entries(self.name, prefix)
 
     def watch(self, prefix: str = "") -> EntryWatch:
         """Watch the entries whose key starts with ``prefix``: ``async with bucket.watch() as events:``, then
         ``async for event in events`` gives an ``EntryResync`` first, then ``EntryAdded`` / ``EntryRemoved``.
         The watch is live when the block starts; the backend resumes it after an outage with a new
         ``EntryResync``."""
-        return self.runtime.watch_entries(self.name, prefix)
+        return self.runtime.parts().metadata.watch_entries(self.name, prefix)
 
     def __repr__(self) -> str:
         return f"Bucket({self.name!r})"

@@ -1,91 +1,52 @@
-"""The metadata store half of :class:`~dyndisc.DistributedRuntime`: entries beside discovery (model deployment
-cards, event channels, any bucket), bound to the runtime's lease and written again under a replacement lease,
-as its registrations are."""
+"""The metadata store beside discovery: entries in any bucket, model deployment cards and event channels
+in the reference's shapes. Lease-bound entries are written by the
+:class:`~dyndisc.runtime.registrar.Registrar` (so a replacement lease carries them as it carries
+endpoints); reads go to the backend."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 from dyndisc._cards import EventChannel, ModelCard, event_segment
 from dyndisc._dynamo import EVENT_CHANNELS_BUCKET, MODEL_CARDS_BUCKET
 from dyndisc._entries import EntryEvent, MetadataEntry
-from dyndisc._errors import InvalidRecordError, LeaseNotFoundError
+from dyndisc._errors import InvalidRecordError
 from dyndisc._models import EndpointId, InstanceQuery
-from dyndisc._runtime_state import RuntimeState
-from dyndisc.backends.base import Lease
+from dyndisc.backends.base import DiscoveryBackend
+from dyndisc.runtime.lease_keeper import LeaseKeeper
+from dyndisc.runtime.registrar import Registrar
 
 log = logging.getLogger("dyndisc.runtime")
 
 #: What ``watch_entries`` returns: ``async with ... as events: async for event in events: ...``.
 EntryWatch = AbstractAsyncContextManager[AsyncIterator[EntryEvent]]
-K = TypeVar("K")
-V = TypeVar("V")
 R = TypeVar("R")
 
 
-class RuntimeMetadata(RuntimeState):
-    """The metadata methods of :class:`~dyndisc.DistributedRuntime` (which inherits them): what they need
-    from the runtime beyond :class:`RuntimeState` is declared here, and the runtime provides it."""
+class Metadata:
+    """Metadata entries, model cards and event channels of a running runtime."""
 
-    @property
-    def instance_id(self) -> int:
-        raise NotImplementedError
+    def __init__(self, backend: DiscoveryBackend, keeper: LeaseKeeper, registrar: Registrar) -> None:
+        self.backend = backend
+        self.keeper = keeper
+        self.registrar = registrar
 
-    async def _wait_for_another_lease(self, lease: Lease) -> None:
-        raise NotImplementedError
-
+    # -- entries ---------------------------------------------------------------------------------------
     async def put_entry(self, entry: MetadataEntry, *, bound: bool = True) -> MetadataEntry:
         """Write ``entry``; bound to the lease (default) it goes with this process and is written again
         under a replacement lease, unbound it stays until deleted."""
         ident = ("entry", entry.bucket, entry.key)
         if bound:
-            return await self._put_bound(ident, lambda _lease_id: entry)
-        entry.to_json()  # too large or not JSON: refused before anything changes
-        async with self._lease_lock.shared():
-            self._wanted_entries.pop(ident, None)
-            self._written_entries.pop(ident, None)
-            await self.backend.put_entry(entry, None)
+            return await self.registrar.put_bound(ident, lambda _lease_id: entry)
+        await self.registrar.put_unbound(ident, entry)
         return entry
-
-    async def _put_bound(self, ident: Hashable, render: Callable[[int], MetadataEntry]) -> MetadataEntry:
-        """Record a lease-bound entry and write it under the current lease (as :meth:`register` does)."""
-        if self._failure is not None:
-            raise self._failure
-        render(self.lease.id).to_json()  # a bad entry is the caller's error, before anything is recorded
-        previous = self._wanted_entries.get(ident)
-        self._wanted_entries[ident] = render
-        try:
-            while True:
-                async with self._lease_lock.shared():
-                    lease = self.lease
-                    entry = render(lease.id)
-                    try:
-                        await self.backend.put_entry(entry, lease)
-                    except LeaseNotFoundError:
-                        self._renew_now.set()
-                    else:
-                        self._written_entries[ident] = entry
-                        return entry
-                await self._wait_for_another_lease(lease)
-        except BaseException:
-            if self._wanted_entries.get(ident) is render:
-                restore(self._wanted_entries, ident, previous)
-            raise
 
     async def delete_entry(self, bucket: str, key: str) -> None:
         """Delete an entry (bound or not; a no-op if absent)."""
-        await self._forget_entry(("entry", bucket, key), bucket, key)
-
-    async def _forget_entry(self, ident: Hashable, bucket: str, key: str) -> None:
-        async with self._lease_lock.shared():
-            self._wanted_entries.pop(ident, None)
-            written = self._written_entries.pop(ident, None)
-            if written is not None:
-                bucket, key = written.bucket, written.key
-            await self.backend.delete_entry(bucket, key)
+        await self.registrar.forget_entry(("entry", bucket, key), bucket, key)
 
     async def get_entry(self, bucket: str, key: str) -> MetadataEntry | None:
         """The entry ``key`` of ``bucket``, if there is one (live)."""
@@ -97,9 +58,10 @@ class RuntimeMetadata(RuntimeState):
         return await self.backend.list_entries(bucket, prefix)
 
     def watch_entries(self, bucket: str, prefix: str = "") -> EntryWatch:
-        """Watch the entries of ``bucket`` under ``prefix`` (see :meth:`Bucket.watch`)."""
+        """Watch the entries of ``bucket`` under ``prefix``."""
         return self.backend.watch_entries(bucket, prefix)
 
+    # -- model cards -----------------------------------------------------------------------------------
     async def register_model(
         self, endpoint: EndpointId, card: Mapping[str, Any], lora: str | None = None
     ) -> ModelCard:
@@ -113,26 +75,27 @@ class RuntimeMetadata(RuntimeState):
         def render(lease_id: int) -> MetadataEntry:
             return ModelCard(ns, comp, ep, lease_id, frozen, lora).to_entry()
 
-        entry = await self._put_bound(("model", endpoint, lora), render)
+        entry = await self.registrar.put_bound(("model", endpoint, lora), render)
         return ModelCard.from_entry(entry)
 
     async def unregister_model(self, endpoint: EndpointId, lora: str | None = None) -> None:
         """Withdraw the card :meth:`register_model` published (a no-op if there is none)."""
         ns, comp, ep = endpoint.namespace, endpoint.component, endpoint.endpoint
-        key = ModelCard(ns, comp, ep, self.instance_id, {}, lora).key
-        await self._forget_entry(("model", endpoint, lora), MODEL_CARDS_BUCKET, key)
+        key = ModelCard(ns, comp, ep, self.keeper.lease.id, {}, lora).key
+        await self.registrar.forget_entry(("model", endpoint, lora), MODEL_CARDS_BUCKET, key)
 
     async def models(self, query: InstanceQuery | None = None) -> list[ModelCard]:
-        """The model cards registered on the endpoints ``query`` covers (everything by default), by every
-        process (dyndisc or Dynamo); cards that cannot be read are skipped with a warning."""
+        """The model cards on the endpoints ``query`` covers, by every process (dyndisc or Dynamo); cards
+        that cannot be read are skipped with a warning."""
         parts = (query or InstanceQuery()).parts
         found = await self.backend.list_entries(MODEL_CARDS_BUCKET, "".join(f"{p}/" for p in parts))
         return _read_all(found, ModelCard.from_entry)
 
+    # -- event channels --------------------------------------------------------------------------------
     async def register_event_channel(self, channel: EventChannel) -> EventChannel:
         """Publish an event channel, bound to the lease, where the reference's subscribers look for it."""
         entry = channel.to_entry()
-        await self._put_bound(("entry", entry.bucket, entry.key), lambda _lease_id: entry)
+        await self.registrar.put_bound(("entry", entry.bucket, entry.key), lambda _lease_id: entry)
         return channel
 
     async def unregister_event_channel(self, channel: EventChannel) -> None:
@@ -150,14 +113,6 @@ class RuntimeMetadata(RuntimeState):
         entries = await self.backend.list_entries(EVENT_CHANNELS_BUCKET, prefix)
         found = _read_all(entries, EventChannel.from_entry)
         return [c for c in found if topic is None or c.topic == topic]
-
-
-def restore(mapping: dict[K, V], key: K, previous: V | None) -> None:
-    """Put back what ``mapping`` held at ``key`` before a change that failed (nothing: remove the key)."""
-    if previous is None:
-        mapping.pop(key, None)
-    else:
-        mapping[key] = previous
 
 
 def _read_all(entries: list[MetadataEntry], read: Callable[[MetadataEntry], R]) -> list[R]:
