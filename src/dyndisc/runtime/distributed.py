@@ -226,14 +226,13 @@ class DistributedRuntime:
     def registrations(self) -> list[Instance]:
         """Every endpoint instance this runtime has written under its current lease."""
         parts = self.parts()
-        return parts.registrations.registered(parts.keeper.lease.id)
+        return parts.registrations.registered(parts.keeper.lease)
 
     def health(self) -> RuntimeHealth:
         """The lease's state now (held, outage, replacing, failed ...), for the application and probes."""
         parts = self._parts
         if parts is not None and parts.registrations.changed:
-            held = parts.keeper.held
-            self._health.registrations(*parts.registrations.counts(held.id if held is not None else None))
+            self._health.registrations(*parts.registrations.counts(parts.keeper.held))
         return self._health.current
 
     # -- handles ---------------------------------------------------------------------------------------

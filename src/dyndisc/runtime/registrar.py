@@ -32,7 +32,7 @@ from dyndisc._models import EndpointId, Instance, Readiness, Transport
 from dyndisc._retry import Backoff
 from dyndisc.backends.base import DiscoveryBackend, Lease
 from dyndisc.runtime.lease_keeper import OUTAGE_RETRY_MAX, OUTAGE_RETRY_MIN, LeaseKeeper, is_outage
-from dyndisc.runtime.registrations import Registrations, RenderEntry, Wanted, WrittenEntry
+from dyndisc.runtime.registrations import Registrations, RenderEntry, Wanted, Written, WrittenEntry
 
 log = logging.getLogger("dyndisc.runtime")
 
@@ -107,7 +107,7 @@ class Registrar:
                 async with self._endpoint_locks.hold(endpoint):
                     self.keeper.check()
                     lease = self.keeper.lease
-                    wanted = self.registrations.render(endpoint, lease.id)
+                    wanted = self.registrations.render(endpoint, lease)
                     if wanted is None:  # unregistered while this waited for its turn: nothing to write
                         return instance
                     stored = await self._write_endpoint(endpoint, wanted, lease)
@@ -123,7 +123,7 @@ class Registrar:
         self, endpoint: EndpointId, instance: Instance, lease: Lease
     ) -> Instance | None:
         """Write ``instance`` under ``lease`` (holding the endpoint's lock); ``None`` if the lease is gone."""
-        refused = self.registrations.attempt(endpoint, instance)  # may be in the store from now on
+        refused = self.registrations.attempt(endpoint, instance, lease)  # may be in the store from now on
         try:
             stored = await self.backend.register(instance, lease)
         except LeaseNotFoundError:
@@ -135,7 +135,7 @@ class Registrar:
             raise
         finally:
             self._count()
-        self.registrations.wrote(endpoint, stored)
+        self.registrations.wrote(endpoint, Written(stored, lease))
         return stored
 
     async def unregister(self, endpoint: EndpointId) -> None:
@@ -143,14 +143,14 @@ class Registrar:
         # Not wanted from now on: a replacement under way must not write it again (chaos seed 1004).
         self.registrations.unwant(endpoint)
         async with self._endpoint_locks.hold(endpoint):
-            instance = self.registrations.take_written(endpoint)
-            if instance is None:
+            written = self.registrations.take_written(endpoint)
+            if written is None:
                 return
             try:
-                await self.backend.unregister(instance)
+                await self.backend.unregister(written.instance)
             except BaseException:
                 # Maybe still written: keep it known, so that unregistering again (or the revoke) removes it.
-                self.registrations.wrote(endpoint, instance, confirmed=False)
+                self.registrations.wrote(endpoint, Written(written.instance, written.lease, confirmed=False))
                 raise
             finally:
                 self._count()
@@ -167,7 +167,7 @@ class Registrar:
                 async with self._entry_locks.hold(ident):
                     self.keeper.check()
                     lease = self.keeper.lease
-                    entry = self.registrations.render_entry(ident, lease.id)
+                    entry = self.registrations.render_entry(ident, lease)
                     if entry is None:  # withdrawn while this waited for its turn
                         return checked
                     if await self._write_entry(ident, entry, lease):
@@ -180,7 +180,7 @@ class Registrar:
     async def _write_entry(self, ident: Hashable, entry: MetadataEntry, lease: Lease) -> bool:
         """Write ``entry`` under ``lease`` (holding its lock); false if the lease is gone."""
         before = self.registrations.written_entry(ident)
-        self.registrations.wrote_entry(ident, WrittenEntry(lease.id, entry))
+        self.registrations.wrote_entry(ident, WrittenEntry(entry, lease))
         try:
             await self.backend.put_entry(entry, lease)
         except LeaseNotFoundError:
@@ -220,20 +220,20 @@ class Registrar:
         :data:`CARRY_CONCURRENCY` writes at once, riding out outages; returns early if ``lease`` is found
         gone (the keep-alive loop then replaces it, and the next lease carries what is left)."""
         regs = self.registrations
-        regs.forget_unwanted(lease.id)
+        regs.forget_unwanted(lease)
         jobs: list[Callable[[], Awaitable[None]]] = [
-            partial(self._carry_endpoint, endpoint, lease) for endpoint in regs.endpoints_to_carry(lease.id)
+            partial(self._carry_endpoint, endpoint, lease) for endpoint in regs.endpoints_to_carry(lease)
         ]
-        jobs += [partial(self._carry_entry, ident, lease) for ident in regs.entries_to_carry(lease.id)]
+        jobs += [partial(self._carry_entry, ident, lease) for ident in regs.entries_to_carry(lease)]
         await run_bounded(jobs, min(CARRY_CONCURRENCY, len(jobs)))
 
     async def _carry_endpoint(self, endpoint: EndpointId, lease: Lease) -> None:
         async with self._endpoint_locks.hold(endpoint):
-            if self.registrations.is_written(endpoint, lease.id):
+            if self.registrations.is_written(endpoint, lease):
                 return  # registered (or updated) under this lease while the replacement was under way
 
             async def write() -> None:
-                instance = self.registrations.render(endpoint, lease.id)
+                instance = self.registrations.render(endpoint, lease)
                 if instance is not None and self.keeper.held is lease:
                     await self._write_endpoint(endpoint, instance, lease)
 
@@ -242,11 +242,11 @@ class Registrar:
     async def _carry_entry(self, ident: Hashable, lease: Lease) -> None:
         async with self._entry_locks.hold(ident):
             written = self.registrations.written_entry(ident)
-            if written is not None and written.lease_id == lease.id:
+            if written is not None and written.lease is lease:
                 return
 
             async def write() -> None:
-                entry = self.registrations.render_entry(ident, lease.id)
+                entry = self.registrations.render_entry(ident, lease)
                 if entry is not None and self.keeper.held is lease:
                     await self._write_entry(ident, entry, lease)
 

@@ -3,18 +3,23 @@ and what of them is written under which lease.
 
 Pure and synchronous, so it can be tested alone: the parts that talk to the backend
 (:mod:`dyndisc.runtime.registrar`) ask it what a lease must carry and tell it what they wrote. A write whose
-outcome is unknown (cancelled, or cut off by an outage) counts as written, so that unregistering removes it.
+outcome is unknown (under way, cancelled, or cut off by an outage) counts as maybe written: unregistering
+removes it, and a new lease carries it again if it is wanted.
+
+Leases are told apart by identity, not id: on Kubernetes a replacement lease has the id of the one it
+replaces, yet what the old grant carried is gone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from dyndisc._dynamo import DynamoTcp
 from dyndisc._entries import MetadataEntry
 from dyndisc._models import EndpointId, Instance
+from dyndisc.backends.base import Lease
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -43,11 +48,20 @@ class Wanted:
 
 
 @dataclass(frozen=True, slots=True)
+class Written:
+    """A record written under a lease; ``confirmed`` false: maybe (no answer came)."""
+
+    instance: Instance
+    lease: Lease
+    confirmed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class WrittenEntry:
     """An entry written (or maybe written) under a lease."""
 
-    lease_id: int
     entry: MetadataEntry
+    lease: Lease
 
 
 class Registrations:
@@ -55,14 +69,13 @@ class Registrations:
 
     ``wanted`` is what the application registered and did not unregister, in the order it did; the runtime
     makes it true under whatever lease it holds. ``written`` is what is (or may be) in the store, each
-    under the lease it was written with: an entry under an older lease is what a replacement must carry.
+    under the lease it was written with: what is not written under the current lease is what a
+    replacement must carry.
     """
 
     def __init__(self) -> None:
         self._wanted: dict[EndpointId, Wanted] = {}
-        self._written: dict[EndpointId, Instance] = {}
-        #: Endpoints whose write is under way or ended without an answer: maybe in the store.
-        self._unconfirmed: set[EndpointId] = set()
+        self._written: dict[EndpointId, Written] = {}
         self._wanted_entries: dict[Hashable, RenderEntry] = {}
         self._written_entries: dict[Hashable, WrittenEntry] = {}
         #: Whether anything changed since :meth:`counts` last looked (the health recounts only then).
@@ -92,68 +105,47 @@ class Registrations:
         if self._wanted.pop(endpoint, None) is not None:
             self.changed = True
 
-    def render(self, endpoint: EndpointId, lease_id: int) -> Instance | None:
-        """The record ``endpoint`` must have under ``lease_id``, or ``None`` if it is not wanted."""
+    def render(self, endpoint: EndpointId, lease: Lease) -> Instance | None:
+        """The record ``endpoint`` must have under ``lease``, or ``None`` if it is not wanted."""
         wanted = self._wanted.get(endpoint)
-        return None if wanted is None else wanted.for_lease(lease_id)
+        return None if wanted is None else wanted.for_lease(lease.id)
 
-    def written(self, endpoint: EndpointId) -> Instance | None:
-        """What is (or may be) written for ``endpoint``, under the lease its instance id names."""
+    def written(self, endpoint: EndpointId) -> Written | None:
+        """What is (or may be) written for ``endpoint``."""
         return self._written.get(endpoint)
 
-    def wrote(self, endpoint: EndpointId, instance: Instance | None, *, confirmed: bool = True) -> None:
-        """``instance`` is written for ``endpoint`` (``confirmed=False``: maybe, a write under way or
-        without an answer); ``None``: nothing is."""
-        _restore(self._written, endpoint, instance)
-        if confirmed or instance is None:
-            self._unconfirmed.discard(endpoint)
-        else:
-            self._unconfirmed.add(endpoint)
+    def is_written(self, endpoint: EndpointId, lease: Lease) -> bool:
+        """Whether ``endpoint`` is surely written under ``lease``."""
+        found = self._written.get(endpoint)
+        return found is not None and found.lease is lease and found.confirmed
+
+    def wrote(self, endpoint: EndpointId, written: Written | None) -> None:
+        """``written`` is what is (or may be) in the store for ``endpoint`` now; ``None``: nothing is."""
+        _restore(self._written, endpoint, written)
         self.changed = True
 
-    def take_written(self, endpoint: EndpointId) -> Instance | None:
+    def attempt(self, endpoint: EndpointId, instance: Instance, lease: Lease) -> Callable[[], None]:
+        """A write of ``instance`` under ``lease`` is about to be made: it may be in the store from now on.
+        Returns an undo for a write the server refused (what was written before is written still)."""
+        before = self._written.get(endpoint)
+        self.wrote(endpoint, Written(instance, lease, confirmed=False))
+        return lambda: self.wrote(endpoint, before)
+
+    def take_written(self, endpoint: EndpointId) -> Written | None:
         """Forget and return what is (or may be) written for ``endpoint`` (it is about to be removed)."""
         found = self._written.pop(endpoint, None)
-        self._unconfirmed.discard(endpoint)
         if found is not None:
             self.changed = True
         return found
 
-    def registered(self, lease_id: int) -> list[Instance]:
-        """What is surely written under ``lease_id``."""
-        return [
-            i for e, i in self._written.items() if i.instance_id == lease_id and e not in self._unconfirmed
-        ]
+    def registered(self, lease: Lease) -> list[Instance]:
+        """What is surely written under ``lease``."""
+        return [w.instance for w in self._written.values() if w.lease is lease and w.confirmed]
 
-    def pending(self, lease_id: int) -> list[EndpointId]:
-        """The wanted endpoints not surely written under ``lease_id``."""
-        written, unsure = self._written, self._unconfirmed
-        return [
-            e
-            for e in self._wanted
-            if (found := written.get(e)) is None or found.instance_id != lease_id or e in unsure
-        ]
-
-    def is_written(self, endpoint: EndpointId, lease_id: int) -> bool:
-        """Whether ``endpoint`` is surely written under ``lease_id``."""
-        found = self._written.get(endpoint)
-        return found is not None and found.instance_id == lease_id and endpoint not in self._unconfirmed
-
-    def attempt(self, endpoint: EndpointId, instance: Instance) -> Callable[[], None]:
-        """A write of ``instance`` is about to be made: it may be in the store from now on. Returns an undo
-        for a write the server refused (what was written before is written still)."""
-        before, unsure = self._written.get(endpoint), endpoint in self._unconfirmed
-        self.wrote(endpoint, instance, confirmed=False)
-
-        def undo() -> None:
-            self.wrote(endpoint, before, confirmed=not unsure)
-
-        return undo
-
-    def endpoints_to_carry(self, lease_id: int) -> list[EndpointId]:
-        """What a new lease must carry: the wanted endpoints not surely written under ``lease_id``, in the
-        order they were registered."""
-        return self.pending(lease_id)
+    def endpoints_to_carry(self, lease: Lease) -> list[EndpointId]:
+        """The wanted endpoints not surely written under ``lease`` (what a new lease must carry, and what a
+        registration waits for), in the order they were registered."""
+        return [e for e in self._wanted if not self.is_written(e, lease)]
 
     # -- lease-bound entries -------------------------------------------------------------------------------
     def want_entry(self, ident: Hashable, render: RenderEntry) -> Callable[[], None]:
@@ -171,10 +163,10 @@ class Registrations:
         """The application no longer wants the entry ``ident``."""
         self._wanted_entries.pop(ident, None)
 
-    def render_entry(self, ident: Hashable, lease_id: int) -> MetadataEntry | None:
-        """The entry ``ident`` under ``lease_id``, or ``None`` if it is not wanted."""
+    def render_entry(self, ident: Hashable, lease: Lease) -> MetadataEntry | None:
+        """The entry ``ident`` under ``lease``, or ``None`` if it is not wanted."""
         render = self._wanted_entries.get(ident)
-        return None if render is None else render(lease_id)
+        return None if render is None else render(lease.id)
 
     def written_entry(self, ident: Hashable) -> WrittenEntry | None:
         """What is (or may be) written for the entry ``ident``."""
@@ -188,40 +180,36 @@ class Registrations:
         """Forget and return what is written for the entry ``ident``."""
         return self._written_entries.pop(ident, None)
 
-    def entries_to_carry(self, lease_id: int) -> list[Hashable]:
-        """The wanted entries not written under ``lease_id``."""
+    def entries_to_carry(self, lease: Lease) -> list[Hashable]:
+        """The wanted entries not written under ``lease``."""
         written = self._written_entries
         return [
-            i for i in self._wanted_entries if (found := written.get(i)) is None or found.lease_id != lease_id
+            i for i in self._wanted_entries if (found := written.get(i)) is None or found.lease is not lease
         ]
 
     # -- a new lease ---------------------------------------------------------------------------------------
-    def forget_unwanted(self, lease_id: int) -> None:
+    def forget_unwanted(self, lease: Lease) -> None:
         """Forget what was written under other leases and is no longer wanted: those leases are gone, and
         their keys with them (a new lease was granted because the server said so)."""
-        for endpoint in [e for e, i in self._written.items() if i.instance_id != lease_id]:
+        for endpoint in [e for e, w in self._written.items() if w.lease is not lease]:
             if endpoint not in self._wanted:
                 self.take_written(endpoint)
-        for ident in [i for i, w in self._written_entries.items() if w.lease_id != lease_id]:
+        for ident in [i for i, w in self._written_entries.items() if w.lease is not lease]:
             if ident not in self._wanted_entries:
                 del self._written_entries[ident]
 
     # -- counts --------------------------------------------------------------------------------------------
-    def counts(self, lease_id: int | None) -> tuple[int, int]:
-        """``(wanted, pending)``: the endpoints the application wants, and how many of them are not
-        written under ``lease_id`` yet. Walks every endpoint: read it when asked, not on every write."""
+    def counts(self, lease: Lease | None) -> tuple[int, int]:
+        """``(wanted, pending)``: the endpoints the application wants, and how many of them are not surely
+        written under ``lease`` yet. Walks every endpoint: read it when asked, not on every write."""
         self.changed = False
-        if lease_id is None:
+        if lease is None:
             return len(self._wanted), len(self._wanted)
-        return len(self._wanted), len(self.pending(lease_id))
+        return len(self._wanted), len(self.endpoints_to_carry(lease))
 
     def __len__(self) -> int:
         """How many endpoints are (or may be) written, under any lease (what the metrics count)."""
         return len(self._written)
-
-    def __iter__(self) -> Iterator[EndpointId]:
-        """The wanted endpoints, in the order they were registered."""
-        return iter(self._wanted)
 
 
 def _restore(mapping: dict[K, V], key: K, value: V | None) -> None:

@@ -7,7 +7,7 @@ so its fixtures are available as soon as dyndisc is installed: ``dyndisc_store``
 expired lease, an outage, a crashed worker) come from :mod:`dyndisc.testing.faults`.
 """
 
-from dyndisc.testing.faults import CrashableBackend, FaultyStore
+from dyndisc.testing.faults import CrashableBackend, FaultyStore, Gate
 from dyndisc.testing.hosting import MakeRuntime, RuntimeHost
 
-__all__ = ["CrashableBackend", "FaultyStore", "MakeRuntime", "RuntimeHost"]
+__all__ = ["CrashableBackend", "FaultyStore", "Gate", "MakeRuntime", "RuntimeHost"]

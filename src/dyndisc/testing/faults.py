@@ -2,8 +2,9 @@
 
 * :class:`FaultyStore` wraps any :class:`~dyndisc.backends.kv.KeyValueStore`: break its watch streams (each
   resumes from a fresh snapshot, as after a reconnect that lost history), expire a lease now, take the store
-  down (every call fails, watches stall) and bring it back, or plant a bug (lose deletes) to show that a
-  checker notices.
+  down (every call fails, watches stall) and bring it back, slow its calls down (a latency per call) or hold
+  them at a :class:`Gate` (before the store applies a call, or after it did and before it answers), or
+  plant a bug (lose deletes) to show that a checker notices.
 * :class:`CrashableBackend` wraps any :class:`~dyndisc.backends.base.DiscoveryBackend`: after
   :meth:`~CrashableBackend.crash` it renews nothing and revokes nothing, as a killed process would, so its
   lease expires on the server's clock.
@@ -31,7 +32,7 @@ from dyndisc.backends.base import Connected, DiscoveryBackend, Lease
 from dyndisc.backends.kv import KeyValueStore, StoreDelete, StoredValue, StoreEvent
 from dyndisc.backends.kv.event_queue import MAX_PENDING_EVENTS
 
-__all__ = ["CrashableBackend", "FaultyStore"]
+__all__ = ["CrashableBackend", "FaultyStore", "Gate"]
 
 
 class _Forwarding:
@@ -54,6 +55,37 @@ class _Forwarding:
         return self.inner.doctor()
 
 
+#: The calls of a store a latency or a gate can hold, by name.
+STORE_CALLS = frozenset(
+    {"grant", "keep_alive", "revoke", "time_to_live", "create", "put", "delete", "get_prefix"}
+)
+
+
+class Gate:
+    """Holds the calls of one kind until :meth:`open`: a test waits for :attr:`arrived` (a call is held),
+    does what the race needs meanwhile, then opens the gate."""
+
+    def __init__(self) -> None:
+        self._open = anyio.Event()
+        #: Set once a call is held here.
+        self.arrived = anyio.Event()
+        #: How many calls are held now.
+        self.waiting = 0
+
+    def open(self) -> None:
+        """Let every held call (and every later one) through."""
+        self._open.set()
+
+    async def hold(self) -> None:
+        """Hold the calling task until the gate is open."""
+        self.waiting += 1
+        self.arrived.set()
+        try:
+            await self._open.wait()
+        finally:
+            self.waiting -= 1
+
+
 class FaultyStore(_Forwarding, KeyValueStore):
     """``inner`` with faults injected on demand; with none injected it behaves exactly as ``inner``."""
 
@@ -72,11 +104,43 @@ class FaultyStore(_Forwarding, KeyValueStore):
         self.lose_deletes = False
         #: A planted bug: writes are acknowledged and never applied (a checker must notice the loss).
         self.lose_writes = False
+        #: Seconds each call waits before it reaches the store, by call name (see :data:`STORE_CALLS`);
+        #: a seeded function gives a simulation its latency.
+        self.latency: Callable[[str], float] | None = None
+        self._gates: dict[tuple[str, bool], Gate] = {}
 
     def __repr__(self) -> str:
         return f"FaultyStore({self.inner!r})"
 
     # -- faults ------------------------------------------------------------------------------------------
+    def gate(self, call: str, *, after: bool = False) -> Gate:
+        """Hold every ``call`` (``"create"``, ``"keep_alive"`` ...) at a new :class:`Gate` until it is opened:
+        before the store applies it, or with ``after=True`` once the store applied it and before it
+        answers (the write landed, the caller does not know yet)."""
+        if call not in STORE_CALLS:
+            raise ValueError(f"no store call {call!r}: one of {', '.join(sorted(STORE_CALLS))}")
+        gate = self._gates[call, after] = Gate()
+        return gate
+
+    def ungate(self, call: str, *, after: bool = False) -> None:
+        """Remove the gate of ``call`` (opening it)."""
+        gate = self._gates.pop((call, after), None)
+        if gate is not None:
+            gate.open()
+
+    async def _enter(self, call: str) -> None:
+        self._check()
+        if self.latency is not None and (delay := self.latency(call)) > 0:
+            await anyio.sleep(delay)
+            self._check()
+        if (gate := self._gates.get((call, False))) is not None:
+            await gate.hold()
+            self._check()
+
+    async def _leave(self, call: str) -> None:
+        if (gate := self._gates.get((call, True))) is not None:
+            await gate.hold()
+
     def break_watches(self) -> None:
         """Break every open watch stream now: events in flight are lost, each watch resumes from a fresh
         snapshot, as after a reconnect that could not prove it missed nothing."""
@@ -125,39 +189,52 @@ class FaultyStore(_Forwarding, KeyValueStore):
 
     # -- KeyValueStore -----------------------------------------------------------------------------------
     async def grant(self, ttl: float) -> Lease:
-        self._check()
-        return await self.inner.grant(ttl)
+        await self._enter("grant")
+        lease = await self.inner.grant(ttl)
+        await self._leave("grant")
+        return lease
 
     async def keep_alive(self, lease_id: int) -> float:
-        self._check()
-        return await self.inner.keep_alive(lease_id)
+        await self._enter("keep_alive")
+        left = await self.inner.keep_alive(lease_id)
+        await self._leave("keep_alive")
+        return left
 
     async def revoke(self, lease_id: int) -> None:
-        self._check()
+        await self._enter("revoke")
         await self.inner.revoke(lease_id)
+        await self._leave("revoke")
 
     async def time_to_live(self, lease_id: int) -> float | None:
-        self._check()
-        return await self.inner.time_to_live(lease_id)
+        await self._enter("time_to_live")
+        left = await self.inner.time_to_live(lease_id)
+        await self._leave("time_to_live")
+        return left
 
     async def create(self, key: str, value: bytes, lease_id: int) -> StoredValue | None:
-        self._check()
+        await self._enter("create")
         if self.lose_writes:
             return None
-        return await self.inner.create(key, value, lease_id)
+        existing = await self.inner.create(key, value, lease_id)
+        await self._leave("create")
+        return existing
 
     async def put(self, key: str, value: bytes, lease_id: int) -> None:
-        self._check()
+        await self._enter("put")
         if not self.lose_writes:
             await self.inner.put(key, value, lease_id)
+        await self._leave("put")
 
     async def delete(self, key: str) -> None:
-        self._check()
+        await self._enter("delete")
         await self.inner.delete(key)
+        await self._leave("delete")
 
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
-        self._check()
-        return await self.inner.get_prefix(prefix)
+        await self._enter("get_prefix")
+        found = await self.inner.get_prefix(prefix)
+        await self._leave("get_prefix")
+        return found
 
     @asynccontextmanager
     async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[StoreEvent]]:
