@@ -53,9 +53,10 @@ from dyndisc.backends.kubernetes.join import (
     parse_worker,
     pod_containers,
     pod_states,
+    resources_path,
 )
 from dyndisc.backends.kubernetes.siphash import instance_id_for
-from dyndisc.backends.kubernetes.worker import WorkerResource, delete_resource, resources_path
+from dyndisc.backends.kubernetes.worker import WorkerResource, delete_resource
 
 if TYPE_CHECKING:
     from dyndisc.backends.kubernetes.api import KubeApi

@@ -22,9 +22,10 @@ from dyndisc.backends.kubernetes.join import (
     VERSION,
     PodState,
     WorkerRecord,
+    resources_path,
     worker_data,
 )
-from dyndisc.backends.kubernetes.worker import Call, resources_path
+from dyndisc.backends.kubernetes.worker import Call
 
 #: The resource of the entries written with no lease. No pod has this name in a namespace using dyndisc: it
 #: is reserved (a pod of that name would only add its own entries to the shared ones).

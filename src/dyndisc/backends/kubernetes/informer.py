@@ -39,12 +39,12 @@ from dyndisc.backends.kubernetes.join import (
     merge_pods,
     parse_worker,
     pod_containers,
+    resources_path,
     select,
     slice_pods,
 )
 from dyndisc.backends.kubernetes.reflector import RETRY_MAX, RETRY_MIN, Reflector
 from dyndisc.backends.kubernetes.siphash import instance_id_for
-from dyndisc.backends.kubernetes.worker import resources_path
 
 if TYPE_CHECKING:
     from dyndisc.backends.kubernetes.api import KubeApi

@@ -39,6 +39,13 @@ from dyndisc.backends.kubernetes.siphash import instance_id_for
 log = logging.getLogger("dyndisc.kubernetes")
 
 GROUP, VERSION, PLURAL, KIND = "nvidia.com", "v1alpha1", "dynamoworkermetadatas", "DynamoWorkerMetadata"
+
+
+def resources_path(namespace: str) -> str:
+    """The API path of the DynamoWorkerMetadata resources of ``namespace``."""
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+
+
 #: Labels the operator puts on a component's Service (and its pods); the EndpointSlice controller copies the
 #: Service's labels to its slices.
 DISCOVERY_LABELS = {

@@ -28,7 +28,7 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import anyio
 
@@ -38,20 +38,18 @@ from dyndisc._errors import LeaseNotFoundError, RegistrationConflictError
 from dyndisc._models import EndpointId, Instance
 from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError
 from dyndisc.backends.kubernetes.identity import PodIdentity
+from dyndisc.backends.kubernetes.informer import SharedReflector
 from dyndisc.backends.kubernetes.join import (
     GROUP,
     KIND,
-    PLURAL,
     SIDE_ENDPOINTS,
     VERSION,
     WRITER_ANNOTATION,
     WorkerRecord,
     parse_worker,
+    resources_path,
     worker_data,
 )
-
-if TYPE_CHECKING:
-    from dyndisc.backends.kubernetes.informer import SharedReflector
 
 log = logging.getLogger("dyndisc.kubernetes")
 
@@ -62,11 +60,6 @@ FIELD_MANAGER = "dynamo-worker"
 Call = Callable[..., Awaitable[JsonObject]]
 K = TypeVar("K")
 V = TypeVar("V")
-
-
-def resources_path(namespace: str) -> str:
-    """The API path of the DynamoWorkerMetadata resources of ``namespace``."""
-    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
 
 
 def writer_id() -> str:
@@ -409,4 +402,4 @@ def _restore(mapping: dict[K, V], key: K, previous: V | None) -> None:
         mapping[key] = previous
 
 
-__all__ = ["FIELD_MANAGER", "WorkerResource", "delete_resource", "resources_path", "writer_id"]
+__all__ = ["FIELD_MANAGER", "WorkerResource", "delete_resource", "writer_id"]

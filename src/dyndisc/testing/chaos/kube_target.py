@@ -221,9 +221,8 @@ class KubernetesTarget(Target):
         ``overwrite`` (a live worker's endpoints replaced by garbage: it drops out until its worker, which
         follows its resource, repairs it)."""
         from dyndisc._models import Instance
-        from dyndisc.backends.kubernetes.join import endpoint_key
+        from dyndisc.backends.kubernetes.join import endpoint_key, resources_path
         from dyndisc.backends.kubernetes.siphash import instance_id_for
-        from dyndisc.backends.kubernetes.worker import resources_path
         from dyndisc.testing.kubelet import KubeletError
 
         path = resources_path(namespace)
