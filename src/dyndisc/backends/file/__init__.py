@@ -6,8 +6,9 @@ runtime's file store instead (:class:`DynamoFileStore`, default directory ``$TMP
 
 The room: ``settings``, ``layout`` (where leases and records live, key <-> file name), ``store`` (the
 :class:`FileStore`: leases by mtime, atomic writes), ``changes`` (one file watcher per store), ``watch``
-(a prefix watch: changed paths, lease deadlines, rescans), ``doctor`` (clock skew); ``dynamo_store`` and
-``dynamo_watch``: the reference's flat, percent-encoded files with mtime liveness.
+(a prefix watch: changed paths, lease deadlines, rescans), ``doctor`` (clock skew); ``dynamo_files``,
+``dynamo_store`` and ``dynamo_watch``: the reference's flat, percent-encoded files with mtime liveness (how
+they are named and read, the store, its watch).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ key exists), as the reference does.
 
 Since files carry no TTL, every reader applies the same expiry: a dyndisc lease here is granted for that many
 seconds whatever was asked, and an entry written with no lease lives only while the store that wrote it is
-open and renews some lease (the reference keeps nothing that nobody touches). The watch of a prefix is in
+open and renews some lease (the reference keeps nothing that nobody touches). Names and reading are in
+:mod:`dyndisc.backends.file.dynamo_files` (the store and its watch read alike), the watch of a prefix in
 :mod:`dyndisc.backends.file.dynamo_watch`.
 """
 
@@ -24,16 +25,16 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import stat
 import time
-import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dyndisc._errors import ConfigurationError, LeaseNotFoundError
 from dyndisc.backends.base import Lease
+from dyndisc.backends.file.dynamo_files import TEMP_PREFIX, DynamoFiles
+from dyndisc.backends.file.dynamo_watch import DynamoFileWatch
 from dyndisc.backends.file.layout import write_temp_file
 from dyndisc.backends.kv import KeyValueStore, StoredValue, StoreEvent
 
@@ -41,54 +42,6 @@ log = logging.getLogger("dyndisc.file")
 
 #: Seconds after its last touch at which the reference's file store (1.6.1) deletes a file: its TTL.
 REFERENCE_EXPIRY = 10.0
-#: Temporary files (ours and the reference's) start with this; every reader ignores them.
-TEMP_PREFIX = ".tmp_"
-#: Longest file name most filesystems accept, in bytes.
-NAME_MAX = 255
-#: Files larger than this are not discovery records; they are skipped unread.
-MAX_FILE_BYTES = 1024 * 1024
-#: A temporary file older than this was left by a writer that died mid-write; scans remove it.
-STALE_TEMP_SECONDS = 60.0
-
-_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
-
-
-def encode_name(key: str) -> str:
-    """A key (below its bucket) as a file name: every UTF-8 byte but ``[A-Za-z0-9]`` as ``%XX``."""
-    return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in key.encode())
-
-
-def decode_name(name: str) -> str | None:
-    """The key a file name spells, or ``None`` for a temporary file or a name that is not UTF-8.
-
-    Lenient as the reference is: lower-case hex and characters left unescaped read the same.
-    """
-    if name.startswith(TEMP_PREFIX) or name.startswith("."):
-        return None
-    try:
-        return urllib.parse.unquote_to_bytes(name).decode()
-    except UnicodeDecodeError:
-        return None
-
-
-def split_key(key: str) -> tuple[str, str]:
-    """``(bucket, rest)`` of a key: the bucket is its first two segments (``v1/instances``)."""
-    parts = key.split("/", 2)
-    if len(parts) != 3 or not all(parts):
-        raise ValueError(
-            f"key {key!r} is not '<bucket>/<key>' with a two-segment bucket such as 'v1/instances/...', "
-            "which the reference's file store needs"
-        )
-    return f"{parts[0]}/{parts[1]}", parts[2]
-
-
-@dataclass(frozen=True, slots=True)
-class FileRecord:
-    """A live file: its value and which version of the file it was (to remove it only if unchanged)."""
-
-    value: bytes
-    ino: int
-    mtime_ns: int
 
 
 @dataclass
@@ -112,6 +65,8 @@ class DynamoFileStore(KeyValueStore):
             raise ConfigurationError(f"file expiry must be in (0, 3600] seconds, got {expiry}")
         self.root = Path(root).absolute()
         self.expiry = expiry
+        #: The files as every reader sees them (names, liveness, listing).
+        self.files = DynamoFiles(self.root, expiry)
         self._leases: dict[int, _LeaseState] = {}
         #: Keys written with no lease: touched at every keep-alive while this store is open.
         self._unbound: set[str] = set()
@@ -125,86 +80,6 @@ class DynamoFileStore(KeyValueStore):
 
     def __repr__(self) -> str:
         return f"DynamoFileStore({str(self.root)!r})"
-
-    # -- paths -----------------------------------------------------------------------------------------
-    def path_of(self, key: str) -> Path:
-        """The file that holds ``key``."""
-        bucket, rest = split_key(key)
-        name = encode_name(rest)
-        if len(name) > NAME_MAX:
-            raise ValueError(
-                f"key {key!r} is {len(name)} bytes as a file name (every byte but letters and digits takes "
-                f"three); file names hold at most {NAME_MAX}: use shorter names"
-            )
-        return self.root.joinpath(*bucket.split("/"), name)
-
-    def bucket_dirs(self, prefix: str) -> Iterator[tuple[str, Path]]:
-        """``(bucket, directory)`` of every bucket that may hold keys starting with ``prefix``."""
-        segments = prefix.split("/")
-        if len(segments) >= 3:  # the prefix names its bucket
-            yield f"{segments[0]}/{segments[1]}", self.root / segments[0] / segments[1]
-            return
-        for top in _subdirs(self.root):
-            for sub in _subdirs(top):
-                bucket = f"{top.name}/{sub.name}"
-                if f"{bucket}/".startswith(prefix):
-                    yield bucket, sub
-
-    # -- reading -----------------------------------------------------------------------------------------
-    def read(self, path: Path) -> FileRecord | None:
-        """The live record at ``path``; ``None`` if absent, unreadable or expired (an expired file is
-        deleted, as every reader of the reference's store does)."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            log.warning("skipping unreadable %s: %s", path, exc)
-            return None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE_BYTES:
-                return None
-            data = os.read(fd, info.st_size)
-        finally:
-            os.close(fd)
-        if time.time() - info.st_mtime_ns / 1e9 > self.expiry:
-            self.remove_if_unchanged(path, info.st_ino, info.st_mtime_ns)
-            return None
-        return FileRecord(value=data, ino=info.st_ino, mtime_ns=info.st_mtime_ns)
-
-    def scan(self, prefix: str) -> dict[str, FileRecord]:
-        """Every live key starting with ``prefix`` and its record (expired files are deleted)."""
-        found: dict[str, FileRecord] = {}
-        for bucket, directory in self.bucket_dirs(prefix):
-            for key, path in self.files_of(bucket, directory):
-                if key.startswith(prefix) and (record := self.read(path)) is not None:
-                    found[key] = record
-        return found
-
-    def files_of(self, bucket: str, directory: Path) -> Iterator[tuple[str, Path]]:
-        """``(key, path)`` of every file in a bucket directory (temporary files are skipped, stale ones
-        removed)."""
-        try:
-            entries = list(os.scandir(directory))
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        for entry in entries:
-            if entry.name.startswith(TEMP_PREFIX):
-                with suppress(OSError):
-                    if time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS:
-                        os.unlink(entry.path)
-                continue
-            rest = decode_name(entry.name)
-            if rest is not None:
-                yield f"{bucket}/{rest}", Path(entry.path)
-
-    def remove_if_unchanged(self, path: Path, ino: int, mtime_ns: int) -> None:
-        """Delete ``path`` unless it was touched or replaced since it was read."""
-        with suppress(FileNotFoundError):
-            now = path.stat()
-            if (now.st_ino, now.st_mtime_ns) == (ino, mtime_ns):
-                path.unlink()
 
     # -- writing -----------------------------------------------------------------------------------------
     def _temp(self, directory: Path, value: bytes) -> Path:
@@ -257,14 +132,14 @@ class DynamoFileStore(KeyValueStore):
                 f"lease {lease_id:x} was not renewed for {now - state.touched:.1f}s, longer than the file "
                 f"expiry ({self.expiry:g}s): its files may have been swept"
             )
-        missing = [k for k in state.keys if not _touch(self.path_of(k))]
+        missing = [k for k in state.keys if not _touch(self.files.path_of(k))]
         if missing:
             await self.revoke(lease_id)
             raise LeaseNotFoundError(
                 f"files of lease {lease_id:x} were deleted behind its back: {missing[:3]}"
             )
         for key in list(self._unbound):
-            if not _touch(self.path_of(key)):
+            if not _touch(self.files.path_of(key)):
                 self._unbound.discard(key)
         state.touched = now
         return self.expiry
@@ -273,18 +148,18 @@ class DynamoFileStore(KeyValueStore):
         state = self._leases.pop(lease_id, None)
         for key in state.keys if state is not None else ():
             with suppress(FileNotFoundError):
-                self.path_of(key).unlink()
+                self.files.path_of(key).unlink()
 
     async def create(self, key: str, value: bytes, lease_id: int) -> StoredValue | None:
         if lease_id:
             self._live(lease_id)
-        path = self.path_of(key)
+        path = self.files.path_of(key)
         for _ in range(10):
             temp = self._temp(path.parent, value)
             try:
                 os.link(temp, path)  # fails if the key exists: create-if-absent, never a partial file
             except FileExistsError:
-                existing = self.read(path)
+                existing = self.files.read(path)
                 if existing is not None:
                     return StoredValue(value=existing.value, lease_id=self._owner(key))
                 continue  # it had expired (and is deleted now) or was just deleted: try again
@@ -297,7 +172,7 @@ class DynamoFileStore(KeyValueStore):
     async def put(self, key: str, value: bytes, lease_id: int) -> None:
         if lease_id:
             self._live(lease_id)
-        path = self.path_of(key)
+        path = self.files.path_of(key)
         temp = self._temp(path.parent, value)
         try:
             os.replace(temp, path)
@@ -311,16 +186,14 @@ class DynamoFileStore(KeyValueStore):
             state.keys.discard(key)
         self._unbound.discard(key)
         with suppress(FileNotFoundError, NotADirectoryError):
-            self.path_of(key).unlink()
+            self.files.path_of(key).unlink()
 
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
-        return {k: r.value for k, r in self.scan(prefix).items()}
+        return {k: r.value for k, r in self.files.scan(prefix).items()}
 
     @asynccontextmanager
     async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[StoreEvent]]:
-        from dyndisc.backends.file.dynamo_watch import DynamoFileWatch  # watchfiles: the 'file' extra
-
-        async with DynamoFileWatch(self, prefix).running() as events:
+        async with DynamoFileWatch(self.files, prefix).running() as events:
             yield events
 
 
@@ -331,10 +204,3 @@ def _touch(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def _subdirs(path: Path) -> list[Path]:
-    try:
-        return sorted(Path(e.path) for e in os.scandir(path) if e.is_dir(follow_symlinks=False))
-    except (FileNotFoundError, NotADirectoryError):
-        return []

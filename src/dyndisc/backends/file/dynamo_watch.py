@@ -1,5 +1,5 @@
-"""A prefix watch of :class:`~dyndisc.backends.file.dynamo_store.DynamoFileStore`: the bucket directories
-under the prefix, watched for changed files, and swept for expired ones.
+"""A prefix watch of the reference's files (:class:`~dyndisc.backends.file.dynamo_store.DynamoFileStore`'s):
+the bucket directories under the prefix, watched for changed files, and swept for expired ones.
 
 As the reference's watchers do: a created, changed or renamed-in file is read again (a touch that leaves the
 value alone is no event), a deleted one is gone, and every ``expiry / 3`` seconds the directories are listed
@@ -26,7 +26,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from dyndisc._concurrency import background_tasks
-from dyndisc.backends.file.dynamo_store import TEMP_PREFIX, DynamoFileStore, FileRecord, decode_name
+from dyndisc.backends.file.dynamo_files import TEMP_PREFIX, DynamoFiles, FileRecord, decode_name
 from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
 
 #: Seconds the file watcher may take to report its probe file before the watch fails.
@@ -41,17 +41,17 @@ class DynamoFileWatch:
     """The watch of every key starting with ``prefix``, which names at least the first segment of its
     buckets (``v1/`` or ``v1/instances/...``)."""
 
-    def __init__(self, store: DynamoFileStore, prefix: str) -> None:
+    def __init__(self, files: DynamoFiles, prefix: str) -> None:
         segments = prefix.split("/")
         if len(segments) < 2 or not segments[0]:
             raise ValueError(
                 f"a watch of the reference's file store names a bucket's first segment: {prefix!r}"
             )
-        self.store = store
+        self.files = files
         self.prefix = prefix
         # One bucket's directory, or (for a prefix such as 'v1/') the directory of every bucket under it.
         self.directory = (
-            store.root.joinpath(*segments[:2]) if len(segments) >= 3 else store.root / segments[0]
+            files.root.joinpath(*segments[:2]) if len(segments) >= 3 else files.root / segments[0]
         )
         self.one_bucket = len(segments) >= 3
         self.known: dict[str, FileRecord] = {}
@@ -126,8 +126,8 @@ class DynamoFileWatch:
         self.pending.clear()  # the probe, and anything the snapshot will read anyway
 
     async def events(self) -> AsyncIterator[StoreEvent]:
-        sweep_every = self.store.expiry / 3
-        self.known = self.store.scan(self.prefix)
+        sweep_every = self.files.expiry / 3
+        self.known = self.files.scan(self.prefix)
         yield StoreSnapshot(items={k: r.value for k, r in self.known.items()})
         next_sweep = time.monotonic() + sweep_every
         while True:
@@ -135,12 +135,12 @@ class DynamoFileWatch:
                 yield self.out.popleft()
             elif self.pending:
                 paths, self.pending = self.pending, set()
-                changed = [(key, self.store.read(path)) for key, path in self._keys(paths)]
+                changed = [(key, self.files.read(path)) for key, path in self._keys(paths)]
                 for key, record in sorted(changed, key=lambda kr: (kr[1] is None, kr[0])):  # puts first
                     self._set(key, record)
             elif time.monotonic() >= next_sweep:
                 # Deletes the expired files (a crashed writer's), and catches what the watcher missed.
-                found = self.store.scan(self.prefix)
+                found = self.files.scan(self.prefix)
                 for key, record in found.items():  # puts first, as above
                     self._set(key, record)
                 for key in [k for k in self.known if k not in found]:
@@ -157,13 +157,13 @@ class DynamoFileWatch:
         for raw in paths:
             path = Path(raw)
             try:
-                parts = path.relative_to(self.store.root).parts
+                parts = path.relative_to(self.files.root).parts
             except ValueError:
                 continue
             if len(parts) == 2 and path.is_dir():
                 # A new bucket directory: files made in it before the watcher watched it fired nothing.
                 bucket = f"{parts[0]}/{parts[1]}"
-                found += [(k, p) for k, p in self.store.files_of(bucket, path) if k.startswith(self.prefix)]
+                found += [(k, p) for k, p in self.files.files_of(bucket, path) if k.startswith(self.prefix)]
                 continue
             rest = decode_name(path.name)
             if len(parts) == 3 and rest is not None:  # <bucket segment>/<bucket segment>/<file>
