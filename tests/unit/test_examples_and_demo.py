@@ -35,4 +35,23 @@ def test_demo_command_is_installed() -> None:
     assert "backend 'memory'" in out
     assert "done: the watcher saw 8 changes" in out  # 4 joins, 1 clean leave, 1 expiry, 2 leaves at the end
     assert out.count(" joined at tcp://127.0.0.1:900") == 4
-    assert out.count(" left ") == 4
+    assert out.count(" left ") == 3
+    # The crashed worker is told apart: its lease expired, nobody removed it.
+    (crash,) = [line for line in out.splitlines() if " expired " in line]
+    assert "(its lease ran out)" in crash
+
+
+def test_the_command_line_never_imports_the_test_kit() -> None:
+    # The demo crashes a worker with a few lines of its own: the CLI needs nothing of dyndisc.testing.
+    probe = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from dyndisc.cli import main\n"
+        "for args in (['demo', '--help'], ['doctor', '--help']):\n"
+        "    assert CliRunner().invoke(main, args).exit_code == 0\n"
+        "import dyndisc.cli.demo, dyndisc.cli.doctor\n"
+        "print(sorted(m for m in sys.modules if m.startswith('dyndisc.testing')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

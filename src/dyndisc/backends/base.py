@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 
-from dyndisc._diagnosis import BackendDoctor
 from dyndisc._entries import EntryEvent, MetadataEntry
 from dyndisc._events import DiscoveryEvent
 from dyndisc._models import Instance, InstanceQuery
+from dyndisc.backends.diagnosis import BackendDoctor
 
 
 @dataclass(frozen=True)

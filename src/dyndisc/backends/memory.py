@@ -20,10 +20,10 @@ import anyio
 import anyio.lowlevel
 
 from dyndisc._concurrency import background_tasks
-from dyndisc._diagnosis import BackendDoctor, Report, Status
 from dyndisc._errors import LeaseNotFoundError
 from dyndisc._events import RemovalReason
 from dyndisc.backends.base import Lease
+from dyndisc.backends.diagnosis import BackendDoctor, Report, Status
 from dyndisc.backends.kv import KeyValueStore, KvDiscovery, StoreDelete, StoredValue, StoreEvent, StorePut
 from dyndisc.backends.kv.event_queue import StoreEventQueue
 

@@ -194,7 +194,7 @@ def register(
 )
 def demo(backend: str, ttl: float) -> None:
     """Workers join, leave and crash while a frontend watches the instance set (in memory by default)."""
-    from dyndisc._demo import run_demo
+    from dyndisc.cli.demo import run_demo
 
     run(run_demo, backend, ttl)
 
@@ -216,7 +216,7 @@ def doctor(
 ) -> None:
     """Check the backend end to end: settings, connectivity and auth, lease and watch round trips, CRD and
     RBAC on Kubernetes, clocks. Prints what is wrong and how to fix it; exits 1 if a check failed."""
-    from dyndisc._doctor import run_doctor
+    from dyndisc.cli.doctor import run_doctor
 
     config = settings()
     config.override(backend, endpoints, wait)

@@ -23,12 +23,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import anyio
 
 from dyndisc._concurrency import Wake, background_tasks
-from dyndisc._diagnosis import BackendDoctor
 from dyndisc._entries import EntryEvent, MetadataEntry
 from dyndisc._errors import BackendUnavailableError
 from dyndisc._events import DiscoveryEvent
 from dyndisc._models import Instance, InstanceQuery
 from dyndisc.backends.base import Connected, DiscoveryBackend, Lease
+from dyndisc.backends.diagnosis import BackendDoctor
 from dyndisc.backends.kv import KeyValueStore, StoreDelete, StoredValue, StoreEvent
 from dyndisc.backends.kv.event_queue import MAX_PENDING_EVENTS
 

@@ -11,11 +11,11 @@ import anyio
 import pytest
 from click.testing import CliRunner
 
-from dyndisc._diagnosis import Report, Status
-from dyndisc._doctor import run_doctor
+from dyndisc.backends.diagnosis import Report, Status
 from dyndisc.backends.kubernetes import KubernetesDiscovery
 from dyndisc.backends.kubernetes.doctor import required_rights
 from dyndisc.cli import main
+from dyndisc.cli.doctor import run_doctor
 from dyndisc.testing.server_fixtures import PrivateServers
 from dyndisc.testing.servers import EtcdServer, KubeApiServer
 from dyndisc.testing.servers.kube import RESTRICTED_USER

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import anyio
 
-from dyndisc._diagnosis import Report, ServerClockDoctor, Status
+from dyndisc.backends.diagnosis import Report, ServerClockDoctor, Status
 
 #: The first etcd release without the watch bugs that lose a delete event at a compaction's revision
 #: (etcd-io/etcd#18089, fixed in 3.5.16; #19179, after a restart, fixed in 3.5.18; 3.6.0 has both fixes).

@@ -13,9 +13,9 @@ from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
 from dyndisc._concurrency import background_tasks
-from dyndisc._diagnosis import BackendDoctor
 from dyndisc._errors import BackendUnavailableError, ConfigurationError, LeaseNotFoundError
 from dyndisc.backends.base import Lease
+from dyndisc.backends.diagnosis import BackendDoctor
 from dyndisc.backends.etcd.connection import EtcdConnection, Stubs
 from dyndisc.backends.etcd.doctor import EtcdDoctor
 from dyndisc.backends.etcd.settings import EtcdSettings, parse_endpoints

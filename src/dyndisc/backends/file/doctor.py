@@ -9,7 +9,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from dyndisc._diagnosis import SKEW_WARNING, BackendDoctor, Report, Status
+from dyndisc.backends.diagnosis import SKEW_WARNING, BackendDoctor, Report, Status
 
 
 class FileDoctor(BackendDoctor):

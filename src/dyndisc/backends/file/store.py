@@ -21,9 +21,9 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from dyndisc._diagnosis import BackendDoctor
 from dyndisc._errors import ConfigurationError, LeaseNotFoundError
 from dyndisc.backends.base import Lease
+from dyndisc.backends.diagnosis import BackendDoctor
 from dyndisc.backends.file.changes import ChangeFeed
 from dyndisc.backends.file.doctor import FileDoctor
 from dyndisc.backends.file.layout import (

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from dyndisc._concurrency import Wake
-from dyndisc._diagnosis import BackendDoctor
 from dyndisc._entries import (
     EntryAdded,
     EntryEvent,
@@ -39,6 +38,7 @@ from dyndisc._errors import ConfigurationError, LeaseNotFoundError, Registration
 from dyndisc._events import Added, DiscoveryEvent, Removed, Resync
 from dyndisc._models import Instance, InstanceQuery
 from dyndisc.backends.base import DiscoveryBackend, Lease
+from dyndisc.backends.diagnosis import BackendDoctor
 from dyndisc.backends.kubernetes.entries import UnboundEntries, join_entries
 from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError
 from dyndisc.backends.kubernetes.identity import PODINFO_DIR, DiscoveryMode, PodIdentity, namespace_from_env

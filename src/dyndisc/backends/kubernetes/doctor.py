@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import yaml
 
-from dyndisc._diagnosis import SKEW_WARNING, BackendDoctor, Report, Status
+from dyndisc.backends.diagnosis import SKEW_WARNING, BackendDoctor, Report, Status
 from dyndisc.backends.kubernetes.errors import KubeStatusError
 from dyndisc.backends.kubernetes.identity import PodIdentity
 from dyndisc.backends.kubernetes.join import GROUP, KIND, PLURAL, VERSION

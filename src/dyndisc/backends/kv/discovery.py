@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from dyndisc._concurrency import gc_paused
-from dyndisc._diagnosis import BackendDoctor
 from dyndisc._entries import (
     EntryAdded,
     EntryEvent,
@@ -28,6 +27,7 @@ from dyndisc._errors import ConfigurationError, InvalidNameError, RegistrationCo
 from dyndisc._events import Added, DiscoveryEvent, RemovalReason, Removed, Resync
 from dyndisc._models import EndpointId, Instance, InstanceQuery
 from dyndisc.backends.base import DiscoveryBackend, Lease
+from dyndisc.backends.diagnosis import BackendDoctor
 from dyndisc.backends.kv.layouts import KeyLayout, make_layout
 from dyndisc.backends.kv.store import KeyValueStore, StoreEvent, StorePut, StoreSnapshot
 

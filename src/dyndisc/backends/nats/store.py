@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import anyio
 
 from dyndisc._concurrency import KeyedLocks, SharedExclusiveLock, background_tasks
-from dyndisc._diagnosis import BackendDoctor, ServerClockDoctor
 from dyndisc._errors import BackendUnavailableError, LeaseNotFoundError
 from dyndisc.backends.base import Lease
+from dyndisc.backends.diagnosis import BackendDoctor, ServerClockDoctor
 from dyndisc.backends.kv import KeyValueStore, StoredValue, StoreEvent
 from dyndisc.backends.nats.connection import NatsBucket, WrongRevision
 from dyndisc.backends.nats.feed import is_removal, lease_of

@@ -21,13 +21,13 @@ from typing import TypeVar
 
 import anyio
 
-from dyndisc._diagnosis import BackendDoctor, Check, Report, Status
 from dyndisc._errors import ConfigurationError
 from dyndisc._events import Added, Removed, Resync
 from dyndisc._models import Instance, InstanceQuery
 from dyndisc._settings import canonical_backend_name
 from dyndisc.backends import DiscoveryBackend, create_backend
 from dyndisc.backends.base import Lease
+from dyndisc.backends.diagnosis import BackendDoctor, Report, Status
 
 T = TypeVar("T")
 
@@ -192,4 +192,4 @@ async def _check_watch(
     )
 
 
-__all__ = ["Check", "Report", "Status", "run_doctor"]
+__all__ = ["run_doctor"]

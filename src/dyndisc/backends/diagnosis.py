@@ -1,9 +1,10 @@
 """What ``dyndisc doctor`` reports, and what each backend adds to it.
 
-The doctor (:mod:`dyndisc._doctor`) runs the checks every backend shares; a backend contributes its own
+The doctor (:mod:`dyndisc.cli.doctor`) runs the checks every backend shares; a backend contributes its own
 through :class:`BackendDoctor` (``backend.doctor()``): checks before the shared ones (Kubernetes:
-credentials, the CRD, the Role), its clock check, and the fixes for the errors it raises. This module
-depends on nothing else in dyndisc, so backends can use it without an import cycle.
+credentials, the CRD, the Role), its clock check, and the fixes for the errors it raises. It sits with the
+backends, below the command line that runs the doctor, and depends on nothing else in dyndisc, so every
+backend can describe its checks without importing the doctor.
 """
 
 from __future__ import annotations
