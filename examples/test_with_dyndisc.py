@@ -3,21 +3,17 @@ conftest needed).
 
 pytest examples/test_with_dyndisc.py
 
-``make_runtime`` starts runtimes on the test's in-memory store (``dyndisc_store``), each
-with its own lease; ``await dyndisc_store.expire_lease(id)`` makes a worker vanish as if
-it had crashed (the store injects faults on demand: ``dyndisc.testing.FaultyStore``).
-For a real server use the same tests with a backend from the ``etcd_server`` /
-``nats_server`` fixtures.
+``dyndisc_make_runtime`` starts runtimes on the test's in-memory store
+(``dyndisc_store``), each with its own lease; ``await dyndisc_store.expire_lease(id)``
+makes a worker vanish as if it had crashed (the store injects faults on demand:
+``dyndisc.testing.FaultyStore``). For a real server use the same tests with a backend
+from the ``dyndisc_etcd_server`` / ``dyndisc_nats_server`` fixtures.
 """
-
-from collections.abc import Awaitable, Callable
 
 import anyio
 
 from dyndisc import Client, DistributedRuntime, Removed
-from dyndisc.testing import FaultyStore
-
-MakeRuntime = Callable[..., Awaitable[DistributedRuntime]]
+from dyndisc.testing import FaultyStore, MakeRuntime
 
 
 class Router:
@@ -36,11 +32,13 @@ class Router:
         return self.client.round_robin().instance_id
 
 
-async def test_router_picks_every_worker_in_turn(make_runtime: MakeRuntime) -> None:
-    workers = [await make_runtime(lease_ttl=1) for _ in range(2)]  # TTL 1 s
+async def test_router_picks_every_worker_in_turn(
+    dyndisc_make_runtime: MakeRuntime,
+) -> None:
+    workers = [await dyndisc_make_runtime(lease_ttl=1) for _ in range(2)]  # TTL 1 s
     for worker in workers:
         await worker.endpoint("ns.backend.generate").register("tcp://127.0.0.1:9000")
-    router = await Router.start(await make_runtime())
+    router = await Router.start(await dyndisc_make_runtime())
     await router.client.wait_for(2, timeout=5)
     picks = [router.pick() for _ in range(4)]
     assert set(picks) == {w.instance_id for w in workers}
@@ -48,15 +46,15 @@ async def test_router_picks_every_worker_in_turn(make_runtime: MakeRuntime) -> N
 
 
 async def test_a_crashed_worker_leaves_the_router(
-    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
     crashed, alive = (
-        await make_runtime(lease_ttl=1),
-        await make_runtime(lease_ttl=1),
+        await dyndisc_make_runtime(lease_ttl=1),
+        await dyndisc_make_runtime(lease_ttl=1),
     )  # TTL 1 s
     for worker in (crashed, alive):
         await worker.endpoint("ns.backend.generate").register("tcp://127.0.0.1:9000")
-    router = await make_runtime()
+    router = await dyndisc_make_runtime()
     client = await router.endpoint("ns.backend.generate").client()
     await client.wait_for(2, timeout=5)
     async with router.endpoint("ns.backend.generate").watch() as events:

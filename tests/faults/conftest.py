@@ -61,7 +61,9 @@ async def make_target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
                 except ServerUnavailable as exc:
                     server_unavailable(f"{kind}: {exc}")
             else:
-                server = request.getfixturevalue("etcd_server" if kind == "etcd" else "nats_server")
+                server = request.getfixturevalue(
+                    "dyndisc_etcd_server" if kind == "etcd" else "dyndisc_nats_server"
+                )
         root = tmp_path / unique_namespace("kv") if kind == "file" else None
         target = Target(kind, server, root, store_settings)
         targets.append(target)

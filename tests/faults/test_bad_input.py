@@ -160,10 +160,10 @@ def test_a_watch_survives_any_garbage(samples: list[tuple[str, bytes]]) -> None:
 def _real_store(kind: str, request: pytest.FixtureRequest, root: str) -> Callable[[], KeyValueStore]:
     """A factory of new stores on the session's real server (or a file root) for ``kind``."""
     if kind == "etcd":
-        url = request.getfixturevalue("etcd_server").client_url
+        url = request.getfixturevalue("dyndisc_etcd_server").client_url
         return lambda: EtcdStore(EtcdSettings.load(endpoints=url, request_timeout_seconds=5.0))
     if kind == "nats":
-        url = request.getfixturevalue("nats_server").url
+        url = request.getfixturevalue("dyndisc_nats_server").url
         return lambda: NatsStore(NatsSettings.load(server=url, kv_bucket="dyndisc_faults", timeout=5.0))
     return lambda: FileStore(root)
 

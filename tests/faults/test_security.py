@@ -99,11 +99,13 @@ async def test_nats_with_credentials(make_target: MakeTarget) -> None:
 
 
 @pytest.mark.slow
-async def test_kubernetes_restricted_token_works_in_its_namespace_only(kube_apiserver: KubeApiServer) -> None:
-    restricted = kubeconfig(kube_apiserver, kube_apiserver.restricted_token)
-    admin = kubeconfig(kube_apiserver, kube_apiserver.admin_token)
+async def test_kubernetes_restricted_token_works_in_its_namespace_only(
+    dyndisc_kube_apiserver: KubeApiServer,
+) -> None:
+    restricted = kubeconfig(dyndisc_kube_apiserver, dyndisc_kube_apiserver.restricted_token)
+    admin = kubeconfig(dyndisc_kube_apiserver, dyndisc_kube_apiserver.admin_token)
     backends: list[KubernetesDiscovery] = []
-    async with Cluster.open(kube_apiserver) as cluster:
+    async with Cluster.open(dyndisc_kube_apiserver) as cluster:
         namespace = await cluster.create_namespace()
         elsewhere = await cluster.create_namespace()
         # The shipped least-privilege Role, bound to the restricted user.

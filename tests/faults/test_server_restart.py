@@ -109,11 +109,11 @@ async def kube_workers(server: KubeApiServer) -> AsyncIterator[tuple[Cluster, st
 
 @pytest.mark.slow
 async def test_kube_apiserver_restart_and_410_gone_during_a_watch(
-    kube_apiserver: KubeApiServer, tcp_proxy: TcpProxyFactory
+    dyndisc_kube_apiserver: KubeApiServer, dyndisc_tcp_proxy: TcpProxyFactory
 ) -> None:
-    proxy = tcp_proxy(kube_apiserver.host, kube_apiserver.port)
-    direct = kubeconfig(kube_apiserver, kube_apiserver.admin_token)
-    proxied = kubeconfig(kube_apiserver, kube_apiserver.admin_token, proxy.url_for("https"))
+    proxy = dyndisc_tcp_proxy(dyndisc_kube_apiserver.host, dyndisc_kube_apiserver.port)
+    direct = kubeconfig(dyndisc_kube_apiserver, dyndisc_kube_apiserver.admin_token)
+    proxied = kubeconfig(dyndisc_kube_apiserver, dyndisc_kube_apiserver.admin_token, proxy.url_for("https"))
     query = InstanceQuery()
     backends: list[KubernetesDiscovery] = []
 
@@ -126,7 +126,7 @@ async def test_kube_apiserver_restart_and_410_gone_during_a_watch(
         return KubernetesDiscovery(namespace=namespace, kubeconfig=direct)
 
     try:
-        async with kube_workers(kube_apiserver) as (cluster, namespace, hosts):
+        async with kube_workers(dyndisc_kube_apiserver) as (cluster, namespace, hosts):
             for n in range(2):
                 pod = await cluster.ready_pod(namespace, f"worker-{n}")
                 # TTL 2 s, the API server down 5 s: an outage of any length is not a loss, so no worker
@@ -166,9 +166,9 @@ async def test_kube_apiserver_restart_and_410_gone_during_a_watch(
                 }
                 departures = [dict(w.removed_at) for w in watchers]
                 restarted = time.monotonic()
-                await anyio.to_thread.run_sync(kube_apiserver.kill)
+                await anyio.to_thread.run_sync(dyndisc_kube_apiserver.kill)
                 await anyio.sleep(5.0)  # longer than the TTL
-                await anyio.to_thread.run_sync(kube_apiserver.start)
+                await anyio.to_thread.run_sync(dyndisc_kube_apiserver.start)
                 restart_took = time.monotonic() - restarted
                 await hosts[1].runtime.endpoint("dyn.w1.b").register("tcp://10.0.0.1:2")
                 back = time.monotonic()

@@ -48,6 +48,6 @@ class EtcdHarness(ProxiedStoreHarness):
 
 @asynccontextmanager
 async def open_harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    server: EtcdServer = request.getfixturevalue("etcd_server")
-    proxy: TcpProxy = request.getfixturevalue("tcp_proxy")(server.host, server.client_port)
+    server: EtcdServer = request.getfixturevalue("dyndisc_etcd_server")
+    proxy: TcpProxy = request.getfixturevalue("dyndisc_tcp_proxy")(server.host, server.client_port)
     yield EtcdHarness(server, proxy)

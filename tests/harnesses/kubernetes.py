@@ -414,9 +414,9 @@ class KubernetesHarness(Harness):
 
 @asynccontextmanager
 async def open_harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    kube: KubeCluster = request.getfixturevalue("kube_cluster")
+    kube: KubeCluster = request.getfixturevalue("dyndisc_kube_cluster")
     server = kube.apiserver
-    make_proxy = request.getfixturevalue("tcp_proxy")
+    make_proxy = request.getfixturevalue("dyndisc_tcp_proxy")
     proxy: TcpProxy = make_proxy(server.host, server.port)
     async with Cluster.open(server) as cluster:
         namespace = await cluster.create_namespace()

@@ -46,6 +46,6 @@ class NatsHarness(ProxiedStoreHarness):
 
 @asynccontextmanager
 async def open_harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    server: NatsServer = request.getfixturevalue("nats_server")
-    proxy: TcpProxy = request.getfixturevalue("tcp_proxy")(server.host, server.port)
+    server: NatsServer = request.getfixturevalue("dyndisc_nats_server")
+    proxy: TcpProxy = request.getfixturevalue("dyndisc_tcp_proxy")(server.host, server.port)
     yield NatsHarness(server, proxy)

@@ -83,11 +83,11 @@ def dd_env(server: EtcdServer) -> dict[str, str]:
 
 
 async def test_a_reference_worker_its_card_and_channel_are_seen_by_dyndisc(
-    reference: Reference, etcd_server: EtcdServer, tmp_path: Path
+    reference: Reference, dyndisc_etcd_server: EtcdServer, tmp_path: Path
 ) -> None:
     ns = unique("r")
     path = f"{ns}.comp.ep"
-    async with dyndisc_runtime(etcd_server) as runtime, runtime.endpoint(path).watch() as events:
+    async with dyndisc_runtime(dyndisc_etcd_server) as runtime, runtime.endpoint(path).watch() as events:
         assert await next_event(events, 5) == Resync(instances=())
         argv = ref_argv(
             reference, "ref_worker.py", "--backend", "etcd", "--endpoint", path,
@@ -96,7 +96,7 @@ async def test_a_reference_worker_its_card_and_channel_are_seen_by_dyndisc(
         async with (
             runtime.bucket("v1/mdc").watch(f"{ns}/") as cards,
             runtime.bucket("v1/event_channels").watch(f"namespace/{ns}/") as channel_entries,
-            spawn("ref-worker", argv, ref_env(etcd_server, tmp_path), tmp_path) as worker,
+            spawn("ref-worker", argv, ref_env(dyndisc_etcd_server, tmp_path), tmp_path) as worker,
         ):
             started = await worker.lines.wait_for("started", timeout=START)
             iid = started["connection_id"]
@@ -135,7 +135,7 @@ async def test_a_reference_worker_its_card_and_channel_are_seen_by_dyndisc(
         assert await runtime.models(InstanceQuery.parse(path)) == [], "the card went with the lease"
 
         # A crash: the lease expires on etcd's clock.
-        async with spawn("ref-worker-2", argv, ref_env(etcd_server, tmp_path), tmp_path) as worker:
+        async with spawn("ref-worker-2", argv, ref_env(dyndisc_etcd_server, tmp_path), tmp_path) as worker:
             iid = (await worker.lines.wait_for("started", timeout=START))["connection_id"]
             added = await next_event(events, START)
             assert isinstance(added, Added)
@@ -149,7 +149,7 @@ async def test_a_reference_worker_its_card_and_channel_are_seen_by_dyndisc(
 
 
 async def test_a_dyndisc_worker_is_seen_routed_to_and_dropped_by_a_reference_client(
-    reference: Reference, etcd_server: EtcdServer, tmp_path: Path
+    reference: Reference, dyndisc_etcd_server: EtcdServer, tmp_path: Path
 ) -> None:
     ns = unique("d")
     path = f"{ns}.comp.ep"
@@ -160,8 +160,8 @@ async def test_a_dyndisc_worker_is_seen_routed_to_and_dropped_by_a_reference_cli
             "--codec", "msgpack", "--lease-ttl", str(TTL),
         )  # fmt: skip
         async with (
-            spawn("ref-client", ref_client, ref_env(etcd_server, tmp_path), tmp_path) as client,
-            spawn("dd-worker", worker_argv, dd_env(etcd_server), tmp_path) as worker,
+            spawn("ref-client", ref_client, ref_env(dyndisc_etcd_server, tmp_path), tmp_path) as client,
+            spawn("dd-worker", worker_argv, dd_env(dyndisc_etcd_server), tmp_path) as worker,
         ):
             await client.lines.wait_for("client_ready", timeout=START)
             registered = await worker.lines.wait_for("registered", timeout=30)
@@ -180,13 +180,13 @@ async def test_a_dyndisc_worker_is_seen_routed_to_and_dropped_by_a_reference_cli
             call = ref_argv(
                 reference, "ref_client.py", "--backend", "etcd", "--endpoint", path, "--call", f"{iid:x}"
             )
-            async with spawn("ref-call", call, ref_env(etcd_server, tmp_path), tmp_path) as caller:
+            async with spawn("ref-call", call, ref_env(dyndisc_etcd_server, tmp_path), tmp_path) as caller:
                 target = await caller.lines.wait_for("call_target", timeout=START)
                 assert target["listed"] is True
                 assert await server.next_path(timeout=15) == f"{iid:x}/{ns}/comp/ep"
 
             # Draining: Dynamo stops routing to it; dyndisc still lists it, as draining.
-            async with dyndisc_runtime(etcd_server) as runtime:
+            async with dyndisc_runtime(dyndisc_etcd_server) as runtime:
                 mark = len(client.lines.items)
                 drained = worker.signal(signal.SIGUSR1)
                 gone = await client.lines.wait_for(
@@ -212,8 +212,8 @@ async def test_a_dyndisc_worker_is_seen_routed_to_and_dropped_by_a_reference_cli
 
         # A crash: the reference drops it when the lease expires.
         async with (
-            spawn("ref-client-2", ref_client, ref_env(etcd_server, tmp_path), tmp_path) as client,
-            spawn("dd-worker-2", worker_argv, dd_env(etcd_server), tmp_path) as worker,
+            spawn("ref-client-2", ref_client, ref_env(dyndisc_etcd_server, tmp_path), tmp_path) as client,
+            spawn("dd-worker-2", worker_argv, dd_env(dyndisc_etcd_server), tmp_path) as worker,
         ):
             iid = (await worker.lines.wait_for("registered", timeout=30))["instance_id"]
             await client.lines.wait_for("instances", lambda i: iid in i["ids"], timeout=START)
@@ -228,26 +228,28 @@ async def test_a_dyndisc_worker_is_seen_routed_to_and_dropped_by_a_reference_cli
 
 
 async def test_names_the_reference_accepts_cross_both_ways(
-    reference: Reference, etcd_server: EtcdServer, tmp_path: Path
+    reference: Reference, dyndisc_etcd_server: EtcdServer, tmp_path: Path
 ) -> None:
     ns = unique("n")
     theirs, ours = f"{ns}.c\u00f6mp.ep:v2", f"{ns}.c+1.my \u00e9p"
-    async with dyndisc_runtime(etcd_server) as runtime:
+    async with dyndisc_runtime(dyndisc_etcd_server) as runtime:
         client = await runtime.endpoint(theirs).client()
         async with (
             spawn(
                 "ref-worker",
                 ref_argv(reference, "ref_worker.py", "--backend", "etcd", "--endpoint", theirs),
-                ref_env(etcd_server, tmp_path),
+                ref_env(dyndisc_etcd_server, tmp_path),
                 tmp_path,
             ) as worker,
             spawn(
                 "ref-client",
                 ref_argv(reference, "ref_client.py", "--backend", "etcd", "--endpoint", ours),
-                ref_env(etcd_server, tmp_path),
+                ref_env(dyndisc_etcd_server, tmp_path),
                 tmp_path,
             ) as ref_client,
-            spawn("dd-worker", dyndisc_argv("--endpoint", ours), dd_env(etcd_server), tmp_path) as dd_worker,
+            spawn(
+                "dd-worker", dyndisc_argv("--endpoint", ours), dd_env(dyndisc_etcd_server), tmp_path
+            ) as dd_worker,
         ):
             iid = (await worker.lines.wait_for("started", timeout=START))["connection_id"]
             (found,) = await client.wait_for_instances(timeout=START)

@@ -80,16 +80,18 @@ async def listed_then_dropped_on_exit(
 
 
 async def test_a_reference_frontend_serves_dyndisc_models_and_dyndisc_reads_the_mockers(
-    reference: Reference, etcd_server: EtcdServer, tmp_path: Path
+    reference: Reference, dyndisc_etcd_server: EtcdServer, tmp_path: Path
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    ref_env = reference_env({"ETCD_ENDPOINTS": etcd_server.client_url, "CUDA_VISIBLE_DEVICES": ""}, tmp_path)
+    ref_env = reference_env(
+        {"ETCD_ENDPOINTS": dyndisc_etcd_server.client_url, "CUDA_VISIBLE_DEVICES": ""}, tmp_path
+    )
     dd_env = dyndisc_env(
         {
             "DYN_DISCOVERY_BACKEND": "etcd",
             "DYN_KV_LAYOUT": "dynamo-v1",
-            "ETCD_ENDPOINTS": etcd_server.client_url,
+            "ETCD_ENDPOINTS": dyndisc_etcd_server.client_url,
         }
     )
     frontend = frontend_argv(reference, port, "etcd")
@@ -125,7 +127,7 @@ async def test_a_reference_frontend_serves_dyndisc_models_and_dyndisc_reads_the_
             str(reference.python), "-m", "dynamo.mocker", "--model-path", str(reference.model),
             "--model-name", mocked, "--discovery-backend", "etcd", "--request-plane", "tcp",
         ]  # fmt: skip
-        store = EtcdStore(EtcdSettings.load(endpoints=etcd_server.client_url))
+        store = EtcdStore(EtcdSettings.load(endpoints=dyndisc_etcd_server.client_url))
         async with (
             DistributedRuntime(KvDiscovery(store, layout="dynamo-v1"), lease_ttl=TTL) as runtime,
             spawn("mocker", mocker, ref_env, tmp_path),
@@ -157,15 +159,17 @@ async def test_a_reference_frontend_on_files_serves_a_dyndisc_model(
 
 
 async def test_a_reference_frontend_on_kubernetes_serves_a_dyndisc_model(
-    reference: Reference, kube_apiserver: KubeApiServer, tmp_path: Path
+    reference: Reference, dyndisc_kube_apiserver: KubeApiServer, tmp_path: Path
 ) -> None:
-    async with Cluster.open(kube_apiserver) as cluster:
+    async with Cluster.open(dyndisc_kube_apiserver) as cluster:
         namespace = await cluster.create_namespace("front")
         worker_pod = await cluster.ready_pod(namespace, "dd-0")
         front_pod = PodIdentity("frontend-0", namespace, await cluster.create_pod(namespace, "frontend-0"))
         port = free_port()
-        ref_env = reference_env(pod_env(kube_apiserver, front_pod), tmp_path)
-        dd_env = dyndisc_env({"DYN_DISCOVERY_BACKEND": "kubernetes", **pod_env(kube_apiserver, worker_pod)})
+        ref_env = reference_env(pod_env(dyndisc_kube_apiserver, front_pod), tmp_path)
+        dd_env = dyndisc_env(
+            {"DYN_DISCOVERY_BACKEND": "kubernetes", **pod_env(dyndisc_kube_apiserver, worker_pod)}
+        )
         frontend = frontend_argv(reference, port, "kubernetes")
         # The worker deletes its resource as it stops; the frontend's watch follows.
         await listed_then_dropped_on_exit(

@@ -73,9 +73,9 @@ async def not_ready(cluster: Cluster, pod: PodIdentity) -> float:
 
 
 async def test_reference_and_dyndisc_workers_see_each_other_on_kubernetes(
-    reference: Reference, kube_apiserver: KubeApiServer, tmp_path: Path
+    reference: Reference, dyndisc_kube_apiserver: KubeApiServer, tmp_path: Path
 ) -> None:
-    async with Cluster.open(kube_apiserver) as cluster:
+    async with Cluster.open(dyndisc_kube_apiserver) as cluster:
         namespace = await cluster.create_namespace("interop")
         ns = f"k{uuid.uuid4().hex[:6]}"
         path = f"{ns}.comp.ep"
@@ -86,7 +86,7 @@ async def test_reference_and_dyndisc_workers_see_each_other_on_kubernetes(
         )
         client_pod = PodIdentity("client-0", namespace, await cluster.create_pod(namespace, "client-0"))
         backend = KubernetesDiscovery(
-            namespace=namespace, kubeconfig=str(kube_apiserver.kubeconfig_path), debounce=0.05
+            namespace=namespace, kubeconfig=str(dyndisc_kube_apiserver.kubeconfig_path), debounce=0.05
         )
         ref_worker = ref_argv(
             reference, "ref_worker.py", "--backend", "kubernetes", "--endpoint", path,
@@ -96,9 +96,11 @@ async def test_reference_and_dyndisc_workers_see_each_other_on_kubernetes(
         dd_worker = dyndisc_argv(
             "--endpoint", path, "--tcp", "127.0.0.1:9", "--device-type", "cpu", "--codec", "json"
         )
-        dd_env = dyndisc_env({"DYN_DISCOVERY_BACKEND": "kubernetes", **pod_env(kube_apiserver, dd_pod)})
-        worker_env = reference_env(pod_env(kube_apiserver, ref_pod), tmp_path)
-        client_env = reference_env(pod_env(kube_apiserver, client_pod), tmp_path)
+        dd_env = dyndisc_env(
+            {"DYN_DISCOVERY_BACKEND": "kubernetes", **pod_env(dyndisc_kube_apiserver, dd_pod)}
+        )
+        worker_env = reference_env(pod_env(dyndisc_kube_apiserver, ref_pod), tmp_path)
+        client_env = reference_env(pod_env(dyndisc_kube_apiserver, client_pod), tmp_path)
         async with (
             backend,
             backend.watch(InstanceQuery.parse(path)) as events,

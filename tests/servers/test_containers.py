@@ -2,8 +2,8 @@
 
 This machine has no Docker engine, so what is tested here is that asking for containers without one is a
 clear error naming the fix (testcontainers really tries the engine: nothing is mocked). With an engine, run
-the whole suite with ``DYNDISC_TEST_SERVERS=containers``: every test on ``etcd_server`` / ``nats_server``
-then runs against the containers.
+the whole suite with ``DYNDISC_TEST_SERVERS=containers``: every test on ``dyndisc_etcd_server`` /
+``dyndisc_nats_server`` then runs against the containers.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def test_the_session_fixture_fails_in_ci_and_skips_elsewhere(
     monkeypatch.setenv("DOCKER_HOST", f"unix://{pytester.path}/no-docker.sock")
     monkeypatch.setenv("CI", ci)
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
-    pytester.makepyfile("def test_needs_etcd(etcd_server):\n    assert etcd_server.client_url\n")
+    pytester.makepyfile(
+        "def test_needs_etcd(dyndisc_etcd_server):\n    assert dyndisc_etcd_server.client_url\n"
+    )
     result = pytester.runpytest_subprocess("-rs")
     result.assert_outcomes(**{outcome: 1})
     result.stdout.fnmatch_lines(["*no Docker engine runs quay.io/coreos/etcd*"])

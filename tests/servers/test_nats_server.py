@@ -14,9 +14,9 @@ from dyndisc.testing.servers.nats import MIN_NATS_VERSION
 
 
 @pytest.mark.asyncio
-async def test_jetstream_kv_round_trip(nats_server: NatsServer) -> None:
-    assert tuple(int(p) for p in nats_server.version.split(".")) >= MIN_NATS_VERSION
-    nc = await nats.connect(nats_server.url)
+async def test_jetstream_kv_round_trip(dyndisc_nats_server: NatsServer) -> None:
+    assert tuple(int(p) for p in dyndisc_nats_server.version.split(".")) >= MIN_NATS_VERSION
+    nc = await nats.connect(dyndisc_nats_server.url)
     try:
         kv = await nc.jetstream().create_key_value(bucket="smoke")
         await kv.put("k", b"v")

@@ -63,8 +63,8 @@ async def _wait_for(condition: Callable[[], bool], what: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_pass_forwards_both_ways(tcp_proxy: TcpProxyFactory, echo_port: int) -> None:
-    proxy = tcp_proxy("127.0.0.1", echo_port)
+async def test_pass_forwards_both_ways(dyndisc_tcp_proxy: TcpProxyFactory, echo_port: int) -> None:
+    proxy = dyndisc_tcp_proxy("127.0.0.1", echo_port)
     assert proxy.mode is ProxyMode.PASS
     assert proxy.url == f"http://127.0.0.1:{proxy.port}"
     reader, writer = await _connect(proxy)
@@ -75,8 +75,10 @@ async def test_pass_forwards_both_ways(tcp_proxy: TcpProxyFactory, echo_port: in
 
 
 @pytest.mark.asyncio
-async def test_cut_resets_open_and_new_connections(tcp_proxy: TcpProxyFactory, echo_port: int) -> None:
-    proxy = tcp_proxy("127.0.0.1", echo_port)
+async def test_cut_resets_open_and_new_connections(
+    dyndisc_tcp_proxy: TcpProxyFactory, echo_port: int
+) -> None:
+    proxy = dyndisc_tcp_proxy("127.0.0.1", echo_port)
     reader, writer = await _connect(proxy)
     assert await _roundtrip(reader, writer, b"before") == b"before"
 
@@ -101,8 +103,10 @@ async def test_cut_resets_open_and_new_connections(tcp_proxy: TcpProxyFactory, e
 
 
 @pytest.mark.asyncio
-async def test_blackhole_holds_bytes_until_restore(tcp_proxy: TcpProxyFactory, echo_port: int) -> None:
-    proxy = tcp_proxy("127.0.0.1", echo_port)
+async def test_blackhole_holds_bytes_until_restore(
+    dyndisc_tcp_proxy: TcpProxyFactory, echo_port: int
+) -> None:
+    proxy = dyndisc_tcp_proxy("127.0.0.1", echo_port)
     reader, writer = await _connect(proxy)
     assert await _roundtrip(reader, writer, b"ping") == b"ping"
 
@@ -126,8 +130,8 @@ async def test_blackhole_holds_bytes_until_restore(tcp_proxy: TcpProxyFactory, e
 
 
 @pytest.mark.asyncio
-async def test_blackhole_discard_drops_bytes(tcp_proxy: TcpProxyFactory, echo_port: int) -> None:
-    proxy = tcp_proxy("127.0.0.1", echo_port)
+async def test_blackhole_discard_drops_bytes(dyndisc_tcp_proxy: TcpProxyFactory, echo_port: int) -> None:
+    proxy = dyndisc_tcp_proxy("127.0.0.1", echo_port)
     reader, writer = await _connect(proxy)
     assert await _roundtrip(reader, writer, b"ping") == b"ping"
 

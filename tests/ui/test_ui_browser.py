@@ -40,8 +40,8 @@ def chromium() -> str:
 
 
 @pytest.fixture
-def etcd(private_servers: PrivateServers) -> EtcdServer:
-    return private_servers(EtcdServer)
+def etcd(dyndisc_private_servers: PrivateServers) -> EtcdServer:
+    return dyndisc_private_servers(EtcdServer)
 
 
 @pytest.fixture

@@ -25,13 +25,13 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TIMEOUT = 90
 
 
-def backend_env(name: str, tmp_path: Path, private_servers: PrivateServers) -> dict[str, str]:
+def backend_env(name: str, tmp_path: Path, dyndisc_private_servers: PrivateServers) -> dict[str, str]:
     """Environment selecting backend ``name`` on a server (or directory) of this test's own."""
     env = {**os.environ, "DYN_DISCOVERY_BACKEND": name, "DYN_LEASE_TTL": "2"}  # TTL 2 s
     if name == "etcd":
-        env["ETCD_ENDPOINTS"] = private_servers(EtcdServer).client_url
+        env["ETCD_ENDPOINTS"] = dyndisc_private_servers(EtcdServer).client_url
     elif name == "nats":
-        env["NATS_SERVER"] = private_servers(NatsServer).url
+        env["NATS_SERVER"] = dyndisc_private_servers(NatsServer).url
     elif name == "file":
         env["DYN_FILE_KV"] = str(tmp_path / "kv")
     return env
@@ -39,18 +39,18 @@ def backend_env(name: str, tmp_path: Path, private_servers: PrivateServers) -> d
 
 @pytest.mark.parametrize("backend", ["etcd", "nats", "file"])
 def test_worker_and_frontend_run_as_written(
-    backend: str, tmp_path: Path, private_servers: PrivateServers
+    backend: str, tmp_path: Path, dyndisc_private_servers: PrivateServers
 ) -> None:
-    env = backend_env(backend, tmp_path, private_servers)
+    env = backend_env(backend, tmp_path, dyndisc_private_servers)
     out = run_worker_and_frontend(EXAMPLES, env, timeout=TIMEOUT)
     assert out.splitlines()[-1] == "unregistered"
 
 
 @pytest.mark.parametrize("backend", ["memory", "file"])
 def test_router_example_picks_round_robin(
-    backend: str, tmp_path: Path, private_servers: PrivateServers
+    backend: str, tmp_path: Path, dyndisc_private_servers: PrivateServers
 ) -> None:
-    env = backend_env(backend, tmp_path, private_servers)
+    env = backend_env(backend, tmp_path, dyndisc_private_servers)
     result = subprocess.run(
         [sys.executable, "router.py"], cwd=EXAMPLES, env=env, capture_output=True, text=True, timeout=TIMEOUT
     )

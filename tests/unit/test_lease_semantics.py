@@ -42,10 +42,10 @@ def state(runtime: DistributedRuntime) -> LeaseState:
 
 
 async def test_an_outage_shorter_than_the_ttl_keeps_the_lease_and_is_reported(
-    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
     changes: list[LeaseChange] = []
-    runtime = await make_runtime(lease_ttl=2.0, on_lease_change=changes.append)  # TTL 2 s
+    runtime = await dyndisc_make_runtime(lease_ttl=2.0, on_lease_change=changes.append)  # TTL 2 s
     first = runtime.instance_id
     await runtime.endpoint("ns.c.e").register("tcp://h:1")
     client = await runtime.endpoint("ns.c.e").client()
@@ -67,7 +67,7 @@ async def test_an_outage_shorter_than_the_ttl_keeps_the_lease_and_is_reported(
 
 
 async def test_an_outage_longer_than_the_ttl_is_not_a_loss_until_the_server_says_so(
-    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
     replaced = anyio.Event()
     changes: list[LeaseChange] = []
@@ -76,7 +76,7 @@ async def test_an_outage_longer_than_the_ttl_is_not_a_loss_until_the_server_says
         changes.append(change)
         replaced.set()
 
-    runtime = await make_runtime(lease_ttl=0.5, on_lease_change=on_change)  # TTL 0.5 s
+    runtime = await dyndisc_make_runtime(lease_ttl=0.5, on_lease_change=on_change)  # TTL 0.5 s
     first = runtime.instance_id
     await runtime.endpoint("ns.c.e").register("tcp://h:1")
     await runtime.endpoint("ns.c.f").register("tcp://h:2")
@@ -99,9 +99,9 @@ async def test_an_outage_longer_than_the_ttl_is_not_a_loss_until_the_server_says
 
 
 async def test_a_registration_racing_a_lease_replacement_completes_under_the_new_lease(
-    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
-    runtime = await make_runtime(lease_ttl=30.0)  # a long TTL: only the expiry below ends the lease
+    runtime = await dyndisc_make_runtime(lease_ttl=30.0)  # a long TTL: only the expiry below ends the lease
     first = runtime.instance_id
     await runtime.endpoint("ns.c.before").register("tcp://h:1")
     await dyndisc_store.expire_lease(first)  # the server forgets the lease; the runtime does not know yet
@@ -117,9 +117,9 @@ async def test_a_registration_racing_a_lease_replacement_completes_under_the_new
 
 
 async def test_an_unregistration_during_a_replacement_is_not_undone(
-    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
-    runtime = await make_runtime(lease_ttl=30.0)
+    runtime = await dyndisc_make_runtime(lease_ttl=30.0)
     await runtime.endpoint("ns.c.kept").register("tcp://h:1")
     await runtime.endpoint("ns.c.gone").register("tcp://h:2")
     await runtime.endpoint("ns.c.gone").unregister()
@@ -212,8 +212,8 @@ def test_health_says_what_a_probe_needs() -> None:
     assert not RuntimeHealth(LeaseState.FAILED).live
 
 
-async def test_a_bad_record_is_refused_before_anything_is_recorded(make_runtime: MakeRuntime) -> None:
-    runtime = await make_runtime()
+async def test_a_bad_record_is_refused_before_anything_is_recorded(dyndisc_make_runtime: MakeRuntime) -> None:
+    runtime = await dyndisc_make_runtime()
     with pytest.raises(ValueError, match="kind://address"):
         await runtime.endpoint("ns.c.e").register("no-scheme")
     assert runtime.health().registered == 0

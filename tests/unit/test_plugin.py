@@ -9,10 +9,10 @@ from dyndisc.testing import FaultyStore
 
 
 async def test_worker_and_frontend_on_the_fixture_store(
-    make_runtime: Callable[..., Awaitable[DistributedRuntime]], dyndisc_store: FaultyStore
+    dyndisc_make_runtime: Callable[..., Awaitable[DistributedRuntime]], dyndisc_store: FaultyStore
 ) -> None:
-    worker = await make_runtime(lease_ttl=1)
-    frontend = await make_runtime()
+    worker = await dyndisc_make_runtime(lease_ttl=1)
+    frontend = await dyndisc_make_runtime()
     assert worker.instance_id != frontend.instance_id
     await worker.endpoint("ns.backend.generate").register("tcp://127.0.0.1:9000")
     client = await frontend.endpoint("ns.backend.generate").client()

@@ -8,8 +8,8 @@ import pytest
 
 EXAMPLE = """
 {marker}
-async def test_router_sees_worker(make_runtime):
-    worker, frontend = await make_runtime(lease_ttl=1), await make_runtime()
+async def test_router_sees_worker(dyndisc_make_runtime):
+    worker, frontend = await dyndisc_make_runtime(lease_ttl=1), await dyndisc_make_runtime()
     await worker.endpoint("ns.backend.generate").register("tcp://127.0.0.1:9000")
     client = await frontend.endpoint("ns.backend.generate").client()
     (instance,) = await client.wait_for_instances(timeout=1)

@@ -55,19 +55,19 @@ class FlakyKeepAlive(KvDiscovery):
 
 
 async def test_keep_alive_holds_the_lease_past_its_ttl(
-    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
-    runtime = await make_runtime(lease_ttl=0.4)
+    runtime = await dyndisc_make_runtime(lease_ttl=0.4)
     await anyio.sleep(1.5)  # several TTLs: only renewals can keep the lease
     assert runtime.instance_id in dyndisc_store.inner.lease_ids
 
 
 async def test_transient_keep_alive_failures_are_retried_in_time(
-    make_runtime: MakeRuntime, dyndisc_store: FaultyStore, caplog: pytest.LogCaptureFixture
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     backend = FlakyKeepAlive(dyndisc_store)
     changes: list[LeaseChange] = []
-    runtime = await make_runtime(backend, lease_ttl=1.0, on_lease_change=changes.append)
+    runtime = await dyndisc_make_runtime(backend, lease_ttl=1.0, on_lease_change=changes.append)
     first_id = runtime.instance_id
     backend.failures = 3
     with caplog.at_level(logging.WARNING, logger="dyndisc.lease"), anyio.fail_after(5):
@@ -81,7 +81,7 @@ async def test_transient_keep_alive_failures_are_retried_in_time(
 
 
 async def test_keep_alive_failing_past_the_ttl_keeps_trying_until_the_server_answers(
-    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
     backend = FlakyKeepAlive(dyndisc_store)
     changes: list[LeaseChange] = []
@@ -91,7 +91,7 @@ async def test_keep_alive_failing_past_the_ttl_keeps_trying_until_the_server_ans
         changes.append(change)
         replaced.set()
 
-    runtime = await make_runtime(backend, lease_ttl=0.5, on_lease_change=on_change)  # TTL 0.5 s
+    runtime = await dyndisc_make_runtime(backend, lease_ttl=0.5, on_lease_change=on_change)  # TTL 0.5 s
     first_id = runtime.instance_id
     await runtime.endpoint("ns.c.e").register("tcp://h:1")
     backend.failing_lease = first_id  # no renewal reaches the store: it lets the lease expire
@@ -110,10 +110,10 @@ async def test_keep_alive_failing_past_the_ttl_keeps_trying_until_the_server_ans
 
 
 async def test_expired_lease_hook_triggers_reregistration(
-    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
     changed = anyio.Event()
-    runtime = await make_runtime(lease_ttl=0.6, on_lease_change=lambda change: changed.set())
+    runtime = await dyndisc_make_runtime(lease_ttl=0.6, on_lease_change=lambda change: changed.set())
     old = runtime.instance_id
     await runtime.endpoint("ns.c.e").register("tcp://h:1")
     await dyndisc_store.expire_lease(old)
@@ -141,10 +141,10 @@ class CountingBackend(KvDiscovery):
 
 
 async def test_concurrent_first_clients_start_one_watch(
-    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
     backend = CountingBackend(dyndisc_store)
-    runtime = await make_runtime(backend)
+    runtime = await dyndisc_make_runtime(backend)
     async with anyio.create_task_group() as tg:
         for _ in range(10):
             tg.start_soon(runtime.endpoint("ns.c.e").client)
@@ -177,10 +177,10 @@ class GatedBackend(KvDiscovery):
 
 
 async def test_a_slow_watch_does_not_hold_up_the_clients_of_other_endpoints(
-    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
     backend = GatedBackend(dyndisc_store, held=InstanceQuery("ns", "c", "slow"))
-    runtime = await make_runtime(backend)
+    runtime = await dyndisc_make_runtime(backend)
     got_slow = anyio.Event()
 
     async def slow_client() -> None:
@@ -200,11 +200,11 @@ async def test_a_slow_watch_does_not_hold_up_the_clients_of_other_endpoints(
 
 
 async def test_a_watch_stops_with_its_last_client_or_watcher(
-    make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
     backend = GatedBackend(dyndisc_store)
     backend.gate.set()
-    worker, runtime = await make_runtime(), await make_runtime(backend)
+    worker, runtime = await dyndisc_make_runtime(), await dyndisc_make_runtime(backend)
     first = await runtime.endpoint("ns.c.e").client()
     second = await runtime.endpoint("ns.c.e").client()
     assert backend.open == 1
@@ -239,8 +239,8 @@ async def test_a_watch_stops_with_its_last_client_or_watcher(
     assert backend.open == 1
 
 
-async def test_a_slow_subscriber_gets_a_resync_and_stalls_nobody(make_runtime: MakeRuntime) -> None:
-    worker, frontend = await make_runtime(), await make_runtime()
+async def test_a_slow_subscriber_gets_a_resync_and_stalls_nobody(dyndisc_make_runtime: MakeRuntime) -> None:
+    worker, frontend = await dyndisc_make_runtime(), await dyndisc_make_runtime()
     client = await frontend.endpoint("ns.c.e0").client()
     async with frontend.namespace("ns").watch() as slow:
         assert await anext(slow) == Resync(instances=())
@@ -310,9 +310,11 @@ class BarrierRegister(KvDiscovery):
         return await super().register(instance, lease)
 
 
-async def test_registrations_run_concurrently(make_runtime: MakeRuntime, dyndisc_store: FaultyStore) -> None:
+async def test_registrations_run_concurrently(
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+) -> None:
     backend = BarrierRegister(dyndisc_store, width=16)
-    runtime = await make_runtime(backend)
+    runtime = await dyndisc_make_runtime(backend)
     with anyio.fail_after(5):  # deadlocks if registrations were serialised
         async with anyio.create_task_group() as tg:
             for n in range(16):

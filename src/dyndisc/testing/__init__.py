@@ -2,9 +2,10 @@
 
 The pytest plugin (``dyndisc.testing.pytest_plugin``) is registered through the ``pytest11`` entry point,
 so its fixtures are available as soon as dyndisc is installed: ``dyndisc_store``, ``dyndisc_runtime``,
-``make_runtime`` (in-memory discovery; typed ``MakeRuntime``), and ``etcd_server``, ``nats_server``,
-``kube_apiserver``, ``tcp_proxy`` (real servers started on loopback). Faults on demand (a broken watch, an
-expired lease, an outage, a crashed worker) come from :mod:`dyndisc.testing.faults`.
+``dyndisc_make_runtime`` (in-memory discovery; typed ``MakeRuntime``), and ``dyndisc_etcd_server``,
+``dyndisc_nats_server``, ``dyndisc_kube_apiserver``, ``dyndisc_tcp_proxy`` ... (real servers started on
+loopback). Faults on demand (a broken watch, an expired lease, an outage, a crashed worker) come from
+:mod:`dyndisc.testing.faults`.
 """
 
 from dyndisc.testing.faults import CrashableBackend, FaultyStore, Gate

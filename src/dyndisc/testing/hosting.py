@@ -12,8 +12,9 @@ from collections.abc import Awaitable, Callable
 from dyndisc.runtime import DistributedRuntime
 from dyndisc.testing.faults import CrashableBackend
 
-#: The type of the pytest plugin's ``make_runtime`` fixture: ``await make_runtime(backend=None, **kwargs)``
-#: starts a runtime in a task of its own (a :class:`RuntimeHost`) and returns it.
+#: The type of the pytest plugin's ``dyndisc_make_runtime`` fixture:
+#: ``await dyndisc_make_runtime(backend=None, **kwargs)`` starts a runtime in a task of its own (a
+#: :class:`RuntimeHost`) and returns it.
 MakeRuntime = Callable[..., Awaitable[DistributedRuntime]]
 
 

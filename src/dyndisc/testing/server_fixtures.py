@@ -1,10 +1,11 @@
-"""pytest fixtures for real servers on loopback: etcd, nats-server (JetStream), kube-apiserver (alone, or with
-kube-controller-manager), TCP proxy.
+"""What the pytest plugin's real-server fixtures do: etcd, nats-server (JetStream), kube-apiserver (alone, or
+with kube-controller-manager), TCP proxies, servers of a test's own.
 
-Re-export them with ``from dyndisc.testing.server_fixtures import *``. A server that cannot start fails
-the test in CI (``CI`` is ``true``/``1``) and skips it elsewhere, with the reason either way.
-:func:`server_log_sections` gives the log tails of every server these fixtures started, for failure
-reports.
+The fixtures themselves (``dyndisc_etcd_server`` ...) are in :mod:`dyndisc.testing.pytest_plugin`, which
+imports this module only when a test uses one of them: a session that uses none never loads the server kit.
+Each generator here is one fixture's body. A server that cannot start fails the test in CI (``CI`` is
+``true``/``1``) and skips it elsewhere, with the reason either way. :func:`server_log_sections` gives the log
+tails of every server started here, for failure reports.
 """
 
 from __future__ import annotations
@@ -31,16 +32,16 @@ from dyndisc.testing.servers.external import ExternalEtcd, ExternalNats
 __all__ = [
     "PrivateServers",
     "TcpProxyFactory",
-    "etcd_cluster",
-    "etcd_server",
+    "etcd_cluster_for_test",
+    "etcd_server_for_session",
     "in_ci",
-    "kube_apiserver",
-    "kube_cluster",
-    "nats_server",
-    "private_servers",
+    "kube_apiserver_for_session",
+    "kube_cluster_for_session",
+    "nats_server_for_session",
+    "private_servers_for_test",
     "server_log_sections",
     "server_unavailable",
-    "tcp_proxy",
+    "tcp_proxies_for_test",
 ]
 
 TcpProxyFactory = Callable[[str, int], TcpProxy]
@@ -53,7 +54,7 @@ class _HasLogTail(Protocol):
 _S = TypeVar("_S", bound=_HasLogTail)
 _B = TypeVar("_B", bound=ServerBase)
 
-# Every server started by these fixtures in this process, by display name, for failure reports.
+# Every server started here in this process, by display name, for failure reports.
 _STARTED: dict[str, _HasLogTail] = {}
 
 
@@ -123,35 +124,20 @@ def _session_server(
         server.close()
 
 
-@pytest.fixture(scope="session")
-def etcd_server() -> Iterator[EtcdServer]:
-    """A session-wide single-member etcd on 127.0.0.1 (no TLS, no auth). Don't kill it: make your own.
-
-    ``DYNDISC_TEST_ETCD_URL`` points the tests at an etcd you run instead; ``DYNDISC_TEST_SERVERS=containers``
-    runs it in Docker through testcontainers.
-    """
+def etcd_server_for_session() -> Iterator[EtcdServer]:
+    """The body of ``dyndisc_etcd_server``: yours (``DYNDISC_TEST_ETCD_URL``), in Docker, or started here."""
     yield from _session_server("etcd", "DYNDISC_TEST_ETCD_URL", ExternalEtcd, etcd_container, EtcdServer)
 
 
-@pytest.fixture(scope="session")
-def nats_server() -> Iterator[NatsServer]:
-    """A session-wide nats-server with JetStream on 127.0.0.1 (no auth).
-
-    ``DYNDISC_TEST_NATS_URL`` points the tests at a nats-server (>= 2.11, JetStream on) you run instead;
-    ``DYNDISC_TEST_SERVERS=containers`` runs it in Docker through testcontainers.
-    """
+def nats_server_for_session() -> Iterator[NatsServer]:
+    """The body of ``dyndisc_nats_server``: yours (``DYNDISC_TEST_NATS_URL``), in Docker, or started here."""
     yield from _session_server(
         "nats-server", "DYNDISC_TEST_NATS_URL", ExternalNats, nats_container, NatsServer
     )
 
 
-@pytest.fixture(scope="session")
-def kube_apiserver() -> Iterator[KubeApiServer]:
-    """A session-wide kube-apiserver (RBAC, admin and restricted tokens) on its own etcd.
-
-    No controllers run against it: tests write EndpointSlices themselves. The first use may build the binary
-    (many minutes); CI builds it beforehand with ``tools/kubernetes/build.sh``.
-    """
+def kube_apiserver_for_session() -> Iterator[KubeApiServer]:
+    """The body of ``dyndisc_kube_apiserver``: a kube-apiserver on its own etcd, no controllers."""
     server = _started("kube-apiserver", lambda: _launch(KubeApiServer))
     _STARTED["kube-apiserver etcd"] = server.etcd
     try:
@@ -176,15 +162,8 @@ def _start_cluster() -> KubeCluster:
         raise
 
 
-@pytest.fixture(scope="session")
-def kube_cluster() -> Iterator[KubeCluster]:
-    """A session-wide kube-apiserver of its own with the real kube-controller-manager running against it.
-
-    Its EndpointSlice controller and garbage collector act on the whole cluster, which is why this is not
-    the ``kube_apiserver`` of the tests that write EndpointSlices themselves. dyndisc's CRD is installed.
-    Nothing plays kubelet: tests create a Node, Pods bound to it, and write the Pods' status. Both binaries
-    are built on first use when missing (many minutes); CI builds them beforehand.
-    """
+def kube_cluster_for_session() -> Iterator[KubeCluster]:
+    """The body of ``dyndisc_kube_cluster``: a kube-apiserver of its own with kube-controller-manager."""
     try:
         cluster = _start_cluster()
     except ServerUnavailable as exc:
@@ -195,10 +174,8 @@ def kube_cluster() -> Iterator[KubeCluster]:
         cluster.close()
 
 
-@pytest.fixture
-def etcd_cluster() -> Iterator[EtcdCluster]:
-    """A 3-member etcd cluster of this test's own (kill its leader, lose quorum, restart members); closed at
-    teardown. ``cluster.endpoints`` is the value for ``ETCD_ENDPOINTS``."""
+def etcd_cluster_for_test() -> Iterator[EtcdCluster]:
+    """The body of ``dyndisc_etcd_cluster``: a 3-member etcd cluster, closed at teardown."""
     cluster = _started("etcd cluster", lambda: EtcdCluster(3).start())
     try:
         yield cluster
@@ -207,12 +184,8 @@ def etcd_cluster() -> Iterator[EtcdCluster]:
         _STARTED.pop("etcd cluster", None)
 
 
-@pytest.fixture
-def tcp_proxy() -> Iterator[TcpProxyFactory]:
-    """Factory: ``tcp_proxy(target_host, target_port)`` returns a started :class:`TcpProxy`.
-
-    Every proxy made is stopped at teardown.
-    """
+def tcp_proxies_for_test() -> Iterator[TcpProxyFactory]:
+    """The body of ``dyndisc_tcp_proxy``: a factory of started proxies, every one stopped at teardown."""
     proxies: list[TcpProxy] = []
 
     def make(target_host: str, target_port: int) -> TcpProxy:
@@ -230,8 +203,8 @@ def tcp_proxy() -> Iterator[TcpProxyFactory]:
 class PrivateServers:
     """Factory of servers owned by one test (to kill, restart, or start with TLS/auth), closed at teardown.
 
-    ``private_servers(EtcdServer, tls=True)`` starts one; ``start=False`` returns it unstarted. A server that
-    cannot start fails the test in CI and skips it elsewhere, like the session fixtures.
+    ``dyndisc_private_servers(EtcdServer, tls=True)`` starts one; ``start=False`` returns it unstarted. A
+    server that cannot start fails the test in CI and skips it elsewhere, like the session fixtures.
     """
 
     def __init__(self) -> None:
@@ -253,9 +226,8 @@ class PrivateServers:
             server.close()
 
 
-@pytest.fixture
-def private_servers() -> Iterator[PrivateServers]:
-    """A :class:`PrivateServers` factory for this test."""
+def private_servers_for_test() -> Iterator[PrivateServers]:
+    """The body of ``dyndisc_private_servers``: a :class:`PrivateServers` closed at teardown."""
     servers = PrivateServers()
     try:
         yield servers

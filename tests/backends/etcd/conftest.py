@@ -15,9 +15,9 @@ from dyndisc.testing.servers import EtcdServer
 
 
 @pytest.fixture
-def private_etcd(private_servers: PrivateServers) -> MakeServer:
+def private_etcd(dyndisc_private_servers: PrivateServers) -> MakeServer:
     """Factory of etcd servers of this test's own (to restart, kill, or configure with TLS/auth)."""
-    return functools.partial(private_servers, EtcdServer)
+    return functools.partial(dyndisc_private_servers, EtcdServer)
 
 
 @pytest.fixture

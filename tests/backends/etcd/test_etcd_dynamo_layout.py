@@ -15,9 +15,9 @@ from dyndisc.testing.servers import EtcdServer
 
 
 async def test_reads_records_the_reference_runtime_wrote(
-    etcd_server: EtcdServer, make_store: MakeStore
+    dyndisc_etcd_server: EtcdServer, make_store: MakeStore
 ) -> None:
-    store = make_store(etcd_server.client_url)
+    store = make_store(dyndisc_etcd_server.client_url)
     ns = f"dyn-{uuid.uuid4().hex[:8]}"
     lease = await store.grant(5)
     worker_id = lease.id
@@ -66,8 +66,10 @@ async def test_reads_records_the_reference_runtime_wrote(
         assert isinstance(await next_event(events), Removed)
 
 
-async def test_writes_records_in_the_reference_shape(etcd_server: EtcdServer, make_store: MakeStore) -> None:
-    store = make_store(etcd_server.client_url)
+async def test_writes_records_in_the_reference_shape(
+    dyndisc_etcd_server: EtcdServer, make_store: MakeStore
+) -> None:
+    store = make_store(dyndisc_etcd_server.client_url)
     ns = f"dyn-{uuid.uuid4().hex[:8]}"
     discovery = KvDiscovery(store, layout="dynamo-v1", owns_store=False)
     async with DistributedRuntime(discovery, lease_ttl=2) as runtime:  # TTL 2 s
@@ -97,9 +99,9 @@ async def test_writes_records_in_the_reference_shape(etcd_server: EtcdServer, ma
 
 
 async def test_the_layout_is_chosen_by_environment(
-    etcd_server: EtcdServer, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+    dyndisc_etcd_server: EtcdServer, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DYN_KV_LAYOUT", "dynamo-v1")
-    discovery = KvDiscovery(make_store(etcd_server.client_url), owns_store=False)
+    discovery = KvDiscovery(make_store(dyndisc_etcd_server.client_url), owns_store=False)
     assert discovery.layout.name == "dynamo-v1"
     assert discovery.prefix_for(InstanceQuery(namespace="a")) == "v1/instances/a/"

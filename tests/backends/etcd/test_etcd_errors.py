@@ -79,11 +79,11 @@ def test_an_unreachable_member_moves_the_next_calls_to_the_next_one(connection: 
 
 
 async def test_a_call_whose_channel_another_call_closed_is_retried_on_a_new_channel(
-    etcd_server: EtcdServer,
+    dyndisc_etcd_server: EtcdServer,
 ) -> None:
     # Another call found the member gone and closed its channel while this one held its stubs: grpc raises
     # UsageError ("Channel is closed"), which once stopped a runtime (chaos seed 1024 on etcd).
-    connection = EtcdConnection(parse_endpoints(etcd_server.client_url))
+    connection = EtcdConnection(parse_endpoints(dyndisc_etcd_server.client_url))
     attempts: list[int] = []
 
     async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> int:

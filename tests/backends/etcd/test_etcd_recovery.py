@@ -75,10 +75,10 @@ async def test_worker_keeps_its_registration_across_an_etcd_restart(
 
 
 async def test_compaction_during_a_disconnect_relists_and_resyncs(
-    private_etcd: MakeServer, make_store: MakeStore, tcp_proxy: TcpProxyFactory
+    private_etcd: MakeServer, make_store: MakeStore, dyndisc_tcp_proxy: TcpProxyFactory
 ) -> None:
     server = private_etcd()
-    proxy = tcp_proxy(server.host, server.client_port)
+    proxy = dyndisc_tcp_proxy(server.host, server.client_port)
     direct, store = make_store(server.client_url), make_store(proxy.url)
     discovery = KvDiscovery(store, root="/svc", owns_store=False)
     ns = unique_prefix().strip("/")
@@ -104,14 +104,14 @@ async def test_compaction_during_a_disconnect_relists_and_resyncs(
 
 
 async def test_a_delete_at_the_compaction_revision_reaches_a_resumed_watch(
-    private_etcd: MakeServer, make_store: MakeStore, tcp_proxy: TcpProxyFactory
+    private_etcd: MakeServer, make_store: MakeStore, dyndisc_tcp_proxy: TcpProxyFactory
 ) -> None:
     # Chaos seed 1016 on etcd: the watch was away, a worker's delete landed, the nemesis compacted at that
     # very revision, and the watch resumed from it. etcd before 3.5.15 drops the tombstone at the
     # compaction revision (etcd-io/etcd#18089), so every watcher kept the instance for ever; the tests run
     # a current etcd, and this keeps it honest.
     server = private_etcd()
-    proxy = tcp_proxy(server.host, server.client_port)
+    proxy = dyndisc_tcp_proxy(server.host, server.client_port)
     direct, store = make_store(server.client_url), make_store(proxy.url)
     prefix = unique_prefix()
     await direct.put(f"{prefix}a", b"1", 0)
@@ -129,13 +129,13 @@ async def test_a_delete_at_the_compaction_revision_reaches_a_resumed_watch(
 
 
 async def test_a_partition_is_healed_by_resuming_from_the_last_revision(
-    etcd_server: object, make_store: MakeStore, tcp_proxy: TcpProxyFactory
+    dyndisc_etcd_server: object, make_store: MakeStore, dyndisc_tcp_proxy: TcpProxyFactory
 ) -> None:
     from dyndisc.testing.servers import EtcdServer
 
-    assert isinstance(etcd_server, EtcdServer)
-    proxy = tcp_proxy(etcd_server.host, etcd_server.client_port)
-    direct, store = make_store(etcd_server.client_url), make_store(proxy.url)
+    assert isinstance(dyndisc_etcd_server, EtcdServer)
+    proxy = dyndisc_tcp_proxy(dyndisc_etcd_server.host, dyndisc_etcd_server.client_port)
+    direct, store = make_store(dyndisc_etcd_server.client_url), make_store(proxy.url)
     prefix = unique_prefix()
     await direct.put(f"{prefix}a", b"1", 0)
     async with store.watch(prefix) as events:
@@ -189,13 +189,13 @@ async def test_startup_gives_up_after_its_timeout_with_a_clear_error(make_store:
 
 
 async def test_calls_fail_over_to_the_next_endpoint(
-    etcd_server: object, make_store: MakeStore, tcp_proxy: TcpProxyFactory
+    dyndisc_etcd_server: object, make_store: MakeStore, dyndisc_tcp_proxy: TcpProxyFactory
 ) -> None:
     from dyndisc.testing.servers import EtcdServer
 
-    assert isinstance(etcd_server, EtcdServer)
-    first = tcp_proxy(etcd_server.host, etcd_server.client_port)
-    second = tcp_proxy(etcd_server.host, etcd_server.client_port)
+    assert isinstance(dyndisc_etcd_server, EtcdServer)
+    first = dyndisc_tcp_proxy(dyndisc_etcd_server.host, dyndisc_etcd_server.client_port)
+    second = dyndisc_tcp_proxy(dyndisc_etcd_server.host, dyndisc_etcd_server.client_port)
     store = make_store(f"{first.url},{second.url}")
     prefix = unique_prefix()
     lease = await store.grant(5)
@@ -235,10 +235,12 @@ async def test_a_watch_resyncs_when_etcd_comes_back_with_other_history(
 
 
 async def test_a_silent_partition_is_noticed_and_healed(
-    etcd_server: EtcdServer, make_store: MakeStore, tcp_proxy: TcpProxyFactory
+    dyndisc_etcd_server: EtcdServer, make_store: MakeStore, dyndisc_tcp_proxy: TcpProxyFactory
 ) -> None:
-    proxy = tcp_proxy(etcd_server.host, etcd_server.client_port)
-    worker = await RuntimeHost.start(DistributedRuntime(make_store(etcd_server.client_url), lease_ttl=2))
+    proxy = dyndisc_tcp_proxy(dyndisc_etcd_server.host, dyndisc_etcd_server.client_port)
+    worker = await RuntimeHost.start(
+        DistributedRuntime(make_store(dyndisc_etcd_server.client_url), lease_ttl=2)
+    )
     frontend = await RuntimeHost.start(DistributedRuntime(make_store(proxy.url), lease_ttl=2))
     try:
         ns = unique_prefix().strip("/")

@@ -25,8 +25,8 @@ from dyndisc.testing.servers import EtcdServer
 
 
 @pytest.fixture
-def url(etcd_server: EtcdServer) -> str:
-    return etcd_server.client_url
+def url(dyndisc_etcd_server: EtcdServer) -> str:
+    return dyndisc_etcd_server.client_url
 
 
 async def test_create_is_if_absent_and_reports_the_holder(url: str, make_store: MakeStore) -> None:

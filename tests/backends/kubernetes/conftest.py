@@ -13,9 +13,9 @@ from harnesses.kubernetes import Cluster
 
 
 @pytest.fixture
-async def cluster(kube_cluster: KubeCluster) -> AsyncIterator[Cluster]:
+async def cluster(dyndisc_kube_cluster: KubeCluster) -> AsyncIterator[Cluster]:
     """Admin access to the session's cluster (the shipped CRD installed)."""
-    async with Cluster.open(kube_cluster.apiserver) as found:
+    async with Cluster.open(dyndisc_kube_cluster.apiserver) as found:
         yield found
 
 

@@ -151,10 +151,12 @@ async def test_the_cli_finds_missing_rbac_from_the_environment(
 
 
 @pytest.fixture
-def bare_apiserver(private_servers: PrivateServers, kube_apiserver: KubeApiServer) -> KubeApiServer:
+def bare_apiserver(
+    dyndisc_private_servers: PrivateServers, dyndisc_kube_apiserver: KubeApiServer
+) -> KubeApiServer:
     """A second kube-apiserver, on the session's etcd under its own prefix: no CRD installed."""
-    etcd: EtcdServer = kube_apiserver.etcd
-    return private_servers(KubeApiServer, etcd=etcd)
+    etcd: EtcdServer = dyndisc_kube_apiserver.etcd
+    return dyndisc_private_servers(KubeApiServer, etcd=etcd)
 
 
 async def test_a_missing_crd_is_found_with_its_fix(bare_apiserver: KubeApiServer, doctor: Any) -> None:

@@ -333,11 +333,11 @@ async def test_watch_relists_after_410_gone(
     workers: Workers,
     cluster: Cluster,
     namespace: str,
-    tcp_proxy: TcpProxyFactory,
+    dyndisc_tcp_proxy: TcpProxyFactory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = cluster.server
-    proxy = tcp_proxy(server.host, server.port)
+    proxy = dyndisc_tcp_proxy(server.host, server.port)
     host = await workers.start(await workers.pod("worker-0"))
     first = await host.runtime.endpoint("dyn.c.a").register("tcp://h:1")
     watcher = workers.backend(kubeconfig=kubeconfig(server, server.admin_token, proxy.url_for("https")))
@@ -401,10 +401,10 @@ async def test_list_and_watch_are_namespace_local(workers: Workers, cluster: Clu
 
 
 async def test_a_silent_partitioned_watch_is_noticed_and_resumed(
-    workers: Workers, cluster: Cluster, tcp_proxy: TcpProxyFactory
+    workers: Workers, cluster: Cluster, dyndisc_tcp_proxy: TcpProxyFactory
 ) -> None:
     server = cluster.server
-    proxy = tcp_proxy(server.host, server.port)
+    proxy = dyndisc_tcp_proxy(server.host, server.port)
     host = await workers.start(await workers.pod("worker-0"))
     a = await host.runtime.endpoint("dyn.c.a").register("tcp://h:1")
     config = kubeconfig(server, server.admin_token, proxy.url_for("https"))

@@ -15,9 +15,9 @@ from dyndisc.testing.servers import NatsServer
 
 
 @pytest.fixture
-def private_nats(private_servers: PrivateServers) -> MakeServer:
+def private_nats(dyndisc_private_servers: PrivateServers) -> MakeServer:
     """Factory of nats-servers of this test's own (to restart or kill, or with user/password)."""
-    return functools.partial(private_servers, NatsServer)
+    return functools.partial(dyndisc_private_servers, NatsServer)
 
 
 @pytest.fixture

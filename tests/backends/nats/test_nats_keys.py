@@ -61,9 +61,9 @@ def _subject_matches(pattern: str, subject: str) -> bool:
     "suffix", ["plain", "with.dots", "a=b", "trailing/", "sp ace", "ünïcødé", "x" * 200, "-_", ""]
 )
 async def test_the_server_stores_and_filters_encoded_keys(
-    nats_server: NatsServer, make_store: MakeStore, suffix: str
+    dyndisc_nats_server: NatsServer, make_store: MakeStore, suffix: str
 ) -> None:
-    store = make_store(nats_server.url, kv_bucket="keys")
+    store = make_store(dyndisc_nats_server.url, kv_bucket="keys")
     prefix = unique_prefix()
     key = f"{prefix}x/{suffix}"
     await store.put(key, b"v", 0)

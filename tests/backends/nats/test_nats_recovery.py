@@ -71,10 +71,10 @@ async def test_watch_resyncs_quickly_after_a_server_restart_without_phantoms(
 
 
 async def test_changes_made_while_a_watcher_is_cut_off_reach_it_after(
-    private_nats: MakeServer, make_store: MakeStore, tcp_proxy: TcpProxyFactory
+    private_nats: MakeServer, make_store: MakeStore, dyndisc_tcp_proxy: TcpProxyFactory
 ) -> None:
     server = private_nats()
-    proxy = tcp_proxy(server.host, server.port)
+    proxy = dyndisc_tcp_proxy(server.host, server.port)
     writer, watcher = make_store(server.url), make_store(proxy.url_for("nats"))
     prefix = unique_prefix()
     lease = await writer.grant(30)
@@ -120,10 +120,10 @@ async def test_a_worker_keeps_its_registration_across_a_server_restart(
 
 
 async def test_a_silent_partition_is_noticed_and_healed_with_a_resync(
-    private_nats: MakeServer, make_store: MakeStore, tcp_proxy: TcpProxyFactory
+    private_nats: MakeServer, make_store: MakeStore, dyndisc_tcp_proxy: TcpProxyFactory
 ) -> None:
     server = private_nats()
-    proxy = tcp_proxy(server.host, server.port)
+    proxy = dyndisc_tcp_proxy(server.host, server.port)
     writer, watcher = make_store(server.url), make_store(proxy.url_for("nats"))
     prefix = unique_prefix()
     await writer.put(f"{prefix}leaves", b"1", 0)

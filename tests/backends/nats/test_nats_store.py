@@ -20,9 +20,9 @@ from dyndisc.testing.servers import NatsServer
 
 
 async def test_a_lease_without_keep_alive_expires_and_watchers_see_it(
-    nats_server: NatsServer, make_store: MakeStore
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
 ) -> None:
-    owner, watcher = make_store(nats_server.url), make_store(nats_server.url)
+    owner, watcher = make_store(dyndisc_nats_server.url), make_store(dyndisc_nats_server.url)
     prefix = unique_prefix()
     lease = await owner.grant(1)
     await owner.create(f"{prefix}a", b"1", lease.id)
@@ -37,8 +37,10 @@ async def test_a_lease_without_keep_alive_expires_and_watchers_see_it(
     assert await watcher.get_prefix(prefix) == {}
 
 
-async def test_keep_alive_holds_keys_past_their_ttl(nats_server: NatsServer, make_store: MakeStore) -> None:
-    owner, watcher = make_store(nats_server.url), make_store(nats_server.url)
+async def test_keep_alive_holds_keys_past_their_ttl(
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    owner, watcher = make_store(dyndisc_nats_server.url), make_store(dyndisc_nats_server.url)
     prefix = unique_prefix()
     lease = await owner.grant(1)
     await owner.create(f"{prefix}a", b"1", lease.id)
@@ -57,11 +59,11 @@ async def test_keep_alive_holds_keys_past_their_ttl(nats_server: NatsServer, mak
 
 
 async def test_keep_alives_and_concurrent_writes_hold_every_key(
-    nats_server: NatsServer, make_store: MakeStore
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
 ) -> None:
     # Writes of different keys run concurrently with each other and with the keep-alive's re-publishing;
     # none may be lost (a key written during a keep-alive is still kept alive by the next one).
-    owner, watcher = make_store(nats_server.url), make_store(nats_server.url)
+    owner, watcher = make_store(dyndisc_nats_server.url), make_store(dyndisc_nats_server.url)
     prefix = unique_prefix()
     lease = await owner.grant(1)  # TTL 1 s
     keys = {f"{prefix}k{n}": f"{n}".encode() for n in range(200)}
@@ -91,9 +93,9 @@ async def test_keep_alives_and_concurrent_writes_hold_every_key(
 
 
 async def test_keep_alive_never_resurrects_a_key_deleted_by_someone_else(
-    nats_server: NatsServer, make_store: MakeStore
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
 ) -> None:
-    owner, other = make_store(nats_server.url), make_store(nats_server.url)
+    owner, other = make_store(dyndisc_nats_server.url), make_store(dyndisc_nats_server.url)
     prefix = unique_prefix()
     lease = await owner.grant(5)
     await owner.create(f"{prefix}a", b"1", lease.id)
@@ -104,9 +106,9 @@ async def test_keep_alive_never_resurrects_a_key_deleted_by_someone_else(
 
 
 async def test_revoke_by_another_client_removes_every_key_of_the_lease(
-    nats_server: NatsServer, make_store: MakeStore
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
 ) -> None:
-    owner, other = make_store(nats_server.url), make_store(nats_server.url)
+    owner, other = make_store(dyndisc_nats_server.url), make_store(dyndisc_nats_server.url)
     prefix = unique_prefix()
     lease = await owner.grant(30)
     survivor = await owner.grant(30)
@@ -126,9 +128,9 @@ async def test_revoke_by_another_client_removes_every_key_of_the_lease(
 
 
 async def test_create_reports_the_owner_and_adopts_its_own_key(
-    nats_server: NatsServer, make_store: MakeStore
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
 ) -> None:
-    first, second = make_store(nats_server.url), make_store(nats_server.url)
+    first, second = make_store(dyndisc_nats_server.url), make_store(dyndisc_nats_server.url)
     prefix = unique_prefix()
     one, two = await first.grant(30), await second.grant(30)
     assert await first.create(f"{prefix}a", b"1", one.id) is None
@@ -149,11 +151,11 @@ async def test_an_empty_bucket_lists_nothing(private_nats: object, make_store: M
 
 
 async def test_foreign_keys_are_skipped_with_a_warning_and_the_watch_goes_on(
-    nats_server: NatsServer, make_store: MakeStore, caplog: pytest.LogCaptureFixture
+    dyndisc_nats_server: NatsServer, make_store: MakeStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = make_store(nats_server.url, kv_bucket="foreign")
+    store = make_store(dyndisc_nats_server.url, kv_bucket="foreign")
     await store.get_prefix("/")  # creates the bucket
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(dyndisc_nats_server.url)
     try:
         kv = await nc.jetstream().key_value("foreign")
         await kv.put("=.services.=zz", b"not our encoding")
@@ -170,23 +172,23 @@ async def test_foreign_keys_are_skipped_with_a_warning_and_the_watch_goes_on(
 
 
 async def test_a_bucket_without_ttl_markers_is_refused_with_a_fix(
-    nats_server: NatsServer, make_store: MakeStore
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
 ) -> None:
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(dyndisc_nats_server.url)
     try:
         await nc.jetstream().create_key_value(api.KeyValueConfig(bucket="plain", history=1))
     finally:
         await nc.close()
-    store = make_store(nats_server.url, kv_bucket="plain")
+    store = make_store(dyndisc_nats_server.url, kv_bucket="plain")
     with pytest.raises(ConfigurationError, match=r"'plain' \(NATS_KV_BUCKET\).*without per-message TTLs"):
         await store.grant(5)
 
 
 async def test_a_slow_watcher_resyncs_and_does_not_stall_others(
-    nats_server: NatsServer, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+    dyndisc_nats_server: NatsServer, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_nats_watch, "MAX_PENDING_EVENTS", 20)
-    writer, slow_store, fast_store = (make_store(nats_server.url) for _ in range(3))
+    writer, slow_store, fast_store = (make_store(dyndisc_nats_server.url) for _ in range(3))
     prefix = unique_prefix()
     async with slow_store.watch(prefix) as slow, fast_store.watch(prefix) as fast:
         assert await next_event(slow) == StoreSnapshot(items={})
@@ -238,16 +240,16 @@ async def test_deleted_keys_leave_nothing_behind_after_the_marker_ttl(
 
 
 async def test_a_keep_alive_republishes_the_lease_key_alone(
-    nats_server: NatsServer, make_store: MakeStore
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
 ) -> None:
     # Keys carry no TTL of their own: what reaches a watcher per renewal is one message, however many
     # keys the lease holds.
-    owner = make_store(nats_server.url)
+    owner = make_store(dyndisc_nats_server.url)
     prefix = unique_prefix()
     lease = await owner.grant(5)
     for n in range(50):
         await owner.create(f"{prefix}k{n}", b"1", lease.id)
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(dyndisc_nats_server.url)
     subjects: list[str] = []
     renewed, revoked = anyio.Event(), anyio.Event()
 
@@ -278,10 +280,10 @@ async def test_a_keep_alive_republishes_the_lease_key_alone(
 
 
 async def test_a_crashed_lease_leaves_every_watcher_and_its_keys_are_purged_once(
-    nats_server: NatsServer, make_store: MakeStore
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
 ) -> None:
-    owner = make_store(nats_server.url)
-    watchers = [make_store(nats_server.url) for _ in range(3)]
+    owner = make_store(dyndisc_nats_server.url)
+    watchers = [make_store(dyndisc_nats_server.url) for _ in range(3)]
     prefix = unique_prefix()
     lease = await owner.grant(1)  # never renewed: it ends after a second, as if its process crashed
     keys = {f"{prefix}k{n}": f"{n}".encode() for n in range(5)}

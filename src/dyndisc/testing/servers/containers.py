@@ -1,6 +1,6 @@
 """Session servers in Docker, for machines with a Docker engine: ``DYNDISC_TEST_SERVERS=containers``.
 
-The session fixtures ``etcd_server`` and ``nats_server`` then run the official images through
+The session fixtures ``dyndisc_etcd_server`` and ``dyndisc_nats_server`` then run the official images through
 testcontainers (``pip install 'dyndisc[containers]'``) instead of the local binaries, and hand the tests the
 same address attributes as :mod:`dyndisc.testing.servers.external`. Tests that kill, restart or reconfigure
 a server (TLS, auth, partitions) still start local ones of their own, and the kube-apiserver is always the
