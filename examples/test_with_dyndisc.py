@@ -8,12 +8,18 @@ pytest examples/test_with_dyndisc.py
 makes a worker vanish as if it had crashed (the store injects faults on demand:
 ``dyndisc.testing.FaultyStore``). For a real server use the same tests with a backend
 from the ``dyndisc_etcd_server`` / ``dyndisc_nats_server`` fixtures.
+
+The tests are marked for anyio's pytest plugin, which comes with dyndisc: they run as
+written with or without pytest-asyncio, in its strict mode (its default) or auto mode.
 """
 
 import anyio
+import pytest
 
 from dyndisc import Client, DistributedRuntime, Removed
 from dyndisc.testing import FaultyStore, MakeRuntime
+
+pytestmark = pytest.mark.anyio
 
 
 class Router:

@@ -1,5 +1,6 @@
 """Every example in ``examples/`` runs as written: worker + frontend on each backend with a server we can
-start here, the round-robin router, graceful shutdown on SIGTERM, and the pytest example."""
+start here, the round-robin router, graceful shutdown on SIGTERM. The pytest example runs in a project of
+its own, in ``test_pytest_plugin_modes.py``."""
 
 from __future__ import annotations
 
@@ -119,15 +120,3 @@ async def test_graceful_shutdown_unregisters_first_then_drains(tmp_path: Path) -
             ]
     finally:
         await watcher.aclose()
-
-
-def test_pytest_example_passes_with_the_plugin() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_with_dyndisc.py"],
-        cwd=EXAMPLES,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 passed" in result.stdout

@@ -9,9 +9,9 @@ discovery for your unit tests:
   store, each with its own lease (pass ``backend=`` to use another backend); all are stopped at teardown;
 * ``dyndisc_runtime`` - one runtime on that store.
 
-The async fixtures work under pytest-asyncio (auto mode, or strict mode with ``@pytest.mark.asyncio`` on the
-test) and under anyio's own plugin alone (``@pytest.mark.anyio``): a test marked for anyio gets runtimes
-started in anyio's event loop, any other test gets them from pytest-asyncio.
+The async fixtures run in the event loop of whichever plugin runs the test: anyio's (``@pytest.mark.anyio``;
+its plugin comes with dyndisc) or pytest-asyncio's (auto mode, or ``@pytest.mark.asyncio`` in strict mode).
+An async test that neither runs fails with a message saying what to mark.
 
 Real servers on loopback: ``dyndisc_etcd_server``, ``dyndisc_nats_server``, ``dyndisc_kube_apiserver``,
 ``dyndisc_kube_cluster`` (session-scoped), ``dyndisc_etcd_cluster``, ``dyndisc_private_servers`` and the
@@ -24,9 +24,10 @@ reason. The old unprefixed names still work for one release, with a :class:`Depr
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import AsyncIterator, Generator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -77,22 +78,58 @@ __all__ = [
 ]
 
 _SERVER_FIXTURES = "dyndisc.testing.server_fixtures"
+_SEE_DOCS = "see the 'Testing with dyndisc' page of dyndisc's documentation"
 
 
-_NO_ASYNC_PLUGIN = (
-    "dyndisc's async fixtures need an async test plugin: install pytest-asyncio (and set asyncio_mode = "
-    "'auto', or mark the test @pytest.mark.asyncio), or mark the test @pytest.mark.anyio to use anyio's "
-    "plugin; see the 'Testing with dyndisc' page"
-)
+def _no_async_plugin(request: pytest.FixtureRequest) -> NoReturn:
+    pytest.fail(
+        f"{request.node.name} uses a dyndisc runtime fixture, but no async test plugin runs it, so its "
+        "runtimes would have no event loop: make it an async test marked @pytest.mark.anyio (anyio's pytest "
+        "plugin comes with dyndisc), or, with pytest-asyncio, mark it @pytest.mark.asyncio or set "
+        f'asyncio_mode = "auto"; {_SEE_DOCS}',
+        pytrace=False,
+    )
+
+
+def _two_plugins(request: pytest.FixtureRequest) -> NoReturn:
+    pytest.fail(
+        f"{request.node.name} is marked @pytest.mark.anyio, but pytest-asyncio's auto mode runs it too: "
+        "anyio would start dyndisc's runtimes in an event loop of its own, not the test's. Under auto mode "
+        "leave the anyio mark out (auto mode runs every async test), or use pytest-asyncio's strict mode "
+        f"(its default), where the mark works; {_SEE_DOCS}",
+        pytrace=False,
+    )
+
+
+def _run_by_pytest_asyncio(item: pytest.Item) -> bool:
+    """Whether pytest-asyncio runs ``item`` (auto mode, or its ``asyncio`` mark in strict mode)."""
+    if pytest_asyncio is None or not item.config.pluginmanager.has_plugin("asyncio"):
+        return False
+    is_async_test = getattr(pytest_asyncio, "is_async_test", None)  # pytest-asyncio >= 0.23
+    if is_async_test is not None:
+        return bool(is_async_test(item))
+    return item.get_closest_marker("asyncio") is not None
 
 
 def _for_this_test(request: pytest.FixtureRequest, name: str) -> Any:
-    """The variant of fixture ``name`` for the async plugin that runs this test (anyio's or
-    pytest-asyncio's), so the runtimes live in the test's own event loop."""
-    if "anyio_backend" in request.fixturenames:
+    """The variant of fixture ``name`` for the async plugin that runs this test, so the runtimes live in the
+    test's own event loop."""
+    by_asyncio = isinstance(request.node, pytest.Item) and _run_by_pytest_asyncio(request.node)
+    # anyio's plugin runs every async fixture of a test that has its backend, whoever runs the test.
+    by_anyio = "anyio_backend" in request.fixturenames
+    if by_asyncio and by_anyio:
+        _two_plugins(request)
+    if by_asyncio:
+        return request.getfixturevalue(f"_{name}_asyncio")
+    if by_anyio:
+        backend = request.getfixturevalue("anyio_backend")
+        if (backend if isinstance(backend, str) else backend[0]) != "asyncio":
+            pytest.skip(f"dyndisc's runtime fixtures run on asyncio only, not {backend!r} (anyio_backend)")
         return request.getfixturevalue(f"_{name}_anyio")
-    if pytest_asyncio is None or not request.config.pluginmanager.has_plugin("asyncio"):
-        pytest.fail(_NO_ASYNC_PLUGIN)
+    asyncio_installed = pytest_asyncio is not None and request.config.pluginmanager.has_plugin("asyncio")
+    if inspect.iscoroutinefunction(getattr(request.node, "obj", None)) or not asyncio_installed:
+        _no_async_plugin(request)  # no plugin would ever run this test's coroutine, or ours
+    # A plain test: pytest-asyncio starts the runtimes in its loop, which runs only between tests.
     return request.getfixturevalue(f"_{name}_asyncio")
 
 
