@@ -1,6 +1,6 @@
 """Every example in ``examples/`` runs as written: worker + frontend on each backend with a server we can
-start here, the round-robin router, graceful shutdown on SIGTERM. The pytest example runs in a project of
-its own, in ``test_pytest_plugin_modes.py``."""
+start here, the round-robin router, graceful shutdown on SIGTERM, and the pytest example by its documented
+command (``test_pytest_plugin_modes.py`` also runs it in a project of its own, in each configuration)."""
 
 from __future__ import annotations
 
@@ -120,3 +120,18 @@ async def test_graceful_shutdown_unregisters_first_then_drains(tmp_path: Path) -
             ]
     finally:
         await watcher.aclose()
+
+
+def test_pytest_example_passes_by_its_documented_command() -> None:
+    # `pytest examples/test_with_dyndisc.py` from the checkout: examples/pytest.ini, not this repository's
+    # settings (asyncio_mode = "auto"), configures the run, as a user's own project would.
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "examples/test_with_dyndisc.py"],
+        cwd=EXAMPLES.parent,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "configfile: pytest.ini" in result.stdout
+    assert "2 passed" in result.stdout
