@@ -59,7 +59,8 @@ def _locked(path: Path, act: Callable[[int, os.stat_result], T]) -> T | None:
         os.close(fd)  # drops the lock
 
 
-def _deadline(info: os.stat_result, ttl: float) -> float:
+def deadline_of(info: os.stat_result, ttl: float) -> float:
+    """The wall-clock time a lease file with status ``info`` expires, as of its last renewal."""
     return info.st_mtime_ns / 1e9 + ttl
 
 
@@ -68,7 +69,7 @@ def remove_if_expired(path: Path, ttl: float) -> float | None:
     if it was renewed since the caller looked, return its deadline. Raises :class:`LeaseBusy`."""
 
     def act(_fd: int, info: os.stat_result) -> float | None:
-        deadline = _deadline(info, ttl)
+        deadline = deadline_of(info, ttl)
         if deadline > time.time():
             return deadline
         with suppress(FileNotFoundError):  # its owner, who needs no lock to give it up, revoked it
@@ -83,7 +84,7 @@ def renew(path: Path, ttl: float) -> bool:
     removed (it is over: its owner was too late). Raises :class:`LeaseBusy`."""
 
     def act(fd: int, info: os.stat_result) -> bool:
-        if _deadline(info, ttl) <= time.time():
+        if deadline_of(info, ttl) <= time.time():
             with suppress(FileNotFoundError):
                 os.unlink(path)
             return False
@@ -98,6 +99,6 @@ def renew(path: Path, ttl: float) -> bool:
 def time_left(path: Path, ttl: float) -> float:
     """Seconds until lease file ``path`` expires, as of its last renewal (0 if it is gone)."""
     try:
-        return max(_deadline(path.stat(), ttl) - time.time(), 0.0)
+        return max(deadline_of(path.stat(), ttl) - time.time(), 0.0)
     except FileNotFoundError:
         return 0.0

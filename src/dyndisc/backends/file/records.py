@@ -29,7 +29,7 @@ from dyndisc.backends.file.layout import (
     read_regular_file,
     remove_if,
 )
-from dyndisc.backends.file.leases import LeaseBusy, remove_if_expired
+from dyndisc.backends.file.leases import LeaseBusy, deadline_of, remove_if_expired
 
 log = logging.getLogger("dyndisc.file")
 
@@ -80,7 +80,7 @@ class Records:
         ttl = self.ttl_of(lease_id)
         if ttl is None:
             return None
-        deadline = info.st_mtime_ns / 1e9 + ttl
+        deadline = deadline_of(info, ttl)
         if deadline > time.time():
             return deadline
         # Expired as of the stat above, which a renewal may have overtaken already: decide again under the

@@ -265,14 +265,14 @@ class KubeApi:
 
 
 def _status_error(status: int, data: bytes, what: str) -> KubeStatusError:
+    found: JsonObject = {"message": data.decode(errors="replace")[:300]}  # unless the body is a Status
     try:
         body = json.loads(data)
     except ValueError:
         body = None
     if isinstance(body, dict):
-        body.setdefault("message", data.decode(errors="replace")[:300])
-        return status_error(body, what, status)
-    return KubeStatusError(status, "", data.decode(errors="replace")[:300], what)
+        found.update(body)
+    return status_error(found, what, status)
 
 
 async def connect(
