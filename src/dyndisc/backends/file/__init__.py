@@ -4,11 +4,12 @@ Settings (environment, see ``docs/backends/file.md``): ``DYN_FILE_KV`` (the dire
 ``DYN_FILE_RESCAN_INTERVAL``. With ``DYN_KV_LAYOUT=dynamo-v1`` the backend reads and writes the reference
 runtime's file store instead (:class:`DynamoFileStore`, default directory ``$TMPDIR/dynamo_store_kv``).
 
-The room: ``settings``, ``layout`` (where leases and records live, key <-> file name), ``store`` (the
-:class:`FileStore`: leases by mtime, atomic writes), ``changes`` (one file watcher per store), ``watch``
-(a prefix watch: changed paths, lease deadlines, rescans), ``doctor`` (clock skew); ``dynamo_files``,
-``dynamo_store`` and ``dynamo_watch``: the reference's flat, percent-encoded files with mtime liveness (how
-they are named and read, the store, its watch).
+The room: ``settings``, ``layout`` (where leases and records live, key <-> file name), ``leases`` (renewing
+and removing a lease file under its lock), ``records`` (what is on disk, and which of it is alive),
+``store`` (the :class:`FileStore`: leases by mtime, atomic writes), ``changes`` (one file watcher per
+store), ``watch`` (a prefix watch: changed paths, lease deadlines, rescans), ``doctor`` (clock skew);
+``dynamo_files``, ``dynamo_store`` and ``dynamo_watch``: the reference's flat, percent-encoded files with
+mtime liveness (how they are named and read, the store, its watch).
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from dyndisc.backends.file.layout import remove_if
+
 log = logging.getLogger("dyndisc.file")
 
 #: Temporary files (ours and the reference's) start with this; every reader ignores them.
@@ -65,11 +67,9 @@ def split_key(key: str) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class FileRecord:
-    """A live file: its value and which version of the file it was (to remove it only if unchanged)."""
+    """A live file's value."""
 
     value: bytes
-    ino: int
-    mtime_ns: int
 
 
 class DynamoFiles:
@@ -108,24 +108,42 @@ class DynamoFiles:
     def read(self, path: Path) -> FileRecord | None:
         """The live record at ``path``; ``None`` if absent, unreadable or expired (an expired file is
         deleted, as every reader of the reference's store does)."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            log.warning("skipping unreadable %s: %s", path, exc)
-            return None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE_BYTES:
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except (FileNotFoundError, NotADirectoryError):
                 return None
-            data = os.read(fd, info.st_size)
-        finally:
-            os.close(fd)
-        if time.time() - info.st_mtime_ns / 1e9 > self.expiry:
-            self.remove_if_unchanged(path, info.st_ino, info.st_mtime_ns)
-            return None
-        return FileRecord(value=data, ino=info.st_ino, mtime_ns=info.st_mtime_ns)
+            except OSError as exc:
+                log.warning("skipping unreadable %s: %s", path, exc)
+                return None
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE_BYTES:
+                    return None
+                data = os.read(fd, info.st_size)
+            finally:
+                os.close(fd)
+            if not self._expired(info):
+                return FileRecord(value=data)
+            if self.remove_if_expired(path):
+                return None
+            # Touched (or rewritten) since it was read: it is live after all; read what is there now.
+        return None
+
+    def _expired(self, info: os.stat_result) -> bool:
+        return time.time() - info.st_mtime_ns / 1e9 > self.expiry
+
+    def remove_if_expired(self, path: Path) -> bool:
+        """Delete ``path`` if the file it names is expired; whether it did. A file touched or replaced after
+        its reader looked at it is live, and stays (:func:`~dyndisc.backends.file.layout.remove_if`)."""
+
+        def expired(taken: Path) -> bool:
+            try:
+                return self._expired(taken.stat())
+            except FileNotFoundError:
+                return True  # a stale-file sweep took it (its mtime was a minute old): expired indeed
+
+        return remove_if(path, TEMP_PREFIX, expired)
 
     def scan(self, prefix: str) -> dict[str, FileRecord]:
         """Every live key starting with ``prefix`` and its record (expired files are deleted)."""
@@ -152,13 +170,6 @@ class DynamoFiles:
             rest = decode_name(entry.name)
             if rest is not None:
                 yield f"{bucket}/{rest}", Path(entry.path)
-
-    def remove_if_unchanged(self, path: Path, ino: int, mtime_ns: int) -> None:
-        """Delete ``path`` unless it was touched or replaced since it was read."""
-        with suppress(FileNotFoundError):
-            now = path.stat()
-            if (now.st_ino, now.st_mtime_ns) == (ino, mtime_ns):
-                path.unlink()
 
 
 def _subdirs(path: Path) -> list[Path]:

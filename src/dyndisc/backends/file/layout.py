@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +42,10 @@ decode_segment = _NAMES.decode
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A record file read from disk: its value, the lease that owns it, and which file version it was."""
+    """A record file read from disk: its value and the lease that owns it."""
 
     value: bytes
     lease_id: int
-    ino: int
-    mtime_ns: int
 
 
 class Corrupt:
@@ -158,6 +157,35 @@ def write_temp_file(directory: Path, prefix: str, body: bytes, mode: int) -> Pat
     finally:
         os.close(fd)
     return temp
+
+
+def remove_if(path: Path, grave_prefix: str, dead: Callable[[Path], bool]) -> bool:
+    """Remove ``path`` if ``dead`` holds for the very file removed; whether it did.
+
+    A reader decides that a file is dead (its lease ended, or it expired) from a look a moment old, and a
+    writer may replace or touch the file in that moment: checking again and then unlinking leaves the same
+    gap between the check and the unlink. So the file is first renamed aside to a temporary name
+    (``grave_prefix`` + random, which every reader skips), one atomic step after which no writer reaches
+    it by its name, and ``dead`` judges the file that was actually taken. A file found alive after all
+    goes back under its name (unless a newer one took the name meanwhile, which then wins): for that
+    instant it was absent, which a watcher may see as a removal followed by the same file again, but a
+    live file is never lost.
+    """
+    grave = path.with_name(f"{grave_prefix}{secrets.token_hex(8)}")
+    try:
+        os.rename(path, grave)
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # someone else removed it first
+    removed = False
+    try:
+        removed = dead(grave)
+    finally:
+        if not removed:  # alive, or it could not be judged: back under its name
+            with suppress(FileExistsError, FileNotFoundError):
+                os.link(grave, path)
+        with suppress(FileNotFoundError):
+            os.unlink(grave)
+    return removed
 
 
 def mkdirs(path: Path) -> None:

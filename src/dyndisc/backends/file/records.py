@@ -1,8 +1,11 @@
 """The read side of the file store: what is on disk under a root, and which of it is alive.
 
 Every reader (a list, a watch, a create that finds a key taken) treats the records of a missing, expired or
-unreadable lease as gone, and whoever notices first removes them (only if the file did not change since it
-was read) with the expired lease file. Files dyndisc did not write are skipped with one warning per version.
+unreadable lease as gone, and whoever notices first removes the expired lease file and then the records.
+Whether a lease expired is decided under the lease file's lock (:mod:`dyndisc.backends.file.leases`), and a
+record is removed only if the file taken still names the dead lease (:func:`~.layout.remove_if`): a renewal
+or a write that lands while a reader decides wins. Files dyndisc did not write are skipped with one warning
+per version.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from dyndisc.backends.file.layout import (
     Record,
     decode_segment,
     read_regular_file,
+    remove_if,
 )
+from dyndisc.backends.file.leases import LeaseBusy, deadline_of, remove_if_expired
 
 log = logging.getLogger("dyndisc.file")
 
@@ -33,6 +38,12 @@ log = logging.getLogger("dyndisc.file")
 _GIL_BATCH = 128
 #: A temporary file older than this was left by a writer that died mid-write; scans remove it.
 STALE_TEMP_SECONDS = 60.0
+#: Seconds after which a reader looks again at a lease it found being renewed or removed (its lock held).
+BUSY_RECHECK = 0.05
+#: A writer's temporary files start with this (every reader skips them; a scan removes a stale one).
+TEMP_PREFIX = ".tmp-"
+#: A record a reader renamed aside to judge it before removing it (:meth:`Records.remove_record_of`).
+GRAVE_PREFIX = ".grave-"
 
 
 class Records:
@@ -47,12 +58,18 @@ class Records:
         """Note the TTL of a lease this process granted (saves reading its file)."""
         self._ttls[lease_id] = ttl
 
-    def known_ttl(self, lease_id: int) -> float:
-        """The TTL of a lease whose deadline was read (or that this process granted)."""
-        return self._ttls[lease_id]
+    def ttl_of(self, lease_id: int) -> float | None:
+        """The TTL of lease ``lease_id`` (its file is read once), or ``None`` if it is gone or unreadable."""
+        ttl = self._ttls.get(lease_id)
+        if ttl is None:
+            ttl = self._read_ttl(self.layout.lease_path(lease_id))
+            if ttl is not None:
+                self._ttls[lease_id] = ttl
+        return ttl
 
     def lease_deadline(self, lease_id: int) -> float | None:
-        """Wall-clock time lease ``lease_id`` expires, or ``None`` if gone (an expired one is removed)."""
+        """Wall-clock time lease ``lease_id`` expires, or ``None`` if it is over for good: its file is gone or
+        unreadable, or it was expired and this call removed it."""
         if lease_id == 0:
             return float("inf")
         path = self.layout.lease_path(lease_id)
@@ -60,17 +77,19 @@ class Records:
             info = path.stat()
         except FileNotFoundError:
             return None
-        ttl = self._ttls.get(lease_id)
+        ttl = self.ttl_of(lease_id)
         if ttl is None:
-            ttl = self._read_ttl(path)
-            if ttl is None:
-                return None
-            self._ttls[lease_id] = ttl
-        deadline = info.st_mtime_ns / 1e9 + ttl
-        if deadline <= time.time():
-            self.remove_if_unchanged(path, info)
             return None
-        return deadline
+        deadline = deadline_of(info, ttl)
+        if deadline > time.time():
+            return deadline
+        # Expired as of the stat above, which a renewal may have overtaken already: decide again under the
+        # lease file's lock, where no renewal can land between the decision and the removal.
+        try:
+            return remove_if_expired(path, ttl)
+        except LeaseBusy:
+            # Being renewed (or removed by another reader) right now: live until that is settled.
+            return time.time() + BUSY_RECHECK
 
     def _read_ttl(self, path: Path) -> float | None:
         try:
@@ -93,7 +112,7 @@ class Records:
     def read_record(self, path: Path) -> Record | Corrupt | None:
         """The record at ``path``, ``None`` if absent, or ``CORRUPT`` (warned about) if not one of ours."""
         try:
-            data, info = read_regular_file(path)
+            data, _info = read_regular_file(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
@@ -107,7 +126,7 @@ class Records:
         except ValueError as exc:
             self.warn_once(path, "skipping corrupted record %s: %s; delete the file", path, exc)
             return CORRUPT
-        return Record(value=value, lease_id=lease_id, ino=info.st_ino, mtime_ns=info.st_mtime_ns)
+        return Record(value=value, lease_id=lease_id)
 
     def live_record(self, path: Path, deadlines: dict[int, float | None]) -> Record | None:
         """The record at ``path`` if its lease is live; a record of a dead lease is removed.
@@ -120,7 +139,7 @@ class Records:
         if record.lease_id not in deadlines:
             deadlines[record.lease_id] = self.lease_deadline(record.lease_id)
         if deadlines[record.lease_id] is None:
-            self.remove_record_if_unchanged(path, record)
+            self.remove_record_of(path, record.lease_id)
             return None
         return record
 
@@ -161,6 +180,8 @@ class Records:
             partial = prefix.rpartition("/")[2] if prefix.startswith("/") else ""
         else:
             partial = ""
+        # One look per lease for the whole scan: a lease found over stays over (see lease_deadline), and one
+        # found live is only reported live, never acted on.
         deadlines: dict[int, float | None] = {}
         found: dict[str, Record] = {}
         for n, (key, record) in enumerate(self.walk(under, partial)):
@@ -171,34 +192,32 @@ class Records:
             if record.lease_id not in deadlines:
                 deadlines[record.lease_id] = self.lease_deadline(record.lease_id)
             if deadlines[record.lease_id] is None:
-                self.remove_record_if_unchanged(self.layout.record_path(key), record)
+                self.remove_record_of(self.layout.record_path(key), record.lease_id)
             else:
                 found[key] = record
         return found
 
-    def remove_if_unchanged(self, path: Path, seen: os.stat_result) -> None:
-        """Unlink ``path`` unless it changed since ``seen`` (a keep-alive or a rewrite won the race)."""
-        try:
-            now = path.stat()
-            if (now.st_ino, now.st_mtime_ns) == (seen.st_ino, seen.st_mtime_ns):
-                path.unlink()
-        except FileNotFoundError:
-            pass
+    def remove_record_of(self, path: Path, lease_id: int) -> None:
+        """Remove the record at ``path`` if it (still) belongs to lease ``lease_id``, which is over: a record
+        written there by another lease meanwhile stays."""
 
-    def remove_record_if_unchanged(self, path: Path, record: Record) -> None:
-        try:
-            now = path.stat()
-            if (now.st_ino, now.st_mtime_ns) == (record.ino, record.mtime_ns):
-                path.unlink()
-                log.debug("removed %s: its lease %x is gone", path, record.lease_id)
-        except FileNotFoundError:
-            pass
+        def dead(taken: Path) -> bool:
+            record = self.read_record(taken)
+            return isinstance(record, Record) and record.lease_id == lease_id
+
+        if remove_if(path, GRAVE_PREFIX, dead):
+            log.debug("removed %s: its lease %x is gone", path, lease_id)
 
     def _remove_stale_temp(self, entry: os.DirEntry[str]) -> None:
-        if not entry.name.startswith(".tmp-"):
+        temp, grave = entry.name.startswith(TEMP_PREFIX), entry.name.startswith(GRAVE_PREFIX)
+        if not (temp or grave):
             return
         with suppress(OSError):
-            if time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS:
+            info = entry.stat(follow_symlinks=False)
+            # A record renamed aside keeps its (old) mtime; the rename set its ctime, which stays old only
+            # if the reader judging it died.
+            made = info.st_ctime if grave else info.st_mtime
+            if time.time() - made > STALE_TEMP_SECONDS:
                 os.unlink(entry.path)
 
     def warn_once(self, path: Path, message: str, *args: object) -> None:

@@ -22,6 +22,7 @@ import anyio
 import anyio.to_thread
 
 from dyndisc._errors import ConfigurationError, LeaseNotFoundError
+from dyndisc._retry import Backoff
 from dyndisc.backends.base import Lease
 from dyndisc.backends.diagnosis import BackendDoctor
 from dyndisc.backends.file.changes import ChangeFeed
@@ -34,11 +35,15 @@ from dyndisc.backends.file.layout import (
     mkdirs,
     write_temp_file,
 )
-from dyndisc.backends.file.records import Records
+from dyndisc.backends.file.leases import LeaseBusy, renew, time_left
+from dyndisc.backends.file.records import TEMP_PREFIX, Records
 from dyndisc.backends.file.watch import FileWatch
 from dyndisc.backends.kv import KeyValueStore, StoredValue, StoreEvent
 
 log = logging.getLogger("dyndisc.file")
+
+#: Backoff of a keep-alive that finds its lease file's lock held by a reader (held for two system calls).
+LOCK_RETRY_MIN, LOCK_RETRY_MAX = 0.001, 0.05
 
 
 class FileStore(KeyValueStore):
@@ -96,21 +101,29 @@ class FileStore(KeyValueStore):
                 self._own_keys[lease_id] = set()
                 return Lease(id=lease_id, ttl=ttl)
 
-    def _keep_alive(self, lease_id: int) -> float:
-        path = self.lease_path(lease_id)
-        if self.records.lease_deadline(lease_id) is None:
+    async def keep_alive(self, lease_id: int) -> float:
+        ttl = self.records.ttl_of(lease_id)
+        if ttl is None or not await self._renew(self.lease_path(lease_id), ttl):
             self._revoke(lease_id)  # its records are dead already: remove them now rather than lazily
             raise LeaseNotFoundError(
                 f"lease {lease_id:x} is gone from {self.lease_dir} (it expired or was revoked)"
             )
-        now = time.time_ns()
-        try:
-            os.utime(path, ns=(now, now))
-        except FileNotFoundError:
-            raise LeaseNotFoundError(
-                f"lease {lease_id:x} was revoked from {self.lease_dir} during its keep-alive"
-            ) from None
-        return self.records.known_ttl(lease_id)
+        return ttl
+
+    async def _renew(self, path: Path, ttl: float) -> bool:
+        """Renew the lease file at ``path`` (:func:`~dyndisc.backends.file.leases.renew`); whether the lease
+        is still live."""
+        backoff = Backoff(LOCK_RETRY_MIN, LOCK_RETRY_MAX)
+        while True:
+            try:
+                return renew(path, ttl)
+            except LeaseBusy:
+                # A reader holds the lock, deciding whether the lease expired: that takes it two system
+                # calls. Ask again, until the lease would be past its deadline anyway.
+                left = time_left(path, ttl)
+                if not left:
+                    return False
+                await backoff.sleep(limit=left)
 
     def _revoke(self, lease_id: int) -> None:
         # The lease file goes first: from that instant every reader treats its records as gone.
@@ -175,7 +188,7 @@ class FileStore(KeyValueStore):
         path = self.record_path(key)
         record = self.records.read_record(path)
         if isinstance(record, Record) and record.lease_id == lease_id:
-            self.records.remove_record_if_unchanged(path, record)
+            self.records.remove_record_of(path, lease_id)
 
     def _track(self, key: str, lease_id: int) -> None:
         if lease_id:
@@ -184,7 +197,7 @@ class FileStore(KeyValueStore):
     # -- low-level file operations ------------------------------------------------------------------------
     def _temp_file(self, directory: Path, body: bytes) -> Path:
         mkdirs(directory)
-        return write_temp_file(directory, ".tmp-", body, 0o600)
+        return write_temp_file(directory, TEMP_PREFIX, body, 0o600)
 
     def _create_file(self, path: Path, body: bytes) -> bool:
         """Create ``path`` with ``body`` atomically unless it exists; ``True`` if created."""
@@ -208,9 +221,6 @@ class FileStore(KeyValueStore):
     # -- KeyValueStore ----------------------------------------------------------------------------------
     async def grant(self, ttl: float) -> Lease:
         return self._grant(ttl)
-
-    async def keep_alive(self, lease_id: int) -> float:
-        return self._keep_alive(lease_id)
 
     async def revoke(self, lease_id: int) -> None:
         # One unlink per key of the lease (or a walk of the tree, for a lease of another process): off the

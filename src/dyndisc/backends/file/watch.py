@@ -136,7 +136,7 @@ class FileWatch:
                 continue
             for key, record in list(self.known.items()):
                 if record.lease_id == lease_id:
-                    self.records.remove_record_if_unchanged(self.layout.record_path(key), record)
+                    self.records.remove_record_of(self.layout.record_path(key), lease_id)
                     self._set(key, None)
             self.deadlines.pop(lease_id, None)
 

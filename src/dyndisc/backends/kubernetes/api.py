@@ -23,7 +23,7 @@ from kubernetes_asyncio import client as kube_client
 from kubernetes_asyncio import config as kube_config
 
 from dyndisc._errors import AccessDeniedError, BackendUnavailableError, ConfigurationError, DyndiscError
-from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError
+from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError, status_error
 
 log = logging.getLogger("dyndisc.kubernetes")
 
@@ -265,14 +265,14 @@ class KubeApi:
 
 
 def _status_error(status: int, data: bytes, what: str) -> KubeStatusError:
-    reason, message = "", data.decode(errors="replace")[:300]
+    found: JsonObject = {"message": data.decode(errors="replace")[:300]}  # unless the body is a Status
     try:
         body = json.loads(data)
-        if isinstance(body, dict):
-            reason, message = str(body.get("reason", "")), str(body.get("message", message))
     except ValueError:
-        pass
-    return KubeStatusError(status, reason, message, what)
+        body = None
+    if isinstance(body, dict):
+        found.update(body)
+    return status_error(found, what, status)
 
 
 async def connect(

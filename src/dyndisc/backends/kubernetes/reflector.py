@@ -1,9 +1,19 @@
 """A reflector: the current set of one kind of Kubernetes object, kept by list-then-watch.
 
 It lists, then watches from the list's ``resourceVersion`` with bookmarks, so no change between the two is
-lost. A dropped connection resumes from the last ``resourceVersion`` seen; ``410 Gone`` (the server no longer
-has that history) relists. kubernetes_asyncio's own ``Watch`` retries 410 once and then raises, so this does
-not use it.
+lost. A dropped connection resumes from the last ``resourceVersion`` seen. When the server no longer has
+that history (``410 Gone``) or has not reached it yet (a "too large resource version" ``Timeout``, from an
+API server whose watch cache lags another's), the reflector relists, as client-go's does, after a delay of
+the one backoff policy: under churn that outruns the server's history, every watch may end so, and without
+the delay every frontend would LIST in a loop. kubernetes_asyncio's own ``Watch`` retries 410 once and then
+raises, so this does not use it.
+
+A list is read in pages of :data:`PAGE_SIZE` (``limit`` and ``continue``), each a request with its own
+deadline, so a large namespace neither has to arrive within one request's time nor weighs on the server as
+one answer. The first list asks for ``resourceVersion=0`` (any version: the API server answers from its
+watch cache); a relist asks for a state not older than the last one seen, or, once the server said that one
+is unavailable, for the latest (a quorum read). A page's continue token that expired mid-list (the
+history it points into was compacted) starts the list again.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ import anyio
 
 from dyndisc._errors import BackendUnavailableError, DyndiscError
 from dyndisc._retry import Backoff
-from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError
+from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError, status_error
 
 if TYPE_CHECKING:
     from dyndisc.backends.kubernetes.api import KubeApi
@@ -26,12 +36,25 @@ log = logging.getLogger("dyndisc.kubernetes")
 
 T = TypeVar("T")
 
-#: Backoff between watch attempts after a failure (reset by every successful watch).
+#: Backoff between watch attempts after a failure, and before a relist (reset by every successful watch).
 RETRY_MIN, RETRY_MAX = 0.2, 5.0
+#: Objects asked for per LIST request, as client-go's pager does.
+PAGE_SIZE = 500
+#: Times one list starts again because a continue token expired (its history compacted) before it fails.
+LIST_RESTARTS = 3
 
 
-class _Expired(Exception):
-    """The watch's resourceVersion is too old (410 Gone): relist."""
+class _Unavailable(Exception):
+    """The server does not serve the resourceVersion asked for: too old (410 Gone) or too new."""
+
+    def __init__(self, error: KubeStatusError) -> None:
+        super().__init__(str(error))
+        self.why = "is too old (410 Gone)" if error.expired else "is newer than this API server has seen"
+
+
+def _not_served(exc: KubeStatusError) -> bool:
+    """Whether ``exc`` says the server does not serve the resourceVersion asked for."""
+    return exc.expired or exc.version_too_large
 
 
 def _name(obj: Any) -> str | None:
@@ -66,6 +89,7 @@ class Reflector(Generic[T]):
         label_selector: str | None = None,
         field_selector: str | None = None,
         watch_timeout: float = 60.0,
+        page_size: int = PAGE_SIZE,
     ) -> None:
         self.api = api
         self.path = path
@@ -78,8 +102,11 @@ class Reflector(Generic[T]):
         #: Silence (seconds) after which a watch connection is presumed dead: the server ends every watch
         #: after ``watch_timeout``, so a stream quiet for longer than this is partitioned or stuck.
         self.read_timeout = watch_timeout + max(5.0, watch_timeout / 2)
+        self.page_size = page_size
         self.items: dict[str, T] = {}
         self.resource_version = ""
+        #: The server said it does not serve :attr:`resource_version`: the next list asks for the latest.
+        self._list_latest = False
         #: How many times the state was (re)listed: a consumer seeing it grow knows to resync.
         self.relists = 0
         #: ``time.monotonic()`` since when the watch has been failing, else ``None``.
@@ -97,32 +124,84 @@ class Reflector(Generic[T]):
         """Drop the state (nobody uses it any more): the next user lists afresh."""
         self.items = {}
         self.resource_version = ""
+        self._list_latest = False
         self.stale_since = None
+
+    def _list_version(self) -> str:
+        """The resourceVersion a list asks for, as client-go's reflector picks it: ``0`` at first (the API
+        server answers from its watch cache), then the last one seen (a state not older than ours), or ``""``
+        (the latest, a quorum read) once the server said it does not serve that one."""
+        if self._list_latest:
+            return ""
+        return self.resource_version or "0"
 
     async def relist(self) -> None:
         """Replace the state with a fresh list (raises a clear error if the list fails)."""
         try:
-            body = await self.api.request("GET", self.path, what=f"listing {self.what}", query=self._query())
-        except KubeStatusError as exc:
-            raise self.api.explain(exc) from None
+            objects, rv = await self._list(self._list_version())
+        except _Unavailable as exc:
+            log.info(
+                "%s: resourceVersion %s %s; listing the latest", self.what, self.resource_version, exc.why
+            )
+            self._list_latest = True
+            objects, rv = await self._list("")
         items: dict[str, T] = {}
-        for obj in body.get("items") or ():
+        for obj in objects:
             name = _name(obj)
             if name is not None:
                 value = self.transform(obj, self.items.get(name))
                 if value is not None:
                     items[name] = value
-        meta = body.get("metadata")
-        rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
-        if not isinstance(rv, str) or not rv:
-            raise BackendUnavailableError(f"listing {self.what}: the answer has no resourceVersion")
         self.items = items
         self.resource_version = rv
+        self._list_latest = False
         self.relists += 1
         self.on_change(None)
 
+    async def _list(self, version: str) -> tuple[list[JsonObject], str]:
+        """Every object at ``version`` (see :meth:`_list_version`), page by page, and the list's
+        resourceVersion. Raises :class:`_Unavailable` if the server does not serve ``version``."""
+        first = {**self._query(), "limit": str(self.page_size)}
+        if version:
+            first["resourceVersion"] = version
+            if version != "0":  # with a limit, a bare resourceVersion would ask for that exact version
+                first["resourceVersionMatch"] = "NotOlderThan"
+        for _ in range(LIST_RESTARTS + 1):
+            objects: list[JsonObject] = []
+            listed_at: str | None = None
+            query = first
+            while True:
+                try:
+                    # One request per page, each with a deadline of its own (api.REQUEST_TIMEOUT).
+                    body = await self.api.request("GET", self.path, what=f"listing {self.what}", query=query)
+                except KubeStatusError as exc:
+                    if query is not first and exc.expired:
+                        break  # the continue token expired: the pages so far are of compacted history
+                    if query is first and version not in ("", "0") and _not_served(exc):
+                        raise _Unavailable(exc) from None
+                    raise self.api.explain(exc) from None
+                meta = body.get("metadata")
+                meta = meta if isinstance(meta, dict) else {}
+                if listed_at is None:  # every page is of the first page's version
+                    listed_at = meta.get("resourceVersion")
+                    if not isinstance(listed_at, str) or not listed_at:
+                        raise BackendUnavailableError(
+                            f"listing {self.what}: the answer has no resourceVersion"
+                        )
+                objects += [obj for obj in body.get("items") or () if isinstance(obj, dict)]
+                token = meta.get("continue")
+                if not token:
+                    return objects, listed_at
+                query = {**self._query(), "limit": str(self.page_size), "continue": str(token)}
+            log.info("%s: a page's continue token expired mid-list; listing again", self.what)
+        raise BackendUnavailableError(
+            f"listing {self.what}: the continue token expired {LIST_RESTARTS + 1} times in a row (the API "
+            "server's history is compacted faster than a list of it is read); retrying"
+        )
+
     async def run(self) -> None:
-        """Watch forever (the state must have been listed): resume after failures, relist after 410."""
+        """Watch forever (the state must have been listed): resume after failures; relist, after a backoff
+        delay, when the server does not serve the resourceVersion to resume from."""
         backoff = Backoff(RETRY_MIN, RETRY_MAX)
         must_relist = False
         while True:
@@ -135,13 +214,20 @@ class Reflector(Generic[T]):
                     # Closed at once with nothing said (a server shutting down): don't spin reconnecting.
                     await backoff.sleep()
                     continue
-            except _Expired:
+            except _Unavailable as exc:
+                # Not at once: if churn outran the server's history this time, it may the next time too,
+                # and a LIST loop from every watcher would only add to the load (the backoff is reset only
+                # by a watch that lasts).
+                delay = backoff.next_delay()
                 log.info(
-                    "%s: resourceVersion %s is too old (410 Gone); relisting",
+                    "%s: resourceVersion %s %s; relisting in %.2fs",
                     self.what,
                     self.resource_version,
+                    exc.why,
+                    delay,
                 )
                 must_relist = True
+                await anyio.sleep(delay)
                 continue
             except (DyndiscError, OSError) as exc:
                 if isinstance(exc, KubeStatusError):
@@ -176,19 +262,16 @@ class Reflector(Generic[T]):
                     self._apply(event)
             return received
         except KubeStatusError as exc:
-            if exc.status == 410:
-                raise _Expired() from None
+            if _not_served(exc):
+                raise _Unavailable(exc) from None
             raise
 
     def _apply(self, event: JsonObject) -> None:
         kind = event.get("type")
         obj = event.get("object")
         if kind == "ERROR":
-            code = obj.get("code") if isinstance(obj, dict) else None
-            if code == 410:
-                raise _Expired()
-            message = obj.get("message") if isinstance(obj, dict) else obj
-            raise KubeStatusError(int(code or 500), "watch error", str(message), f"watching {self.what}")
+            status = obj if isinstance(obj, dict) else {"message": str(obj)}
+            raise status_error(status, f"watching {self.what}")
         rv = _resource_version(obj)
         if rv is not None:
             self.resource_version = rv

@@ -131,17 +131,21 @@ class NatsStore(KeyValueStore):
             return Lease(id=lease_id, ttl=ttl)
 
     async def keep_alive(self, lease_id: int) -> float:
-        state = self._live_lease(lease_id)
         async with self._revoke_lock.shared(), self._key_locks.hold(lease_key(lease_id)):
+            state = self._live_lease(lease_id)  # under the lease's lock: a revoke may have dropped it
             revision = await self._refresh(state, lease_id)
-        if revision is None:
-            await self._drop_lease(lease_id)
-            raise LeaseNotFoundError(
-                f"lease {lease_id:x} is gone from NATS KV bucket {self.bucket!r}: it expired (no "
-                f"keep-alive within {state.ttl}s) or another client revoked it"
-            )
-        state.revision = revision
-        return state.ttl
+            if revision is not None:
+                state.revision = revision
+                return state.ttl
+            # Lost: forgotten at once, with no await between the server's answer and this, so that every
+            # write under the lease either recorded its key before (and it is deleted below) or finds the
+            # lease gone when its own answer comes (and deletes its key itself: see _landed).
+            orphans = self._forget(lease_id)
+        await self._purge(orphans)
+        raise LeaseNotFoundError(
+            f"lease {lease_id:x} is gone from NATS KV bucket {self.bucket!r}: it expired (no "
+            f"keep-alive within {state.ttl}s) or another client revoked it"
+        )
 
     async def _refresh(self, state: _LeaseState, lease_id: int) -> int | None:
         """Re-publish the lease key with a fresh TTL if it is still the one we wrote; else ``None``."""
@@ -161,12 +165,10 @@ class NatsStore(KeyValueStore):
                 expected = int(found.seq or 0)
         return None
 
-    async def _drop_lease(self, lease_id: int) -> None:
-        """Forget a lost lease and delete the keys we wrote under it (only revisions we wrote)."""
+    def _forget(self, lease_id: int) -> list[tuple[str, int]]:
+        """Forget a lease that ended; the keys we wrote under it, and their revisions, to delete."""
         state = self._leases.pop(lease_id, None)
-        if state is None:
-            return
-        await self._purge(list(state.keys.items()))
+        return [] if state is None else list(state.keys.items())
 
     async def _purge(self, keys: list[tuple[str, int]]) -> None:
         """Delete each NATS key if it still holds the revision given: the keys of an ended lease, by their
@@ -208,26 +210,43 @@ class NatsStore(KeyValueStore):
         async with self._revoke_lock.exclusive():
             state = self._leases.get(lease_id)
             if state is not None:
-                await self._drop_lease(lease_id)
+                await self._purge(self._forget(lease_id))
                 # The lease key last: until it goes, a reader that missed a delete still joins correctly.
                 await self.connection.remove(lease_key(lease_id), expected=state.revision)
                 return
-            # Not ours: find its keys on the server by their lease header.
+            # Not ours: end it first, whatever revision its owner renewed it to since, so that the owner's
+            # next keep-alive finds it gone (deleting thousands of keys outlasts a renewal period: ended
+            # last, with the revision seen before them, the lease would outlive its keys, renewed for ever).
+            # Then delete its keys, found on the server by their lease header.
             found = await self.connection.scan(">")
+            own = found.get(lease_key(lease_id))
+            if own is not None and not own.expired:
+                await self.connection.remove(lease_key(lease_id), expected=None)
             for nats_key, change in found.items():
                 if change.lease_id == lease_id and not is_internal(nats_key):
                     await self.connection.remove(nats_key, expected=change.revision)
-            own = found.get(lease_key(lease_id))
-            if own is not None:
-                await self.connection.remove(lease_key(lease_id), expected=own.revision)
 
     # -- keys ------------------------------------------------------------------------------------------
-    def _track(self, nats_key: str, lease_id: int, revision: int) -> None:
-        for other_id, other in self._leases.items():
-            if other_id != lease_id:
-                other.keys.pop(nats_key, None)
-        if lease_id:
-            self._leases[lease_id].keys[nats_key] = revision
+    async def _landed(self, nats_key: str, lease_id: int, revision: int) -> None:
+        """Record that ``nats_key`` holds ``revision``, written under ``lease_id`` (holding the key's lock).
+
+        The lease may have been found lost while the write awaited its answer: then the key is an orphan
+        that its lease's keep-alive did not know of, so it is deleted here, and the write fails with
+        :class:`LeaseNotFoundError` (the runtime then waits for the replacement lease and writes again).
+        """
+        for other in self._leases.values():
+            other.keys.pop(nats_key, None)
+        if not lease_id:
+            return
+        state = self._leases.get(lease_id)
+        if state is not None:  # checked and recorded with no await between: see keep_alive
+            state.keys[nats_key] = revision
+            return
+        await self._purge([(nats_key, revision)])
+        raise LeaseNotFoundError(
+            f"lease {lease_id:x} of NATS KV bucket {self.bucket!r} ended (it expired or was revoked) while "
+            f"{nats_key!r} was being written under it"
+        )
 
     async def create(self, key: str, value: bytes, lease_id: int) -> StoredValue | None:
         if lease_id:
@@ -256,10 +275,10 @@ class NatsStore(KeyValueStore):
                             continue
                         if lease_id and owner == lease_id:
                             # Ours already (a retried registration): make sure the revoke covers it.
-                            self._track(nats_key, lease_id, int(found.seq or 0))
+                            await self._landed(nats_key, lease_id, int(found.seq or 0))
                         return StoredValue(value=data, lease_id=owner)
                 else:
-                    self._track(nats_key, lease_id, revision)
+                    await self._landed(nats_key, lease_id, revision)
                     return None
         raise BackendUnavailableError(
             f"could not create {key!r} in NATS KV bucket {self.bucket!r}: it kept changing under us"
@@ -271,7 +290,7 @@ class NatsStore(KeyValueStore):
         nats_key = encode_key(key)
         async with self._revoke_lock.shared(), self._key_locks.hold(nats_key):
             revision = await self.connection.publish(nats_key, value, ttl=None, lease_id=lease_id)
-            self._track(nats_key, lease_id, revision)
+            await self._landed(nats_key, lease_id, revision)
 
     async def delete(self, key: str) -> None:
         nats_key = encode_key(key)
