@@ -13,6 +13,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from dyndisc._events import RemovalReason
+from dyndisc._outage import OutageLog
 from dyndisc._retry import Backoff
 from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
 from dyndisc.backends.kv.event_queue import MAX_PENDING_EVENTS as MAX_PENDING_EVENTS  # the same bound
@@ -249,6 +250,7 @@ class NatsWatch:
         errors raise)."""
         started = False
         backoff = Backoff(RETRY_MIN, RETRY_MAX)
+        outage = OutageLog(log, f"NATS watch of {self.prefix!r}")
         while True:
             self._restart = anyio.Event()
             self._progress = anyio.Event()
@@ -272,9 +274,7 @@ class NatsWatch:
                 if not started:
                     raise
                 delay = backoff.next_delay()
-                log.warning(
-                    "cannot re-create the watch of %r (%s); retrying in %.2fs", self.prefix, exc, delay
-                )
+                outage.failed(f"cannot re-create it ({exc})")
                 with anyio.move_on_after(delay):
                     await self._restart.wait()
                 continue
@@ -293,6 +293,7 @@ class NatsWatch:
                     self.restart("no initial state")
                     continue
                 backoff.reset()
+                outage.recovered()
                 await self._restart.wait()
             finally:
                 await close_feed(keys)
