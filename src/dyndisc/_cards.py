@@ -21,6 +21,7 @@ from typing import Any
 from dyndisc._dynamo import EVENT_CHANNELS_BUCKET, MODEL_CARDS_BUCKET
 from dyndisc._entries import MetadataEntry, validate_entry_key
 from dyndisc._errors import InvalidRecordError
+from dyndisc._hex import dataclass_repr
 from dyndisc._metadata import freeze_metadata
 from dyndisc._models import MAX_INSTANCE_ID, EndpointId
 from dyndisc._names import validate_name
@@ -96,6 +97,9 @@ class ModelCard:
         if self.lora is not None and (not self.lora or "/" in validate_entry_key(self.lora)):
             raise InvalidRecordError(f"a LoRA name is one key segment (no '/'), got {self.lora!r}")
         object.__setattr__(self, "card", freeze_metadata(self.card, f"the model card of {self.endpoint_id}"))
+
+    def __repr__(self) -> str:
+        return dataclass_repr(self, ("namespace", "component", "endpoint", "instance_id", "card", "lora"))
 
     @property
     def endpoint_id(self) -> EndpointId:
@@ -186,6 +190,10 @@ class EventChannel:
         if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid <= MAX_PUBLISHER_ID:
             raise InvalidRecordError(f"a publisher id is an integer in 1..2**53-1, got {pid!r}")
         object.__setattr__(self, "transport", freeze_metadata(self.transport, f"event channel {self.topic}"))
+
+    def __repr__(self) -> str:
+        names = ("namespace", "component", "endpoint", "topic", "publisher_id", "transport")
+        return dataclass_repr(self, names)
 
     @staticmethod
     def new_publisher_id() -> int:

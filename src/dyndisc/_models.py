@@ -20,6 +20,7 @@ from typing import Any
 from pydantic_core import SchemaValidator, ValidationError, core_schema
 
 from dyndisc._errors import InvalidRecordError, RecordTooLargeError
+from dyndisc._hex import dataclass_repr
 from dyndisc._metadata import EMPTY, FrozenDict, check_text, freeze_metadata, freeze_wire
 from dyndisc._names import (
     MAX_NAME_LENGTH,
@@ -112,6 +113,21 @@ class Readiness(enum.StrEnum):
 
     READY = "ready"
     DRAINING = "draining"
+
+
+#: The fields an instance's repr shows, in order (its id in hex, as every other view shows it).
+_INSTANCE_FIELDS = (
+    "namespace",
+    "component",
+    "endpoint",
+    "instance_id",
+    "transport",
+    "metadata",
+    "readiness",
+    "device_type",
+    "request_plane_codec",
+    "registered_at",
+)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -331,6 +347,9 @@ class Instance:
     def __str__(self) -> str:
         where = f" at {self.transport}" if self.transport else ""
         return f"{self.endpoint_id}/{self.instance_id:x}{where}"
+
+    def __repr__(self) -> str:
+        return dataclass_repr(self, _INSTANCE_FIELDS)
 
 
 def _summary(exc: ValidationError) -> str:
