@@ -156,6 +156,10 @@ class MemoryStore(KeyValueStore):
         state.deadline = self._clock() + state.ttl
         return state.ttl
 
+    @property
+    def tells_lease_time(self) -> bool:
+        return True
+
     async def time_to_live(self, lease_id: int) -> float | None:
         self._expire_due()
         state = self._leases.get(lease_id)

@@ -51,6 +51,10 @@ class _Forwarding:
     def default_lease_ttl(self) -> float | None:
         return self.inner.default_lease_ttl
 
+    @property
+    def tells_lease_time(self) -> bool:
+        return self.inner.tells_lease_time
+
     def doctor(self) -> BackendDoctor:
         return self.inner.doctor()
 

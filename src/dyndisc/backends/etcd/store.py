@@ -95,6 +95,10 @@ class EtcdStore(KeyValueStore):
             )
         return float(ttl)
 
+    @property
+    def tells_lease_time(self) -> bool:
+        return True
+
     async def time_to_live(self, lease_id: int) -> float | None:
         async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
             request = rpc.LeaseTimeToLiveRequest(ID=lease_id)

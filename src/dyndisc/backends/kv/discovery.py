@@ -277,6 +277,10 @@ class KvDiscovery(DiscoveryBackend):
         return self.store.stale_since
 
     @property
+    def tells_lease_time(self) -> bool:
+        return self.store.tells_lease_time
+
+    @property
     def default_lease_ttl(self) -> float | None:
         return self.store.default_lease_ttl
 
