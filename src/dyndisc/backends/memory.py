@@ -210,6 +210,6 @@ class _MemoryDoctor(BackendDoctor):
         report.add("clock", Status.OK, "in-process leases: one clock")
 
 
-def from_env(*, startup_timeout: float | None = None) -> KvDiscovery:
+def from_env(*, startup_timeout: float | None = None, startup_timeout_name: str | None = None) -> KvDiscovery:
     """The ``memory`` backend: the process-wide :meth:`MemoryStore.shared` store."""
     return KvDiscovery(MemoryStore.shared(), owns_store=False)

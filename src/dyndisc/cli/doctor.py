@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import anyio
 
-from dyndisc._errors import ConfigurationError
+from dyndisc._errors import ConfigurationError, MissingExtraError
 from dyndisc._events import Added, Removed, Resync
 from dyndisc._models import Instance, InstanceQuery
 from dyndisc._settings import canonical_backend_name
@@ -35,16 +35,14 @@ T = TypeVar("T")
 PROBE_NAMESPACE = "dyndisc-doctor"
 #: Seconds a backend may take to answer its first call: the doctor reports an outage, it does not wait one.
 STARTUP_WAIT = 5.0
+#: The share of a check's time the backend's own first contact may take: it gives up (saying why: refused,
+#: no route, TLS) before the check's deadline would cut it short without a cause.
+STARTUP_SHARE = 0.8
 
 
 def _failure(report: Report, doctor: BackendDoctor, name: str, exc: BaseException, timeout: float) -> None:
     if isinstance(exc, TimeoutError):
-        report.add(
-            name,
-            Status.FAIL,
-            f"no answer within {timeout:g}s",
-            "check that the server is up and reachable from here (ETCD_ENDPOINTS, NATS_SERVER, KUBECONFIG)",
-        )
+        report.add(name, Status.FAIL, f"no answer within {timeout:g}s", doctor.reach_fix)
     else:
         message = str(exc) or type(exc).__name__
         report.add(name, Status.FAIL, message, doctor.fix_for(message))
@@ -70,7 +68,11 @@ async def run_doctor(
     try:
         name = canonical_backend_name(raw)
         report.backend = name
-        made = create_backend(name, startup_timeout=min(timeout, STARTUP_WAIT))
+        wait = min(timeout * STARTUP_SHARE, STARTUP_WAIT)
+        made = create_backend(name, startup_timeout=wait, startup_timeout_name="the doctor's wait")
+    except MissingExtraError as exc:
+        report.add("settings", Status.FAIL, str(exc), exc.install)
+        return report
     except ConfigurationError as exc:
         report.add("settings", Status.FAIL, str(exc), "fix the setting named above")
         return report

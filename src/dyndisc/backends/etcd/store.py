@@ -39,7 +39,10 @@ class EtcdStore(KeyValueStore):
 
     name = "etcd"
 
-    def __init__(self, settings: EtcdSettings | None = None) -> None:
+    def __init__(
+        self, settings: EtcdSettings | None = None, *, startup_timeout_name: str | None = None
+    ) -> None:
+        """``startup_timeout_name`` says what set the startup wait, when not its variable (``--wait``)."""
         self.settings = settings if settings is not None else EtcdSettings.load()
         targets = parse_endpoints(self.settings.endpoints)
         tls = self.settings.tls_material()
@@ -60,6 +63,7 @@ class EtcdStore(KeyValueStore):
             tls=tls,
             request_timeout=self.settings.request_timeout_seconds,
             startup_timeout=self.settings.startup_connect_timeout_seconds,
+            startup_timeout_name=startup_timeout_name or "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS",
         )
         self._watches: dict[str, SharedWatch] = {}
 

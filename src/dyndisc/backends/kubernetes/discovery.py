@@ -34,7 +34,12 @@ from dyndisc._entries import (
     MetadataEntry,
     validate_entry_key,
 )
-from dyndisc._errors import ConfigurationError, LeaseNotFoundError, RegistrationConflictError
+from dyndisc._errors import (
+    ConfigurationError,
+    LeaseNotFoundError,
+    MissingExtraError,
+    RegistrationConflictError,
+)
 from dyndisc._events import Added, DiscoveryEvent, Removed, Resync
 from dyndisc._models import Instance, InstanceQuery
 from dyndisc.backends.base import DiscoveryBackend, Lease
@@ -124,7 +129,12 @@ class KubernetesDiscovery(DiscoveryBackend):
         """The API client, connected on first use."""
         async with self._connect_lock:
             if self._api is None:
-                from dyndisc.backends.kubernetes.api import SERVICE_ACCOUNT_DIR, connect  # from the extra
+                try:
+                    from dyndisc.backends.kubernetes.api import SERVICE_ACCOUNT_DIR, connect
+                except ImportError as exc:  # the client comes with the extra
+                    raise MissingExtraError(
+                        "the 'kubernetes' backend", exc.name or "?", "kubernetes"
+                    ) from exc
 
                 self._api = await connect(
                     self._kubeconfig, service_account_dir=self._service_account_dir or SERVICE_ACCOUNT_DIR
@@ -369,7 +379,10 @@ class KubernetesDiscovery(DiscoveryBackend):
             known = fresh
 
     def doctor(self) -> BackendDoctor:
-        from dyndisc.backends.kubernetes.doctor import KubeDoctor  # needs pyyaml, from the extra
+        try:
+            from dyndisc.backends.kubernetes.doctor import KubeDoctor
+        except ImportError as exc:  # it reads the shipped Role with pyyaml, from the extra
+            raise MissingExtraError("the 'kubernetes' backend", exc.name or "yaml", "kubernetes") from exc
 
         return KubeDoctor(self)
 

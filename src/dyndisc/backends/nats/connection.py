@@ -46,8 +46,12 @@ class WrongRevision(Exception):
 class NatsBucket:
     """One client connection to one JetStream KV bucket (``NATS_KV_BUCKET``), made on first use."""
 
-    def __init__(self, settings: NatsSettings) -> None:
+    def __init__(
+        self, settings: NatsSettings, startup_timeout_name: str = "NATS_STARTUP_CONNECT_TIMEOUT"
+    ) -> None:
         self.settings = settings
+        #: What set the startup wait (the variable, or a command's option), for messages.
+        self.startup_timeout_name = startup_timeout_name
         self.name = settings.kv_bucket
         self.stream = f"KV_{self.name}"
         self.subject_prefix = f"$KV.{self.name}."
@@ -80,8 +84,10 @@ class NatsBucket:
         errors: list[Exception] = []
 
         async def on_error(exc: Exception) -> None:
+            # Not a line per attempt: the connect failure quotes these, and a lost connection is said once
+            # when it goes and once when it is back.
             errors.append(exc)
-            log.warning("NATS connection error (%s): %s", where, exc)
+            log.debug("NATS connection error (%s): %s", where, exc)
 
         options: dict[str, Any] = {
             "servers": settings.servers,
@@ -136,17 +142,19 @@ class NatsBucket:
                 if now >= deadline:
                     if settings.startup_connect_timeout:
                         message += (
-                            f" (waited {settings.startup_connect_timeout:g}s: NATS_STARTUP_CONNECT_TIMEOUT)"
+                            f" (waited {settings.startup_connect_timeout:g}s: {self.startup_timeout_name})"
                         )
                     raise BackendUnavailableError(message) from exc
                 if not said_waiting and time.monotonic() - started >= WAITING_NOTICE:
                     said_waiting = True  # once, early: a process started before NATS must not look hung
-                    log.warning(
-                        "waiting for %s: %s; trying for up to %.0fs more (NATS_STARTUP_CONNECT_TIMEOUT)",
-                        where,
-                        message,
-                        deadline - time.monotonic(),
-                    )
+                    if deadline - time.monotonic() >= 1:  # with less left, the failure that follows says it
+                        log.warning(
+                            "waiting for %s: %s; trying for up to %.0fs more (%s)",
+                            where,
+                            message,
+                            deadline - time.monotonic(),
+                            self.startup_timeout_name,
+                        )
                 else:
                     log.info("%s is not reachable yet (%s); retrying in %.1fs", where, message, delay)
                 errors.clear()

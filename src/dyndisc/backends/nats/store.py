@@ -78,9 +78,12 @@ class NatsStore(KeyValueStore):
         "in NATS, so dynamo-v1 keys here would reach no Dynamo process"
     )
 
-    def __init__(self, settings: NatsSettings | None = None) -> None:
+    def __init__(
+        self, settings: NatsSettings | None = None, *, startup_timeout_name: str | None = None
+    ) -> None:
+        """``startup_timeout_name`` says what set the startup wait, when not its variable (``--wait``)."""
         self.settings = settings if settings is not None else NatsSettings.load()
-        self.connection = NatsBucket(self.settings)
+        self.connection = NatsBucket(self.settings, startup_timeout_name or "NATS_STARTUP_CONNECT_TIMEOUT")
         self.bucket = self.connection.name
         # Writes of one key take turns with each other and with the keep-alive's conditional re-publish of
         # it (which must see the revisions our own writes produced); different keys go concurrently.
@@ -98,7 +101,11 @@ class NatsStore(KeyValueStore):
 
     def doctor(self) -> BackendDoctor:
         fixes = (("Authorization Violation", "check the credentials of NATS_SERVER"),)
-        return ServerClockDoctor("nats", fixes)
+        reach = (
+            "start nats-server (JetStream on) or point NATS_SERVER at it; to try dyndisc, "
+            "'dyndisc server nats' starts one"
+        )
+        return ServerClockDoctor("nats", fixes, reach)
 
     async def aclose(self) -> None:
         await self.connection.aclose()
