@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import time
@@ -10,6 +11,7 @@ import anyio
 import click
 
 from dyndisc._events import Added, Removed, Resync
+from dyndisc._extras import require
 from dyndisc._models import Instance, InstanceQuery, Readiness
 from dyndisc.cli.app import BACKEND_CHOICE, backend_options, main, run, settings
 from dyndisc.cli.inputs import (
@@ -221,6 +223,8 @@ def doctor(
     config = settings()
     config.override(backend, endpoints, wait)
     name = config.apply_endpoints()
+    if config.endpoints is not None:
+        run(config.open_backend().aclose)  # a mistyped --endpoints is a usage error here too, not a finding
     report = run(lambda: run_doctor(name, ttl=ttl, timeout=timeout))
     click.echo(report.render())
     if not report.ok:
@@ -257,10 +261,7 @@ def ui(
         raise click.UsageError(
             f"--host {host} can be reached from other machines: pass --allow-remote too (and --token)"
         )
-    try:
-        import aiohttp  # noqa: F401 - checked here, so that a missing extra is one clear line
-    except ImportError:
-        raise click.ClickException("dyndisc ui needs aiohttp: pip install 'dyndisc[ui]'") from None
+    require("dyndisc ui", "ui", "aiohttp")  # checked first: a missing extra is one clear line, exit 1
     config = settings()
     config.override(backend, endpoints, wait)
     if not is_loopback(host):
@@ -276,9 +277,22 @@ def ui(
 
     async def serve_page() -> None:
         async with config.backend_open() as opened:
-            await serve(opened, query, host=host, port=port, token=token, on_ready=ready)
+            try:
+                await serve(opened, query, host=host, port=port, token=token, on_ready=ready)
+            except OSError as exc:  # it listens before anything else: this is the address
+                raise click.ClickException(_cannot_listen(host, port, exc)) from None
 
     run(serve_page)
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        why = "something else listens there"
+    elif exc.errno == errno.EACCES:
+        why = "this user may not listen there (ports below 1024 need privileges)"
+    else:
+        why = exc.strerror or str(exc)
+    return f"cannot listen on {host}:{port}: {why}; pick another --port (--port 0 picks a free one)"
 
 
 @main.group()
