@@ -61,7 +61,8 @@ KUBE_EXTRA = "pip install 'dyndisc[kubernetes]'"
 
 @pytest.mark.parametrize("missing", [["kubernetes_asyncio"], ["yaml"], KUBE_CLIENT])
 def test_the_kubernetes_backend_without_its_extra_names_it(missing: list[str]) -> None:
-    assert_says(without(missing, "--backend", "kubernetes", "list"), 1, "the 'kubernetes' backend", KUBE_EXTRA)
+    listed = without(missing, "--backend", "kubernetes", "list")
+    assert_says(listed, 1, "the 'kubernetes' backend", KUBE_EXTRA)
     doctor = assert_says(without(missing, "--backend", "kubernetes", "doctor"), 1, KUBE_EXTRA)
     assert "[FAIL] settings" in doctor  # not "ok", then wrong advice about KUBECONFIG
     assert f"fix: {KUBE_EXTRA}" in doctor
@@ -86,7 +87,8 @@ def test_the_library_says_the_same_line() -> None:
         "except MissingExtraError as exc:\n"
         "    print('KubernetesDiscovery:', exc)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    argv = [sys.executable, "-c", code]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     line = "the 'kubernetes' backend needs 'kubernetes_asyncio': pip install 'dyndisc[kubernetes]'"
     assert done.stdout.splitlines() == [f"create_backend: {line}", f"KubernetesDiscovery: {line}"]
