@@ -9,7 +9,14 @@ from types import ModuleType
 from dyndisc._errors import MissingExtraError
 
 #: The extra that brings each backend's (or command's) client libraries.
-EXTRAS = {"etcd": "etcd", "file": "file", "kubernetes": "kubernetes", "nats": "nats", "ui": "ui"}
+EXTRAS = {
+    "etcd": "etcd",
+    "file": "file",
+    "kubernetes": "kubernetes",
+    "nats": "nats",
+    "ui": "ui",
+    "server": "server",
+}
 
 
 def require(needs: str, extra: str, *modules: str) -> list[ModuleType]:

@@ -82,7 +82,9 @@ class NatsServer(ServerBase):
         binary: Path | str | None = None,
         ready_timeout: float = 30.0,
         base_dir: Path | None = None,
+        ports: tuple[int, int] | None = None,
     ) -> None:
+        """``ports`` are the client and monitoring ports (default: two free ones)."""
         if (user is None) != (password is None):
             raise ValueError("give both user and password, or neither")
         self.binary = Path(binary) if binary is not None else find_nats_server_binary()
@@ -97,7 +99,7 @@ class NatsServer(ServerBase):
         # Only now make the temp dir, so a refused binary leaves nothing behind.
         super().__init__(ready_timeout=ready_timeout, base_dir=base_dir)
         self.host = LOOPBACK
-        self.port, self.monitor_port = free_ports(2)
+        self.port, self.monitor_port = ports if ports is not None else free_ports(2)
         self.store_dir = self.base_dir / "store"
         self.user = user
         self.password = password
