@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from aetcd.utils import prefix_range_end
 
 from dyndisc._concurrency import background_tasks
 from dyndisc._errors import BackendUnavailableError, ConfigurationError, LeaseNotFoundError
+from dyndisc._outage import OutageLog
 from dyndisc.backends.base import Lease
 from dyndisc.backends.diagnosis import BackendDoctor
 from dyndisc.backends.etcd.connection import EtcdConnection, Stubs
@@ -21,6 +23,8 @@ from dyndisc.backends.etcd.doctor import EtcdDoctor
 from dyndisc.backends.etcd.settings import EtcdSettings, parse_endpoints
 from dyndisc.backends.etcd.watch import SharedWatch, Subscriber
 from dyndisc.backends.kv import KeyValueStore, StoredValue, StoreEvent
+
+log = logging.getLogger("dyndisc.etcd")
 
 _EQUAL, _CREATE = rpc.Compare.CompareResult.EQUAL, rpc.Compare.CompareTarget.CREATE
 
@@ -66,6 +70,8 @@ class EtcdStore(KeyValueStore):
             startup_timeout_name=startup_timeout_name or "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS",
         )
         self._watches: dict[str, SharedWatch] = {}
+        #: The outage log of each prefix's watch, kept across the watches opened for it.
+        self._outages: dict[str, OutageLog] = {}
 
     @classmethod
     def from_env(cls, **overrides: Any) -> EtcdStore:
@@ -183,7 +189,8 @@ class EtcdStore(KeyValueStore):
     async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[StoreEvent]]:
         shared = self._watches.get(prefix)
         if shared is None:
-            shared = self._watches[prefix] = SharedWatch(self.connection, prefix)
+            outage = self._outages.setdefault(prefix, OutageLog(log, f"etcd watch of {prefix!r}"))
+            shared = self._watches[prefix] = SharedWatch(self.connection, prefix, outage)
         subscriber = Subscriber(shared)
         shared.subscribers.add(subscriber)
         try:

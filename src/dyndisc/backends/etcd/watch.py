@@ -116,7 +116,7 @@ class Subscriber:
 class SharedWatch:
     """The one etcd watch of ``prefix`` in a store, and the prefix contents it maintains."""
 
-    def __init__(self, connection: EtcdConnection, prefix: str) -> None:
+    def __init__(self, connection: EtcdConnection, prefix: str, outage: OutageLog | None = None) -> None:
         self.connection = connection
         self.prefix = prefix
         self.revision = 0
@@ -135,8 +135,9 @@ class SharedWatch:
         self.relists = 0
         #: How many times the stream was re-opened from the recorded revision.
         self.resumes = 0
-        #: One line when the watch breaks, one when it is back: not one per attempt.
-        self.outage = OutageLog(log, f"etcd watch of {prefix!r}")
+        #: One line when the watch breaks, one when it is back: not one per attempt (the store keeps it per
+        #: prefix, so a watch opened again and again while etcd is away says it once too).
+        self.outage = outage if outage is not None else OutageLog(log, f"etcd watch of {prefix!r}")
         self._refused_now = False
 
     # -- fan-out ---------------------------------------------------------------------------------------
