@@ -1,4 +1,5 @@
-"""The ``dyndisc`` subcommands: list, get, watch, register, doctor, demo and kube manifests."""
+"""The ``dyndisc`` subcommands: list, get, register, doctor, demo, ui and kube manifests (``watch`` is in
+:mod:`dyndisc.cli.watching`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import time
 import anyio
 import click
 
-from dyndisc._events import Added, Removed, Resync
 from dyndisc._extras import require
 from dyndisc._models import Instance, InstanceQuery, Readiness
 from dyndisc.cli.app import BACKEND_CHOICE, backend_options, main, run, settings
@@ -21,13 +21,12 @@ from dyndisc.cli.inputs import (
     parse_query,
     parse_transport,
 )
+from dyndisc.cli.layouts import layout_hint
 from dyndisc.cli.output import (
     INSTANCE_COLUMNS,
     dumps,
-    event_json,
     instance_json,
     instance_row,
-    local_stamp,
     table,
 )
 
@@ -44,19 +43,24 @@ def list_(
     config = settings()
     config.override(backend, endpoints, wait)
 
-    async def fetch() -> list[Instance]:
+    async def fetch() -> tuple[list[Instance], str | None]:
         async with config.backend_open() as opened:
-            return await opened.list(query)
+            found = await opened.list(query)
+            # Nothing here: perhaps the workers write the other key layout (said, not left silent).
+            return found, (await layout_hint(opened, query) if not found else None)
 
-    found = run(fetch)
+    found, hint = run(fetch)
     if as_json:
         for instance in found:
             click.echo(dumps(instance_json(instance)))
-        return
-    now = time.time()
-    if found:
-        click.echo(table(INSTANCE_COLUMNS, [instance_row(i, config.style, now) for i in found], config.style))
-    click.echo(config.style.dim(f"{len(found)} instance(s) under {query}"), err=True)
+    else:
+        now = time.time()
+        if found:
+            rows = [instance_row(i, config.style, now) for i in found]
+            click.echo(table(INSTANCE_COLUMNS, rows, config.style))
+        click.echo(config.style.dim(f"{len(found)} instance(s) under {query}"), err=True)
+    if hint is not None:
+        click.echo(config.style.paint(hint, fg="yellow"), err=True)
 
 
 @main.command()
@@ -81,59 +85,6 @@ def get(instance: str, backend: str | None, endpoints: str | None, wait: float |
         live = ", ".join(f"{i:x}" for i in sorted(found)) or "none"
         raise click.ClickException(f"no live instance {as_hex:x} of {endpoint} (live: {live})")
     click.echo(dumps(instance_json(match), pretty=True))
-
-
-@main.command()
-@click.argument("path", required=False)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per event, one per line (NDJSON).")
-@click.option("--live", is_flag=True, help="A live table of the instances instead of a line per change.")
-@backend_options
-def watch(
-    path: str | None,
-    as_json: bool,
-    live: bool,
-    backend: str | None,
-    endpoints: str | None,
-    wait: float | None,
-) -> None:
-    """Follow the instances under PATH as they change (Ctrl-C to stop).
-
-    Each line starts with the local time: '=' the whole set (at the start and after a reconnect), '+' an
-    instance added or changed, '-' one removed, with the reason where the backend knows it.
-    """
-    query = parse_query(path)
-    config = settings()
-    config.override(backend, endpoints, wait)
-    if live and as_json:
-        raise click.UsageError("--live and --json do not go together")
-
-    async def follow() -> None:
-        async with config.backend_open() as opened, opened.watch(query) as events:
-            if live:
-                from dyndisc.cli.live import follow_live
-
-                await follow_live(events, opened, query, config.style)
-                return
-            async for event in events:
-                click.echo(dumps(event_json(event)) if as_json else _event_line(event, query))
-
-    run(follow)
-
-
-def _event_line(event: Resync | Added | Removed, query: InstanceQuery) -> str:
-    style = settings().style
-    stamp = style.dim(local_stamp())
-    if isinstance(event, Resync):
-        lines = [f"{stamp} = {len(event.instances)} live under {query}"]
-        rows = [instance_row(i, style) for i in event.instances]
-        if rows:
-            lines += [f"{stamp}   {line}" for line in table(INSTANCE_COLUMNS, rows, style).splitlines()[1:]]
-        return "\n".join(lines)
-    if isinstance(event, Added):
-        cells = instance_row(event.instance, style)
-        return f"{stamp} {style.paint('+', fg='green')} {'  '.join(c for c in cells if c)}"
-    reason = f" ({event.reason.value})" if event.reason is not None else ""
-    return f"{stamp} {style.paint('-', fg='red')} {event.endpoint} {event.instance_id:x}{reason}"
 
 
 @main.command()

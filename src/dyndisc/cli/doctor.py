@@ -28,6 +28,7 @@ from dyndisc._settings import canonical_backend_name
 from dyndisc.backends import DiscoveryBackend, create_backend
 from dyndisc.backends.base import Lease
 from dyndisc.backends.diagnosis import BackendDoctor, Report, Status
+from dyndisc.cli.layouts import layout_hint
 
 T = TypeVar("T")
 
@@ -104,6 +105,8 @@ async def _check_backend(report: Report, backend: DiscoveryBackend, ttl: float, 
         _failure(report, doctor, "connectivity", exc, timeout)
         return
     report.add("connectivity", Status.OK, f"listed {len(found)} live instance(s) in {took * 1000:.0f} ms")
+    if not found and (hint := await layout_hint(backend, InstanceQuery())) is not None:
+        report.add("key layout", Status.WARN, hint.removeprefix("hint: "), hint.rsplit(": ", 1)[1])
     await doctor.check_server(report, timeout)
 
     lease = await _check_lease(report, doctor, backend, ttl, timeout)

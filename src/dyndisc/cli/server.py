@@ -36,6 +36,8 @@ def _check_port(port: int) -> None:
     if port == 0:
         return
     with socket.socket() as probe:
+        # As the servers bind: a port whose last connections are only closing (TIME_WAIT) is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as exc:
