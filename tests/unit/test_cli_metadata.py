@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 from click.testing import CliRunner
+from output_lines import Lines
 
 from dyndisc import KvDiscovery, MemoryStore, MetadataEntry, create_backend
 from dyndisc._cards import EventChannel, ModelCard, model_card
@@ -119,24 +119,17 @@ def test_mistakes_are_usage_errors(args: list[str], says: str, shared_store: Mem
     assert says in err
 
 
-def read_line(process: subprocess.Popen[str], timeout: float = 30) -> str:
-    """The next line ``process`` prints, within ``timeout`` seconds."""
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        assert selector.select(timeout), f"nothing printed within {timeout}s"
-    return process.stdout.readline()
-
-
 def test_watching_a_bucket_across_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DYN_FILE_KV", str(tmp_path))
     env = {**os.environ, "NO_COLOR": "1", "DYN_DISCOVERY_BACKEND": "file"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dyndisc", "entries", "v1/notes", "--watch", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    lines = Lines(
+        subprocess.Popen(
+            [sys.executable, "-m", "dyndisc", "entries", "v1/notes", "--watch", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
     )
 
     async def write(delete: bool) -> None:
@@ -147,15 +140,14 @@ def test_watching_a_bucket_across_processes(tmp_path: Path, monkeypatch: pytest.
                 await backend.put_entry(NOTE, None)
 
     try:
-        first = json.loads(read_line(process))  # the watch is established: the snapshot came
+        first = lines.record()  # the watch is established: the snapshot came
         assert (first["event"], first["entries"]) == ("resync", [])
         anyio.run(write, False)
-        added = json.loads(read_line(process))
+        added = lines.record()
         assert (added["event"], added["entry"]["key"]) == ("added", "team/a")
         assert added["entry"]["value"] == dict(NOTE.value)
         anyio.run(write, True)
-        removed = json.loads(read_line(process))
+        removed = lines.record()
         assert (removed["event"], removed["key"]) == ("removed", "team/a")
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        lines.close()

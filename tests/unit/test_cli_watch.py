@@ -5,16 +5,14 @@ waits on instead of exiting); and a key layout mismatch is a hint, not a silent 
 
 from __future__ import annotations
 
-import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
+from output_lines import Lines
 
 from dyndisc.testing.server_fixtures import PrivateServers
 from dyndisc.testing.servers import EtcdServer, free_ports
@@ -23,32 +21,19 @@ DYNDISC = [sys.executable, "-m", "dyndisc"]
 ENV = {**os.environ, "NO_COLOR": "1", "DYN_DISCOVERY_BACKEND": "etcd"}
 
 
-class Watching:
-    """A ``dyndisc watch`` process whose lines are read with a timeout."""
+class Watching(Lines):
+    """A ``dyndisc`` process (a watch) over the etcd at ``url``, its lines read with a timeout."""
 
     def __init__(self, url: str, *args: str) -> None:
         env = {**ENV, "ETCD_ENDPOINTS": url}
-        self.process = subprocess.Popen(
-            [*DYNDISC, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        super().__init__(
+            subprocess.Popen(
+                [*DYNDISC, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
         )
-        self.selector = selectors.DefaultSelector()
-        assert self.process.stdout is not None
-        self.selector.register(self.process.stdout, selectors.EVENT_READ)
-
-    def line(self, timeout: float) -> str:
-        assert self.process.stdout is not None
-        assert self.selector.select(timeout), f"nothing within {timeout}s"
-        return self.process.stdout.readline()
-
-    def record(self, timeout: float) -> dict[str, Any]:
-        found: dict[str, Any] = json.loads(self.line(timeout))
-        return found
 
     def stop(self) -> str:
-        self.process.terminate()
-        _, stderr = self.process.communicate(timeout=30)
-        self.selector.close()
-        return stderr
+        return self.close()
 
 
 @pytest.fixture
