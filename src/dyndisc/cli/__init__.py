@@ -8,6 +8,7 @@ schema, tables, colour), ``live`` (``watch --live``), ``history`` (the timeline 
 """
 
 from dyndisc.cli import commands as _commands  # noqa: F401 - registers the subcommands on the group
+from dyndisc.cli import events as _events  # noqa: F401 - registers 'dyndisc events'
 from dyndisc.cli import metadata as _metadata  # noqa: F401 - registers models, channels, entries
 from dyndisc.cli import server as _server  # noqa: F401 - registers 'dyndisc server'
 from dyndisc.cli import watching as _watching  # noqa: F401 - registers 'dyndisc watch'
