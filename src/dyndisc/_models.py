@@ -14,7 +14,7 @@ import dataclasses
 import enum
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pydantic_core import SchemaValidator, ValidationError, core_schema
@@ -113,21 +113,6 @@ class Readiness(enum.StrEnum):
 
     READY = "ready"
     DRAINING = "draining"
-
-
-#: The fields an instance's repr shows, in order (its id in hex, as every other view shows it).
-_INSTANCE_FIELDS = (
-    "namespace",
-    "component",
-    "endpoint",
-    "instance_id",
-    "transport",
-    "metadata",
-    "readiness",
-    "device_type",
-    "request_plane_codec",
-    "registered_at",
-)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -349,7 +334,8 @@ class Instance:
         return f"{self.endpoint_id}/{self.instance_id:x}{where}"
 
     def __repr__(self) -> str:
-        return dataclass_repr(self, _INSTANCE_FIELDS)
+        # The dataclass's repr, but its id in hex, as every other view shows it.
+        return dataclass_repr(self, (f.name for f in fields(self) if f.repr))
 
 
 def _summary(exc: ValidationError) -> str:
