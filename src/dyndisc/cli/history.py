@@ -228,7 +228,10 @@ def record_line(record: Record, stamp: str) -> str:
         return f"{head} {what} (was {record['previous']}: a new lease) {record.get('transport') or '-'}"
     if kind == "changed":
         return f"{head} {what} ({', '.join(record.get('fields', ()))})"
-    return f"{head} {what} {record.get('readiness', '')} {record.get('transport') or '-'}".rstrip()
+    transport = record.get("transport") or "-"
+    if kind == "joined" and record.get("readiness") == "draining":
+        return f"{head} {what} {transport} (draining)"  # joining draining is worth saying; ready is the rule
+    return f"{head} {what} {transport}"
 
 
 __all__ = ["HISTORY_SIZE", "KINDS", "History", "Record", "Timeline", "record_line", "worker_of"]
