@@ -105,7 +105,8 @@ async def _check_backend(report: Report, backend: DiscoveryBackend, ttl: float, 
         _failure(report, doctor, "connectivity", exc, timeout)
         return
     report.add("connectivity", Status.OK, f"listed {len(found)} live instance(s) in {took * 1000:.0f} ms")
-    if not found and (hint := await layout_hint(backend, InstanceQuery())) is not None:
+    # Always, not only when nothing was found: workers split between layouts are worth a warning too.
+    if (hint := await layout_hint(backend, InstanceQuery())) is not None:
         report.add("key layout", Status.WARN, hint.removeprefix("hint: "), hint.rsplit(": ", 1)[1])
     await doctor.check_server(report, timeout)
 

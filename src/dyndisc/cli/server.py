@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from dyndisc.testing.servers import ServerBase
 
 #: How long a first build of etcd takes on 2 cores, to say so before it starts.
-ETCD_BUILD_TAKES = "about 30 s on 2 cores"
+ETCD_BUILD_TAKES = "about 30 s on 2 idle cores"
 #: How often the command checks that its server is still running while it waits for Ctrl-C.
 ALIVE_CHECK = 1.0
 
