@@ -147,3 +147,12 @@ def test_doctor_keeps_the_cause_and_gives_the_backends_own_fix() -> None:
     assert "dyndisc server etcd" in output
     assert "NATS_SERVER" not in output
     assert "KUBECONFIG" not in output
+
+
+def test_doctor_on_nats_names_nats_things_only() -> None:
+    url = f"nats://127.0.0.1:{closed_port()}"
+    output = assert_says(run("--backend", "nats", "--endpoints", url, "doctor", "--timeout", "3"), 1)
+    assert "Connect call failed" in output  # the cause
+    assert "fix: start nats-server (JetStream on) or point NATS_SERVER at it" in output
+    assert "ETCD_ENDPOINTS" not in output
+    assert "KUBECONFIG" not in output

@@ -71,7 +71,7 @@ class Report:
 
 
 #: What an error says when the server did not answer (the fix is then :attr:`BackendDoctor.reach_fix`).
-NO_ANSWER = ("unreachable", "did not answer", "not reachable", "no answer")
+NO_ANSWER = ("unreachable", "did not answer", "not reachable", "no answer", "cannot connect")
 
 
 #: Clock difference from which a skew is reported, in seconds.
