@@ -173,7 +173,8 @@ def _version() -> str:
     type=click.FloatRange(0, 3600),
     default=DEFAULT_WAIT,
     show_default=True,
-    help="Seconds to wait for the server on first contact before giving up.",
+    help="Seconds to wait for the server on first contact before giving up (watch, events: before saying "
+    "it is missing; they wait on).",
 )
 @click.option(
     "--color/--no-color", default=None, help="Colour the output (default: on a terminal, unless NO_COLOR)."
@@ -185,8 +186,9 @@ def main(
 ) -> None:
     """dyndisc: discovery for a distributed LLM-serving runtime.
 
-    Read what workers registered (list, get, watch), hold a registration (register), check a backend
-    (doctor), or see it all happen in memory (demo).
+    Read what workers registered (list, get, watch, events, models, channels, entries, ui), hold a
+    registration (register), check a backend (doctor), start a server to try it with (server), or see it all
+    happen in memory (demo).
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
