@@ -396,6 +396,8 @@ def run_one(mutant: Mutant, timeout: float) -> Result:
 def _name(command: list[str]) -> str:
     if "dyndisc.testing.chaos" in command:
         return "chaos"
+    if command is CORE_UNIT:
+        return "core unit tests"
     tests = [a for a in command if a.startswith("tests/")]
     key = command[command.index("-k") + 1] if "-k" in command else ""
     return " ".join([*tests, f"-k {key!r}" if key else ""]).strip()
@@ -422,6 +424,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--list", action="store_true", help="count the mutants of each module and stop")
     parser.add_argument("--only", action="append", default=[], help="modules whose path ends with this")
+    parser.add_argument("--match", action="append", default=[], help="mutants whose ident contains this")
     parser.add_argument("--sample", type=int, help="run this many mutants, drawn at random")
     parser.add_argument("--seed", type=int, default=0, help="the draw of --sample")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once")
@@ -430,7 +433,7 @@ def main() -> int:
     parser.add_argument("--show", type=int, default=20, help="survivors printed at the end")
     args = parser.parse_args()
 
-    chosen = list(_selected(args.only))
+    chosen = [m for m in _selected(args.only) if not args.match or any(s in m.ident for s in args.match)]
     if args.list:
         counts: dict[str, int] = {}
         for mutant in chosen:

@@ -350,3 +350,55 @@ async def test_a_registration_waits_for_the_replacement_lease_then_completes_und
         assert new != old
         assert await parts.listed() == {("e", new), ("f", new)}
         assert parts.keeper.health.current.state is LeaseState.HELD
+
+
+async def test_a_registration_overtaken_by_its_unregistration_writes_nothing_and_returns_its_record() -> None:
+    async with running_parts() as parts:
+        gate = parts.store.gate("create")
+        results: dict[str, Instance] = {}
+
+        async def register(address: str) -> None:
+            results[address] = await parts.registrar.register(E, f"tcp://{address}")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(register, "h:1")
+            with anyio.fail_after(5):
+                await gate.arrived.wait()  # the first holds the endpoint's turn, its write at the gate
+            tg.start_soon(register, "h:2")  # waits for its turn
+            await anyio.lowlevel.checkpoint()
+            tg.start_soon(parts.registrar.unregister, E)  # withdrawn before the second's turn comes
+            await anyio.lowlevel.checkpoint()
+            parts.store.ungate("create")
+        second = results["h:2"]
+        assert second.transport is not None
+        assert second.transport.address == "h:2", "the call returns the record it was asked for"
+        assert await parts.listed() == set(), "nothing is left registered"
+
+
+async def test_an_entry_withdrawn_during_the_replacement_is_not_written_again() -> None:
+    async with running_parts() as parts:
+        entry = MetadataEntry("v1/custom", "k", {"v": 1})
+        ident = ("entry", entry.bucket, entry.key)
+        await parts.registrar.put_bound(ident, lambda _lease: entry)
+        gate = parts.store.gate("put")
+        updated = MetadataEntry("v1/custom", "k", {"v": 2})
+        async with anyio.create_task_group() as tg:
+            # An update holds the entry's turn, its write at the gate; meanwhile the lease is lost, the
+            # replacement waits for the entry's turn, and the entry is withdrawn.
+            tg.start_soon(parts.registrar.put_bound, ident, lambda _lease: updated)
+            with anyio.fail_after(5):
+                await gate.arrived.wait()
+            granted = parts.store.gate("grant", after=True)
+            await parts.lose_lease()
+            with anyio.fail_after(5):
+                await granted.arrived.wait()
+            parts.store.ungate("grant", after=True)
+            for _ in range(20):  # the keeper takes the new lease; its replacement waits for the entry's turn
+                await anyio.lowlevel.checkpoint()
+            assert parts.keeper.replacements == 1
+            tg.start_soon(parts.registrar.forget_entry, ident, entry.bucket, entry.key)
+            await anyio.lowlevel.checkpoint()
+            parts.store.ungate("put")
+        await replaced(parts)
+        assert parts.keeper.failure is None
+        assert await parts.backend.list_entries("v1/custom") == []
