@@ -107,6 +107,8 @@ class Mutant:
     operator: str
     replacement: str
     original: str
+    #: A hash of the module's source the mutant was found in (a mutant of an older version is not run).
+    source_hash: str
 
     @property
     def ident(self) -> str:
@@ -158,6 +160,7 @@ class _Finder(ast.NodeVisitor):
     def __init__(self, module: str, source: str) -> None:
         self.module = module
         self.source = source
+        self.source_hash = _hash(source)
         self.found: list[Mutant] = []
         #: Whether each function being visited is an ``__init__`` (its attribute assignments are not
         #: dropped: every use of the object would fail at once, a kill that says nothing).
@@ -180,6 +183,7 @@ class _Finder(ast.NodeVisitor):
                 operator,
                 replacement,
                 original,
+                self.source_hash,
             )
         )
 
@@ -290,6 +294,10 @@ class _Finder(ast.NodeVisitor):
         self._add(node, "break-continue", "break")
 
 
+def _hash(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()[:12]
+
+
 def _unawait(node: ast.expr) -> ast.expr:
     return node.value if isinstance(node, ast.Await) else node
 
@@ -362,8 +370,11 @@ def run_one(mutant: Mutant, timeout: float) -> Result:
     scratch = _scratch()
     try:
         target = scratch / "src" / mutant.module
+        source = target.read_text()
+        if _hash(source) != mutant.source_hash:
+            raise RuntimeError(f"{mutant.module} changed since its mutants were listed: start again")
         try:
-            target.write_text(apply(target.read_text(), mutant))
+            target.write_text(apply(source, mutant))
         except SyntaxError:
             return Result(mutant.ident, mutant.describe(), "invalid", "", 0.0)
         env = {

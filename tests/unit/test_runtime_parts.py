@@ -402,3 +402,33 @@ async def test_an_entry_withdrawn_during_the_replacement_is_not_written_again() 
         await replaced(parts)
         assert parts.keeper.failure is None
         assert await parts.backend.list_entries("v1/custom") == []
+
+
+async def test_the_health_counts_what_is_wanted_and_what_waits_at_every_step() -> None:
+    async with running_parts() as parts:
+        health = parts.keeper.health
+
+        def counts() -> tuple[int, int]:
+            health.registrations(*parts.registrations.counts(parts.keeper.held))
+            return health.current.registered, health.current.pending
+
+        await parts.registrar.register(E, "tcp://h:1")
+        assert counts() == (1, 0)
+        gate = parts.store.gate("create")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(parts.registrar.register, F, "tcp://h:2")
+            with anyio.fail_after(5):
+                await gate.arrived.wait()
+            assert counts() == (2, 1), "a write without an answer yet is pending"
+            await parts.lose_lease()
+            with anyio.fail_after(5):
+                while parts.keeper.replacements == 0:  # the grant is not gated: the keeper replaces at once
+                    await anyio.lowlevel.checkpoint()
+            assert counts() == (2, 2), "under the new lease, nothing is written yet"
+            parts.store.ungate("create")
+        await replaced(parts)
+        assert counts() == (2, 0)
+        await parts.registrar.unregister(F)
+        assert counts() == (1, 0)
+        await parts.registrar.unregister(E)
+        assert counts() == (0, 0)
