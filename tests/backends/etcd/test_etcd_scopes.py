@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+from click.testing import CliRunner
 from etcd_helpers import MakeServer, MakeStore
 
 from dyndisc import (
@@ -26,6 +27,7 @@ from dyndisc.backends.etcd import EtcdStore
 from dyndisc.backends.etcd.access import EtcdAccess, etcdctl_commands, permissions
 from dyndisc.backends.etcd.roles import Permission, get_role
 from dyndisc.backends.kv.scopes import Role, Scope
+from dyndisc.cli import main
 from dyndisc.testing.server_fixtures import server_unavailable
 from dyndisc.testing.servers import EtcdServer, ServerUnavailable
 from dyndisc.testing.servers.etcd import build_etcdctl
@@ -270,3 +272,110 @@ async def test_the_printed_etcdctl_commands_make_the_same_role_and_user(
     # What dyndisc would make, etcdctl made: applying the scope now changes nothing.
     assert (await users.access.apply(scope, user, password=PASSWORD)).changes == []
     assert await get_role(users.root.connection, scope.role_name) == permissions(scope)
+
+
+def doctor(server: EtcdServer, user: str, password: str, *args: str) -> tuple[int, str]:
+    """``dyndisc doctor`` as ``user``; its exit code and output."""
+    result = CliRunner().invoke(
+        main,
+        ["doctor", "--backend", "etcd", "--ttl", "2", "--timeout", "10", *args],
+        env={"ETCD_ENDPOINTS": server.client_url, "ETCD_AUTH_USERNAME": user, "ETCD_AUTH_PASSWORD": password},
+    )
+    return result.exit_code, result.output
+
+
+def leases(server: EtcdServer) -> list[str]:
+    return sorted(lease["ID"] for lease in server.api("/v3/lease/leases", {}).get("leases", []))
+
+
+async def test_doctor_checks_the_scope_of_each_role_and_leaves_nothing_behind(users: Users) -> None:
+    await users.make("w-a", Role.WORKER, "a")
+    await users.make("fe", Role.FRONTEND)
+    before, held = everything(users.server), leases(users.server)
+
+    code, output = await anyio.to_thread.run_sync(doctor, users.server, "w-a", PASSWORD)
+    assert code == 0, output
+    assert "[ ok ] access: user 'w-a', whose roles may write namespace 'a'" in output
+    assert "[ ok ] can read: /services/, /v1/mdc/, /v1/event_channels/ (everything routing reads)" in output
+    assert (
+        "[ ok ] can write: namespace 'a' (/services/a/, /v1/mdc/a/, /v1/event_channels/namespace/a/)"
+        in output
+    )
+    assert "[ ok ] other namespaces: cannot write 'dyndisc-doctor-" in output
+    assert "): confined to 'a'" in output
+    assert "a registration arrived in" in output, "the round trip registers in the worker's own namespace"
+
+    code, output = await anyio.to_thread.run_sync(doctor, users.server, "fe", PASSWORD)
+    assert code == 0, output
+    assert "[ ok ] can write: nothing of namespace 'dyndisc-doctor': read-only credentials" in output
+    assert "no registration round trip: these credentials may not write namespace 'dyndisc-doctor'" in output
+
+    code, output = await anyio.to_thread.run_sync(doctor, users.server, "fe", PASSWORD, "--namespace", "a")
+    assert code == 1, output
+    assert (
+        "[FAIL] can write: nothing of namespace 'a': a process with these credentials cannot register"
+        in output
+    )
+    assert (
+        "fix: give the user the worker role of 'a': dyndisc access etcd --namespace a --user <user>" in output
+    )
+
+    code, output = await anyio.to_thread.run_sync(doctor, users.server, "root", users.server.password or "")
+    assert code == 0, output
+    assert "[ ok ] other namespaces: writable too (e.g. 'dyndisc-doctor-" in output
+
+    # Drift: the worker's role lost its model cards; the doctor says so, and what fixes it.
+    cards = Permission.of(next(g for g in Scope(Role.WORKER, "a").grants() if g.prefix == "/v1/mdc/a/"))
+    revoke(users.server, "dyndisc-worker-a", cards)
+    code, output = await anyio.to_thread.run_sync(doctor, users.server, "w-a", PASSWORD)
+    assert code == 0, output  # a warning: registrations work, model cards would be refused
+    assert (
+        "[warn] can write: namespace 'a' in part: /services/a/, /v1/event_channels/namespace/a/; "
+        "not /v1/mdc/a/" in output
+    )
+    assert "(a role that drifted is brought back)" in output
+
+    assert everything(users.server) == before, "no key is left behind"
+    assert leases(users.server) == held, "no lease is left behind"
+
+
+async def test_the_access_command_makes_the_role_then_has_nothing_to_change(
+    users: Users, tmp_path: Path
+) -> None:
+    password = tmp_path / "pw"
+    password.write_text(f"{PASSWORD}\n")
+    env = {
+        "ETCD_ENDPOINTS": users.server.client_url,
+        "ETCD_AUTH_USERNAME": "root",
+        "ETCD_AUTH_PASSWORD": users.server.password or "",
+    }
+    args = ["access", "etcd", "-n", "a", "-u", "w-a", "-r", "worker", "--password-file", str(password)]
+
+    def run() -> tuple[int, str]:
+        result = CliRunner().invoke(main, args, env=env)
+        return result.exit_code, result.output
+
+    code, output = await anyio.to_thread.run_sync(run)
+    assert code == 0, output
+    lines = output.splitlines()
+    assert lines[0] == f"etcd at {users.server.client_url}: role 'dyndisc-worker-a' for user 'w-a':"
+    assert "  created role 'dyndisc-worker-a'" in lines
+    assert "  created user 'w-a'" in lines
+    code, output = await anyio.to_thread.run_sync(run)
+    assert code == 0, output
+    assert output.splitlines() == [
+        f"etcd at {users.server.client_url}: role 'dyndisc-worker-a' for user 'w-a': nothing to change "
+        "(every grant and the user are as they should be)"
+    ]
+    async with DistributedRuntime(users.store("w-a"), lease_ttl=2) as runtime:
+        await runtime.endpoint("a.c.e").register("tcp://10.0.0.1:1")
+    # Without root's credentials: etcd's refusal, said once.
+    result = await anyio.to_thread.run_sync(
+        lambda: CliRunner().invoke(
+            main, args, env={**env, "ETCD_AUTH_USERNAME": "w-a", "ETCD_AUTH_PASSWORD": PASSWORD}
+        )
+    )
+    assert result.exit_code == 1
+    refused = f"Error: etcd at {users.server.client_url} refused user 'w-a' (etcdserver:"
+    assert result.output.startswith(refused)
+    assert "only etcd's root user may manage roles and users" in result.output

@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
+from click.testing import CliRunner
 from nats_helpers import MakeServer, MakeStore, eventually, next_event
 
 from dyndisc import (
@@ -25,6 +26,7 @@ from dyndisc.backends.kv.scopes import Role, Scope
 from dyndisc.backends.nats import NatsStore
 from dyndisc.backends.nats.access import authorization_fragment
 from dyndisc.backends.nats.keys import lease_key
+from dyndisc.cli import main
 from dyndisc.testing.servers import NatsServer
 
 BUCKET = "scoped"
@@ -231,3 +233,43 @@ async def test_names_made_to_escape_cannot_reach_a_neighbours_keys(
 
 async def _no_lease_of(users: Users) -> bool:
     return not [k for k in await users.everything() if k.startswith("_dyndisc/lease.")]
+
+
+def doctor(server: NatsServer, user: str, *args: str) -> tuple[int, str]:
+    """``dyndisc doctor`` as ``user`` (its scope set, as the entry's comment says); exit code and output."""
+    env = {
+        "NATS_SERVER": server.url,
+        "NATS_USER": user,
+        "NATS_PASSWORD": PASSWORD,
+        "NATS_SCOPE": user,
+        "NATS_KV_BUCKET": BUCKET,
+    }
+    result = CliRunner().invoke(
+        main, ["doctor", "--backend", "nats", "--ttl", "2", "--timeout", "10", *args], env=env
+    )
+    return result.exit_code, result.output
+
+
+async def test_doctor_checks_the_scope_of_each_role_and_leaves_nothing_behind(users: Users) -> None:
+    before = await users.everything()
+    code, output = await anyio.to_thread.run_sync(doctor, users.server, "w-a", "--namespace", "a")
+    assert code == 0, output
+    assert "[ ok ] access: user 'w-a' (NATS_SCOPE='w-a')" in output
+    assert (
+        "[ ok ] can write: namespace 'a' (/services/a/, /v1/mdc/a/, /v1/event_channels/namespace/a/)"
+        in output
+    )
+    assert "[ ok ] other namespaces: cannot write 'dyndisc-doctor-" in output
+    assert "a registration arrived in" in output
+
+    code, output = await anyio.to_thread.run_sync(doctor, users.server, "fe")
+    assert code == 0, output
+    assert "[ ok ] can write: nothing of namespace 'dyndisc-doctor': read-only credentials" in output
+
+    code, output = await anyio.to_thread.run_sync(doctor, users.server, "w-a", "--namespace", "b")
+    assert code == 1, output
+    assert "[FAIL] can write: nothing of namespace 'b'" in output
+    assert "dyndisc access nats --namespace b --user <user> --role worker" in output
+
+    # No key, and no lease key, is left behind (deletion markers expire on their own).
+    assert await users.everything() == before

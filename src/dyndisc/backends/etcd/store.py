@@ -169,7 +169,18 @@ class EtcdStore(KeyValueStore):
             action = "deleting" if what.startswith("deleting") else "writing"
             raise await self.own_roles.refusal(action, key, exc) from None
 
-    # -- probes (dyndisc doctor's scope check) -----------------------------------------------------------
+    # -- access (dyndisc doctor's scope check) -----------------------------------------------------------
+    @property
+    def principal(self) -> str | None:
+        user = self.connection.username
+        return None if user is None else f"user {user!r}"
+
+    async def writable_prefixes(self) -> list[str] | None:
+        roles = await self.own_roles.roles()
+        if isinstance(roles, str):
+            return None
+        return [p.prefix for perms in roles.values() for p in perms if p.writes and p.prefix is not None]
+
     async def may_write(self, key: str) -> bool:
         """Whether etcd lets us write ``key``, asked without writing anything: a transaction whose compare
         cannot hold (a version below 0) and whose only operation is a put of ``key``; etcd checks the

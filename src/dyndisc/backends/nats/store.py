@@ -44,6 +44,7 @@ from dyndisc.backends.nats.keys import (
     prefix_filter,
     scope_token,
 )
+from dyndisc.backends.nats.refusals import who
 from dyndisc.backends.nats.settings import NatsSettings
 from dyndisc.backends.nats.watch import NatsWatch, user_key
 
@@ -51,6 +52,8 @@ log = logging.getLogger("dyndisc.nats")
 
 #: Orphaned keys (of ended leases) purged at once by one reader (each is one JetStream request).
 PURGE_CONCURRENCY = 64
+#: A revision no key reaches: a publish expecting it is refused unwritten (the doctor's write probe).
+_NO_SUCH_REVISION = 2**62
 
 
 @dataclass
@@ -348,6 +351,33 @@ class NatsStore(KeyValueStore):
         if orphans:
             await self._purge_orphans(orphans)
         return items
+
+    # -- access (dyndisc doctor's scope check) -----------------------------------------------------------
+    @property
+    def principal(self) -> str | None:
+        if self.settings.user is None and self.settings.token is None and self.settings.creds is None:
+            return None
+        scope = f" (NATS_SCOPE={self.settings.scope!r})" if self.settings.scope else ""
+        return who(self.settings) + scope
+
+    async def may_write(self, key: str) -> bool | None:
+        """Whether nats-server lets us publish ``key``, asked without writing: a publish that expects a
+        revision the key cannot have, which JetStream refuses unwritten when the publish is allowed."""
+        try:
+            await self.connection.publish(encode_key(key), b"", ttl=None, expected=_NO_SUCH_REVISION)
+        except WrongRevision:
+            return True
+        except AccessDeniedError:
+            return False
+        raise BackendUnavailableError(f"nats-server stored a probe of {key!r} at an impossible revision")
+
+    async def may_read(self, prefix: str) -> bool | None:
+        """Whether nats-server lets us read the bucket (a reader reads all of it or nothing)."""
+        try:
+            await self.connection.get(encode_key(prefix + "dyndisc-doctor-probe"))
+        except AccessDeniedError:
+            return False
+        return True
 
     # -- watch -----------------------------------------------------------------------------------------
     @asynccontextmanager
