@@ -16,8 +16,8 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from dyndisc._errors import ConfigurationError
-from dyndisc.backends.etcd.connection import EtcdConnection, Stubs
+from dyndisc._errors import AccessDeniedError, ConfigurationError
+from dyndisc.backends.etcd.connection import EtcdConnection, PermissionDenied, Stubs
 from dyndisc.backends.etcd.roles import Permission, get_role, get_user_roles
 from dyndisc.backends.kv.scopes import Scope
 
@@ -93,9 +93,17 @@ class EtcdAccess:
         if not user:
             raise ConfigurationError("give the user a name (--user)")
         applied = Applied()
-        await self._role(scope, applied)
-        await self._user(scope, user, password, no_password, applied)
-        if not await self.auth_enabled():
+        try:
+            await self._role(scope, applied)
+            await self._user(scope, user, password, no_password, applied)
+            enabled = await self.auth_enabled()
+        except PermissionDenied as exc:
+            raise AccessDeniedError(
+                f"etcd at {self.connection.url} refused user {self.connection.username!r} ({exc.details}): "
+                "only etcd's root user may manage roles and users; run this with root's credentials "
+                "(ETCD_AUTH_USERNAME=root and ETCD_AUTH_PASSWORD)"
+            ) from None
+        if not enabled:
             applied.notes.append(
                 "etcd auth is not enabled, so these roles restrict nothing yet: enable it "
                 "(etcdctl auth enable, once a root user exists)"
