@@ -150,6 +150,10 @@ class Registrations:
 
         return undo
 
+    def wanted_entry(self, ident: Hashable) -> RenderEntry | None:
+        """What the application wants of the entry ``ident``, if anything."""
+        return self._wanted_entries.get(ident)
+
     def unwant_entry(self, ident: Hashable) -> None:
         """The application no longer wants the entry ``ident``."""
         self._wanted_entries.pop(ident, None)
