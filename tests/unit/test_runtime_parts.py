@@ -4,6 +4,7 @@ without a whole runtime."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from dyndisc import (
+    AccessDeniedError,
     DynamoTcp,
     EndpointId,
     Instance,
@@ -20,6 +22,7 @@ from dyndisc import (
     LeaseLossPolicy,
     LeaseState,
     MemoryStore,
+    RuntimeNotStartedError,
 )
 from dyndisc._entries import MetadataEntry
 from dyndisc.runtime.health import HealthRecorder
@@ -117,8 +120,11 @@ def test_what_no_lease_wants_is_forgotten_at_a_new_lease_and_entries_are_carried
     entry = MetadataEntry("v1/custom", "k", {"v": 1})
     regs.want_entry("k", lambda _lease: entry)
     regs.wrote_entry("k", WrittenEntry(entry, L1))
+    regs.wrote_entry("gone", WrittenEntry(MetadataEntry("v1/custom", "gone", {}), L1))  # not wanted
     regs.forget_unwanted(L2)
     assert regs.written(E) is None, "lease 1 is gone, and E with it"
+    assert regs.written_entry("gone") is None, "and the entry no lease wants"
+    assert regs.written_entry("k") is not None
     assert regs.written(F) is not None, "F is wanted: the new lease carries it"
     assert regs.entries_to_carry(L2) == ["k"]
     assert regs.entries_to_carry(L1) == []
@@ -350,3 +356,164 @@ async def test_a_registration_waits_for_the_replacement_lease_then_completes_und
         assert new != old
         assert await parts.listed() == {("e", new), ("f", new)}
         assert parts.keeper.health.current.state is LeaseState.HELD
+
+
+async def test_a_registration_overtaken_by_its_unregistration_writes_nothing_and_returns_its_record() -> None:
+    async with running_parts() as parts:
+        gate = parts.store.gate("create")
+        results: dict[str, Instance] = {}
+
+        async def register(address: str) -> None:
+            results[address] = await parts.registrar.register(E, f"tcp://{address}")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(register, "h:1")
+            with anyio.fail_after(5):
+                await gate.arrived.wait()  # the first holds the endpoint's turn, its write at the gate
+            tg.start_soon(register, "h:2")  # waits for its turn
+            await anyio.lowlevel.checkpoint()
+            tg.start_soon(parts.registrar.unregister, E)  # withdrawn before the second's turn comes
+            await anyio.lowlevel.checkpoint()
+            parts.store.ungate("create")
+        second = results["h:2"]
+        assert second.transport is not None
+        assert second.transport.address == "h:2", "the call returns the record it was asked for"
+        assert await parts.listed() == set(), "nothing is left registered"
+
+
+async def test_an_entry_withdrawn_during_the_replacement_is_not_written_again() -> None:
+    async with running_parts() as parts:
+        entry = MetadataEntry("v1/custom", "k", {"v": 1})
+        ident = ("entry", entry.bucket, entry.key)
+        await parts.registrar.put_bound(ident, lambda _lease: entry)
+        gate = parts.store.gate("put")
+        updated = MetadataEntry("v1/custom", "k", {"v": 2})
+        async with anyio.create_task_group() as tg:
+            # An update holds the entry's turn, its write at the gate; meanwhile the lease is lost, the
+            # replacement waits for the entry's turn, and the entry is withdrawn.
+            tg.start_soon(parts.registrar.put_bound, ident, lambda _lease: updated)
+            with anyio.fail_after(5):
+                await gate.arrived.wait()
+            granted = parts.store.gate("grant", after=True)
+            await parts.lose_lease()
+            with anyio.fail_after(5):
+                await granted.arrived.wait()
+            parts.store.ungate("grant", after=True)
+            for _ in range(20):  # the keeper takes the new lease; its replacement waits for the entry's turn
+                await anyio.lowlevel.checkpoint()
+            assert parts.keeper.replacements == 1
+            tg.start_soon(parts.registrar.forget_entry, ident, entry.bucket, entry.key)
+            await anyio.lowlevel.checkpoint()
+            parts.store.ungate("put")
+        await replaced(parts)
+        assert parts.keeper.failure is None
+        assert await parts.backend.list_entries("v1/custom") == []
+
+
+async def test_the_health_counts_what_is_wanted_and_what_waits_at_every_step() -> None:
+    async with running_parts() as parts:
+        health = parts.keeper.health
+
+        def counts() -> tuple[int, int]:
+            health.registrations(*parts.registrations.counts(parts.keeper.held))
+            return health.current.registered, health.current.pending
+
+        await parts.registrar.register(E, "tcp://h:1")
+        assert counts() == (1, 0)
+        gate = parts.store.gate("create")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(parts.registrar.register, F, "tcp://h:2")
+            with anyio.fail_after(5):
+                await gate.arrived.wait()
+            assert counts() == (2, 1), "a write without an answer yet is pending"
+            await parts.lose_lease()
+            with anyio.fail_after(5):
+                while parts.keeper.replacements == 0:  # the grant is not gated: the keeper replaces at once
+                    await anyio.lowlevel.checkpoint()
+            assert counts() == (2, 2), "under the new lease, nothing is written yet"
+            parts.store.ungate("create")
+        await replaced(parts)
+        assert counts() == (2, 0)
+        await parts.registrar.unregister(F)
+        assert counts() == (1, 0)
+        await parts.registrar.unregister(E)
+        assert counts() == (0, 0)
+
+
+async def test_a_cancelled_update_of_an_entry_wants_the_previous_one_again() -> None:
+    async with running_parts() as parts:
+        first = MetadataEntry("v1/custom", "k", {"v": 1})
+        ident = ("entry", first.bucket, first.key)
+        await parts.registrar.put_bound(ident, lambda _lease: first)
+        gate = parts.store.gate("put")  # the update's write waits here, not yet applied
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                parts.registrar.put_bound, ident, lambda _lease: MetadataEntry("v1/custom", "k", {"v": 2})
+            )
+            with anyio.fail_after(5):
+                await gate.arrived.wait()
+            tg.cancel_scope.cancel()  # the caller gives up: the update is not wanted
+        parts.store.ungate("put")
+        await parts.lose_lease()
+        await replaced(parts)
+        (carried,) = await parts.backend.list_entries("v1/custom")
+        assert carried.value == {"v": 1}, "the replacement carries the entry as it was before the update"
+
+
+async def test_a_permanent_refusal_fails_the_keeper_and_tells_its_waiters() -> None:
+    store = FaultyStore(MemoryStore())
+    backend = KvDiscovery(store)
+    keeper = LeaseKeeper(backend, 30.0, LeaseLossPolicy.REREGISTER, HealthRecorder())
+    registrar = Registrar(backend, keeper, Registrations())
+    lease = await keeper.grant()
+    await registrar.register(E, "tcp://h:1")
+    store.refuse("grant", AccessDeniedError("the user may not grant leases"))
+    await store.expire_lease(lease.id)
+    outcome: list[BaseException] = []
+
+    async def register_f() -> None:
+        try:
+            await registrar.register(F, "tcp://h:2")  # finds the lease gone, waits for another
+        except AccessDeniedError as exc:
+            outcome.append(exc)
+
+    async def keep() -> None:
+        with contextlib.suppress(AccessDeniedError):  # what the runtime's `async with` raises
+            await keeper.run(registrar.carry)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(register_f)
+            for _ in range(20):
+                await anyio.lowlevel.checkpoint()
+            tg.start_soon(keep)
+            keeper.renew_now.set()
+    assert isinstance(keeper.failure, AccessDeniedError)
+    assert keeper.health.current.state is LeaseState.FAILED
+    assert "may not grant" in (keeper.health.current.reason or "")
+    assert len(outcome) == 1, "the registration waiting for a new lease is told at once"
+
+
+async def test_leaving_tells_a_registration_waiting_for_a_replacement() -> None:
+    store = FaultyStore(MemoryStore())
+    backend = KvDiscovery(store)
+    keeper = LeaseKeeper(backend, 30.0, LeaseLossPolicy.REREGISTER, HealthRecorder())
+    registrar = Registrar(backend, keeper, Registrations())
+    old = await keeper.grant()
+    await store.expire_lease(old.id)  # no keep-alive loop runs: nothing will replace the lease
+    outcome: list[BaseException] = []
+
+    async def register() -> None:
+        try:
+            await registrar.register(E, "tcp://h:1")
+        except RuntimeNotStartedError as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(register)
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        assert outcome == [], "it waits for another lease"
+        with anyio.fail_after(5):
+            await keeper.release(0)  # the runtime leaves
+    assert len(outcome) == 1, "leaving wakes it, with why"

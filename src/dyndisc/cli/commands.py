@@ -164,11 +164,23 @@ def demo(backend: str, ttl: float) -> None:
     type=click.FloatRange(0.5, 300),
     help="Seconds each check may take.",
 )
+@click.option(
+    "--namespace",
+    "-n",
+    default=None,
+    help="The namespace these credentials must write (a worker's); default: the one they say, else none.",
+)
 def doctor(
-    backend: str | None, endpoints: str | None, wait: float | None, ttl: float, timeout: float
+    backend: str | None,
+    endpoints: str | None,
+    wait: float | None,
+    ttl: float,
+    timeout: float,
+    namespace: str | None,
 ) -> None:
-    """Check the backend end to end: settings, connectivity and auth, lease and watch round trips, CRD and
-    RBAC on Kubernetes, clocks. Prints what is wrong and how to fix it; exits 1 if a check failed."""
+    """Check the backend end to end: settings, connectivity and auth, lease and watch round trips, what the
+    credentials may read and write, CRD and RBAC on Kubernetes, clocks. Prints what is wrong and how to fix
+    it; exits 1 if a check failed."""
     from dyndisc.cli.doctor import run_doctor
 
     config = settings()
@@ -176,7 +188,7 @@ def doctor(
     name = config.apply_endpoints()
     if config.endpoints is not None:
         run(config.open_backend().aclose)  # a mistyped --endpoints is a usage error here too, not a finding
-    report = run(lambda: run_doctor(name, ttl=ttl, timeout=timeout))
+    report = run(lambda: run_doctor(name, ttl=ttl, timeout=timeout, namespace=namespace))
     click.echo(report.render())
     if not report.ok:
         sys.exit(1)

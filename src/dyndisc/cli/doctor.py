@@ -7,8 +7,11 @@ Checks, in order (a failed step that later steps depend on stops the run):
    served, every right of the shipped Role is granted in the namespace, the API server's clock;
 3. connectivity and auth: a list of every instance answers;
 4. lease round trip: grant a short lease, renew it, measure the renewal;
-5. watch round trip: a watch starts, sees a probe registration arrive and leave;
-6. clock skew hints: whether expiry depends on this host's clock, and how far off it is where measurable.
+5. access scope (etcd, NATS): who the credentials are, what they can read, which namespace they can write
+   and whether they are kept out of the others, asked without writing anything;
+6. watch round trip: a watch starts, sees a probe registration arrive and leave (in the namespace the
+   credentials may write; with read-only credentials the watch alone);
+7. clock skew hints: whether expiry depends on this host's clock, and how far off it is where measurable.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ from dyndisc._settings import canonical_backend_name
 from dyndisc.backends import DiscoveryBackend, create_backend
 from dyndisc.backends.base import Lease
 from dyndisc.backends.diagnosis import BackendDoctor, Report, Status
+from dyndisc.backends.kv import KvDiscovery
+from dyndisc.backends.kv.scope_check import PROBE_NAMESPACE, check_scope
 from dyndisc.cli.layouts import layout_hint
 
 T = TypeVar("T")
 
-#: Namespace of the probe registration of the watch round trip (never a real workload's).
-PROBE_NAMESPACE = "dyndisc-doctor"
 #: Seconds a backend may take to answer its first call: the doctor reports an outage, it does not wait one.
 STARTUP_WAIT = 5.0
 #: The share of a check's time the backend's own first contact may take: it gives up (saying why: refused,
@@ -57,12 +60,17 @@ async def _timed(timeout: float, call: Callable[[], Awaitable[T]]) -> tuple[T, f
 
 
 async def run_doctor(
-    backend: str | DiscoveryBackend | None = None, *, ttl: float = 2.0, timeout: float = 10.0
+    backend: str | DiscoveryBackend | None = None,
+    *,
+    ttl: float = 2.0,
+    timeout: float = 10.0,
+    namespace: str | None = None,
 ) -> Report:
-    """Run every check against ``backend`` (a name, default ``DYN_DISCOVERY_BACKEND``, or a backend)."""
+    """Run every check against ``backend`` (a name, default ``DYN_DISCOVERY_BACKEND``, or a backend);
+    ``namespace`` is the one a worker's credentials must write (default: what they say, else none)."""
     if isinstance(backend, DiscoveryBackend):
         report = Report(backend.name)
-        await _check_backend(report, backend, ttl, timeout)
+        await _check_backend(report, backend, ttl, timeout, namespace)
         return report
     raw = backend if backend is not None else os.environ.get("DYN_DISCOVERY_BACKEND", "etcd")
     report = Report(raw)
@@ -79,7 +87,7 @@ async def run_doctor(
         return report
     report.add("settings", Status.OK, _describe(made))
     try:
-        await _check_backend(report, made, ttl, timeout)
+        await _check_backend(report, made, ttl, timeout, namespace)
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await made.aclose()
@@ -95,7 +103,9 @@ def _describe(backend: DiscoveryBackend) -> str:
     return f"{backend.name} backend{where}{keys}"
 
 
-async def _check_backend(report: Report, backend: DiscoveryBackend, ttl: float, timeout: float) -> None:
+async def _check_backend(
+    report: Report, backend: DiscoveryBackend, ttl: float, timeout: float, namespace: str | None
+) -> None:
     doctor = backend.doctor()
     if not await doctor.preflight(report, timeout):
         return
@@ -111,8 +121,11 @@ async def _check_backend(report: Report, backend: DiscoveryBackend, ttl: float, 
     await doctor.check_server(report, timeout)
 
     lease = await _check_lease(report, doctor, backend, ttl, timeout)
+    probe: tuple[str, bool] | None = None
+    if isinstance(backend, KvDiscovery):
+        probe = await check_scope(report, backend, namespace, timeout)
     try:
-        await _check_watch(report, doctor, backend, lease, timeout)
+        await _check_watch(report, doctor, backend, lease, timeout, probe)
     finally:
         if lease is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
@@ -151,11 +164,21 @@ async def _check_lease(
 
 
 async def _check_watch(
-    report: Report, doctor: BackendDoctor, backend: DiscoveryBackend, lease: Lease | None, timeout: float
+    report: Report,
+    doctor: BackendDoctor,
+    backend: DiscoveryBackend,
+    lease: Lease | None,
+    timeout: float,
+    probe: tuple[str, bool] | None,
 ) -> None:
+    """``probe``: the namespace the scope check found (and whether the credentials may register there)."""
     name = "watch round trip"
-    component = f"probe-{secrets.token_hex(4)}"
-    query = InstanceQuery(namespace=PROBE_NAMESPACE, component=component)
+    namespace, writable = probe if probe is not None else (PROBE_NAMESPACE, True)
+    # In a worker's own namespace the probe's component says whose it is; watchers of the namespace
+    # may see it come and go.
+    kind = "probe" if namespace == PROBE_NAMESPACE else "dyndisc-doctor-probe"
+    component = f"{kind}-{secrets.token_hex(4)}"
+    query = InstanceQuery(namespace=namespace, component=component)
     try:
         with anyio.fail_after(timeout):
             started = time.monotonic()
@@ -168,23 +191,31 @@ async def _check_watch(
                 if lease is None:
                     report.add(name, Status.OK, f"watch established in {ready * 1000:.0f} ms")
                     return
-                probe = Instance(
-                    namespace=PROBE_NAMESPACE,
+                if not writable:
+                    report.add(
+                        name,
+                        Status.OK,
+                        f"watch established in {ready * 1000:.0f} ms; no registration round trip: these "
+                        f"credentials may not write namespace {namespace!r}",
+                    )
+                    return
+                instance = Instance(
+                    namespace=namespace,
                     component=component,
                     endpoint="check",
                     instance_id=lease.id,
                     transport="tcp://doctor.invalid:1",
                 )
                 sent = time.monotonic()
-                await backend.register(probe, lease)
+                await backend.register(instance, lease)
                 async for event in events:
-                    if isinstance(event, Added) and event.instance.key == probe.key:
+                    if isinstance(event, Added) and event.instance.key == instance.key:
                         break
                 added = time.monotonic() - sent
                 sent = time.monotonic()
-                await backend.unregister(probe)
+                await backend.unregister(instance)
                 async for event in events:
-                    if isinstance(event, Removed) and event.key == probe.key:
+                    if isinstance(event, Removed) and event.key == instance.key:
                         break
                 removed = time.monotonic() - sent
     except Exception as exc:

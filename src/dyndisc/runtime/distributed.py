@@ -231,7 +231,7 @@ class DistributedRuntime:
     def health(self) -> RuntimeHealth:
         """The lease's state now (held, outage, replacing, failed ...), for the application and probes."""
         parts = self._parts
-        if parts is not None and parts.registrations.changed:
+        if parts is not None:  # counted when read: a probe reads it every few seconds, writes are many
             self._health.registrations(*parts.registrations.counts(parts.keeper.held))
         return self._health.current
 

@@ -67,6 +67,9 @@ class BucketView:
         self.publish = publish
         #: What each key holds, or ``None`` where the backend stores no entries.
         self.items: dict[str, Event] | None = {}
+        #: Set once the view is known: its first listing came, or the backend said it keeps no entries, or
+        #: the watch failed (a page opened then shows what there is rather than wait).
+        self.ready = anyio.Event()
 
     @property
     def name(self) -> str:
@@ -101,12 +104,15 @@ class BucketView:
                     async for event in events:
                         outage.recovered()
                         self._apply(event)
+                        self.ready.set()
                 raise ConnectionError("the watch ended")
             except (NotImplementedError, ConfigurationError):
                 self.items = None  # this backend (or its layout) keeps no entries: the page says so, once
                 self.publish({"event": self.name, self.name: None})
+                self.ready.set()
                 return
             except Exception as exc:
+                self.ready.set()
                 outage.failed(exc)
                 await backoff.sleep()
 

@@ -39,6 +39,8 @@ PAGE_BACKLOG = 1_000
 STABLE_AFTER = 10.0
 #: What a lease's time left is when the backend says the lease is gone (its records not deleted yet).
 GONE = "gone"
+#: How long a page's first snapshot waits for the model cards and event channels after the instances.
+METADATA_WAIT = 3.0
 
 Event = dict[str, Any]
 
@@ -115,6 +117,11 @@ class Fleet:
     async def page(self) -> AsyncIterator[MemoryObjectReceiveStream[Event]]:
         """A page's stream of events: a snapshot and the history first, then every change."""
         await self._ready.wait()
+        # The cards and channels come from watches of their own: a first view without them would only be
+        # corrected a moment later (and a script reading the first snapshot would miss them).
+        with anyio.move_on_after(METADATA_WAIT):
+            await self.models.ready.wait()
+            await self.channels.ready.wait()
         send, receive = anyio.create_memory_object_stream[Event](PAGE_BACKLOG)
         send.send_nowait(self.snapshot())
         send.send_nowait({"event": "history", "records": list(self.history.records), "reset": True})

@@ -353,10 +353,13 @@ class EtcdConnection:
                 "set ETCD_AUTH_USERNAME and ETCD_AUTH_PASSWORD"
             )
         if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in details:
-            return AccessDeniedError(
+            return PermissionDenied(
+                details,
                 f"{what}: {where} denied user {self.username!r} access ({details}); grant the user's role "
                 "readwrite on the key prefix "
-                "(e.g. etcdctl role grant-permission <role> readwrite --prefix /services/)"
+                "(e.g. etcdctl role grant-permission <role> readwrite --prefix /services/), or give the "
+                "user the role its process needs: dyndisc access etcd --user <user> --role "
+                "worker|frontend|operator",
             )
         if "requested lease not found" in details:
             return LeaseNotFoundError(f"{what}: {where} does not know the lease (it expired or was revoked)")
@@ -411,6 +414,15 @@ class EtcdConnection:
             for stubs in channels:
                 if stubs is not None:
                     await stubs.channel.close()
+
+
+class PermissionDenied(AccessDeniedError):
+    """etcd answered "permission denied": the roles of the user do not cover a key of the request. The store
+    explains a refused write in terms of namespaces (``roles.OwnRoles``); ``details`` is etcd's answer."""
+
+    def __init__(self, details: str, message: str) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class _TokenRejected(Exception):

@@ -153,7 +153,7 @@ class KvDiscovery(DiscoveryBackend):
             return
         # One watch over both prefixes, so a record moving between them (draining starts or stops) arrives
         # in the order it was written: the new copy, then the old one's removal, never a gap.
-        async with self.store.watch(_shared_prefix(main, side)) as raw:
+        async with self.store.watch(self.layout.watch_prefix(query)) as raw:
             yield self._translate_merged(raw, (main, side))
 
     async def _translate(self, raw: AsyncIterator[StoreEvent]) -> AsyncIterator[DiscoveryEvent]:
@@ -296,16 +296,6 @@ def _entry_prefix(prefix: str) -> str:
         # A prefix ending with '/' is a key's whole first segments; without, a key's beginning.
         validate_entry_key(prefix.rstrip("/") or "x")
     return prefix
-
-
-def _shared_prefix(*prefixes: str) -> str:
-    """The longest run of whole segments (ending with ``/``) that starts every prefix."""
-    shared: list[str] = []
-    for segments in zip(*(p.split("/")[:-1] for p in prefixes), strict=False):
-        if len(set(segments)) != 1:
-            break
-        shared.append(segments[0])
-    return "".join(f"{s}/" for s in shared)
 
 
 class _Merged:

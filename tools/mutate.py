@@ -1,0 +1,505 @@
+"""Mutation testing of dyndisc's core: plant one small bug at a time and count what the checks catch.
+
+    python tools/mutate.py --list                      # how many mutants each core module has
+    python tools/mutate.py --jobs 2 --out mutants.json # every mutant (hours); resumable
+    python tools/mutate.py --sample 12 --seed 7        # a random sample (what CI runs)
+    python tools/mutate.py --only runtime/registrar.py --show 40   # one module; print 40 survivors
+
+Each mutant is one change to one expression or statement of a core module (a comparison flipped, a
+condition negated, ``and`` for ``or``, a constant moved by one, a call or an assignment dropped, ``break``
+for ``continue``, a returned value dropped). It is written into a scratch copy of ``src/`` and the module's
+checks run against it (``PYTHONPATH`` points at the copy): the fast unit tests, the backend's own tests on
+its real server where it has one, and the seeded chaos simulation. A mutant is *killed* when a check fails
+(or hangs past the timeout), *survives* when all pass. The score is killed / (mutants - equivalent), where
+``tools/mutation-equivalent.txt`` lists, one line each, the mutants shown to change nothing observable.
+
+Logging calls, docstrings, ``assert`` statements, type annotations, module-level constants (tuning knobs),
+attribute assignments in ``__init__`` and ``__repr__``/``__str__`` are not mutated: a change there is
+either not behaviour, or killed by every check at once (which says nothing of the checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import concurrent.futures
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+EQUIVALENT = ROOT / "tools" / "mutation-equivalent.txt"
+
+PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--timeout", "120"]
+#: The unit tests of the core (the rest of tests/unit is the CLI, the plugin and the docs).
+CORE_UNIT = [
+    *PYTEST,
+    "-m",
+    "not slow",
+    *(
+        f"tests/unit/{name}.py"
+        for name in (
+            "test_runtime_parts",
+            "test_runtime",
+            "test_lease_semantics",
+            "test_cards_and_entries",
+            "test_concurrency",
+            "test_models",
+            "test_layouts",
+            "test_metrics",
+        )
+    ),
+]
+CHAOS = [sys.executable, "-m", "dyndisc.testing.chaos", "--backend", "memory", "--seeds", "200"]
+
+
+def conformance(backend: str) -> list[str]:
+    return [*PYTEST, "tests/conformance", "-k", backend]
+
+
+def backend_tests(name: str) -> list[str]:
+    return [*PYTEST, f"tests/backends/{name}"]
+
+
+RUNTIME = [CORE_UNIT, CHAOS, conformance("memory")]
+#: The core modules and the checks that judge their mutants, cheapest first (the first failing check kills).
+TARGETS: dict[str, list[list[str]]] = {
+    "dyndisc/runtime/registrations.py": RUNTIME,
+    "dyndisc/runtime/lease_keeper.py": RUNTIME,
+    "dyndisc/runtime/registrar.py": RUNTIME,
+    "dyndisc/runtime/metadata.py": RUNTIME,
+    "dyndisc/runtime/watches.py": RUNTIME,
+    "dyndisc/runtime/distributed.py": RUNTIME,
+    "dyndisc/_instance_set.py": RUNTIME,
+    "dyndisc/backends/kv/discovery.py": [CORE_UNIT, conformance("memory"), CHAOS],
+    "dyndisc/backends/kv/layouts.py": [CORE_UNIT, conformance("memory"), CHAOS],
+    "dyndisc/backends/memory.py": [CORE_UNIT, conformance("memory"), CHAOS],
+    "dyndisc/backends/file/records.py": [backend_tests("file"), conformance("file")],
+    "dyndisc/backends/file/leases.py": [backend_tests("file"), conformance("file")],
+    "dyndisc/backends/nats/store.py": [backend_tests("nats"), conformance("nats")],
+    "dyndisc/backends/etcd/watch.py": [
+        backend_tests("etcd"),
+        conformance("etcd"),
+        [*PYTEST, "tests/faults", "-k", "etcd and (compaction or restart or election)"],
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One planted bug: where, what, and the source segment it replaces."""
+
+    module: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+    operator: str
+    replacement: str
+    original: str
+    #: A hash of the module's source the mutant was found in (a mutant of an older version is not run).
+    source_hash: str
+
+    @property
+    def ident(self) -> str:
+        """A stable name: the module, the place and the change (survives unrelated edits elsewhere)."""
+        digest = hashlib.sha1(f"{self.original}->{self.replacement}".encode()).hexdigest()[:8]
+        return f"{self.module}:{self.line}:{self.col}:{self.operator}:{digest}"
+
+    def describe(self) -> str:
+        before = " ".join(self.original.split())[:70]
+        after = " ".join(self.replacement.split())[:70]
+        return f"{self.module}:{self.line} {self.operator}: {before!r} -> {after!r}"
+
+
+# -- finding mutants ---------------------------------------------------------------------------------------
+_COMPARE_SWAPS: dict[type[ast.cmpop], type[ast.cmpop]] = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+}
+_BINOP_SWAPS: dict[type[ast.operator], type[ast.operator]] = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.Div: ast.Mult,
+    ast.FloorDiv: ast.Mult,
+}
+_QUIET_NAMES = {"log", "logging", "logger", "warnings"}
+
+
+def _is_logging(call: ast.expr) -> bool:
+    if not isinstance(call, ast.Call):
+        return False
+    func = call.func
+    while isinstance(func, ast.Attribute):
+        if isinstance(func.value, ast.Name) and func.value.id in _QUIET_NAMES:
+            return True
+        func = func.value
+    return False
+
+
+class _Finder(ast.NodeVisitor):
+    def __init__(self, module: str, source: str) -> None:
+        self.module = module
+        self.source = source
+        self.source_hash = _hash(source)
+        self.found: list[Mutant] = []
+        #: Whether each function being visited is an ``__init__`` (its attribute assignments are not
+        #: dropped: every use of the object would fail at once, a kill that says nothing).
+        self._in_init: list[bool] = [False]
+
+    def _segment(self, node: ast.AST) -> str:
+        return ast.get_source_segment(self.source, node) or ""
+
+    def _add(self, node: ast.AST, operator: str, replacement: str) -> None:
+        original = self._segment(node)
+        if not original or original == replacement:
+            return
+        self.found.append(
+            Mutant(
+                self.module,
+                node.lineno,  # type: ignore[attr-defined]
+                node.col_offset,  # type: ignore[attr-defined]
+                node.end_lineno,  # type: ignore[attr-defined]
+                node.end_col_offset,  # type: ignore[attr-defined]
+                operator,
+                replacement,
+                original,
+                self.source_hash,
+            )
+        )
+
+    # -- what is not mutated -----------------------------------------------------------------------------
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self._function(node)
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
+        self._function(node)
+
+    def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        if node.name in ("__repr__", "__str__"):
+            return
+        self._in_init.append(node.name == "__init__")
+        for default in [*node.args.defaults, *node.args.kw_defaults]:
+            if default is not None:
+                self.visit(default)
+        self._body(node.body)
+        self._in_init.pop()
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self._body(node.body)
+
+    def _body(self, body: list[ast.stmt]) -> None:
+        start = 1 if body and _is_docstring(body[0]) else 0
+        for statement in body[start:]:
+            self.visit(statement)
+
+    def visit_Assert(self, node: ast.Assert) -> None:
+        return
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        if node.value is not None:
+            self.visit(node.value)
+
+    def visit_If(self, node: ast.If) -> None:
+        if isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            return
+        if not isinstance(node.test, ast.UnaryOp):
+            self._add(node.test, "negate-condition", f"not ({self._segment(node.test)})")
+        self.visit(node.test)
+        self._body(node.body)
+        self._body(node.orelse)
+
+    def visit_While(self, node: ast.While) -> None:
+        if not isinstance(node.test, ast.Constant | ast.UnaryOp):
+            self._add(node.test, "negate-condition", f"not ({self._segment(node.test)})")
+        self.generic_visit(node)
+
+    # -- mutations -------------------------------------------------------------------------------------
+    def visit_Compare(self, node: ast.Compare) -> None:
+        for index, op in enumerate(node.ops):
+            swap = _COMPARE_SWAPS.get(type(op))
+            if swap is not None:
+                mutated = ast.Compare(node.left, list(node.ops), node.comparators)
+                mutated.ops[index] = swap()
+                self._add(node, "compare", ast.unparse(mutated))
+        self.generic_visit(node)
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> None:
+        other = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        self._add(node, "bool-op", ast.unparse(ast.BoolOp(other, node.values)))
+        self.generic_visit(node)
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> None:
+        if isinstance(node.op, ast.Not):
+            self._add(node, "drop-not", f"({self._segment(node.operand)})")
+        self.generic_visit(node)
+
+    def visit_BinOp(self, node: ast.BinOp) -> None:
+        swap = _BINOP_SWAPS.get(type(node.op))
+        if swap is not None and not _is_text(node):
+            self._add(node, "arithmetic", ast.unparse(ast.BinOp(node.left, swap(), node.right)))
+        self.generic_visit(node)
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        value = node.value
+        if isinstance(value, bool):
+            self._add(node, "constant", repr(not value))
+        elif isinstance(value, int):
+            self._add(node, "constant", repr(value + 1))
+        elif isinstance(value, float):
+            self._add(node, "constant", repr(value * 2 if value else 1.0))
+
+    def visit_Expr(self, node: ast.Expr) -> None:
+        if isinstance(node.value, ast.Call | ast.Await) and not _is_logging(_unawait(node.value)):
+            self._add(node, "drop-call", "pass")
+        self.generic_visit(node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        self._add(node, "drop-assignment", "pass")
+        self.generic_visit(node)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        if not self._in_init[-1] and all(isinstance(t, ast.Attribute | ast.Subscript) for t in node.targets):
+            self._add(node, "drop-assignment", "pass")
+        self.generic_visit(node)
+
+    def visit_Return(self, node: ast.Return) -> None:
+        if node.value is not None and not (isinstance(node.value, ast.Constant) and node.value.value is None):
+            self._add(node, "drop-return-value", "return None")
+        self.generic_visit(node)
+
+    def visit_Break(self, node: ast.Break) -> None:
+        self._add(node, "break-continue", "continue")
+
+    def visit_Continue(self, node: ast.Continue) -> None:
+        self._add(node, "break-continue", "break")
+
+
+def _hash(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()[:12]
+
+
+def _unawait(node: ast.expr) -> ast.expr:
+    return node.value if isinstance(node, ast.Await) else node
+
+
+def _is_docstring(statement: ast.stmt) -> bool:
+    return (
+        isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    )
+
+
+def _is_text(node: ast.BinOp) -> bool:
+    """Whether ``node`` builds text (``"a" + b``): swapping ``+`` there only breaks the type."""
+    return any(isinstance(side, ast.Constant | ast.JoinedStr) for side in (node.left, node.right)) and any(
+        isinstance(side, ast.JoinedStr) or (isinstance(side, ast.Constant) and isinstance(side.value, str))
+        for side in (node.left, node.right)
+    )
+
+
+def mutants_of(module: str) -> list[Mutant]:
+    """Every mutant of ``module`` (a path below ``src/``), in source order."""
+    source = (SRC / module).read_text()
+    finder = _Finder(module, source)
+    for statement in ast.parse(source).body:
+        # Module-level constants are tuning (a limit, a period): moving one by a step changes nothing a
+        # check could see, so they are left alone; what functions do with them is mutated.
+        if not isinstance(statement, ast.Assign | ast.AnnAssign | ast.Expr | ast.Import | ast.ImportFrom):
+            finder.visit(statement)
+    return sorted(finder.found, key=lambda m: (m.line, m.col, m.operator, m.replacement))
+
+
+def apply(source: str, mutant: Mutant) -> str:
+    """``source`` with ``mutant``'s segment replaced (the rest of the file untouched)."""
+    lines = source.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line.encode()))
+    data = source.encode()
+    # ast's columns count UTF-8 bytes within a line.
+    start = offsets[mutant.line - 1] + mutant.col
+    end = offsets[mutant.end_line - 1] + mutant.end_col
+    replaced = data[:start] + mutant.replacement.encode() + data[end:]
+    text = replaced.decode()
+    ast.parse(text)  # a mutant must still be Python
+    return text
+
+
+# -- running them ------------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    """What the checks said of one mutant."""
+
+    ident: str
+    describe: str
+    status: str  # killed, survived, timeout, invalid
+    by: str
+    seconds: float
+
+
+def _scratch() -> Path:
+    where = Path(tempfile.mkdtemp(prefix="dyndisc-mutant-"))
+    shutil.copytree(SRC, where / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    return where
+
+
+def run_one(mutant: Mutant, timeout: float) -> Result:
+    """Plant ``mutant`` in a scratch copy of ``src/`` and run its module's checks against it."""
+    started = time.monotonic()
+    scratch = _scratch()
+    try:
+        target = scratch / "src" / mutant.module
+        source = target.read_text()
+        if _hash(source) != mutant.source_hash:
+            raise RuntimeError(f"{mutant.module} changed since its mutants were listed: start again")
+        try:
+            target.write_text(apply(source, mutant))
+        except SyntaxError:
+            return Result(mutant.ident, mutant.describe(), "invalid", "", 0.0)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(scratch / "src"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "DYNDISC_CHAOS_SEEDS": "200",
+        }
+        for command in TARGETS[mutant.module]:
+            argv = [*command]
+            if "dyndisc.testing.chaos" in argv:
+                argv += ["--out", str(scratch / "chaos-out")]
+            try:
+                done = subprocess.run(
+                    argv, cwd=ROOT, env=env, capture_output=True, timeout=timeout, check=False
+                )
+            except subprocess.TimeoutExpired:
+                return Result(
+                    mutant.ident, mutant.describe(), "timeout", _name(command), time.monotonic() - started
+                )
+            if done.returncode != 0:
+                return Result(
+                    mutant.ident, mutant.describe(), "killed", _name(command), time.monotonic() - started
+                )
+        return Result(mutant.ident, mutant.describe(), "survived", "", time.monotonic() - started)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _name(command: list[str]) -> str:
+    if "dyndisc.testing.chaos" in command:
+        return "chaos"
+    if command is CORE_UNIT:
+        return "core unit tests"
+    tests = [a for a in command if a.startswith("tests/")]
+    key = command[command.index("-k") + 1] if "-k" in command else ""
+    return " ".join([*tests, f"-k {key!r}" if key else ""]).strip()
+
+
+def equivalent() -> dict[str, str]:
+    """The mutants shown equivalent: ident -> why (``tools/mutation-equivalent.txt``)."""
+    found: dict[str, str] = {}
+    if EQUIVALENT.exists():
+        for line in EQUIVALENT.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                ident, _, why = line.partition(" ")
+                found[ident] = why.strip()
+    return found
+
+
+def _selected(only: list[str]) -> Iterator[Mutant]:
+    for module in TARGETS:
+        if not only or any(module.endswith(o) for o in only):
+            yield from mutants_of(module)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--list", action="store_true", help="count the mutants of each module and stop")
+    parser.add_argument("--only", action="append", default=[], help="modules whose path ends with this")
+    parser.add_argument("--match", action="append", default=[], help="mutants whose ident contains this")
+    parser.add_argument("--sample", type=int, help="run this many mutants, drawn at random")
+    parser.add_argument("--seed", type=int, default=0, help="the draw of --sample")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants run at once")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per check before it is a kill")
+    parser.add_argument("--out", type=Path, help="results (JSON lines); mutants already there are skipped")
+    parser.add_argument("--show", type=int, default=20, help="survivors printed at the end")
+    args = parser.parse_args()
+
+    chosen = [m for m in _selected(args.only) if not args.match or any(s in m.ident for s in args.match)]
+    if args.list:
+        counts: dict[str, int] = {}
+        for mutant in chosen:
+            counts[mutant.module] = counts.get(mutant.module, 0) + 1
+        for module, count in counts.items():
+            print(f"{count:5d}  {module}")
+        print(f"{len(chosen):5d}  in all")
+        return 0
+    if args.sample is not None:
+        chosen = random.Random(args.seed).sample(chosen, min(args.sample, len(chosen)))
+    done: dict[str, Result] = {}
+    if args.out is not None and args.out.exists():
+        for line in args.out.read_text().splitlines():
+            result = Result(**json.loads(line))
+            done[result.ident] = result
+    pending = [m for m in chosen if m.ident not in done]
+    print(f"{len(chosen)} mutants, {len(chosen) - len(pending)} already judged, {args.jobs} at a time")
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(run_one, m, args.timeout): m for m in pending}
+        for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            result = future.result()
+            done[result.ident] = result
+            print(
+                f"[{n}/{len(pending)}] {result.status:8s} {result.seconds:6.1f}s {result.describe}",
+                flush=True,
+            )
+            if args.out is not None:
+                with args.out.open("a") as out:
+                    out.write(json.dumps(asdict(result)) + "\n")
+    results = [done[m.ident] for m in chosen]
+    return _report(results, args.show)
+
+
+def _report(results: list[Result], show: int) -> int:
+    same = equivalent()
+    judged = [r for r in results if r.status != "invalid"]
+    killed = [r for r in judged if r.status in ("killed", "timeout")]
+    survived = [r for r in judged if r.status == "survived"]
+    equal = [r for r in survived if r.ident in same]
+    live = [r for r in survived if r.ident not in same]
+    denominator = len(judged) - len(equal)
+    score = 100.0 * len(killed) / denominator if denominator else 100.0
+    print(
+        f"\n{len(judged)} mutants: {len(killed)} killed, {len(equal)} equivalent, {len(live)} survived "
+        f"-> score {score:.1f}%"
+    )
+    by: dict[str, int] = {}
+    for r in killed:
+        by[r.by or "timeout"] = by.get(r.by or "timeout", 0) + 1
+    for check, count in sorted(by.items(), key=lambda kv: -kv[1]):
+        print(f"  killed by {check}: {count}")
+    for r in live[:show]:
+        print(f"  SURVIVED {r.ident}  {r.describe}")
+    return 0 if not live else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
