@@ -40,10 +40,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 EQUIVALENT = ROOT / "tools" / "mutation-equivalent.txt"
 
-PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--timeout", "120"]
+PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--timeout", "60"]
+#: Core unit tests take seconds each: a mutant that makes one hang is killed sooner.
+CORE_TIMEOUT = ["--timeout", "20"]
 #: The unit tests of the core (the rest of tests/unit is the CLI, the plugin and the docs).
 CORE_UNIT = [
     *PYTEST,
+    *CORE_TIMEOUT,
     "-m",
     "not slow",
     *(

@@ -20,6 +20,7 @@ from dyndisc import (
     KvDiscovery,
     Lease,
     LeaseLossPolicy,
+    LeaseNotFoundError,
     LeaseState,
     MemoryStore,
     RuntimeNotStartedError,
@@ -517,3 +518,43 @@ async def test_leaving_tells_a_registration_waiting_for_a_replacement() -> None:
         with anyio.fail_after(5):
             await keeper.release(0)  # the runtime leaves
     assert len(outcome) == 1, "leaving wakes it, with why"
+
+
+async def test_a_lease_the_server_says_is_gone_but_still_holds_is_revoked_after_its_replacement() -> None:
+    # A server that answers "not found" for a lease it still holds (a member that lost track of it) must not
+    # keep it: the replaced lease is revoked, so its keys do not stay beside the new lease's.
+    async with running_parts() as parts:
+        await parts.registrar.register(E, "tcp://h:1")
+        old = parts.keeper.lease.id
+        parts.store.refuse("keep_alive", LeaseNotFoundError(f"lease {old:x} not found (a stale member)"))
+        parts.keeper.renew_now.set()
+        await replaced(parts)
+        parts.store.allow("keep_alive")
+        new = parts.keeper.lease.id
+        with anyio.fail_after(5):
+            while old in parts.store.inner.lease_ids:  # type: ignore[attr-defined]
+                await anyio.lowlevel.checkpoint()
+        assert await parts.listed() == {("e", new)}, "the old lease and its record are gone"
+
+
+async def test_an_async_lease_change_callback_is_awaited_and_the_health_follows_the_new_lease() -> None:
+    async with running_parts() as parts:
+        told: list[LeaseChange] = []
+
+        async def on_change(change: LeaseChange) -> None:
+            await anyio.lowlevel.checkpoint()
+            told.append(change)
+            parts.on_change(change)
+
+        parts.keeper.on_change = on_change
+        await parts.registrar.register(E, "tcp://h:1")
+        gate = parts.store.gate("create")
+        old = await parts.lose_lease()
+        with anyio.fail_after(5):
+            await gate.arrived.wait()  # the replacement carries E: the new lease is held already
+        assert parts.keeper.health.current.instance_id == parts.keeper.lease.id != old
+        assert parts.keeper.health.current.state is LeaseState.REPLACING
+        parts.store.ungate("create")
+        await replaced(parts)
+        assert [c.old_instance_id for c in told] == [old]
+        assert parts.keeper.health.current.state is LeaseState.HELD
