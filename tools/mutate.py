@@ -53,6 +53,7 @@ CORE_UNIT = [
         f"tests/unit/{name}.py"
         for name in (
             "test_runtime_parts",
+            "test_lease_timing",
             "test_runtime",
             "test_lease_semantics",
             "test_cards_and_entries",
