@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dyndisc.testing.chaos.plan import WATCHER_KINDS, make_plan
+from dyndisc.testing.chaos.plan import make_plan
 from dyndisc.testing.chaos.runner import Session
 from dyndisc.testing.chaos.targets import TARGETS
 
@@ -31,9 +31,7 @@ def test_chaos_seeds_keep_every_invariant(backend: str, tmp_path: Path) -> None:
     planned = {
         step.args["kind"]
         for seed in SEEDS[backend]
-        for step in make_plan(
-            seed, duration=DURATION, ttl=target.ttl, faults=target.faults, watcher_kinds=WATCHER_KINDS
-        ).steps
+        for step in make_plan(seed, duration=DURATION, workload=target().workload).steps
         if step.actor == "nemesis"
     }
     assert planned == set(target.faults), "the seeds no longer draw every fault of the backend"

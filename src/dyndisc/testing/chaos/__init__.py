@@ -15,6 +15,16 @@ the part of the history that shows it, and saves the whole history as JSON.
 
 from dyndisc.testing.chaos.checker import Bounds, Violation, check, convergence_time
 from dyndisc.testing.chaos.history import History
-from dyndisc.testing.chaos.plan import Plan, Step, make_plan
+from dyndisc.testing.chaos.plan import Plan, Step, Workload, make_plan
 
-__all__ = ["Bounds", "History", "Plan", "Step", "Violation", "check", "convergence_time", "make_plan"]
+__all__ = [
+    "Bounds",
+    "History",
+    "Plan",
+    "Step",
+    "Violation",
+    "Workload",
+    "check",
+    "convergence_time",
+    "make_plan",
+]

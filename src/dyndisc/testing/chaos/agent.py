@@ -2,10 +2,12 @@
 names, takes commands from the orchestrator on stdin and reports on stdout, one JSON object a line.
 
 Commands: ``{"cmd": "start", "name": "w0", "ttl": 2, "env": {...}}`` (``env``: variables to set first),
-``{"cmd": "register" | "unregister" | "exit", "name": ..., "args": {...}}``, ``{"cmd": "watch", "name":
-"v0", "kind": "backend" | "runtime" | "client", "namespace": ..., "endpoint": ...}``, ``{"cmd": "quit"}``.
+``{"cmd": <a worker's action: register, bulk, burst, put_entry ... exit>, "name": ..., "args": {...}}``,
+``{"cmd": "watch", "name": "v0", "kind": "backend" | "runtime" | "client", "namespace": ..., "endpoint":
+...}``, ``{"cmd": "quit"}``.
 Reports carry ``t``, this host's ``time.monotonic()`` (the orchestrator's clock too): ``ready`` (once, when
-it reads commands), ``op_start`` / ``op_end``, ``seen`` (a watch event as records), ``lease``. The
+it reads commands), ``op_start`` / ``op_end``, ``seen`` (a watch event as records), ``lease``,
+``renewed`` (the server answered a renewal), ``returned`` (an exit or unregistration returned). The
 orchestrator SIGKILLs or SIGSTOPs the whole process for the faults of a process.
 """
 
@@ -27,6 +29,7 @@ from dyndisc._settings import canonical_backend_name
 from dyndisc.backends import create_backend
 from dyndisc.runtime import DistributedRuntime
 from dyndisc.testing.chaos.actors import Worker, watch_backend, watch_client, watch_runtime
+from dyndisc.testing.chaos.calls import CALLS
 from dyndisc.testing.chaos.history import Seen
 from dyndisc.testing.hosting import RuntimeHost
 
@@ -62,6 +65,13 @@ class _PipeRecorder:
     def lease(self, runtime: str, instance_id: int | None, state: str) -> None:
         self._say(type="lease", runtime=runtime, instance_id=instance_id, state=state)
 
+    def renewed(self, runtime: str, lease: int) -> None:
+        self._say(type="renewed", runtime=runtime, lease=lease)
+
+    async def returned(self, actor: str, action: str, args: dict[str, Any]) -> None:
+        # The orchestrator reads the store raw as soon as it hears this (a probe): not this process.
+        self._say(type="returned", actor=actor, action=action, args=args)
+
     def ready(self) -> None:
         """The agent has imported what it needs and reads commands."""
         self._say(type="ready")
@@ -95,7 +105,7 @@ class Agent:
             )
             self.workers[worker.name] = worker
             tg.start_soon(worker.run)
-        elif cmd in ("register", "unregister", "exit"):
+        elif cmd in (*CALLS, "burst", "exit"):
             found = self.workers.get(order["name"])
             if found is not None and not found.finished:
                 found.give(cmd, order.get("args", {}))

@@ -22,6 +22,7 @@ import anyio
 
 from dyndisc._retry import Backoff
 from dyndisc.backends.base import DiscoveryBackend, Lease
+from dyndisc.testing.chaos.raw import RawLayout
 from dyndisc.testing.chaos.target import SERVER_FAULTS, Target
 
 log = logging.getLogger("dyndisc.chaos")
@@ -69,7 +70,7 @@ class KubernetesTarget(Target):
             )
         return {**super().env(agent), "KUBECONFIG": str(config)}
 
-    def discovery(self, namespace: str) -> DiscoveryBackend:
+    def discovery(self, namespace: str, layout: str = "dyndisc") -> DiscoveryBackend:
         from dyndisc.backends.kubernetes import KubernetesDiscovery
 
         backend = KubernetesDiscovery(namespace=namespace, kubeconfig=str(self.direct_config))
@@ -213,7 +214,7 @@ class KubernetesTarget(Target):
         await self.discovery(namespace).revoke_lease(Lease(id=lease, ttl=self.ttl))
 
     async def foreign_write(
-        self, namespace: str, write: str, endpoint: str, rng: random.Random
+        self, namespace: str, write: str, endpoint: str, rng: random.Random, layout: RawLayout
     ) -> tuple[str, str | None]:
         """Malformed custom resources (``spec.data`` must be an object, or the API server refuses them):
         ``garbage`` (endpoints not an object), ``shape`` (entries that are not records), ``noncanonical`` (a
