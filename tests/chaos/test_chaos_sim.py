@@ -158,7 +158,18 @@ REGRESSIONS = {
     28: lambda plan: _born_cut_off(plan, "start"),
     # A watcher started while everyone was cut off gave up instead of trying again, as a supervisor would.
     124: lambda plan: _born_cut_off(plan, "watch"),
+    # dyndisc: under dynamo-v1, a draining registration cancelled after its side copy landed left that copy
+    # behind a later ready registration and the unregistration (KvDiscovery.register noted the side key only
+    # once the create answered); tests/unit/test_layouts.py pins it.
+    44: lambda plan: plan.layout == "dynamo-v1" and _cancelled_draining(plan),
 }
+
+
+def _cancelled_draining(plan: Plan) -> bool:
+    return any(
+        s.action == "register" and s.args.get("readiness") == "draining" and "cancel_after" in s.args
+        for s in plan.steps
+    )
 
 
 @pytest.mark.parametrize("seed", sorted(REGRESSIONS))
