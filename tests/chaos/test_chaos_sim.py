@@ -29,16 +29,23 @@ def _quiet(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 def test_every_seed_keeps_every_invariant() -> None:
+    failed: list[str] = []
+    operations: list[int] = []
+    faulted = 0
+    used: set[str] = set()
     with Session("memory") as session:
-        outcomes = [session.run(seed) for seed in range(CI_SEEDS)]
-    failed = [o.report() for o in outcomes if not o.ok]
+        for seed in range(CI_SEEDS):  # each history let go once read: 300 of them would slow every GC
+            outcome = session.run(seed)
+            failed += [] if outcome.ok else [outcome.report()]
+            operations.append(outcome.operations)
+            faulted += outcome.faults >= 1
+            used |= _shapes(outcome.history)
     assert failed == [], "\n\n".join(failed[:3])
     # The seeds did something: operations in every run, faults in nearly every one (a revoke drawn when no
     # lease is live does nothing).
-    assert all(o.operations > 10 for o in outcomes)
-    assert sum(o.faults >= 1 for o in outcomes) >= 0.9 * len(outcomes)
+    assert min(operations) > 10
+    assert faulted >= 0.9 * CI_SEEDS
     # And between them they used the whole API, in every shape the workload draws.
-    used = set().union(*(_shapes(o.history) for o in outcomes))
     assert used >= SHAPES, sorted(SHAPES - used)
 
 

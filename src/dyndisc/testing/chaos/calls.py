@@ -71,25 +71,24 @@ async def unregister(runtime: DistributedRuntime, args: dict[str, Any]) -> None:
     await runtime.endpoint(args["endpoint"]).unregister()
 
 
-async def bulk(runtime: DistributedRuntime, args: dict[str, Any]) -> int:
-    """Register every endpoint of a bulk call, :data:`BULK_CONCURRENCY` at a time; raise the first error
-    once every registration was tried (the rest of them still happen, as an application's would)."""
-    pending = iter(bulk_endpoints(args))
-    errors: list[Exception] = []
+async def bulk(runtime: DistributedRuntime, args: dict[str, Any]) -> dict[str, Any]:
+    """Register every endpoint of a bulk call, :data:`BULK_CONCURRENCY` at a time; one that fails does not
+    stop the others (as an application's would not). Returns the numbers (``<prefix>.e<n>``) of those that
+    failed, whose outcome is unknown: the others are registered."""
+    pending = iter(enumerate(bulk_endpoints(args)))
+    failed: list[int] = []
 
     async def one_by_one() -> None:
-        for endpoint in pending:
+        for number, endpoint in pending:
             try:
                 await runtime.endpoint(endpoint).register(transport(args["transport"]), args["metadata"])
-            except Exception as exc:
-                errors.append(exc)
+            except Exception:
+                failed.append(number)
 
     async with anyio.create_task_group() as tg:
         for _ in range(BULK_CONCURRENCY):
             tg.start_soon(one_by_one)
-    if errors:
-        raise errors[0]
-    return int(args["count"])
+    return {"failed": sorted(failed)}
 
 
 async def put_entry(runtime: DistributedRuntime, args: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from dyndisc._events import Added, DiscoveryEvent, Removed, Resync
@@ -51,9 +51,15 @@ def canonical_record(body: Any) -> str:
     return canonical_json(kept)
 
 
+#: The one encoder of canonical JSON (``json.dumps`` with options would build one per call).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+#: What a history's digest hashes: its JSON as made (a replay makes every dict in the same order).
+_DIGESTED = json.JSONEncoder(separators=(",", ":"))
+
+
 def canonical_json(value: Any) -> str:
     """JSON text with sorted keys and no spaces: equal values, equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
 def key_of(instance: Instance) -> str:
@@ -222,8 +228,9 @@ class History:
         return json.dumps(_plain(self), sort_keys=True, separators=(",", ":"))
 
     def digest(self) -> str:
-        """A short hash of the history: two runs of one seed that replay exactly have the same digest."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """A short hash of the history: two runs of one seed that replay exactly have the same digest (the
+        fields in their order, as a replay makes them: no sorting needed)."""
+        return hashlib.sha256(_DIGESTED.encode(_plain(self)).encode()).hexdigest()[:16]
 
     def watcher_names(self) -> list[str]:
         """Every watcher that saw anything, in order of first event."""
@@ -234,8 +241,8 @@ def _plain(value: Any) -> Any:
     """``value`` as JSON-native data: what ``dataclasses.asdict`` gives, without its deep copies (a history
     holds tens of thousands of records, and a seed's digest is taken at every run). Lists of plain values and
     the records' tuples are left to ``json``."""
-    if hasattr(value, "__dataclass_fields__"):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if hasattr(value, "__dataclass_fields__"):  # fields in their order: a dataclass sets them so
+        return {name: _plain(field_) for name, field_ in vars(value).items()}
     if isinstance(value, list) and value and hasattr(value[0], "__dataclass_fields__"):
         return [_plain(v) for v in value]
     return value

@@ -182,9 +182,10 @@ def slots(history: History, life: Life, until: float | None = None) -> dict[Iden
     for op in history.operations:
         if op.actor != life.name or (until is not None and op.start >= until):
             continue
-        for ident, spec in calls(op):
+        failed = set(op.result["failed"]) if op.action == "bulk" and op.ok else set()
+        for number, (ident, spec) in enumerate(calls(op)):
             slot = found.setdefault(ident, Slot())
-            if op.ok:
+            if op.ok and number not in failed:  # a bulk call says which of its registrations failed
                 slot.definite, slot.maybes = spec, []
                 continue
             during = frozenset(life.leases_during(op.start, op.end))

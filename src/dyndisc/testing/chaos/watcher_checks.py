@@ -72,12 +72,16 @@ def removal_reasons(history: History, streams: dict[str, Stream], lives: dict[st
     for fault in faults_of(history, "foreign_write"):
         if fault.detail.get("damaged"):
             overwrites.setdefault(fault.detail["damaged"], []).append(fault.start)
+    unregisters: dict[tuple[str, str], list[float]] = {}
+    for op in history.operations:
+        if op.action == "unregister":
+            unregisters.setdefault((op.actor, op.args["endpoint"]), []).append(op.start)
     found = []
     for stream in streams.values():
         for seen, key, reason in stream.removals:
             if not reason:
                 continue
-            causes = _causes(history, key, by_lease.get(lease_of_key(key)), overwrites)
+            causes = _causes(history, key, by_lease.get(lease_of_key(key)), overwrites, unregisters)
             if any(kind == reason and at <= seen.at for kind, at in causes):
                 continue
             found.append(
@@ -95,7 +99,11 @@ def removal_reasons(history: History, streams: dict[str, Stream], lives: dict[st
 
 
 def _causes(
-    history: History, key: str, life: Life | None, overwrites: dict[str, list[float]]
+    history: History,
+    key: str,
+    life: Life | None,
+    overwrites: dict[str, list[float]],
+    unregisters: dict[tuple[str, str], list[float]],
 ) -> list[tuple[str, float]]:
     """Every reason ``key`` could have left for, with the time its cause started."""
     found = [("unreadable", at) for at in overwrites.get(key, ())]
@@ -103,11 +111,7 @@ def _causes(
         return found
     lease, endpoint = lease_of_key(key), endpoint_of_key(key)
     cuts = cut_intervals(history, life.name, WORKER_CUTS, history.truth_at)
-    found += [
-        ("left", op.start)
-        for op in history.operations
-        if op.actor == life.name and op.action == "unregister" and op.args["endpoint"] == endpoint
-    ]
+    found += [("left", at) for at in unregisters.get((life.name, endpoint), ())]
     found += [("left", f.start) for f in faults_of(history, "revoke") if f.detail.get("lease") == lease]
     found += [("left", g.start) for n, g in enumerate(life.grants) if n and life.grants[n - 1].lease == lease]
     found += [(kind, start) for start, _ in cuts for kind in ("expired", "not-ready")]
