@@ -2,6 +2,7 @@
 names, takes commands from the orchestrator on stdin and reports on stdout, one JSON object a line.
 
 Commands: ``{"cmd": "start", "name": "w0", "ttl": 2, "env": {...}}`` (``env``: variables to set first),
+``{"cmd": "probed", "name": "w0"}`` (the store was read after ``w0``'s call returned: it goes on),
 ``{"cmd": <a worker's action: register, bulk, burst, put_entry ... exit>, "name": ..., "args": {...}}``,
 ``{"cmd": "watch", "name": "v0", "kind": "backend" | "runtime" | "client", "namespace": ..., "endpoint":
 ...}``, ``{"cmd": "quit"}``.
@@ -35,12 +36,17 @@ from dyndisc.testing.hosting import RuntimeHost
 
 log = logging.getLogger("dyndisc.chaos")
 
+#: Seconds a worker waits for the orchestrator's reading of the store after a call returned.
+PROBE_WAIT = 15.0
+
 
 class _PipeRecorder:
     """Reports to the orchestrator, one JSON line each."""
 
     def __init__(self) -> None:
         self._ops = 0
+        #: Set when the orchestrator has read the store after a worker's call returned, by worker.
+        self.probed: dict[str, anyio.Event] = {}
 
     def _say(self, **fields: Any) -> None:
         sys.stdout.write(json.dumps({"t": time.monotonic(), **fields}, separators=(",", ":")) + "\n")
@@ -69,8 +75,12 @@ class _PipeRecorder:
         self._say(type="renewed", runtime=runtime, lease=lease)
 
     async def returned(self, actor: str, action: str, args: dict[str, Any]) -> None:
-        # The orchestrator reads the store raw as soon as it hears this (a probe): not this process.
+        # The orchestrator reads the store raw as soon as it hears this (a probe), and says when it has: the
+        # worker goes on only then, as in the simulation (its next call must not race the reading).
+        probed = self.probed[actor] = anyio.Event()
         self._say(type="returned", actor=actor, action=action, args=args)
+        with anyio.move_on_after(PROBE_WAIT):
+            await probed.wait()
 
     def ready(self) -> None:
         """The agent has imported what it needs and reads commands."""
@@ -111,6 +121,8 @@ class Agent:
                 found.give(cmd, order.get("args", {}))
         elif cmd == "watch":
             tg.start_soon(self.watch, order)
+        elif cmd == "probed":
+            self.recorder.probed.get(order["name"], anyio.Event()).set()
         return True
 
     async def watch(self, order: dict[str, Any]) -> None:

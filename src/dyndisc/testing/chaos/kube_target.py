@@ -22,7 +22,8 @@ import anyio
 
 from dyndisc._retry import Backoff
 from dyndisc.backends.base import DiscoveryBackend, Lease
-from dyndisc.testing.chaos.raw import RawLayout
+from dyndisc.testing.chaos.kube_raw import parse_kubernetes
+from dyndisc.testing.chaos.raw import RawLayout, RawTruth
 from dyndisc.testing.chaos.target import SERVER_FAULTS, Target
 
 log = logging.getLogger("dyndisc.chaos")
@@ -76,6 +77,20 @@ class KubernetesTarget(Target):
         backend = KubernetesDiscovery(namespace=namespace, kubeconfig=str(self.direct_config))
         self.backends.append(backend)
         return backend
+
+    async def read_truth(self, namespace: str, layout: RawLayout, prefixes: list[str]) -> RawTruth:
+        """The namespace's DynamoWorkerMetadata and EndpointSlices, read raw as the admin and parsed by the
+        run's own parser (:mod:`~.kube_raw`); ``prefixes`` do not apply (the whole namespace is read)."""
+        from dyndisc.backends.kubernetes.siphash import instance_id_for
+
+        path = f"/apis/nvidia.com/v1alpha1/namespaces/{namespace}/dynamoworkermetadatas"
+        read = []
+        for where in (path, f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"):
+            status, found = await anyio.to_thread.run_sync(self.server.request, "GET", where)
+            if status != 200:
+                raise RuntimeError(f"reading {where}: HTTP {status} {str(found)[:200]}")
+            read.append((found or {}).get("items") or [])
+        return parse_kubernetes(read[0], read[1], path, instance_id_for)
 
     async def _kubelet(self, what: str, call: Callable[..., T], *args: Any) -> T:
         """Do what kubelet would, retrying while the API server is away (as kubelet does)."""
@@ -178,6 +193,11 @@ class KubernetesTarget(Target):
         if pod is not None:
             pod.killed = True
             await self._sync(agent)
+
+    async def agent_exited(self, agent: str, namespace: str) -> None:
+        # Its process would end with its runtime: its container stops, and kubelet takes the pod down as
+        # for a kill (the resource it could not delete, an exit during an outage, goes with the pod).
+        await self.agent_killed(agent, namespace)
 
     async def agent_paused(self, agent: str, namespace: str, paused: bool) -> None:
         pod = self._pods.get(agent)

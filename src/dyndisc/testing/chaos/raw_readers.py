@@ -83,13 +83,17 @@ async def read_nats(server: str, bucket: str, prefixes: list[str]) -> RawItems:
         js = nc.jetstream(timeout=5)
         kv = await js.key_value(bucket)
         stream, subjects = f"KV_{bucket}", f"$KV.{bucket}."
-        filters = [_nats_filter(p) for p in prefixes] + [f"{_LEASE_TOKEN}.>"]
         try:
-            names = await kv.keys(filters=filters)
+            # Every key, filtered here: nats-py 2.16 finds no keys when given several filters.
+            names = await kv.keys()
         except NoKeysError:
             names = []
         last: dict[str, Any] = {}
         for name in names:
+            key = _nats_key(name)
+            wanted = key is not None and any(key.startswith(p) for p in prefixes)
+            if not (wanted or name.startswith(_LEASE_TOKEN + ".")):
+                continue
             try:
                 last[name] = await js.get_last_msg(stream, subjects + name)
             except Exception:  # removed since it was listed
@@ -113,11 +117,6 @@ def _nats_removal(headers: dict[str, str] | None) -> bool:
     return bool(headers) and (
         (headers or {}).get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in (headers or {})
     )
-
-
-def _nats_filter(prefix: str) -> str:
-    """The KV key filter of every key under ``prefix`` (whole segments, then ``>``)."""
-    return ".".join(_escape(s, "=") for s in prefix.split("/")[:-1]) + ".>"
 
 
 def _nats_key(name: str) -> str | None:
@@ -175,12 +174,6 @@ def _read_files(root: Path, prefixes: list[str]) -> RawItems:
 
 # -- segments -----------------------------------------------------------------------------------------------
 _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-
-
-def _escape(segment: str, escape: str) -> str:
-    if not segment:
-        return escape
-    return "".join(c if c in _PLAIN else "".join(f"{escape}{b:02X}" for b in c.encode()) for c in segment)
 
 
 def _unescape(token: str, escape: str) -> str | None:

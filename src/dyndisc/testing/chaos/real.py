@@ -23,22 +23,17 @@ import anyio
 from anyio.abc import Process, TaskGroup
 
 from dyndisc._errors import DyndiscError
-from dyndisc._models import InstanceQuery
+from dyndisc.testing.chaos import readings
 from dyndisc.testing.chaos.checker import quiet_point
 from dyndisc.testing.chaos.history import (
     Fault,
     History,
     LeaseReport,
-    Probe,
     Seen,
-    endpoint_of_key,
-    first_view,
-    lease_of_key,
-    record_of,
 )
 from dyndisc.testing.chaos.lines import cli_event, json_lines
 from dyndisc.testing.chaos.plan import Plan, Step
-from dyndisc.testing.chaos.raw import RAW_LAYOUTS, owned_entries
+from dyndisc.testing.chaos.raw import RAW_LAYOUTS, RawTruth
 from dyndisc.testing.chaos.target import Target
 
 
@@ -71,6 +66,8 @@ class RealRun:
         #: Set once the run stops its agents (an agent ending after that was stopped, not dead).
         self.stopping = False
         self.leases: dict[str, int | None] = {}
+        #: Workers whose clean exit returned.
+        self.exited: set[str] = set()
         self.paused: dict[str, int] = {}
         #: The run's task group: what the orchestrator does beside the steps (a kubelet's reports).
         self.tg: TaskGroup | None = None
@@ -132,6 +129,10 @@ class RealRun:
             self.history.renewed(said["runtime"], said["lease"], at)
         elif kind == "returned" and self.tg is not None:
             self.tg.start_soon(self.probe, said["actor"], said["action"], said["args"])
+            if said["action"] == "exit":
+                self.exited.add(said["actor"])
+                if all(w in self.exited for w in agent.workers):
+                    self.tg.start_soon(self.target.agent_exited, agent.name, self.namespace)
 
     async def read_cli(self, agent: _Agent) -> None:
         """The CLI's ``watch --json`` lines, as watch events."""
@@ -363,22 +364,15 @@ class RealRun:
             await self.target.aclose_stores()
         return self.history
 
+    async def read_raw(self, prefixes: list[str]) -> RawTruth:
+        return await self.target.read_truth(self.namespace, self.layout, prefixes)
+
     async def read_truth(self) -> None:
-        history = self.history
-        history.truth_at = self.now()
-        raw = await self.target.read_truth(self.namespace, self.layout, self.layout.prefixes(self.namespace))
-        history.truth, history.truth_unreadable = raw.records(), raw.unreadable
-        history.truth_entries, history.truth_leases = sorted(raw.entries.items()), sorted(raw.leases)
-        # What dyndisc itself reads (agreement): its list(), and a watch started now.
-        backend, query = (
-            self.target.discovery(self.namespace, self.plan.layout),
-            InstanceQuery(self.namespace),
+        dyndisc = self.target.discovery(self.namespace, self.plan.layout)
+        bound = self.target.bounds.converge
+        await readings.read_quiet_point(
+            self.history, self.read_raw, self.layout, self.namespace, dyndisc, self.now(), bound
         )
-        history.listed = sorted(record_of(i) for i in await backend.list(query))
-        history.late_watch = [("(the watch sent nothing)", "")]
-        async with backend.watch(query) as events:
-            with anyio.move_on_after(self.target.bounds.converge):
-                history.late_watch = first_view(await anext(events))
         # Judge only the watchers that are running now (a paused or killed one cannot converge).
         self.history.gone_watchers = [
             name
@@ -388,30 +382,23 @@ class RealRun:
 
     async def probe(self, actor: str, action: str, args: dict[str, Any]) -> None:
         """What the raw store holds of ``actor`` now that its ``action`` (a clean exit, an unregistration)
-        returned: read at once, by the orchestrator, with the run's own client."""
+        returned: read at once, by the orchestrator, with the run's own client; the worker waits for it."""
+        try:
+            await self._probe(actor, action, args)
+        finally:
+            agent = self.worker_agent.get(actor)
+            if agent is not None:
+                await self.send(agent, cmd="probed", name=actor)
+
+    async def _probe(self, actor: str, action: str, args: dict[str, Any]) -> None:
         at = self.now()
-        leases = {
-            op.result[0]
-            for op in self.history.operations
-            if op.actor == actor and op.action == "grant" and op.ok
-        }
-        endpoint = args.get("endpoint", "")
-        prefixes = (
-            self.layout.endpoint_prefixes(endpoint) if endpoint else self.layout.prefixes(self.namespace)
-        )
         try:
             with anyio.fail_after(10):
-                raw = await self.target.read_truth(self.namespace, self.layout, prefixes)
+                await readings.probe(
+                    self.history, self.read_raw, self.layout, self.namespace, (actor, action, args), at
+                )
         except Exception as exc:  # the server is away (a fault): no reading, nothing judged
             self.history.faults.append(Fault("probe_failed", actor, at, at, {"error": str(exc)[:200]}))
-            return
-        instances = [
-            k
-            for k in raw.instances
-            if lease_of_key(k) in leases and (not endpoint or endpoint_of_key(k) == endpoint)
-        ]
-        entries = owned_entries(raw.entries, self.namespace, actor, leases) if action == "exit" else []
-        self.history.probes.append(Probe(at, actor, action, instances, entries, endpoint))
 
     async def stop_agents(self) -> None:
         self.stopping = True

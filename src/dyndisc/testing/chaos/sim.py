@@ -28,22 +28,18 @@ from dyndisc._retry import seed_jitter
 from dyndisc.backends.kv import KvDiscovery
 from dyndisc.backends.memory import MemoryStore
 from dyndisc.runtime import DistributedRuntime
+from dyndisc.testing.chaos import readings
 from dyndisc.testing.chaos.actors import Worker, watch_backend, watch_client, watch_runtime
 from dyndisc.testing.chaos.checker import Bounds, quiet_point
 from dyndisc.testing.chaos.history import (
     Fault,
     History,
     LeaseReport,
-    Probe,
     Seen,
-    endpoint_of_key,
-    first_view,
-    lease_of_key,
-    record_of,
 )
 from dyndisc.testing.chaos.plan import Plan, Step, Workload
 from dyndisc.testing.chaos.plants import PLANTABLE, planted
-from dyndisc.testing.chaos.raw import RAW_LAYOUTS, RawTruth, owned_entries, parse_items
+from dyndisc.testing.chaos.raw import RAW_LAYOUTS, RawTruth, parse_items
 from dyndisc.testing.chaos.virtual_time import VirtualLoop
 from dyndisc.testing.faults import STORE_CALLS, FaultyStore
 from dyndisc.testing.hosting import RuntimeHost
@@ -194,37 +190,17 @@ class _Simulation:
         return found
 
     async def read_truth(self) -> None:
-        history = self.history
-        history.truth_at = self.recorder.now()
-        raw = await self.read_raw(self.layout.prefixes(NAMESPACE))
-        history.truth, history.truth_unreadable = raw.records(), raw.unreadable
-        history.truth_entries = sorted(raw.entries.items())
-        history.truth_leases = sorted(raw.leases)
-        # What dyndisc itself reads (agreement): its list(), and a watch started now.
-        reader = KvDiscovery(self.memory, owns_store=False, layout=self.plan.layout)
-        history.listed = sorted(record_of(i) for i in await reader.list(self.query))
-        history.late_watch = [("(the watch sent nothing)", "")]
-        async with reader.watch(self.query) as events:
-            with anyio.move_on_after(BOUNDS.converge):
-                history.late_watch = first_view(await anext(events))
+        dyndisc = KvDiscovery(self.memory, owns_store=False, layout=self.plan.layout)
+        at = self.recorder.now()
+        await readings.read_quiet_point(
+            self.history, self.read_raw, self.layout, NAMESPACE, dyndisc, at, BOUNDS.converge
+        )
 
     async def probe(self, actor: str, action: str, args: dict[str, Any]) -> None:
         """What the raw store holds of ``actor`` now that its ``action`` returned."""
-        leases = {
-            g.result[0] for g in self.history.operations if g.actor == actor and g.action == "grant" and g.ok
-        }
-        endpoint = args.get("endpoint", "")
-        if action == "unregister":
-            raw = await self.read_raw(self.layout.endpoint_prefixes(endpoint))
-        else:
-            raw = await self.read_raw(self.layout.prefixes(NAMESPACE))
-        instances = [
-            k
-            for k in raw.instances
-            if lease_of_key(k) in leases and (not endpoint or endpoint_of_key(k) == endpoint)
-        ]
-        entries = owned_entries(raw.entries, NAMESPACE, actor, leases) if action == "exit" else []
-        self.history.probes.append(Probe(self.recorder.now(), actor, action, instances, entries, endpoint))
+        await readings.probe(
+            self.history, self.read_raw, self.layout, NAMESPACE, (actor, action, args), self.recorder.now()
+        )
 
     async def execute(self, tg: Any, step: Step) -> None:
         if step.actor == "nemesis":

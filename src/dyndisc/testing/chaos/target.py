@@ -127,6 +127,9 @@ class Target:
     async def agent_killed(self, agent: str, namespace: str) -> None:
         """``agent`` was SIGKILLed."""
 
+    async def agent_exited(self, agent: str, namespace: str) -> None:
+        """Every worker of ``agent`` left its runtime cleanly (a real process would end now)."""
+
     async def agent_paused(self, agent: str, namespace: str, paused: bool) -> None:
         """``agent`` was SIGSTOPped (or SIGCONTed)."""
 
