@@ -15,11 +15,11 @@ from dyndisc.testing.chaos.targets import TARGETS
 
 #: Seeds per backend, chosen so that between them they draw every fault of the backend (checked below).
 SEEDS = {
-    "etcd": (4, 26),
-    "etcd-cluster": (3, 4),
-    "nats": (3, 4),
-    "file": (0, 2),
-    "kubernetes": (11, 138),
+    "etcd": (0, 15),
+    "etcd-cluster": (0, 2),
+    "nats": (0, 2),
+    "file": (0, 1),
+    "kubernetes": (0, 2),
 }
 DURATION = 15.0
 
@@ -44,8 +44,9 @@ def test_chaos_seeds_keep_every_invariant(backend: str, tmp_path: Path) -> None:
 
 
 #: Seeds that found bugs on a real backend, replayed with their duration: (backend, seed, duration).
-#: A real run's timing varies, so a replay shows the bug again only most of the time; the unit test written
-#: for each bug is what pins it (named beside each).
+#: A real run's timing varies, so a replay shows the bug again only most of the time, and the workload has
+#: grown since these seeds found their bugs (their plans are not those of then): the unit test written for
+#: each bug is what pins it (named beside each).
 REGRESSIONS = [
     # The keep-alive met a channel another call had closed (grpc UsageError): the runtime stopped, and a
     # Client waited for ever. tests/backends/etcd/test_etcd_errors.py, tests/unit/test_runtime.py.

@@ -41,9 +41,11 @@ def test_every_seed_keeps_every_invariant() -> None:
             faulted += outcome.faults >= 1
             used |= _shapes(outcome.history)
     assert failed == [], "\n\n".join(failed[:3])
-    # The seeds did something: operations in every run, faults in nearly every one (a revoke drawn when no
-    # lease is live does nothing).
-    assert min(operations) > 10
+    # The seeds did something: operations in every run (few in a seed of one worker that dies early, more
+    # than ten in nearly every one), faults in nearly every one (a revoke drawn when no lease is live does
+    # nothing).
+    assert min(operations) > 2
+    assert sum(n > 10 for n in operations) >= 0.9 * CI_SEEDS
     assert faulted >= 0.9 * CI_SEEDS
     # And between them they used the whole API, in every shape the workload draws.
     assert used >= SHAPES, sorted(SHAPES - used)
@@ -158,7 +160,7 @@ def _born_cut_off(plan: Plan, action: str) -> bool:
 #: from the workload of the time; these draw the same triggers from today's.
 REGRESSIONS = {
     # Two partitions of one actor overlapped: healing the first healed both (FaultyStore outages now nest).
-    36: lambda plan: _overlap(_windows(plan, "partition"), everyone_counts=True),
+    76: lambda plan: _overlap(_windows(plan, "partition"), everyone_counts=True),
     # Two pauses of one watcher overlapped: the first resume resumed it (pauses now count).
     69: lambda plan: _overlap(_windows(plan, "pause_watcher"), everyone_counts=False),
     # A worker started while everyone was cut off reached the store anyway.

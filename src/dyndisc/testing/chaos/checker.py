@@ -11,7 +11,8 @@ Over the store (:mod:`~.store_checks`):
 * **truth**: at the quiet point the raw store holds what the oracle says: every endpoint registered and not
   unregistered by a live runtime whose lease the server holds, with the record last asked for, under its
   current lease id (an operation of unknown outcome may or may not have landed); nothing else but foreign
-  writes, and every unreadable value is one.
+  writes, and every unreadable value is one. An instance under both roots of the dynamo-v1 layout (a move
+  to or from draining half done) is read as its draining copy, and both copies must be values it may have.
 * **readiness as last set**: an instance's readiness (``ready`` / ``draining``) is the one last asked for.
 * **entries follow their lease**: metadata entries, model cards and event channels are there exactly while
   their writer's lease is (an unbound entry until it is deleted), their keys and values rendered for it.

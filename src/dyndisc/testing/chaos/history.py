@@ -185,8 +185,10 @@ class History:
     truth_entries: list[Record] = field(default_factory=list)
     #: ... the keys whose value is not a readable record under the contract (raw store keys), ...
     truth_unreadable: list[str] = field(default_factory=list)
-    #: ... and the leases the server holds.
+    #: ... the leases the server holds, ...
     truth_leases: list[int] = field(default_factory=list)
+    #: ... and the second copy of an instance held under both roots of the dynamo-v1 layout.
+    truth_doubled: list[Record] = field(default_factory=list)
     truth_at: float = 0.0
     #: What dyndisc's own ``list()`` and a dyndisc watcher started at the quiet point (its ``Resync``) saw.
     listed: list[Record] = field(default_factory=list)

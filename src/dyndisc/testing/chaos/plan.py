@@ -125,6 +125,8 @@ def make_plan(seed: int, *, duration: float, workload: Workload) -> Plan:
         if t >= busy_until:
             break
         ready = sorted(w for w, since in alive.items() if since <= t)
+        if lone and not ready:
+            continue  # its one worker is paused or gone: a lone seed never gets another
         if not ready or (not lone and rng.random() < 0.06):
             name = f"w{len(names)}"
             names.append(name)

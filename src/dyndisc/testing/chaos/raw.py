@@ -96,6 +96,8 @@ class RawTruth:
     entries: dict[str, str] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
     leases: set[int] = field(default_factory=set)
+    #: Instances held under both roots of the dynamo-v1 layout: the copy not read (the main root's).
+    doubled: dict[str, str] = field(default_factory=dict)
 
     def records(self) -> list[Record]:
         return sorted(self.instances.items())
@@ -121,21 +123,17 @@ def parse_items(layout: RawLayout, namespace: str, items: Mapping[str, bytes]) -
             found.unreadable.append(key)
         elif record[0] in found.instances:
             # One instance under both roots (dynamo-v1): a draining record moves to the side root, so two
-            # copies are one too many. It reads as its side copy (as dyndisc's readers do); the other copy
-            # is listed as unreadable, and the checker holds it against the run.
+            # copies are a move half done. It reads as its side copy (as dyndisc's readers do); the other
+            # copy is kept apart, for the checker to judge.
             side = layout.side_root is not None and key.startswith(layout.side_root + "/")
-            kept, other = (record[1], _doubled(key, layout)) if side else (found.instances[record[0]], key)
+            kept, other = (
+                (record[1], found.instances[record[0]]) if side else (found.instances[record[0]], record[1])
+            )
             found.instances[record[0]] = kept
-            found.unreadable.append(f"{other} (one instance under both roots)")
+            found.doubled[record[0]] = other
         else:
             found.instances[record[0]] = record[1]
     return found
-
-
-def _doubled(side_key: str, layout: RawLayout) -> str:
-    """The main-root key of the instance at ``side_key``."""
-    assert layout.side_root is not None
-    return layout.root + side_key[len(layout.side_root) :]
 
 
 def parse_entry_value(value: bytes) -> str | None:

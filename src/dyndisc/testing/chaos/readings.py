@@ -33,6 +33,7 @@ async def read_quiet_point(
     raw = await read(layout.prefixes(namespace))
     history.truth, history.truth_unreadable = raw.records(), raw.unreadable
     history.truth_entries, history.truth_leases = sorted(raw.entries.items()), sorted(raw.leases)
+    history.truth_doubled = sorted(raw.doubled.items())
     query = InstanceQuery(namespace)
     history.listed = sorted(record_of(i) for i in await dyndisc.list(query))
     history.late_watch = [("(the watch sent nothing)", "")]
