@@ -42,6 +42,8 @@ class KubernetesTarget(Target):
     prewarm = True
     #: Seconds from a SIGSTOP to the pod marked not ready (kubelet's failing readiness probe).
     probe_failure = 1.0
+    #: A registration re-applies the worker's whole resource: a bulk of a few dozen is plenty here.
+    bulk = (30, 80)
 
     def start(self) -> None:
         from dyndisc.backends.kubernetes.manifests import manifest
