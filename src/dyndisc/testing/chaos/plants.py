@@ -37,7 +37,7 @@ PLANTS = {
     # the runtime (Registrar.unregister): unregister() forgets the endpoint and returns without deleting it
     "unregister-keeps": "unregistered stays gone",
     # the runtime (Registrations.endpoints_to_carry): a replacement lease carries all but the first endpoint
-    "carry-forgets": "no loss",
+    "carry-forgets": "truth",
     # the runtime (Registrar._write_endpoint): a write cancelled mid-flight is forgotten, so unregister()
     # cannot remove it if it landed
     "cancel-forgets": "unregistered stays gone",
