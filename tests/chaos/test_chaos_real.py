@@ -20,7 +20,7 @@ SEEDS = {
     "etcd-cluster": (0, 2),
     "nats": (1, 2),
     "file": (0, 1),
-    "kubernetes": (0, 2),
+    "kubernetes": (0, 8),
 }
 DURATION = 15.0
 
@@ -69,6 +69,20 @@ REGRESSIONS: list[Any] = [
         15.0,
         marks=pytest.mark.xfail(
             reason="NatsStore.revoke after a lost renewal answer (reported)", strict=False
+        ),
+    ),
+    # dyndisc, not fixed yet (reported), two Kubernetes bugs in one seed: a worker's resource deleted by
+    # another client (a revoke) while a registration was in flight was re-created by that registration's
+    # apply, so the runtime never took its lease for lost (no replacement, no on_lease_change: watchers saw
+    # the worker leave and come back); and an entry put again unbound left its bound copy in the worker's
+    # resource, which shadows the new value for every dyndisc reader.
+    pytest.param(
+        "kubernetes",
+        2,
+        15.0,
+        marks=pytest.mark.xfail(
+            reason="Kubernetes: a revoke undone by a registration; a bound entry shadowing (reported)",
+            strict=False,
         ),
     ),
 ]
