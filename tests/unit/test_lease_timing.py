@@ -15,7 +15,7 @@ from dyndisc.runtime.lease_keeper import LeaseKeeper
 from dyndisc.runtime.registrar import Registrar
 from dyndisc.runtime.registrations import Registrations
 from dyndisc.testing import FaultyStore
-from dyndisc.testing.chaos.sim import VirtualLoop
+from dyndisc.testing.chaos.virtual_time import VirtualLoop
 
 
 def on_virtual_time(body: Callable[[], Awaitable[None]]) -> None:

@@ -106,9 +106,15 @@ class KvDiscovery(DiscoveryBackend):
     async def register(self, instance: Instance, lease: Lease) -> Instance:
         key = self.key_for(instance)
         value = self.encode(instance)
+        draining = self.layout.is_side(instance)
+        if draining:
+            # Maybe written from now on: a create cancelled or timed out after it landed leaves the side copy,
+            # which the next registration or the unregistration must remove (chaos seed 44).
+            self._sided.add(key)
         existing = await self.store.create(key, value, lease.id)
         if existing is not None:
             if existing.lease_id != lease.id:
+                self._sided.discard(key)  # not ours to remove
                 raise RegistrationConflictError(
                     f"{key} is already registered under lease {existing.lease_id:x} (this process holds "
                     f"lease {lease.id:x}); another process uses the same instance id"
@@ -118,8 +124,7 @@ class KvDiscovery(DiscoveryBackend):
         if self.layout.side_root is not None:
             # The record may have moved between the bucket Dynamo reads and the side one (it started or
             # stopped draining): the other copy goes once this one is written, so watchers see no gap.
-            if self.layout.is_side(instance):
-                self._sided.add(key)
+            if draining:
                 await self.store.delete(self.layout.key_for(instance))
             elif (side := self.layout.side_key_for(instance)) in self._sided:
                 await self.store.delete(side)

@@ -18,6 +18,7 @@ from dyndisc.backends.kv import KeyValueStore
 from dyndisc.backends.kv.scopes import Role, Scope
 from dyndisc.backends.nats import NatsSettings, NatsStore
 from dyndisc.testing.chaos.kube_target import KubernetesTarget
+from dyndisc.testing.chaos.raw_readers import RawItems, read_etcd, read_files, read_nats
 from dyndisc.testing.chaos.target import SERVER_FAULTS, Target
 from dyndisc.testing.servers import EtcdCluster, EtcdServer, NatsServer
 
@@ -26,6 +27,7 @@ class _Etcd(Target):
     """What the etcd targets share: how agents and the nemesis reach the server(s)."""
 
     backend = "etcd"
+    layouts = ("dyndisc", "dynamo-v1")
 
     def endpoints(self, agent: str | None) -> str:
         """``ETCD_ENDPOINTS`` for ``agent`` (``None``: the nemesis, straight to the server)."""
@@ -44,6 +46,9 @@ class _Etcd(Target):
         store = EtcdStore(settings)
         self.stores.append(store)
         return store
+
+    async def read_raw(self, prefixes: list[str]) -> RawItems:
+        return await read_etcd(self.endpoints(None), prefixes)
 
 
 class EtcdTarget(_Etcd):
@@ -174,6 +179,9 @@ class NatsTarget(Target):
         self.stores.append(store)
         return store
 
+    async def read_raw(self, prefixes: list[str]) -> RawItems:
+        return await read_nats(self.server.url, self.bucket, prefixes)
+
     async def fault(self, kind: str, args: dict[str, Any], heal: bool) -> dict[str, Any]:
         if kind == "server_kill":
             await anyio.to_thread.run_sync(self.server.start if heal else self.server.kill)
@@ -199,6 +207,9 @@ class FileTarget(Target):
         store = FileStore(self.root)
         self.stores.append(store)
         return store
+
+    async def read_raw(self, prefixes: list[str]) -> RawItems:
+        return await read_files(self.root, prefixes)
 
 
 TARGETS: dict[str, type[Target]] = {
