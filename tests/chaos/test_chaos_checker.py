@@ -361,3 +361,9 @@ def test_the_records_compare_as_canonical_json() -> None:
         canonical_record({**json.loads(RECORD), "readiness": "ready", "metadata": {}, "transport": None})
         == RECORD
     )
+
+
+def test_the_clis_status_records_are_not_watch_events() -> None:
+    from dyndisc.testing.chaos.lines import cli_event
+
+    assert cli_event({"event": "status", "at": "2026-12-05T00:00:00Z", "stale": True}) is None

@@ -60,17 +60,10 @@ REGRESSIONS: list[Any] = [
     # #18089, #19179): every watcher kept the instance. The suite now runs etcd 3.6.16; pinned by
     # test_a_delete_at_the_compaction_revision_reaches_a_resumed_watch (tests/backends/etcd/).
     ("etcd", 1016, 20.0),
-    # dyndisc, not fixed yet (reported): a clean exit just after a nats-server outage left the runtime's
-    # records for a TTL; NatsStore.revoke removes its lease key only at the revision it remembers, and a
-    # renewal that landed while its answer was lost makes that stale (the removal fails quietly).
-    pytest.param(
-        "nats",
-        0,
-        15.0,
-        marks=pytest.mark.xfail(
-            reason="NatsStore.revoke after a lost renewal answer (reported)", strict=False
-        ),
-    ),
+    # A clean exit just after a nats-server outage left the runtime's records for a TTL: NatsStore.revoke
+    # removed its lease key only at the revision it remembered, and a renewal that landed while its answer
+    # was lost made that stale (the removal failed quietly). tests/backends/nats/test_nats_lease_loss.py.
+    ("nats", 0, 15.0),
     # dyndisc, not fixed yet (reported), two Kubernetes bugs in one seed: a worker's resource deleted by
     # another client (a revoke) while a registration was in flight was re-created by that registration's
     # apply, so the runtime never took its lease for lost (no replacement, no on_lease_change: watchers saw

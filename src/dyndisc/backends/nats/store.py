@@ -244,7 +244,9 @@ class NatsStore(KeyValueStore):
             if state is not None:
                 await self._purge(self._forget(lease_id))
                 # The lease key last: until it goes, a reader that missed a delete still joins correctly.
-                await self.connection.remove(self._lease_key(lease_id), expected=state.revision)
+                # Whatever its revision: a renewal that landed while its answer was lost moved it behind our
+                # back, and a removal at the revision we remember would quietly fail (chaos seed 0, NATS).
+                await self.connection.remove(self._lease_key(lease_id), expected=None)
                 return
             # Not ours: end it first, whatever revision its owner renewed it to since, so that the owner's
             # next keep-alive finds it gone (deleting thousands of keys outlasts a renewal period: ended

@@ -26,8 +26,11 @@ async def json_lines(process: Process) -> AsyncIterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def cli_event(line: dict[str, Any]) -> Resync | Added | Removed:
-    """An event of ``dyndisc watch --json`` back as a watch event."""
+def cli_event(line: dict[str, Any]) -> Resync | Added | Removed | None:
+    """An event of ``dyndisc watch --json`` back as a watch event; ``None`` for a ``status`` record (the
+    view went stale, or is current again)."""
+    if line["event"] == "status":
+        return None
     if line["event"] == "resync":
         return Resync(instances=tuple(cli_instance(i) for i in line["instances"]))
     if line["event"] == "added":

@@ -137,7 +137,9 @@ class RealRun:
     async def read_cli(self, agent: _Agent) -> None:
         """The CLI's ``watch --json`` lines, as watch events."""
         async for line in json_lines(agent.process):
-            self.history.seen.append(Seen.of(agent.name, self.now(), cli_event(line)))
+            event = cli_event(line)
+            if event is not None:  # a status record (stale, current again) is no change of the set
+                self.history.seen.append(Seen.of(agent.name, self.now(), event))
 
     # -- steps ---------------------------------------------------------------------------------------------
     async def execute(self, tg: TaskGroup, step: Step) -> None:
