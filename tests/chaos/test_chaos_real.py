@@ -64,20 +64,11 @@ REGRESSIONS: list[Any] = [
     # removed its lease key only at the revision it remembered, and a renewal that landed while its answer
     # was lost made that stale (the removal failed quietly). tests/backends/nats/test_nats_lease_loss.py.
     ("nats", 0, 15.0),
-    # dyndisc, not fixed yet (reported), two Kubernetes bugs in one seed: a worker's resource deleted by
-    # another client (a revoke) while a registration was in flight was re-created by that registration's
-    # apply, so the runtime never took its lease for lost (no replacement, no on_lease_change: watchers saw
-    # the worker leave and come back); and an entry put again unbound left its bound copy in the worker's
-    # resource, which shadows the new value for every dyndisc reader.
-    pytest.param(
-        "kubernetes",
-        2,
-        15.0,
-        marks=pytest.mark.xfail(
-            reason="Kubernetes: a revoke undone by a registration; a bound entry shadowing (reported)",
-            strict=False,
-        ),
-    ),
+    # Two Kubernetes bugs in one seed: a worker's resource deleted by another client (a revoke) while a
+    # registration was in flight was created anew by that registration's apply, so the runtime never took its
+    # lease for lost (watchers saw the worker leave and come back, with no replacement); and an entry put
+    # again unbound kept its bound copy, which shadowed the new value. tests/backends/kubernetes/.
+    ("kubernetes", 2, 15.0),
 ]
 
 

@@ -325,8 +325,14 @@ class KubernetesDiscovery(DiscoveryBackend):
 
     # -- metadata entries (see dyndisc.backends.kubernetes.entries) --------------------------------------
     async def put_entry(self, entry: MetadataEntry, lease: Lease | None) -> None:
+        # An entry lives in one place: bound, in this worker's resource; unbound, in the namespace's. Written
+        # to one, it leaves the other, or a reader would see the old copy beside the new (seed 2 on
+        # Kubernetes: an entry put again unbound kept its bound copy, which shadowed the new value).
+        unbound = UnboundEntries(await self.namespace(), self._call)
         if lease is None:
-            await UnboundEntries(await self.namespace(), self._call).put(entry)
+            await unbound.put(entry)
+            if self._resource is not None:
+                await self._resource.delete_entry(entry.bucket, entry.key)
             return
         worker = await self._worker()
         if lease.id != worker.pod.instance_id:
@@ -335,6 +341,7 @@ class KubernetesDiscovery(DiscoveryBackend):
                 "lease lives in that pod's DynamoWorkerMetadata"
             )
         await worker.put_entry(entry)
+        await unbound.delete(entry.bucket, entry.key)
 
     async def delete_entry(self, bucket: str, key: str) -> None:
         if self._resource is not None and await self._resource.delete_entry(bucket, key):
