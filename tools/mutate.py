@@ -443,7 +443,7 @@ def main() -> int:
     parser.add_argument("--sample", type=int, help="run this many mutants, drawn at random")
     parser.add_argument("--seed", type=int, default=0, help="the draw of --sample")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per check before it is a kill")
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds per check before it is a kill")
     parser.add_argument("--out", type=Path, help="results (JSON lines); mutants already there are skipped")
     parser.add_argument("--show", type=int, default=20, help="survivors printed at the end")
     args = parser.parse_args()
