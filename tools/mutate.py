@@ -357,7 +357,7 @@ class Result:
 
     ident: str
     describe: str
-    status: str  # killed, survived, timeout, invalid
+    status: str  # killed, survived, timeout, invalid, stale (its module was edited during the run)
     by: str
     seconds: float
 
@@ -375,8 +375,8 @@ def run_one(mutant: Mutant, timeout: float) -> Result:
     try:
         target = scratch / "src" / mutant.module
         source = target.read_text()
-        if _hash(source) != mutant.source_hash:
-            raise RuntimeError(f"{mutant.module} changed since its mutants were listed: start again")
+        if _hash(source) != mutant.source_hash:  # edited during the run: judge this mutant again later
+            return Result(mutant.ident, mutant.describe(), "stale", "", 0.0)
         try:
             target.write_text(apply(source, mutant))
         except SyntaxError:
@@ -463,7 +463,8 @@ def main() -> int:
     if args.out is not None and args.out.exists():
         for line in args.out.read_text().splitlines():
             result = Result(**json.loads(line))
-            done[result.ident] = result
+            if result.status != "stale":
+                done[result.ident] = result
     pending = [m for m in chosen if m.ident not in done]
     print(f"{len(chosen)} mutants, {len(chosen) - len(pending)} already judged, {args.jobs} at a time")
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
@@ -484,7 +485,9 @@ def main() -> int:
 
 def _report(results: list[Result], show: int) -> int:
     same = equivalent()
-    judged = [r for r in results if r.status != "invalid"]
+    judged = [r for r in results if r.status not in ("invalid", "stale")]
+    if stale := len(results) - len(judged) - sum(r.status == "invalid" for r in results):
+        print(f"{stale} mutants of modules edited during the run were not judged: run again")
     killed = [r for r in judged if r.status in ("killed", "timeout")]
     survived = [r for r in judged if r.status == "survived"]
     equal = [r for r in survived if r.ident in same]
