@@ -25,6 +25,7 @@ from dyndisc import (
 )
 from dyndisc.backends.etcd import EtcdStore
 from dyndisc.backends.etcd.access import EtcdAccess, etcdctl_commands, permissions
+from dyndisc.backends.etcd.departures import MARKER_PREFIX, MARKER_TTL
 from dyndisc.backends.etcd.roles import Permission, get_role
 from dyndisc.backends.kv.scopes import Role, Scope
 from dyndisc.cli import main
@@ -53,12 +54,17 @@ def revoke(server: EtcdServer, role: str, perm: Permission) -> None:
 
 
 def everything(server: EtcdServer) -> dict[str, bytes]:
-    """Every key in etcd, read as root."""
+    """Every key in etcd, read as root, but the departure markers a revoke leaves (each under a lease of its
+    own that ends it: checked here)."""
     reply = server.api("/v3/kv/range", {"key": b64(b"\0"), "range_end": b64(b"\0")})
-    return {
-        base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", ""))
-        for kv in reply.get("kvs", [])
-    }
+    found = {}
+    for kv in reply.get("kvs", []):
+        key = base64.b64decode(kv["key"]).decode()
+        if key.startswith(MARKER_PREFIX):
+            assert int(kv.get("lease", 0)), f"{key} would outlive its purpose"
+            continue
+        found[key] = base64.b64decode(kv.get("value", ""))
+    return found
 
 
 class Users:
@@ -285,7 +291,15 @@ def doctor(server: EtcdServer, user: str, password: str, *args: str) -> tuple[in
 
 
 def leases(server: EtcdServer) -> list[str]:
-    return sorted(lease["ID"] for lease in server.api("/v3/lease/leases", {}).get("leases", []))
+    """Every lease but those of departure markers (each holds one marker and ends within two minutes)."""
+    found = []
+    for lease in server.api("/v3/lease/leases", {}).get("leases", []):
+        told = server.api("/v3/lease/timetolive", {"ID": lease["ID"], "keys": True})
+        keys = [base64.b64decode(k).decode() for k in told.get("keys", [])]
+        if len(keys) == 1 and keys[0].startswith(MARKER_PREFIX) and int(told["grantedTTL"]) <= MARKER_TTL:
+            continue
+        found.append(lease["ID"])
+    return sorted(found)
 
 
 async def test_doctor_checks_the_scope_of_each_role_and_leaves_nothing_behind(users: Users) -> None:

@@ -18,8 +18,9 @@ from aetcd import rpc
 
 from dyndisc._errors import AccessDeniedError, ConfigurationError
 from dyndisc.backends.etcd.connection import EtcdConnection, PermissionDenied, Stubs
+from dyndisc.backends.etcd.departures import MARKER_PREFIX
 from dyndisc.backends.etcd.roles import Permission, get_role, get_user_roles
-from dyndisc.backends.kv.scopes import Scope
+from dyndisc.backends.kv.scopes import Grant, Role, Scope
 
 #: etcd's administrator: never scoped by dyndisc.
 ROOT = "root"
@@ -27,15 +28,25 @@ ROOT = "root"
 ROLE_PREFIX = "dyndisc-"
 
 
+def etcd_grants(scope: Scope) -> tuple[Grant, ...]:
+    """``scope``'s grants on etcd: its role's, and the departure markers (see
+    :mod:`~dyndisc.backends.etcd.departures`): a worker leaves one when it revokes its lease, a watcher reads
+    them to tell a departure from an expiry."""
+    if scope.role is Role.OPERATOR:
+        return scope.grants()  # every key already
+    marker = Grant(MARKER_PREFIX, write=scope.role is Role.WORKER)
+    return tuple(sorted({*scope.grants(), marker}))
+
+
 def permissions(scope: Scope) -> list[Permission]:
     """The etcd permissions of ``scope``'s role, sorted."""
-    return sorted(Permission.of(grant) for grant in scope.grants())
+    return sorted(Permission.of(grant) for grant in etcd_grants(scope))
 
 
 def grant_lines(scope: Scope) -> list[str]:
     """The role's grants as plain lines: ``readwrite  prefix /services/a/``."""
     lines = []
-    for grant in scope.grants():
+    for grant in etcd_grants(scope):
         where = "every key" if not grant.prefix else f"prefix {grant.prefix}"
         lines.append(f"{grant.access:<9}  {where}")
     return lines
@@ -47,7 +58,7 @@ def etcdctl_commands(
     """The ``etcdctl`` commands that make ``scope``'s role and ``user`` on a new etcd (run them as root)."""
     role = shlex.quote(scope.role_name)
     lines = [f"etcdctl role add {role}"]
-    for grant in scope.grants():
+    for grant in etcd_grants(scope):
         # etcdctl grants the whole key space for an empty key with --prefix=true.
         lines.append(
             f"etcdctl role grant-permission {role} {grant.access} {shlex.quote(grant.prefix)} --prefix=true"

@@ -20,6 +20,7 @@ from aetcd.utils import prefix_range_end
 
 from dyndisc._errors import AccessDeniedError
 from dyndisc.backends.etcd.connection import EtcdConnection, PermissionDenied, Stubs
+from dyndisc.backends.etcd.departures import MARKER_PREFIX
 from dyndisc.backends.kv.scopes import EVERY_KEY, Grant, namespace_of
 
 #: etcd's permission types.
@@ -174,8 +175,8 @@ def _what_roles_write(roles: dict[str, list[Permission]]) -> str:
     others: list[str] = []
     for perms in roles.values():
         for perm in perms:
-            if not perm.writes:
-                continue
+            if not perm.writes or perm.prefix == MARKER_PREFIX:
+                continue  # every worker writes departure markers: they say nothing of its namespace
             prefix = perm.prefix
             namespace = namespace_of(prefix) if prefix else None
             if namespace is not None:

@@ -14,11 +14,12 @@ from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
 from dyndisc._concurrency import background_tasks
-from dyndisc._errors import BackendUnavailableError, ConfigurationError, LeaseNotFoundError
+from dyndisc._errors import BackendUnavailableError, ConfigurationError, DyndiscError, LeaseNotFoundError
 from dyndisc._outage import OutageLog
 from dyndisc.backends.base import Lease
 from dyndisc.backends.diagnosis import BackendDoctor
 from dyndisc.backends.etcd.connection import EtcdConnection, PermissionDenied, Stubs
+from dyndisc.backends.etcd.departures import MARKER_TTL, marker_key
 from dyndisc.backends.etcd.doctor import EtcdDoctor
 from dyndisc.backends.etcd.roles import OwnRoles
 from dyndisc.backends.etcd.settings import EtcdSettings, parse_endpoints
@@ -125,6 +126,37 @@ class EtcdStore(KeyValueStore):
         return float(reply.TTL) if reply.TTL > 0 else None  # etcd answers -1 for a lease it does not know
 
     async def revoke(self, lease_id: int) -> None:
+        """Revoke ``lease_id`` (its keys go at once), first leaving the departure marker that tells watchers
+        its keys left rather than expired."""
+        # Within half the call's budget, so that a slow marker never costs the revoke itself.
+        with anyio.move_on_after(self.connection.request_timeout / 2):
+            await self._mark_leaving(lease_id)
+        await self.revoke_quietly(lease_id)
+
+    async def _mark_leaving(self, lease_id: int) -> None:
+        """Leave the marker that tells watchers the keys of ``lease_id`` left rather than expired (see
+        :mod:`~dyndisc.backends.etcd.departures`); a marker refused or lost costs only the reason."""
+        key = marker_key(lease_id).encode()
+        try:
+            marker = await self.grant(MARKER_TTL)
+        except DyndiscError as exc:
+            log.debug("no departure marker for lease %x: %s", lease_id, exc)
+            return
+
+        def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
+            request = rpc.PutRequest(key=key, value=b"", lease=marker.id)
+            return stubs.kv.Put(request, timeout=timeout, metadata=metadata)
+
+        try:
+            await self.connection.call(f"writing {marker_key(lease_id)}", attempt)
+        except DyndiscError as exc:  # refused (a role without the markers' prefix): no lease left behind
+            log.debug("no departure marker for lease %x: %s", lease_id, exc)
+            with contextlib.suppress(DyndiscError):
+                await self.revoke_quietly(marker.id)
+
+    async def revoke_quietly(self, lease_id: int) -> None:
+        """Revoke ``lease_id`` leaving no departure marker (a marker's own lease)."""
+
         def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
             request = rpc.LeaseRevokeRequest(ID=lease_id)
             return stubs.lease.LeaseRevoke(request, timeout=timeout, metadata=metadata)
