@@ -10,17 +10,17 @@ from typing import Any
 
 import anyio
 from aetcd import rpc
-from aetcd.utils import prefix_range_end
 
-from dyndisc._concurrency import background_tasks
 from dyndisc._errors import BackendUnavailableError, ConfigurationError, LeaseNotFoundError
 from dyndisc.backends.base import Lease
 from dyndisc.backends.diagnosis import BackendDoctor
 from dyndisc.backends.etcd.connection import EtcdConnection, Stubs
 from dyndisc.backends.etcd.doctor import EtcdDoctor
+from dyndisc.backends.etcd.listing import list_prefix
 from dyndisc.backends.etcd.settings import EtcdSettings, parse_endpoints
-from dyndisc.backends.etcd.watch import SharedWatch, Subscriber
+from dyndisc.backends.etcd.watch import EtcdSource
 from dyndisc.backends.kv import KeyValueStore, StoredValue, StoreEvent
+from dyndisc.backends.kv.revisioned import SharedWatch, subscribe
 
 _EQUAL, _CREATE = rpc.Compare.CompareResult.EQUAL, rpc.Compare.CompareTarget.CREATE
 
@@ -61,6 +61,7 @@ class EtcdStore(KeyValueStore):
             request_timeout=self.settings.request_timeout_seconds,
             startup_timeout=self.settings.startup_connect_timeout_seconds,
         )
+        self.source = EtcdSource(self.connection)
         self._watches: dict[str, SharedWatch] = {}
 
     @classmethod
@@ -158,48 +159,34 @@ class EtcdStore(KeyValueStore):
         await self.connection.call(f"deleting {key}", attempt)
 
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
-        raw = prefix.encode()
-
-        def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
-            request = rpc.RangeRequest(key=raw, range_end=prefix_range_end(raw))
-            return stubs.kv.Range(request, timeout=timeout, metadata=metadata)
-
-        # A large prefix is one large answer: give each attempt the whole request timeout.
-        reply = await self.connection.call(
-            f"listing {prefix!r}", attempt, attempt_timeout=self.connection.request_timeout
-        )
-        return {kv.key.decode(errors="replace"): bytes(kv.value) for kv in reply.kvs}
+        return (await list_prefix(self.connection, prefix, self.source.page_size)).items
 
     # -- watches ---------------------------------------------------------------------------------------
     @asynccontextmanager
     async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[StoreEvent]]:
-        shared = self._watches.get(prefix)
-        if shared is None:
-            shared = self._watches[prefix] = SharedWatch(self.connection, prefix)
-        subscriber = Subscriber(shared)
-        shared.subscribers.add(subscriber)
-        try:
-            async with background_tasks() as tg:
-                tg.start_soon(shared.lead)
-                await self._wait_established(shared)
-                yield subscriber.events()
-        finally:
-            shared.subscribers.discard(subscriber)
-            if not shared.subscribers and self._watches.get(prefix) is shared:
-                del self._watches[prefix]
+        async with subscribe(self._watches, self.source, prefix, self._wait_established) as events:
+            yield events
 
     async def _wait_established(self, shared: SharedWatch) -> None:
         """Return once etcd confirmed the watch, so the caller misses nothing written after this."""
         # Listing and creating the watch may each take a request timeout; before the first contact with
-        # etcd, the startup wait comes first.
+        # etcd, the startup wait comes first. A large prefix is listed in pages, each with its own deadline:
+        # while pages keep arriving, the wait goes on.
         budget = 2 * self.connection.request_timeout
         if not self.connection.connected_once:
             budget += self.connection.startup_timeout
-        with anyio.move_on_after(budget):
-            await shared.settled.wait()
-            if shared.established.is_set():
-                return
-            raise shared.refusal or BackendUnavailableError(f"etcd refused the watch of {shared.prefix!r}")
+        deadline, pages = anyio.current_time() + budget, self.source.pages_read
+        while True:
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                await shared.settled.wait()
+                if shared.established.is_set():
+                    return
+                raise shared.refusal or BackendUnavailableError(
+                    f"etcd refused the watch of {shared.prefix!r}"
+                )
+            if self.source.pages_read == pages:
+                break
+            deadline, pages = anyio.current_time() + self.connection.request_timeout, self.source.pages_read
         raise BackendUnavailableError(
             f"watching {shared.prefix!r}: etcd at {self.connection.all_urls} (ETCD_ENDPOINTS) did not "
             f"confirm the watch within {budget:g}s; last error: {shared.last_error or 'none'}"
