@@ -157,7 +157,8 @@ class ChangeLog(RevisionedSource):
                 mine = [(revision, event) for event in events if event.key.startswith(prefix)]
                 if mine:
                     deliver(Changes(mine))
-                    await anyio.lowlevel.checkpoint()  # one reply at a time: a drop can come between two
+                    if cursor <= self.revision:  # more to come: one reply at a time, a drop can come between
+                        await anyio.lowlevel.checkpoint()
                 continue
             now = anyio.current_time()
             if interval and now >= next_progress:
@@ -165,5 +166,8 @@ class ChangeLog(RevisionedSource):
                 next_progress = now + interval
                 continue
             changed = self._changed
+            if next_progress == math.inf:
+                await changed.wait()
+                continue
             with anyio.move_on_after(next_progress - now):
                 await changed.wait()
