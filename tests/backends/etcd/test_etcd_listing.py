@@ -53,9 +53,9 @@ async def _fill(store: EtcdStore, prefix: str) -> dict[str, bytes]:
 
 
 async def test_a_prefix_of_many_pages_is_listed_whole_at_the_first_pages_revision(
-    etcd_server: EtcdServer, make_store: MakeStore
+    dyndisc_etcd_server: EtcdServer, make_store: MakeStore
 ) -> None:
-    store = make_store(etcd_server.client_url)
+    store = make_store(dyndisc_etcd_server.client_url)
     prefix = unique_prefix()
     written = await _fill(store, prefix)
     pages = 0
@@ -65,10 +65,12 @@ async def test_a_prefix_of_many_pages_is_listed_whole_at_the_first_pages_revisio
         # right after the last key read, a delete ahead. None may show: the listing is at one revision.
         nonlocal pages
         pages += 1
-        _put(etcd_server, f"{prefix}k{pages:04d}", b"changed behind")
-        _put(etcd_server, f"{prefix}k{(pages * PAGE + 3) % KEYS:04d}", b"changed ahead")
-        _put(etcd_server, f"{prefix}k{pages * PAGE - 1:04d}+", b"created right after the last key read")
-        _delete(etcd_server, f"{prefix}k{(pages * PAGE + 5) % KEYS:04d}")
+        _put(dyndisc_etcd_server, f"{prefix}k{pages:04d}", b"changed behind")
+        _put(dyndisc_etcd_server, f"{prefix}k{(pages * PAGE + 3) % KEYS:04d}", b"changed ahead")
+        _put(
+            dyndisc_etcd_server, f"{prefix}k{pages * PAGE - 1:04d}+", b"created right after the last key read"
+        )
+        _delete(dyndisc_etcd_server, f"{prefix}k{(pages * PAGE + 5) % KEYS:04d}")
 
     listing = await list_prefix(store.connection, prefix, PAGE, on_page=write_between_pages)
 
@@ -105,9 +107,9 @@ async def test_a_revision_compacted_between_two_pages_starts_the_listing_over(
 
 
 async def test_a_watch_and_a_read_of_many_pages_see_every_key(
-    etcd_server: EtcdServer, make_store: MakeStore
+    dyndisc_etcd_server: EtcdServer, make_store: MakeStore
 ) -> None:
-    store = make_store(etcd_server.client_url)
+    store = make_store(dyndisc_etcd_server.client_url)
     store.source.page_size = PAGE
     prefix = unique_prefix()
     written = await _fill(store, prefix)
