@@ -110,7 +110,8 @@ class MemoryStore(KeyValueStore):
 
     def compact(self, revision: int | None = None) -> int:
         """Forget the history before ``revision`` (default: now), as etcd's compaction: a watch that needs
-        it (its stream was away, or it lags that far) lists the prefix again. Returns the revision."""
+        it (its stream was away, or it lags that far) lists the prefix again. Returns the revision the history
+        now starts at."""
         self._expire_due()
         return self._log.compact(revision)
 

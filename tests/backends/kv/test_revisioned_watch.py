@@ -9,11 +9,12 @@ every time, and a test that would wait for ever fails at its virtual deadline in
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import NoReturn
 
 import anyio
 import pytest
+from kv_helpers import PREFIX, nothing_more, shared, take, virtual
 
 from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot, revisioned
 from dyndisc.backends.kv.revisioned import (
@@ -30,35 +31,6 @@ from dyndisc.backends.kv.revisioned import (
     subscribe,
 )
 from dyndisc.backends.memory import MemoryStore
-from dyndisc.testing.chaos.sim import VirtualLoop
-
-PREFIX = "/p/"
-#: Virtual seconds a test may take: far more than any backoff, so only a test that hangs reaches it.
-DEADLINE = 120.0
-
-
-def virtual(test: Callable[[], Awaitable[None]]) -> None:
-    """Run ``test`` on the virtual clock, failing it at :data:`DEADLINE` virtual seconds."""
-
-    async def bounded() -> None:
-        with anyio.fail_after(DEADLINE):
-            await test()
-
-    anyio.run(bounded, backend_options={"loop_factory": VirtualLoop})
-
-
-async def take(events: AsyncIterator[StoreEvent], count: int) -> list[StoreEvent]:
-    return [await anext(events) for _ in range(count)]
-
-
-async def nothing_more(events: AsyncIterator[StoreEvent], store: MemoryStore) -> None:
-    """Nothing is queued for ``events``: a marker written now is the very next event."""
-    await store.put(f"{PREFIX}marker", b"end", 0)
-    assert await anext(events) == StorePut(key=f"{PREFIX}marker", value=b"end")
-
-
-def shared(store: MemoryStore) -> SharedWatch:
-    return store._watches[PREFIX]
 
 
 # -- through the memory store ---------------------------------------------------------------------------

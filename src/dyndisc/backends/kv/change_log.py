@@ -71,12 +71,12 @@ class ChangeLog(RevisionedSource):
         self.keep = keep
         #: Seconds between progress notifications (``None``: never).
         self.progress_interval = progress_interval
-        #: The revision of the last change (etcd starts an empty store at 1 too).
-        self.revision = 1
+        #: The revision of the last change (0: none yet).
+        self.revision = 0
         #: The oldest revision a stream can start from: the history before it is gone.
         self.compacted = 1
-        # Consecutive revisions, oldest first, each with the changes made at it.
-        self._history: deque[tuple[int, tuple[StorePut | StoreDelete, ...]]] = deque()
+        # The changes made at each revision from ``compacted`` to ``revision``, oldest first.
+        self._history: deque[tuple[StorePut | StoreDelete, ...]] = deque()
         self._changed = anyio.Event()
         # A dict, not a set: streams are woken in the order they were opened (a simulation replays).
         self._streams: dict[_Stream, None] = {}
@@ -87,7 +87,7 @@ class ChangeLog(RevisionedSource):
         if not events:
             return
         self.revision += 1
-        self._history.append((self.revision, tuple(events)))
+        self._history.append(tuple(events))
         if len(self._history) > self.keep:
             self.compact(self.revision - self.keep + 1)
         self._wake()
@@ -95,15 +95,14 @@ class ChangeLog(RevisionedSource):
     def compact(self, revision: int | None = None) -> int:
         """Drop the history before ``revision`` (default: the current one), as etcd's compaction does: a
         stream that needs it answers "compacted". Compacting where it already is, or before, does nothing.
-        Returns the revision compacted at."""
+        Returns the revision the history now starts at."""
         target = self.revision if revision is None else revision
         if target > self.revision:
             raise ValueError(f"cannot compact at revision {target}: the store is at revision {self.revision}")
-        if target > self.compacted:
-            self.compacted = target
-            while self._history and self._history[0][0] < target:
-                self._history.popleft()
-            self._wake()  # a stream behind the compaction says so at once, as etcd's does
+        # No stream needs waking: one that waits has delivered everything, so it is past any compaction.
+        for _ in range(target - self.compacted):
+            self._history.popleft()
+        self.compacted = max(self.compacted, target)
         return self.compacted
 
     def drop_streams(self) -> None:
@@ -148,13 +147,9 @@ class ChangeLog(RevisionedSource):
                 deliver(Compacted(self.compacted))
                 raise StreamBroken("the history the stream needs is compacted")  # etcd ends it too
             if cursor <= self.revision:
-                first = self._history[0][0] if self._history else self.revision + 1
-                if cursor < first:  # a revision without changes: the empty store's first
-                    cursor = first
-                    continue
-                revision, events = self._history[cursor - first]
+                events = self._history[cursor - self.compacted]
+                mine = [(cursor, event) for event in events if event.key.startswith(prefix)]
                 cursor += 1
-                mine = [(revision, event) for event in events if event.key.startswith(prefix)]
                 if mine:
                     deliver(Changes(mine))
                     if cursor <= self.revision:  # more to come: one reply at a time, a drop can come between
