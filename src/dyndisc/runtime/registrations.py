@@ -150,6 +150,10 @@ class Registrations:
 
         return undo
 
+    def wanted_entry(self, ident: Hashable) -> RenderEntry | None:
+        """What the application wants of the entry ``ident``, if anything."""
+        return self._wanted_entries.get(ident)
+
     def unwant_entry(self, ident: Hashable) -> None:
         """The application no longer wants the entry ``ident``."""
         self._wanted_entries.pop(ident, None)
@@ -190,11 +194,9 @@ class Registrations:
                 del self._written_entries[ident]
 
     # -- counts --------------------------------------------------------------------------------------------
-    def counts(self, lease: Lease | None) -> tuple[int, int]:
+    def counts(self, lease: Lease) -> tuple[int, int]:
         """``(wanted, pending)``: the endpoints the application wants, and how many of them are not surely
         written under ``lease`` yet. Walks every endpoint: read it when asked (a probe), not per write."""
-        if lease is None:
-            return len(self._wanted), len(self._wanted)
         return len(self._wanted), len(self.endpoints_to_carry(lease))
 
     def __len__(self) -> int:

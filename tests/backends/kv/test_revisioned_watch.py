@@ -8,6 +8,7 @@ every time, and a test that would wait for ever fails at its virtual deadline in
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import NoReturn
@@ -16,6 +17,7 @@ import anyio
 import pytest
 from kv_helpers import PREFIX, nothing_more, shared, take, virtual
 
+from dyndisc._outage import OutageLog
 from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot, revisioned
 from dyndisc.backends.kv.revisioned import (
     Cancelled,
@@ -326,3 +328,86 @@ def test_a_refused_watch_is_reported_to_its_subscriber_and_an_unknown_error_prop
 
     virtual(refused)
     virtual(a_bug)
+
+
+# -- the outage log: one line when the watch breaks, one when it is back --------------------------------
+def _logged(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno > logging.DEBUG]
+
+
+def test_an_outage_is_logged_in_two_lines_however_many_attempts_fail(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def test() -> None:
+        source = ScriptedSource()
+        source.listings.append(Listing({}, 10, cluster=1))
+        source.streams.append([Created(10, cluster=1), StreamBroken("cut")])
+        source.streams.extend([[StreamBroken("still away")]] * 3)
+        source.streams.append([Created(10, cluster=1), _put("a", "1", 11)])
+        async with subscribe({}, source, PREFIX, _established) as events:
+            assert await take(events, 2) == [StoreSnapshot(items={}), StorePut(key=f"{PREFIX}a", value=b"1")]
+
+    with caplog.at_level(logging.DEBUG, logger="dyndisc.scripted"):
+        virtual(test)
+    logged = _logged(caplog)
+    assert [level for level, _ in logged] == [logging.WARNING, logging.WARNING], logged
+    assert logged[0][1] == (
+        "scripted watch of '/p/': cut; resuming from revision 11; retrying (one line when it is back)"
+    )
+    assert logged[1][1].startswith("scripted watch of '/p/': back after "), logged
+    assert logged[1][1].endswith("(4 failed attempts)"), logged
+    assert sum("still failing" in r.getMessage() for r in caplog.records) == 3, "the others at DEBUG"
+
+
+def test_a_refused_watch_logs_one_error_not_one_per_attempt(caplog: pytest.LogCaptureFixture) -> None:
+    async def test() -> None:
+        source = ScriptedSource()
+        source.listings.append(Listing({}, 10, cluster=1))
+        source.streams.extend([[PermissionError("denied")]] * 3)
+        source.streams.append([Created(10, cluster=1)])
+
+        async def until_established(shared: SharedWatch) -> None:
+            await shared.established.wait()
+
+        async with subscribe({}, source, PREFIX, until_established) as events:
+            assert await anext(events) == StoreSnapshot(items={})
+
+    with caplog.at_level(logging.DEBUG, logger="dyndisc.scripted"):
+        virtual(test)
+    logged = _logged(caplog)
+    assert [level for level, _ in logged] == [logging.ERROR, logging.WARNING], logged
+    assert logged[0][1] == (
+        "scripted watch of '/p/': denied; resuming from revision 11; retrying (one line when it is back)"
+    )
+    assert logged[1][1].endswith("(3 failed attempts)"), logged
+
+
+def test_an_outage_outliving_its_watch_is_logged_once_by_the_next_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def test() -> None:
+        source = ScriptedSource()
+        source.listings.extend([Listing({}, 10, cluster=1), Listing({}, 10, cluster=1)])
+        source.streams.extend([[StreamBroken("away")]] * 4)
+        outages: dict[str, OutageLog] = {}
+
+        async def at_once(shared: SharedWatch) -> None:
+            pass
+
+        async with subscribe({}, source, PREFIX, at_once, outages):
+            await anyio.sleep(5)  # virtual: four attempts fail, the fifth hangs; then the watch goes away
+            assert len(source.opened) == 5
+        source.streams.append([Created(10, cluster=1)])
+        async with subscribe({}, source, PREFIX, _established, outages) as events:
+            assert await anext(events) == StoreSnapshot(items={})
+
+    with caplog.at_level(logging.DEBUG, logger="dyndisc.scripted"):
+        virtual(test)
+    logged = _logged(caplog)
+    assert logged == [
+        (
+            logging.WARNING,
+            "scripted watch of '/p/': away; resuming from revision 11; retrying (one line when it is back)",
+        ),
+        (logging.WARNING, "scripted watch of '/p/': back after 5.0s (4 failed attempts)"),
+    ], "one outage over both watches (its time on the virtual clock)"

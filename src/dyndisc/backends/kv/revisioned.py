@@ -32,6 +32,7 @@ from typing import NoReturn
 import anyio
 
 from dyndisc._concurrency import background_tasks
+from dyndisc._outage import OutageLog
 from dyndisc._retry import Backoff
 from dyndisc.backends.kv.event_queue import MAX_PENDING_EVENTS
 from dyndisc.backends.kv.store import StoreDelete, StoreEvent, StorePut, StoreSnapshot
@@ -130,6 +131,13 @@ class RevisionedSource(abc.ABC):
         raise NotImplementedError
 
 
+def outage_log(source: RevisionedSource, prefix: str) -> OutageLog:
+    """A new outage log for the watch of ``prefix`` on ``source``, timed by the event loop's clock (a
+    simulation's virtual one, or the monotonic clock)."""
+    logger = logging.getLogger(f"dyndisc.{source.name}")
+    return OutageLog(logger, f"{source.name} watch of {prefix!r}", clock=anyio.current_time)
+
+
 class _Relist(Exception):
     """Internal: the history needed to resume is gone; list the prefix again."""
 
@@ -204,7 +212,7 @@ class Subscriber:
 class SharedWatch:
     """The one watch of ``prefix`` on ``source`` in a store, and the revision its subscribers have seen."""
 
-    def __init__(self, source: RevisionedSource, prefix: str) -> None:
+    def __init__(self, source: RevisionedSource, prefix: str, outage: OutageLog | None = None) -> None:
         self.source = source
         self.prefix = prefix
         self.log = logging.getLogger(f"dyndisc.{source.name}")
@@ -225,6 +233,11 @@ class SharedWatch:
         self.relists = 0
         #: How many times the stream was re-opened from the recorded revision.
         self.resumes = 0
+        #: One line when the watch breaks, one when it is back: not one per attempt (a store may keep it per
+        #: prefix, so a watch opened again and again while the server is away says it once too).
+        self.outage = outage if outage is not None else outage_log(source, prefix)
+        #: Whether the last failure was a refusal (logged at ERROR when it starts an outage).
+        self._refused_now = False
 
     # -- fan-out ---------------------------------------------------------------------------------------
     def _broadcast(self, event: StorePut | StoreDelete, revision: int) -> None:
@@ -265,14 +278,9 @@ class SharedWatch:
                 backoff.reset()
             delay = backoff.next_delay()
             self.resumes += 1
-            self.log.warning(
-                "%s watch of %r broke (%s); resuming from revision %d in %.2fs",
-                name,
-                self.prefix,
-                self.last_error,
-                self.revision + 1,
-                delay,
-            )
+            level = logging.ERROR if self._refused_now else logging.WARNING
+            self._refused_now = False
+            self.outage.failed(f"{self.last_error}; resuming from revision {self.revision + 1}", level=level)
             await anyio.sleep(delay)
 
     def _refused(self, error: Exception) -> None:
@@ -282,7 +290,7 @@ class SharedWatch:
         if not self.established.is_set():
             self.refusal = error
             self.settled.set()
-        self.log.error("%s watch of %r failed: %s; retrying", self.source.name, self.prefix, error)
+        self._refused_now = True
 
     async def fetch(self) -> Listing:
         """List the prefix: its contents, the revision they are at, the history that revision counts in."""
@@ -314,6 +322,7 @@ class SharedWatch:
                     f"{reply.revision}, we were at {self.revision})"
                 )
             self._created = True
+            self.outage.recovered()
             self.last_error = self.refusal = None
             self.established.set()
             self.settled.set()
@@ -332,12 +341,16 @@ async def subscribe(
     source: RevisionedSource,
     prefix: str,
     ready: Callable[[SharedWatch], Awaitable[None]],
+    outages: dict[str, OutageLog] | None = None,
 ) -> AsyncIterator[AsyncIterator[StoreEvent]]:
     """Subscribe to the shared watch of ``prefix`` in ``watches`` (made on ``source`` if there is none);
-    ``ready(shared)`` returns once the watch may be used (it raises if the source refused it)."""
+    ``ready(shared)`` returns once the watch may be used (it raises if the source refused it). A new shared
+    watch takes the prefix's outage log from ``outages`` (made there if missing), so an outage that outlives
+    its watches is logged once, not once per watch opened meanwhile."""
     shared = watches.get(prefix)
     if shared is None:
-        shared = watches[prefix] = SharedWatch(source, prefix)
+        outage = None if outages is None else outages.setdefault(prefix, outage_log(source, prefix))
+        shared = watches[prefix] = SharedWatch(source, prefix, outage)
     subscriber = Subscriber(shared)
     shared.subscribers[subscriber] = None
     try:
