@@ -77,6 +77,18 @@ def backend_tests(name: str) -> list[str]:
 
 
 RUNTIME = [CORE_UNIT, CHAOS, conformance("memory")]
+#: The resume logic of revisioned watches, on the simulation's virtual clock (about a second).
+KV = backend_tests("kv")
+ETCD = [
+    backend_tests("etcd"),
+    conformance("etcd"),
+    [
+        *PYTEST,
+        "tests/faults/test_compaction.py",
+        "tests/faults/test_elections.py",
+        "tests/faults/test_etcd_restart.py",
+    ],
+]
 #: The core modules and the checks that judge their mutants, cheapest first (the first failing check kills).
 TARGETS: dict[str, list[list[str]]] = {
     "dyndisc/runtime/registrations.py": RUNTIME,
@@ -88,15 +100,14 @@ TARGETS: dict[str, list[list[str]]] = {
     "dyndisc/_instance_set.py": RUNTIME,
     "dyndisc/backends/kv/discovery.py": [CORE_UNIT, conformance("memory"), CHAOS],
     "dyndisc/backends/kv/layouts.py": [CORE_UNIT, conformance("memory"), CHAOS],
-    "dyndisc/backends/memory.py": [CORE_UNIT, conformance("memory"), CHAOS],
+    "dyndisc/backends/memory.py": [KV, CORE_UNIT, conformance("memory"), CHAOS],
+    "dyndisc/backends/kv/change_log.py": [KV, conformance("memory"), CHAOS],
+    "dyndisc/backends/kv/revisioned.py": [KV, conformance("memory"), CHAOS, *ETCD],
     "dyndisc/backends/file/records.py": [backend_tests("file"), conformance("file")],
     "dyndisc/backends/file/leases.py": [backend_tests("file"), conformance("file")],
     "dyndisc/backends/nats/store.py": [backend_tests("nats"), conformance("nats")],
-    "dyndisc/backends/etcd/watch.py": [
-        backend_tests("etcd"),
-        conformance("etcd"),
-        [*PYTEST, "tests/faults", "-k", "etcd and (compaction or restart or election)"],
-    ],
+    "dyndisc/backends/etcd/watch.py": ETCD,
+    "dyndisc/backends/etcd/listing.py": ETCD,
 }
 
 

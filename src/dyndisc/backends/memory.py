@@ -1,8 +1,14 @@
-"""An in-process key-value store with real lease expiry: for development and users' unit tests.
+"""An in-process key-value store with real lease expiry and revisions: for development, users' unit tests and
+the simulation.
 
 It is not a mock: leases expire on the clock (a runtime whose keep-alive stops disappears after its TTL),
-deletions reach watchers, and watches that fall behind get a fresh snapshot. Faults (a lease expired now, a
-broken watch) come from :mod:`dyndisc.testing.faults`, which wraps any store.
+deletions reach watchers, and watches that fall behind get a fresh snapshot. Every change has a revision, as
+in etcd, and watches are etcd's: one shared watch per prefix, fed by a stream from a bounded history
+(:mod:`~dyndisc.backends.kv.change_log`) through the same resume logic as the etcd store's
+(:mod:`~dyndisc.backends.kv.revisioned`). What a server does on its own is here too: compacting its history
+(:meth:`MemoryStore.compact`, and by itself past ``keep_revisions``), dropping watch streams
+(:meth:`MemoryStore.drop_watch_streams`), progress notifications. Faults of the client side (a lease expired
+now, a broken watch, an outage, latency) come from :mod:`dyndisc.testing.faults`, which wraps any store.
 
 One store serves one event loop at a time (it is not thread-safe), which is what tests and single-process
 applications need.
@@ -25,7 +31,8 @@ from dyndisc._events import RemovalReason
 from dyndisc.backends.base import Lease
 from dyndisc.backends.diagnosis import BackendDoctor, Report, Status
 from dyndisc.backends.kv import KeyValueStore, KvDiscovery, StoreDelete, StoredValue, StoreEvent, StorePut
-from dyndisc.backends.kv.event_queue import StoreEventQueue
+from dyndisc.backends.kv.change_log import KEEP_REVISIONS, PROGRESS_INTERVAL, ChangeLog
+from dyndisc.backends.kv.revisioned import SharedWatch, subscribe
 
 
 @dataclass
@@ -35,15 +42,15 @@ class _LeaseState:
     keys: set[str] = field(default_factory=set)
 
 
-class _Watcher(StoreEventQueue):
-    def __init__(self, store: MemoryStore, prefix: str) -> None:
-        super().__init__(lambda: store._items(prefix))
+class _LeaseExpiry:
+    """Drives lease expiry while a watch is open (a watcher must see a lease end even if nobody calls the
+    store meanwhile): woken by the next deadline, or by a new lease."""
+
+    def __init__(self, store: MemoryStore) -> None:
         self.store = store
-        self.prefix = prefix
         self.leases_changed = anyio.Event()
 
-    async def expire_leases(self) -> None:
-        """Drive lease expiry while this watch is open: nobody else may be calling the store."""
+    async def run(self) -> None:
         while True:
             self.store._expire_due()
             delay = self.store._next_deadline() - self.store._clock()
@@ -59,15 +66,24 @@ class MemoryStore(KeyValueStore):
     _shared: MemoryStore | None = None
 
     def __init__(
-        self, *, clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        keep_revisions: int = KEEP_REVISIONS,
+        progress_interval: float | None = PROGRESS_INTERVAL,
     ) -> None:
-        """``clock`` times the leases; ``rng`` draws lease ids (a seeded one makes a simulation replay)."""
+        """``clock`` times the leases; ``rng`` draws lease ids (a seeded one makes a simulation replay);
+        ``keep_revisions`` bounds the history watches resume from; ``progress_interval`` is the seconds
+        between progress notifications to a watch stream with nothing to deliver (``None``: never)."""
         self._clock = clock
         self._rng = rng or random.SystemRandom()
         self._data: dict[str, StoredValue] = {}
         self._leases: dict[int, _LeaseState] = {}
-        # A dict, not a set: watchers are told of a change in the order they came (a simulation replays).
-        self._watchers: dict[_Watcher, None] = {}
+        self._log = ChangeLog(self._items, keep=keep_revisions, progress_interval=progress_interval)
+        self._watches: dict[str, SharedWatch] = {}
+        # A dict, not a set: woken in the order they came (a simulation replays).
+        self._expiries: dict[_LeaseExpiry, None] = {}
 
     @classmethod
     def shared(cls) -> MemoryStore:
@@ -85,6 +101,26 @@ class MemoryStore(KeyValueStore):
         self._expire_due()
         return set(self._leases)
 
+    # -- what a server does by itself ------------------------------------------------------------------
+    @property
+    def revision(self) -> int:
+        """The revision of the last change (after expiring the due leases)."""
+        self._expire_due()
+        return self._log.revision
+
+    def compact(self, revision: int | None = None) -> int:
+        """Forget the history before ``revision`` (default: now), as etcd's compaction: a watch that needs
+        it (its stream was away, or it lags that far) lists the prefix again. Returns the revision the history
+        now starts at."""
+        self._expire_due()
+        return self._log.compact(revision)
+
+    def drop_watch_streams(self) -> None:
+        """Break every watch stream now, as a server restart or a lost connection does: each watch resumes
+        from the revision it had reached (nothing lost, nothing twice), or relists if that history is gone
+        by the time it is back."""
+        self._log.drop_streams()
+
     # -- internals -------------------------------------------------------------------------------------
     def _items(self, prefix: str) -> dict[str, bytes]:
         self._expire_due()
@@ -101,16 +137,16 @@ class MemoryStore(KeyValueStore):
     def _drop_lease(self, lease_id: int, reason: RemovalReason) -> None:
         state = self._leases.pop(lease_id, None)
         if state is not None:
-            for key in sorted(state.keys):
-                self._remove(key, reason)
+            # Every key of the lease leaves at one revision, as in etcd.
+            self._log.record([d for key in sorted(state.keys) if (d := self._pop(key, reason)) is not None])
 
-    def _remove(self, key: str, reason: RemovalReason = RemovalReason.LEFT) -> None:
+    def _pop(self, key: str, reason: RemovalReason) -> StoreDelete | None:
         old = self._data.pop(key, None)
         if old is None:
-            return
+            return None
         if old.lease_id in self._leases:
             self._leases[old.lease_id].keys.discard(key)
-        self._notify(StoreDelete(key=key, reason=reason))
+        return StoreDelete(key=key, reason=reason)
 
     def _write(self, key: str, value: bytes, lease_id: int) -> None:
         old = self._data.get(key)
@@ -119,7 +155,7 @@ class MemoryStore(KeyValueStore):
         self._data[key] = StoredValue(value=value, lease_id=lease_id)
         if lease_id:
             self._live_lease(lease_id).keys.add(key)
-        self._notify(StorePut(key=key, value=value))
+        self._log.record([StorePut(key=key, value=value)])
 
     def _live_lease(self, lease_id: int) -> _LeaseState:
         self._expire_due()
@@ -129,11 +165,6 @@ class MemoryStore(KeyValueStore):
                 f"lease {lease_id:x} is not known to the memory store (expired or revoked)"
             )
         return state
-
-    def _notify(self, event: StorePut | StoreDelete) -> None:
-        for watcher in self._watchers:
-            if event.key.startswith(watcher.prefix):
-                watcher.push(event)
 
     # -- KeyValueStore ---------------------------------------------------------------------------------
     # Every operation starts with a checkpoint: like a call to a real server, it lets other tasks (the
@@ -146,8 +177,8 @@ class MemoryStore(KeyValueStore):
         while lease_id == 0 or lease_id in self._leases:
             lease_id = self._rng.getrandbits(63)
         self._leases[lease_id] = _LeaseState(ttl=ttl, deadline=self._clock() + ttl)
-        for watcher in self._watchers:
-            watcher.leases_changed.set()
+        for expiry in self._expiries:
+            expiry.leases_changed.set()
         return Lease(id=lease_id, ttl=ttl)
 
     async def keep_alive(self, lease_id: int) -> float:
@@ -187,7 +218,8 @@ class MemoryStore(KeyValueStore):
 
     async def delete(self, key: str) -> None:
         await anyio.lowlevel.checkpoint()
-        self._remove(key)
+        if (deleted := self._pop(key, RemovalReason.LEFT)) is not None:
+            self._log.record([deleted])
 
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
         await anyio.lowlevel.checkpoint()
@@ -195,14 +227,20 @@ class MemoryStore(KeyValueStore):
 
     @asynccontextmanager
     async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[StoreEvent]]:
-        watcher = _Watcher(self, prefix)
-        self._watchers[watcher] = None
+        expiry = _LeaseExpiry(self)
+        self._expiries[expiry] = None
         try:
             async with background_tasks() as tg:
-                tg.start_soon(watcher.expire_leases)
-                yield watcher.events()
+                tg.start_soon(expiry.run)
+                async with subscribe(self._watches, self._log, prefix, _established) as events:
+                    yield events
         finally:
-            self._watchers.pop(watcher, None)
+            self._expiries.pop(expiry, None)
+
+
+async def _established(shared: SharedWatch) -> None:
+    # The store answers at once and refuses nothing: the watch is up once its stream is.
+    await shared.established.wait()
 
 
 class _MemoryDoctor(BackendDoctor):

@@ -6,8 +6,10 @@ Settings (environment, see ``docs/backends/etcd.md``): ``ETCD_ENDPOINTS``, ``ETC
 ``ETCD_REQUEST_TIMEOUT_SECONDS``.
 
 The room: ``settings`` (variables, endpoint URLs, TLS material), ``connection`` (gRPC channels, failover,
-auth, the keep-alive stream), ``store`` (the :class:`EtcdStore`), ``watch`` (one shared watch per prefix),
-``doctor``. The client is ``aetcd``'s generated gRPC stubs over channels we own (asyncio, as grpc.aio is).
+auth, the keep-alive stream), ``store`` (the :class:`EtcdStore`), ``listing`` (a prefix read in pages at one
+revision), ``watch`` (etcd as a revisioned source; the shared watch per prefix is
+:mod:`dyndisc.backends.kv.revisioned`), ``doctor``. The client is ``aetcd``'s generated gRPC stubs over
+channels we own (asyncio, as grpc.aio is).
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ import anyio
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
-from dyndisc._concurrency import background_tasks
 from dyndisc._errors import BackendUnavailableError, ConfigurationError, DyndiscError, LeaseNotFoundError
 from dyndisc._outage import OutageLog
 from dyndisc.backends.base import Lease
@@ -21,10 +20,12 @@ from dyndisc.backends.diagnosis import BackendDoctor
 from dyndisc.backends.etcd.connection import EtcdConnection, PermissionDenied, Stubs
 from dyndisc.backends.etcd.departures import MARKER_TTL, marker_key
 from dyndisc.backends.etcd.doctor import EtcdDoctor
+from dyndisc.backends.etcd.listing import list_prefix
 from dyndisc.backends.etcd.roles import OwnRoles
 from dyndisc.backends.etcd.settings import EtcdSettings, parse_endpoints
-from dyndisc.backends.etcd.watch import SharedWatch, Subscriber
+from dyndisc.backends.etcd.watch import EtcdSource
 from dyndisc.backends.kv import KeyValueStore, StoredValue, StoreEvent
+from dyndisc.backends.kv.revisioned import SharedWatch, subscribe
 
 log = logging.getLogger("dyndisc.etcd")
 
@@ -72,6 +73,7 @@ class EtcdStore(KeyValueStore):
             startup_timeout=self.settings.startup_connect_timeout_seconds,
             startup_timeout_name=startup_timeout_name or "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS",
         )
+        self.source = EtcdSource(self.connection)
         self._watches: dict[str, SharedWatch] = {}
         #: The outage log of each prefix's watch, kept across the watches opened for it.
         self._outages: dict[str, OutageLog] = {}
@@ -262,49 +264,36 @@ class EtcdStore(KeyValueStore):
         return True
 
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
-        raw = prefix.encode()
-
-        def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
-            request = rpc.RangeRequest(key=raw, range_end=prefix_range_end(raw))
-            return stubs.kv.Range(request, timeout=timeout, metadata=metadata)
-
-        # A large prefix is one large answer: give each attempt the whole request timeout.
-        reply = await self.connection.call(
-            f"listing {prefix!r}", attempt, attempt_timeout=self.connection.request_timeout
-        )
-        return {kv.key.decode(errors="replace"): bytes(kv.value) for kv in reply.kvs}
+        return (await list_prefix(self.connection, prefix, self.source.page_size)).items
 
     # -- watches ---------------------------------------------------------------------------------------
     @asynccontextmanager
     async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[StoreEvent]]:
-        shared = self._watches.get(prefix)
-        if shared is None:
-            outage = self._outages.setdefault(prefix, OutageLog(log, f"etcd watch of {prefix!r}"))
-            shared = self._watches[prefix] = SharedWatch(self.connection, prefix, outage)
-        subscriber = Subscriber(shared)
-        shared.subscribers.add(subscriber)
-        try:
-            async with background_tasks() as tg:
-                tg.start_soon(shared.lead)
-                await self._wait_established(shared)
-                yield subscriber.events()
-        finally:
-            shared.subscribers.discard(subscriber)
-            if not shared.subscribers and self._watches.get(prefix) is shared:
-                del self._watches[prefix]
+        async with subscribe(
+            self._watches, self.source, prefix, self._wait_established, self._outages
+        ) as events:
+            yield events
 
     async def _wait_established(self, shared: SharedWatch) -> None:
         """Return once etcd confirmed the watch, so the caller misses nothing written after this."""
         # Listing and creating the watch may each take a request timeout; before the first contact with
-        # etcd, the startup wait comes first.
+        # etcd, the startup wait comes first. A large prefix is listed in pages, each with its own deadline:
+        # while pages keep arriving, the wait goes on.
         budget = 2 * self.connection.request_timeout
         if not self.connection.connected_once:
             budget += self.connection.startup_timeout
-        with anyio.move_on_after(budget):
-            await shared.settled.wait()
-            if shared.established.is_set():
-                return
-            raise shared.refusal or BackendUnavailableError(f"etcd refused the watch of {shared.prefix!r}")
+        deadline, pages = anyio.current_time() + budget, self.source.pages_read
+        while True:
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                await shared.settled.wait()
+                if shared.established.is_set():
+                    return
+                raise shared.refusal or BackendUnavailableError(
+                    f"etcd refused the watch of {shared.prefix!r}"
+                )
+            if self.source.pages_read == pages:
+                break
+            deadline, pages = anyio.current_time() + self.connection.request_timeout, self.source.pages_read
         raise BackendUnavailableError(
             f"watching {shared.prefix!r}: etcd at {self.connection.all_urls} (ETCD_ENDPOINTS) did not "
             f"confirm the watch within {budget:g}s; last error: {shared.last_error or 'none'}"

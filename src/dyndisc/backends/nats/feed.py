@@ -71,15 +71,19 @@ class KvFeed:
 
     ``on_snapshot`` receives the last value of every key (deleted keys left out) when the consumer has
     caught up with what the stream held when it was created; ``on_change`` receives each later message.
+    ``on_reset`` is told when nats-py made the consumer anew (it lost the old one: no heartbeat, or a gap);
+    nothing else is passed on from then: the caller starts over with a new feed.
     """
 
     def __init__(
         self,
         on_snapshot: Callable[[dict[str, KvChange]], None],
         on_change: Callable[[KvChange], None],
+        on_reset: Callable[[], None] | None = None,
     ) -> None:
         self._on_snapshot = on_snapshot
         self._on_change = on_change
+        self._on_reset = on_reset
         self._initial: dict[str, KvChange] = {}
         self._received = 0
         self._expected: int | None = None
@@ -122,6 +126,15 @@ class KvFeed:
             lease=lease_ref_of(headers),
             expired=MARKER_REASON in (headers or {}),
         )
+        if self._on_reset is not None:
+            if meta.sequence.consumer <= self._received:
+                # The numbering started over: nats-py lost the ordered consumer (no heartbeat, or a gap) and
+                # made a new one from the stream sequence after the last message delivered. What went from
+                # the stream meanwhile (a purge, a delete marker past its TTL) it cannot see, so it would
+                # resume as if nothing had: the caller starts over from the current state instead.
+                self._on_reset()
+                return
+            self._received = meta.sequence.consumer
         if self._live:
             self._on_change(change)
             return

@@ -104,6 +104,12 @@ class NatsWatch:
         """The connection came back: the server may have dropped our consumers, so make new ones."""
         self.restart("reconnected")
 
+    def _on_reset(self, generation: int) -> None:
+        # nats-py made a consumer of ours anew and resumed it from the next stream sequence, which misses
+        # whatever left the stream meanwhile (a purge, a delete marker past its TTL): resync instead.
+        if generation == self._generation:
+            self.restart("a consumer was lost on the server")
+
     # -- the initial state ----------------------------------------------------------------------------
     def _on_keys_snapshot(self, generation: int, items: dict[str, KvChange]) -> None:
         if generation == self._generation:
@@ -260,11 +266,14 @@ class NatsWatch:
             self._initial_keys = self._initial_leases = None
             self._late = set()
             generation = self._generation
+            reset = partial(self._on_reset, generation)
             keys = KvFeed(
-                partial(self._on_keys_snapshot, generation), partial(self._on_key_change, generation)
+                partial(self._on_keys_snapshot, generation), partial(self._on_key_change, generation), reset
             )
             leases = KvFeed(
-                partial(self._on_leases_snapshot, generation), partial(self._on_lease_change, generation)
+                partial(self._on_leases_snapshot, generation),
+                partial(self._on_lease_change, generation),
+                reset,
             )
             try:
                 # The prefix's consumer first: see the class docstring.

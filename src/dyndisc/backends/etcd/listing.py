@@ -1,0 +1,92 @@
+"""Reading a prefix from etcd in pages, every page at the first one's revision: one consistent snapshot.
+
+One ``Range`` of a large prefix is one large answer: etcd builds it whole in memory, gRPC carries it as one
+message, and a slow link must carry all of it within one deadline. Pages of :data:`LIST_PAGE_SIZE` keys
+bound all three. The first page is read at the latest revision; every later one continues after the last
+key read, at that same revision, so the pages together are the prefix as it was at one revision, whatever
+is written meanwhile. If etcd compacts that revision away between two pages, the listing starts over.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aetcd import rpc
+from aetcd.utils import prefix_range_end
+
+from dyndisc._concurrency import gc_paused
+from dyndisc.backends.etcd.connection import EtcdConnection, Stubs
+
+log = logging.getLogger("dyndisc.etcd")
+
+#: Keys per ``Range`` request of a listing. Discovery records are a few hundred bytes, so a page is a few
+#: hundred KiB: well under etcd's request size guidance (1.5 MiB) and gRPC's default message cap, and few
+#: enough round trips that 100,000 keys list as fast as in one request (docs/backends/etcd.md has figures).
+LIST_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixListing:
+    """The keys under a prefix at ``revision`` of the cluster ``cluster_id``."""
+
+    items: dict[str, bytes]
+    revision: int
+    cluster_id: int
+
+
+class _CompactedMeanwhile(Exception):
+    """Internal: the revision of the listing's first page was compacted before its last page was read."""
+
+
+async def list_prefix(
+    connection: EtcdConnection,
+    prefix: str,
+    page_size: int = LIST_PAGE_SIZE,
+    on_page: Callable[[], None] | None = None,
+) -> PrefixListing:
+    """Every key under ``prefix`` at one revision, read ``page_size`` keys per request; each request has
+    the ordinary call deadline (a large prefix takes more requests, not a longer deadline). ``on_page`` is
+    called after each page read."""
+    if page_size < 1:
+        raise ValueError(f"a listing page holds at least one key, got {page_size}")
+    while True:
+        try:
+            return await _read_pages(connection, prefix, page_size, on_page)
+        except _CompactedMeanwhile as exc:
+            log.info("listing %r: etcd compacted revision %s between two pages; listing again", prefix, exc)
+
+
+async def _read_pages(
+    connection: EtcdConnection, prefix: str, page_size: int, on_page: Callable[[], None] | None
+) -> PrefixListing:
+    end = prefix_range_end(prefix.encode())
+    start, revision, cluster_id = prefix.encode(), 0, 0
+    items: dict[str, bytes] = {}
+    while True:
+        request = rpc.RangeRequest(key=start, range_end=end, limit=page_size, revision=revision)
+
+        async def attempt(stubs: Stubs, metadata: Any, timeout: float, request: Any = request) -> Any:
+            try:
+                return await stubs.kv.Range(request, timeout=timeout, metadata=metadata)
+            except grpc.aio.AioRpcError as exc:
+                if request.revision and exc.code() == grpc.StatusCode.OUT_OF_RANGE:  # "... been compacted"
+                    raise _CompactedMeanwhile(request.revision) from None
+                raise
+
+        # A page may be large: give each attempt the whole request timeout.
+        reply = await connection.call(
+            f"listing {prefix!r}", attempt, attempt_timeout=connection.request_timeout
+        )
+        if not revision:
+            revision, cluster_id = int(reply.header.revision), int(reply.header.cluster_id)
+        with gc_paused():  # many objects, none of them garbage: the collector would only rescan them
+            items.update((kv.key.decode(errors="replace"), bytes(kv.value)) for kv in reply.kvs)
+        if on_page is not None:
+            on_page()
+        if not reply.more or not reply.kvs:
+            return PrefixListing(items, revision, cluster_id)
+        start = bytes(reply.kvs[-1].key) + b"\0"  # the next key after the last one read

@@ -1,0 +1,124 @@
+"""Listing a prefix in pages on real etcd: whole, at one revision, whatever is written between two pages."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from aetcd import rpc
+from aetcd.utils import prefix_range_end
+from etcd_helpers import MakeServer, MakeStore, next_event, unique_prefix
+
+from dyndisc.backends.etcd import EtcdStore
+from dyndisc.backends.etcd.listing import list_prefix
+from dyndisc.backends.kv import StoreSnapshot
+from dyndisc.testing.servers import EtcdServer
+
+#: A page far smaller than the prefix, so a listing takes many pages.
+PAGE = 7
+KEYS = 50
+
+
+def _put(server: EtcdServer, key: str, value: bytes) -> None:
+    """Write through etcd's JSON gateway: a blocking call, so it lands before the next page is asked for."""
+    server.api(
+        "/v3/kv/put",
+        {"key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(value).decode()},
+    )
+
+
+def _delete(server: EtcdServer, key: str) -> None:
+    server.api("/v3/kv/deleterange", {"key": base64.b64encode(key.encode()).decode()})
+
+
+async def _whole_range_at(store: EtcdStore, prefix: str, revision: int) -> dict[str, bytes]:
+    """The prefix at ``revision`` in one unpaged ``Range``: what a paged listing must equal."""
+
+    def attempt(stubs: Any, metadata: Any, timeout: float) -> Any:
+        request = rpc.RangeRequest(
+            key=prefix.encode(), range_end=prefix_range_end(prefix.encode()), revision=revision
+        )
+        return stubs.kv.Range(request, timeout=timeout, metadata=metadata)
+
+    reply = await store.connection.call("reading the truth", attempt)
+    return {kv.key.decode(): bytes(kv.value) for kv in reply.kvs}
+
+
+async def _fill(store: EtcdStore, prefix: str) -> dict[str, bytes]:
+    written = {f"{prefix}k{n:04d}": f"v{n}".encode() for n in range(KEYS)}
+    for key, value in written.items():
+        await store.put(key, value, 0)
+    return written
+
+
+async def test_a_prefix_of_many_pages_is_listed_whole_at_the_first_pages_revision(
+    dyndisc_etcd_server: EtcdServer, make_store: MakeStore
+) -> None:
+    store = make_store(dyndisc_etcd_server.client_url)
+    prefix = unique_prefix()
+    written = await _fill(store, prefix)
+    pages = 0
+
+    def write_between_pages() -> None:
+        # After every page: a change in the part already read, one in the part still to read, a key created
+        # right after the last key read, a delete ahead. None may show: the listing is at one revision.
+        nonlocal pages
+        pages += 1
+        _put(dyndisc_etcd_server, f"{prefix}k{pages:04d}", b"changed behind")
+        _put(dyndisc_etcd_server, f"{prefix}k{(pages * PAGE + 3) % KEYS:04d}", b"changed ahead")
+        _put(
+            dyndisc_etcd_server, f"{prefix}k{pages * PAGE - 1:04d}+", b"created right after the last key read"
+        )
+        _delete(dyndisc_etcd_server, f"{prefix}k{(pages * PAGE + 5) % KEYS:04d}")
+
+    listing = await list_prefix(store.connection, prefix, PAGE, on_page=write_between_pages)
+
+    assert pages == -(-KEYS // PAGE), "one request per page of keys"
+    assert listing.items == written, "the prefix as it was when the first page was read"
+    assert listing.items == await _whole_range_at(store, prefix, listing.revision)
+    assert await store.get_prefix(prefix) != written, (
+        "the writes did land: only the listing does not show them"
+    )
+
+
+async def test_a_revision_compacted_between_two_pages_starts_the_listing_over(
+    private_etcd: MakeServer, make_store: MakeStore
+) -> None:
+    server = private_etcd()
+    store = make_store(server.client_url)
+    prefix = unique_prefix()
+    written = await _fill(store, prefix)
+    first_revision = server.current_revision()
+    pages = 0
+
+    def compact_after_the_first_page() -> None:
+        nonlocal pages
+        pages += 1
+        if pages == 1:
+            _put(server, f"{prefix}late", b"written before the compaction")
+            server.compact()  # the first page's revision is gone: the next page cannot be read at it
+
+    listing = await list_prefix(store.connection, prefix, PAGE, on_page=compact_after_the_first_page)
+
+    assert listing.revision > first_revision, "listed again, at a revision etcd still has"
+    assert listing.items == {**written, f"{prefix}late": b"written before the compaction"}
+    assert pages == 1 + -(-(KEYS + 1) // PAGE), "one page, then the whole listing again"
+
+
+async def test_a_watch_and_a_read_of_many_pages_see_every_key(
+    dyndisc_etcd_server: EtcdServer, make_store: MakeStore
+) -> None:
+    store = make_store(dyndisc_etcd_server.client_url)
+    store.source.page_size = PAGE
+    prefix = unique_prefix()
+    written = await _fill(store, prefix)
+    assert await store.get_prefix(prefix) == written
+    async with store.watch(prefix) as events:
+        assert await next_event(events) == StoreSnapshot(items=written)
+
+
+async def test_a_page_holds_at_least_one_key(make_store: MakeStore) -> None:
+    store = make_store("http://127.0.0.1:1")
+    with pytest.raises(ValueError, match="at least one key"):
+        await list_prefix(store.connection, "/p/", 0)
