@@ -35,7 +35,7 @@ class Added:
 
 
 class RemovalReason(enum.StrEnum):
-    """Why an instance left, where the backend can tell (etcd cannot: a delete is a delete)."""
+    """Why an instance left, where the backend can tell (``None`` in :class:`Removed` where it cannot)."""
 
     #: Its worker (or another client) deleted it: unregistered, a clean exit, a revoked lease.
     LEFT = "left"

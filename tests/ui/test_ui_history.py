@@ -80,8 +80,8 @@ async def test_the_timeline_and_the_detail_view(
     await expect(record(page, "replaced", new_id)).to_contain_text(f"was {replaced}", timeout=SHOWN_WITHIN)
     await expect(page.locator(f'tr[data-id="{new_id}"]')).to_be_visible()
     workers.processes[crashing].kill()
-    # etcd does not say why a key went (removal reasons there are another issue's): "removed".
-    await expect(record(page, "left", crashing)).to_contain_text("removed", timeout=EXPIRED_WITHIN)
+    # A crash is told from a departure on etcd too: its lease ran out.
+    await expect(record(page, "left", crashing)).to_contain_text("expired", timeout=EXPIRED_WITHIN)
     await expect(page.locator("#events li").first).to_contain_text("left")  # newest first
     if path := screenshot("ui-timeline.png"):
         await page.screenshot(path=path)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dyndisc.testing.servers import EtcdServer
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -55,3 +57,20 @@ def test_the_command_line_never_imports_the_test_kit() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_demo_on_etcd_tells_a_crash_from_a_departure(dyndisc_etcd_server: EtcdServer) -> None:
+    env = {**os.environ, "ETCD_ENDPOINTS": dyndisc_etcd_server.client_url}
+    result = subprocess.run(
+        [sys.executable, "-m", "dyndisc.cli", "demo", "--backend", "etcd", "--ttl", "1"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "backend 'etcd'" in out
+    assert out.count(" left ") == 3, out
+    (crash,) = [line for line in out.splitlines() if " expired " in line]
+    assert "(its lease ran out)" in crash

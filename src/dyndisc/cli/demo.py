@@ -15,7 +15,7 @@ from dyndisc.runtime import DistributedRuntime
 
 ENDPOINT = "demo.backend.generate"
 
-#: How the watcher words a removal, by its reason (``None``: the backend cannot tell, as on etcd).
+#: How the watcher words a removal, by its reason (``None``: the backend could not tell).
 REMOVALS = {
     RemovalReason.LEFT: "left",
     RemovalReason.EXPIRED: "expired (its lease ran out)",

@@ -45,7 +45,7 @@ async def test_a_live_lease_left_and_a_lease_gone_without_a_marker_expired(
     await _gone(store, short.id)
     assert await departures.reason(short.id) is RemovalReason.EXPIRED
     # Several at once, the unleased key's 0 left out.
-    assert await departures.reasons([alive.id, short.id, 0]) == {
+    assert await departures.reasons([alive.id, short.id, 0], PROMPT) == {
         alive.id: RemovalReason.LEFT,
         short.id: RemovalReason.EXPIRED,
     }

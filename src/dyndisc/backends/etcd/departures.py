@@ -59,15 +59,18 @@ class Departures:
         self.connection = connection
         self._known: OrderedDict[int, RemovalReason] = OrderedDict()
 
-    async def reasons(self, leases: Iterable[int]) -> dict[int, RemovalReason | None]:
-        """The reason the keys of each lease in ``leases`` left (``None`` where it cannot tell)."""
+    async def reasons(self, leases: Iterable[int], budget: float) -> dict[int, RemovalReason | None]:
+        """The reason the keys of each lease in ``leases`` left, found within ``budget`` seconds (a lease
+        not answered for by then, or that it cannot tell, is absent or ``None``): a watch waits for this
+        before it delivers the deletes, and a whole fleet expiring at once must not hold it up for long."""
         wanted = sorted(set(leases) - {0})
         found: dict[int, RemovalReason | None] = {}
 
         async def one(lease_id: int) -> None:
             found[lease_id] = await self.reason(lease_id)
 
-        await run_bounded([functools.partial(one, lease_id) for lease_id in wanted], LOOKUPS_AT_ONCE)
+        with anyio.move_on_after(budget):
+            await run_bounded([functools.partial(one, lease_id) for lease_id in wanted], LOOKUPS_AT_ONCE)
         return found
 
     async def reason(self, lease_id: int) -> RemovalReason | None:

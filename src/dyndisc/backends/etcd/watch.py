@@ -3,7 +3,8 @@
 What a shared watch does with it (resume from the next revision, relist after a compaction or on another
 cluster, resync a lagging subscriber) is :mod:`dyndisc.backends.kv.revisioned`, the same for every
 revisioned store. Here is only what is etcd's: the paged ``Range`` (:mod:`~dyndisc.backends.etcd.listing`),
-the ``Watch`` stream and its replies, which failures are worth retrying on another member, and which
+the ``Watch`` stream and its replies, why each deleted key left (:mod:`~dyndisc.backends.etcd.departures`,
+from the lease the delete's ``prev_kv`` names), which failures are worth retrying on another member, and which
 member to avoid after one.
 """
 
@@ -20,6 +21,7 @@ from aetcd.utils import prefix_range_end
 
 from dyndisc._errors import AccessDeniedError, BackendUnavailableError
 from dyndisc.backends.etcd.connection import REQUIRE_LEADER, EtcdConnection, Stubs, Transient, Unreachable
+from dyndisc.backends.etcd.departures import Departures
 from dyndisc.backends.etcd.grpc_calls import grpc_await, stray_cancellation
 from dyndisc.backends.etcd.listing import LIST_PAGE_SIZE, list_prefix
 from dyndisc.backends.kv import StoreDelete, StorePut
@@ -50,6 +52,8 @@ class EtcdSource(RevisionedSource):
         self.page_size = page_size
         #: Pages read by the watches' listings so far: a listing still arriving page by page is progress.
         self.pages_read = 0
+        #: Why deleted keys left, asked of etcd per lease.
+        self.departures = Departures(connection)
 
     async def list(self, prefix: str) -> Listing:
         found = await list_prefix(self.connection, prefix, self.page_size, self._page_read)
@@ -82,6 +86,7 @@ class EtcdSource(RevisionedSource):
                 range_end=prefix_range_end(prefix.encode()),
                 start_revision=start,
                 progress_notify=True,
+                prev_kv=True,  # a delete then names the lease its key was under: its reason
             )
             with anyio.fail_after(self.connection.request_timeout):
                 await grpc_await(call.write(rpc.WatchRequest(create_request=create)))
@@ -95,7 +100,7 @@ class EtcdSource(RevisionedSource):
                 reply = await call.read()
                 if reply is grpc.aio.EOF:
                     raise Transient("etcd closed the watch stream")
-                self._deliver(reply, stubs, deliver)
+                await self._deliver(reply, stubs, deliver)
         except TimeoutError:
             self.connection.avoid(stubs.member)
             raise Transient("etcd did not accept the watch request in time") from None
@@ -119,7 +124,7 @@ class EtcdSource(RevisionedSource):
             if call is not None:
                 call.cancel()
 
-    def _deliver(self, reply: Any, stubs: Stubs, deliver: Callable[[WatchReply], None]) -> None:
+    async def _deliver(self, reply: Any, stubs: Stubs, deliver: Callable[[WatchReply], None]) -> None:
         """Hand one ``WatchResponse`` on as what it means."""
         if reply.compact_revision:
             deliver(Compacted(int(reply.compact_revision)))
@@ -131,6 +136,8 @@ class EtcdSource(RevisionedSource):
         elif not reply.events:
             deliver(Progress(int(reply.header.revision)))
         else:
+            leases = {int(e.prev_kv.lease) for e in reply.events if e.type != _PUT and e.HasField("prev_kv")}
+            reasons = await self.departures.reasons(leases, self.connection.request_timeout) if leases else {}
             changes: list[tuple[int, StorePut | StoreDelete]] = []
             for event in reply.events:
                 kv = event.kv
@@ -138,5 +145,6 @@ class EtcdSource(RevisionedSource):
                 if event.type == _PUT:
                     changes.append((int(kv.mod_revision), StorePut(key=key, value=bytes(kv.value))))
                 else:  # etcd reports deletes of keys that existed only
-                    changes.append((int(kv.mod_revision), StoreDelete(key=key)))
+                    reason = reasons.get(int(event.prev_kv.lease)) if event.HasField("prev_kv") else None
+                    changes.append((int(kv.mod_revision), StoreDelete(key=key, reason=reason)))
             deliver(Changes(changes))
