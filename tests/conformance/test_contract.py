@@ -133,6 +133,14 @@ async def test_a_removal_says_whether_it_left_or_expired(
         assert expired.reason is RemovalReason.EXPIRED
 
 
+async def test_a_backend_says_whether_it_can_tell_a_leases_time_left(
+    runtimes: Runtimes, harness: Harness
+) -> None:
+    # What the UI and tools read before they ask lease_time_left (whose None then means the lease is gone).
+    reader = await runtimes.start()
+    assert reader.backend.tells_lease_time is ("lease_time_left" in harness.supports)
+
+
 @pytest.mark.contract("lease_time_left")
 async def test_a_lease_says_how_long_it_has_left(runtimes: Runtimes, harness: Harness) -> None:
     reader = await runtimes.start()

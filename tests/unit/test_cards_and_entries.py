@@ -98,6 +98,19 @@ def test_bad_entries_are_refused(bucket: str, key: str, value: dict[str, object]
         MetadataEntry(bucket, key, value)
 
 
+async def test_an_entry_prefix_is_checked_as_a_key_and_never_leaves_its_bucket() -> None:
+    backend = KvDiscovery(MemoryStore())
+    await backend.put_entry(MetadataEntry("v1/mdc", "ns/a", {"v": 1}), None)
+    for bad in ("..", "../", "ns/../", "a\nb"):
+        with pytest.raises(InvalidNameError):
+            await backend.list_entries("v1/mdc", bad)
+        with pytest.raises(InvalidNameError):
+            async with backend.watch_entries("v1/mdc", bad):
+                pass
+    for good in ("", "n", "ns/", "ns/a"):
+        assert [e.key for e in await backend.list_entries("v1/mdc", good)] == ["ns/a"]
+
+
 def test_a_value_too_large_or_not_an_object_is_refused() -> None:
     with pytest.raises(RecordTooLargeError, match="limit"):
         MetadataEntry("v1/mdc", "a", {"x": "y" * 300_000}).to_json()

@@ -27,7 +27,7 @@ from dyndisc import (
     dynamo_tcp,
 )
 from dyndisc.backends.file import FileStore
-from dyndisc.backends.kv.layouts import DynamoV1Layout, DyndiscLayout, make_layout
+from dyndisc.backends.kv.layouts import DynamoV1Layout, DyndiscLayout, make_layout, shared_prefix
 from dyndisc.testing.faults import FaultyStore
 
 GENERATE = EndpointId("dynamo", "backend", "generate")
@@ -117,6 +117,23 @@ def test_dynamo_v1_skips_what_it_cannot_read(
     assert why in caplog.text
 
 
+def test_a_snapshot_in_the_default_layout_reads_its_records_and_warns_of_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    layout = DyndiscLayout()
+    key = layout.key_for(WORKER)
+    items = {
+        key: WORKER.to_json(),
+        key.replace("/694d", "/0694d"): WORKER.to_json(),  # another spelling of its id
+        "/services/dynamo/backend/other/1": b"not json",
+    }
+    with caplog.at_level(logging.WARNING, "dyndisc.kv"):
+        assert layout.parse_all(items) == [WORKER]
+    assert "/0694d" in caplog.text
+    assert "belongs at" in caplog.text
+    assert "not a record" in caplog.text
+
+
 def test_entries_live_in_their_bucket_and_never_where_instances_do() -> None:
     assert DynamoV1Layout().entry_prefix("v1/mdc") == "v1/mdc/"
     assert DyndiscLayout().entry_prefix("models") == "/models/"
@@ -129,6 +146,17 @@ def test_entries_live_in_their_bucket_and_never_where_instances_do() -> None:
         DynamoV1Layout().entry_prefix("models")
     with pytest.raises(InvalidNameError, match="bucket"):
         DyndiscLayout().entry_prefix("../x")
+
+
+def test_the_shared_prefix_of_key_prefixes_is_made_of_whole_segments() -> None:
+    assert DynamoV1Layout().watch_prefix(InstanceQuery("dynamo")) == "v1/"
+    assert shared_prefix("v1/instances/ns/", "v1/dyndisc_endpoints/ns/") == "v1/"
+    assert shared_prefix("/a/bc/", "/a/bd/") == "/a/"
+    # One prefix inside another: the outer one covers both.
+    assert shared_prefix("/a/", "/a/b/c/") == "/a/"
+    assert shared_prefix("/a/b/c/", "/a/") == "/a/"
+    assert shared_prefix("x/", "y/") == ""
+    assert shared_prefix("/a/b/") == "/a/b/"
 
 
 def test_the_default_layout_is_unchanged() -> None:
