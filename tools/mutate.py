@@ -56,6 +56,8 @@ CORE_UNIT = [
             "test_lease_timing",
             "test_runtime_edges",
             "test_runtime",
+            "test_runtime_refusals",
+            "test_memory_backend",
             "test_lease_semantics",
             "test_cards_and_entries",
             "test_concurrency",

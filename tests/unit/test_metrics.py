@@ -85,6 +85,8 @@ async def test_the_runtime_records_registrations_renewals_and_watches(
                     if isinstance(event, Added):
                         break
         assert sample(registry, "dyndisc_watch_lag_seconds_count") >= 2
+        # Taken at once: the lag is a few milliseconds (a wrong sign would make it days).
+        assert 0 <= sample(registry, "dyndisc_watch_lag_seconds_sum") < 1.0
         await endpoint.unregister()
         assert sample(registry, "dyndisc_registered_endpoints") == 0
         await endpoint.register("tcp://h:3")

@@ -13,8 +13,10 @@ import pytest
 from dyndisc import (
     AccessDeniedError,
     Added,
+    Client,
     DiscoveryBackend,
     DistributedRuntime,
+    EndpointId,
     Instance,
     InstanceQuery,
     KvDiscovery,
@@ -52,6 +54,18 @@ class FlakyKeepAlive(KvDiscovery):
     async def wait_calls(self, count: int) -> None:
         while self.calls < count:
             await self._called.wait()
+
+
+async def test_the_runtime_registers_and_unregisters_an_endpoint_by_its_id(
+    dyndisc_runtime: DistributedRuntime,
+) -> None:
+    endpoint = EndpointId("ns", "c", "e")
+    mine = await dyndisc_runtime.register(endpoint, "tcp://h:1")
+    assert await dyndisc_runtime.list(InstanceQuery("ns")) == [mine]
+    await dyndisc_runtime.unregister(endpoint)
+    assert await dyndisc_runtime.list(InstanceQuery("ns")) == []
+    assert dyndisc_runtime.registrations == []
+    await dyndisc_runtime.unregister(endpoint)  # not registered any more: a no-op
 
 
 async def test_keep_alive_holds_the_lease_past_its_ttl(
@@ -239,6 +253,75 @@ async def test_a_watch_stops_with_its_last_client_or_watcher(
     assert backend.open == 1
 
 
+async def test_a_client_closed_on_another_thread_lets_go_of_its_watch_at_the_next_change(
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+) -> None:
+    backend = GatedBackend(dyndisc_store)
+    backend.gate.set()
+    worker, runtime = await dyndisc_make_runtime(), await dyndisc_make_runtime(backend)
+    client = await runtime.endpoint("ns.c.e").client()
+    assert backend.open == 1
+    stopped = backend.none_open
+    await anyio.to_thread.run_sync(client.close)  # as a garbage collection in another thread would
+    await worker.endpoint("ns.c.e").register("tcp://h:1")  # the watch hears a change: it has no user left
+    with anyio.fail_after(2):
+        await stopped.wait()
+    assert len(runtime.parts().watches) == 0
+
+
+class RefusingBackend(KvDiscovery):
+    """A backend whose credentials may not watch ``refused``."""
+
+    def __init__(self, store: MemoryStore, refused: InstanceQuery) -> None:
+        super().__init__(store, owns_store=False)
+        self.refused = refused
+
+    @asynccontextmanager
+    async def watch(self, query):  # type: ignore[no-untyped-def]
+        if query == self.refused:
+            raise AccessDeniedError(f"not allowed to watch {query}")
+        async with super().watch(query) as events:
+            yield events
+
+
+async def test_a_client_whose_watch_cannot_start_gets_why_and_others_are_unaffected(
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+) -> None:
+    runtime = await dyndisc_make_runtime(RefusingBackend(dyndisc_store, InstanceQuery("other", "c", "e")))
+    with anyio.fail_after(2), pytest.raises(AccessDeniedError, match="not allowed to watch"):
+        await runtime.endpoint("other.c.e").client()
+    assert len(runtime.parts().watches) == 0, "a watch that could not start is not kept"
+    client = await runtime.endpoint("ns.c.e").client()
+    assert client.instances() == []
+
+
+async def test_a_set_kept_for_the_runtimes_life_outlives_whatever_its_users_do(
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+) -> None:
+    backend = GatedBackend(dyndisc_store)
+    backend.gate.set()
+    worker, runtime = await dyndisc_make_runtime(), await dyndisc_make_runtime(backend)
+    kept = await runtime.instance_set(InstanceQuery("ns"))
+    kept.release()  # a release too many, here or by a user of the same shared set
+    kept.release()
+    mine = await worker.endpoint("ns.c.e").register("tcp://h:1")
+    with anyio.fail_after(2):
+        while kept.instances() != [mine]:
+            await kept.wait_changed()
+    assert backend.open == 1
+    assert runtime.parts().watches.get(InstanceQuery("ns")) is kept
+
+
+def test_a_client_let_go_of_after_its_runtime_and_event_loop_ended_changes_nothing() -> None:
+    async def leave_with_a_client() -> Client:
+        async with DistributedRuntime(MemoryStore()) as runtime:
+            return await runtime.endpoint("ns.c.e").client()
+
+    client = anyio.run(leave_with_a_client)
+    client.close()  # as a garbage collection at exit would: no event loop runs any more
+    assert client.instances() == []
+
+
 async def test_a_slow_subscriber_gets_a_resync_and_stalls_nobody(dyndisc_make_runtime: MakeRuntime) -> None:
     worker, frontend = await dyndisc_make_runtime(), await dyndisc_make_runtime()
     client = await frontend.endpoint("ns.c.e0").client()
@@ -249,6 +332,9 @@ async def test_a_slow_subscriber_gets_a_resync_and_stalls_nobody(dyndisc_make_ru
         assert len(client.instances()) == 1  # the fast client kept up without waiting for the slow one
         event = await anext(slow)
         assert isinstance(event, Resync), "an overflowing subscriber is switched to a snapshot"
+        # At most MAX_SUBSCRIBER_BACKLOG events wait: the change that would make one more is folded, with
+        # them, into the snapshot (one instance per change), and the changes after it follow as events.
+        assert len(event.instances) == MAX_SUBSCRIBER_BACKLOG + 1
         seen = {i.key for i in event.instances}
         while len(seen) < MAX_SUBSCRIBER_BACKLOG + 10:  # the changes after the snapshot follow as events
             with anyio.fail_after(1):

@@ -193,6 +193,29 @@ def test_a_revoke_that_hangs_is_tried_again_within_the_budget() -> None:
 
 
 # -- the registrar -------------------------------------------------------------------------------------------
+def test_a_replacement_lease_carries_its_registrations_through_an_outage() -> None:
+    async def body() -> None:
+        parts = Parts()
+        first = await parts.keeper.grant()
+        await parts.registrar.register(E, "tcp://h:1")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(parts.keeper.run, parts.registrar.carry)
+            parts.store.refuse("create", BackendUnavailableError("no answer (a fault injected by the test)"))
+            await parts.store.expire_lease(first.id)
+            parts.keeper.renew_now.set()
+            await anyio.sleep(5.0)  # the new lease's write meets the outage, again and again
+            second = parts.keeper.lease
+            assert second is not first
+            assert parts.registrations.counts(second) == (1, 1), "wanted, not written yet"
+            parts.store.allow("create")
+            await anyio.sleep(2.0)  # the next retry (within a second) writes it
+            assert parts.keeper.failure is None, "an outage does not stop the runtime"
+            assert parts.registrations.counts(second) == (1, 0)
+            tg.cancel_scope.cancel()
+
+    on_virtual_time(body)
+
+
 async def test_a_refused_update_leaves_the_previous_registration_surely_written() -> None:
     parts = Parts()
     lease = await parts.keeper.grant()
@@ -229,3 +252,17 @@ async def test_a_bad_entry_is_refused_before_the_store_is_asked() -> None:
     with pytest.raises(RecordTooLargeError):
         await parts.registrar.put_bound(("entry", "v1/custom", "k"), lambda _lease: too_large)
     assert parts.calls.get("put", 0) == 0
+
+
+async def test_a_registration_refused_for_a_lost_lease_leaves_nothing_to_remove() -> None:
+    parts = Parts()
+    lease = await parts.keeper.grant()
+    await parts.store.expire_lease(lease.id)  # gone on the server; the keeper has not noticed yet
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(parts.registrar.register, E, "tcp://h:1")
+        await anyio.wait_all_tasks_blocked()  # the store refused the write: it waits for another lease
+        tg.cancel_scope.cancel()  # the application gives up on it
+    assert parts.calls["create"] == 1
+    assert parts.registrations.written(E) is None
+    await parts.registrar.unregister(E)
+    assert parts.calls.get("delete", 0) == 0, "nothing was written: there is nothing to delete"

@@ -86,6 +86,9 @@ async def test_a_replacement_lease_carries_what_it_may_and_drops_what_is_refused
         dropped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dropped")]
         assert len(dropped) == 2, dropped
         assert any("registration of b.c.e" in d and "namespace 'b'" in d for d in dropped)
+        health = runtime.health()
+        assert (health.registered, health.pending) == (1, 0), "what was dropped is not waited for"
+        assert health.ready
 
 
 async def test_a_refused_keep_alive_still_stops_the_runtime() -> None:
