@@ -25,6 +25,7 @@ import pytest
 
 from dyndisc import LeaseNotFoundError
 from dyndisc.backends.file import DynamoFileStore, FileStore
+from dyndisc.backends.kv import StoreDelete, StoreEvent, StoreSnapshot
 
 #: Seconds any step of these tests may take before the test fails instead of hanging.
 PATIENCE = 10.0
@@ -295,3 +296,65 @@ async def test_a_touch_landing_between_a_readers_look_and_its_decision_is_no_rem
 
     assert path.exists()
     assert seen == {"v1/instances/n/c/e/1": b"v"}, "a touched file was reported gone (a phantom removal)"
+
+
+async def test_a_keep_alive_behind_a_reader_stuck_on_the_lock_gives_up_at_the_deadline(
+    tmp_path: Path,
+) -> None:
+    owner = FileStore(tmp_path)
+    lease = await owner.grant(1.0)
+    # A reader took the lease file's lock and never lets go (stopped, or hung on a slow disk).
+    fd = os.open(owner.lease_path(lease.id), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with anyio.fail_after(PATIENCE), pytest.raises(LeaseNotFoundError):
+            await owner.keep_alive(lease.id)
+        # Not renewed past its deadline: the lease is over for everyone, and its owner is told so then.
+        assert time.monotonic() - started < 2.5
+    finally:
+        os.close(fd)
+
+
+async def test_a_watch_meeting_a_lease_locked_by_its_renewer_waits_without_holding_up_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    owner, watcher = FileStore(tmp_path), FileStore(tmp_path, rescan_interval=60)
+    lease = await owner.grant(1.0)
+    await owner.create(KEY, b"v", lease.id)
+    fd = os.open(owner.lease_path(lease.id), os.O_RDONLY)
+    release = threading.Timer(2.5, os.close, (fd,))  # past the deadline; lets go even if the loop is stuck
+    heard: list[StoreEvent] = []
+    got = anyio.Event()
+    try:
+        async with watcher.watch("/services/") as events:
+            with anyio.fail_after(PATIENCE):
+                assert isinstance(await anext(events), StoreSnapshot)
+            # Someone holds the lease file's lock (a renewal, or a reader deciding) from before the deadline
+            # until well after it: the watch must look again later, not in a loop that starves every task.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            release.start()
+            async with anyio.create_task_group() as tg:
+
+                async def listen() -> None:
+                    heard.append(await anext(events))
+                    got.set()
+
+                tg.start_soon(listen)
+                slowest = 0.0
+                until = time.monotonic() + 2.0
+                while time.monotonic() < until:
+                    before = time.monotonic()
+                    await anyio.sleep(0.02)
+                    slowest = max(slowest, time.monotonic() - before)
+                assert slowest < 0.5, f"the event loop was held for {slowest:.2f}s"
+                assert heard == [], "the lease was judged while its lock was held"
+                # Once the lock is free, the lease (not renewed) is found expired and its record goes.
+                with anyio.fail_after(PATIENCE):
+                    await got.wait()
+            assert heard == [StoreDelete(key=KEY)]
+    finally:
+        if release.ident is None:
+            os.close(fd)
+        else:
+            release.join(PATIENCE)

@@ -319,6 +319,26 @@ async def test_corrupted_files_are_skipped_with_a_warning_and_the_watch_goes_on(
     )
 
 
+async def test_each_corrupted_file_is_warned_about_once_however_often_it_is_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FileStore(tmp_path)
+    kv = store.kv_dir / "services" / "n" / "c" / "e"
+    kv.mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        (kv / f"{name}.rec").write_bytes(b"no header")
+    with caplog.at_level(logging.WARNING, logger="dyndisc.file"):
+        for _ in range(3):
+            assert await store.get_prefix("/services/") == {}
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 3, "\n".join(warned)
+    (kv / "a.rec").write_bytes(b"another bad version")  # a new version of a file is warned about again
+    os.utime(kv / "a.rec", ns=(time.time_ns() + 10**9,) * 2)  # a distinct mtime, on any filesystem
+    with caplog.at_level(logging.WARNING, logger="dyndisc.file"):
+        assert await store.get_prefix("/services/") == {}
+    assert len(caplog.records) == 4
+
+
 # -- settings -------------------------------------------------------------------------------------------
 
 
@@ -390,3 +410,22 @@ async def test_temporary_files_of_a_writer_killed_mid_write_are_cleaned_up(tmp_p
     assert await store.get_prefix("/services/") == {"/services/n/c/e/1": b"v"}, "temp files are never records"
     assert not stale.exists()
     assert fresh.exists(), "a temp file a live writer may still rename is left alone"
+
+
+async def test_a_stale_leftover_is_judged_by_its_own_age_and_never_followed(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    await store.put("/services/n/c/e/1", b"v", 0)
+    directory = store.record_path("/services/n/c/e/1").parent
+    # Links with a writer's temp name (none of dyndisc's): one dangling, one fresh to an old file.
+    dangling, fresh = directory / ".tmp-0123456789abcdef", directory / ".tmp-fedcba9876543210"
+    old_file = tmp_path / "old"
+    old_file.write_text("x")
+    old = time.time_ns() - 120 * 10**9
+    os.utime(old_file, ns=(old, old))
+    dangling.symlink_to(tmp_path / "nothing-here")
+    os.utime(dangling, ns=(old, old), follow_symlinks=False)
+    fresh.symlink_to(old_file)
+    assert await store.get_prefix("/services/") == {"/services/n/c/e/1": b"v"}
+    assert not dangling.is_symlink(), "a stale leftover goes, whatever it points to"
+    assert fresh.is_symlink(), "a fresh one stays, however old what it points to"
+    assert old_file.exists()
