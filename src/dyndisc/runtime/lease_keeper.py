@@ -214,12 +214,10 @@ class LeaseKeeper:
 
     async def release(self, registrations: int) -> None:
         """Revoke the lease on a clean exit, retried within its budget; say what stays behind if it fails."""
-        lease = self._lease
+        lease = self.lease  # granted before the runtime could leave, and released once
         self._set(None)
-        revoked = False
-        if lease is not None:  # after a failure too: what it can remove at once need not wait for the TTL
-            revoked = await revoke_on_exit(self.backend, lease, registrations)
-        self.health.closed(revoked)
+        # After a failure too: what it can remove at once need not wait for the TTL.
+        self.health.closed(await revoke_on_exit(self.backend, lease, registrations))
 
 
 def is_outage(exc: BaseException) -> bool:
