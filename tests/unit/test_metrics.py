@@ -67,6 +67,8 @@ async def test_the_runtime_records_registrations_renewals_and_watches(
         # One failed renewal (retried), then successful ones.
         await until(lambda: sample(registry, "dyndisc_lease_keepalive_seconds_count") >= 1, "a renewal")
         assert sample(registry, "dyndisc_lease_keepalive_failures_total") == 1
+        # A renewal on memory takes microseconds (a wrong sign would make it twice the clock's reading).
+        assert 0 <= sample(registry, "dyndisc_lease_keepalive_seconds_sum") < 1.0
         assert 0 <= sample(registry, "dyndisc_lease_seconds_since_renewal") < 1.0
         # Events: the first resync and the added instance; the resync is not counted as a recovery.
         assert sample(registry, "dyndisc_watch_events_total", type="resync") == 1

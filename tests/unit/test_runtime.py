@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -15,6 +15,7 @@ from dyndisc import (
     Added,
     Client,
     DiscoveryBackend,
+    DiscoveryEvent,
     DistributedRuntime,
     EndpointId,
     Instance,
@@ -190,6 +191,20 @@ class GatedBackend(KvDiscovery):
                     self.none_open = anyio.Event()
 
 
+async def test_a_first_client_that_gives_up_while_its_watch_starts_leaves_no_watch_behind(
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
+) -> None:
+    backend = GatedBackend(dyndisc_store, held=InstanceQuery("ns", "c", "slow"))
+    runtime = await dyndisc_make_runtime(backend)
+    with anyio.move_on_after(0.2):
+        await runtime.endpoint("ns.c.slow").client()
+        raise AssertionError("the watch was held: the client could not be made")
+    backend.gate.set()  # the server answers after all
+    await anyio.sleep(0.2)
+    assert backend.open == 0
+    assert len(runtime.parts().watches) == 0
+
+
 async def test_a_slow_watch_does_not_hold_up_the_clients_of_other_endpoints(
     dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
@@ -284,6 +299,47 @@ class RefusingBackend(KvDiscovery):
             yield events
 
 
+class BreaksOnce(KvDiscovery):
+    """A backend whose first watch stream ends after its first snapshot (a connection lost)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store, owns_store=False)
+        self.watches = 0
+
+    @asynccontextmanager
+    async def watch(self, query):  # type: ignore[no-untyped-def]
+        self.watches += 1
+        first = self.watches == 1
+        async with super().watch(query) as events:
+            if first:
+
+                async def until_broken() -> AsyncIterator[DiscoveryEvent]:
+                    yield await anext(events)
+                    raise ConnectionError("the connection was lost (a fault injected by the test)")
+
+                yield until_broken()
+            else:
+                yield events
+
+
+async def test_a_broken_watch_is_said_once_and_so_is_its_return(
+    dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = BreaksOnce(dyndisc_store)
+    worker, runtime = await dyndisc_make_runtime(), await dyndisc_make_runtime(backend)
+    with caplog.at_level(logging.WARNING, logger="dyndisc.watch"):
+        client = await runtime.endpoint("ns.c.e").client()
+        mine = await worker.endpoint("ns.c.e").register("tcp://h:1")
+        with anyio.fail_after(5):
+            await client.wait_for_instances()
+    assert client.instances() == [mine]
+    assert backend.watches == 2
+    said = [r.getMessage() for r in caplog.records if r.name == "dyndisc.watch"]
+    assert len(said) == 2, said
+    assert "the connection was lost" in said[0]
+    assert "back after" in said[1]
+
+
 async def test_a_client_whose_watch_cannot_start_gets_why_and_others_are_unaffected(
     dyndisc_make_runtime: MakeRuntime, dyndisc_store: FaultyStore
 ) -> None:
@@ -310,6 +366,17 @@ async def test_a_set_kept_for_the_runtimes_life_outlives_whatever_its_users_do(
             await kept.wait_changed()
     assert backend.open == 1
     assert runtime.parts().watches.get(InstanceQuery("ns")) is kept
+
+
+async def test_the_watches_of_a_runtime_that_left_start_no_more() -> None:
+    async with DistributedRuntime(MemoryStore()) as runtime:
+        watches = runtime.parts().watches
+        client = await runtime.endpoint("ns.c.e").client()
+    assert len(watches) == 0
+    with pytest.raises(RuntimeNotStartedError, match="running runtime"):
+        await watches.acquire(InstanceQuery("ns", "c", "e"))  # not the stopped set of the client
+    with pytest.raises(RuntimeNotStartedError):
+        await client.wait_for_instances(timeout=1)
 
 
 def test_a_client_let_go_of_after_its_runtime_and_event_loop_ended_changes_nothing() -> None:

@@ -22,6 +22,7 @@ from dyndisc import (
     MemoryStore,
     MetadataEntry,
     RecordTooLargeError,
+    RuntimeNotStartedError,
 )
 from dyndisc._retry import seed_jitter
 from dyndisc.backends.base import Lease
@@ -109,12 +110,14 @@ def test_the_outage_backoff_starts_over_after_a_renewal() -> None:
         await parts.keeper.grant()
         async with anyio.create_task_group() as tg:
             tg.start_soon(parts.keeper.run, parts.registrar.carry)
-            await anyio.sleep(15.0)  # renewed once
+            first = parts.keeper.lease
+            await anyio.sleep(16.0)  # renewed once, at 15 s: the lease lasts until 45 s
             parts.store.take_down()
             await anyio.sleep(20.0)  # a long outage: the backoff reaches its cap (a second)
             parts.store.bring_back()
             await anyio.sleep(2.0)  # renewed again (within a second)
             assert parts.keeper.health.current.state is LeaseState.HELD
+            assert parts.keeper.lease is first, "the same lease, so the same keep-alive loop and backoff"
             parts.store.take_down()
             before = parts.calls["keep_alive"]
             parts.keeper.renew_now.set()  # a renewal now meets the fresh outage
@@ -192,6 +195,33 @@ def test_a_revoke_that_hangs_is_tried_again_within_the_budget() -> None:
     on_virtual_time(body)
 
 
+async def test_a_registration_waiting_for_a_replacement_is_told_when_the_runtime_leaves() -> None:
+    parts = Parts()
+    first = await parts.keeper.grant()
+    await parts.registrar.register(E, "tcp://h:1")
+    await parts.store.expire_lease(first.id)  # gone on the server; the keeper has not noticed yet
+    told: list[BaseException] = []
+
+    async def register_f() -> None:
+        try:
+            await parts.registrar.register(EndpointId("ns", "c", "f"), "tcp://h:2")
+        except RuntimeNotStartedError as exc:
+            told.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(register_f)  # its write is refused: it waits for the replacement to carry everything
+        await anyio.wait_all_tasks_blocked()
+        gate = parts.store.gate("create")  # the replacement's writes never finish
+        async with anyio.create_task_group() as keeping:
+            keeping.start_soon(parts.keeper.run, parts.registrar.carry)
+            with anyio.fail_after(5):
+                await gate.arrived.wait()  # replaced, and carrying
+            keeping.cancel_scope.cancel()
+        await parts.keeper.release(0)  # the runtime leaves meanwhile
+    gate.open()
+    assert [str(e) for e in told] == ["the runtime left its 'async with' during the registration"]
+
+
 # -- the registrar -------------------------------------------------------------------------------------------
 def test_a_replacement_lease_carries_its_registrations_through_an_outage() -> None:
     async def body() -> None:
@@ -244,6 +274,117 @@ async def test_a_failed_unregistration_can_be_done_again() -> None:
     assert await parts.backend.store.get_prefix("") == {}
 
 
+async def test_an_entry_refused_for_a_lost_lease_waits_for_the_next_lease_without_asking_again() -> None:
+    parts = Parts()
+    first = await parts.keeper.grant()
+    await parts.store.expire_lease(first.id)  # gone on the server; the keeper has not noticed yet
+    entry = MetadataEntry("v1/custom", "k", {"v": 1})
+    with anyio.move_on_after(0.5):
+        await parts.registrar.put_bound(("entry", "v1/custom", "k"), lambda _lease: entry)
+        raise AssertionError("written with no lease to write under")
+    assert parts.calls["put"] == 1, "refused once, then waiting for a new lease (none comes here)"
+
+
+def test_an_entry_refused_for_a_lost_lease_has_the_server_asked_at_once() -> None:
+    async def body() -> None:
+        parts = Parts()  # TTL 10 s: the next renewal is 5 s away
+        first = await parts.keeper.grant()
+        await parts.store.expire_lease(first.id)  # gone on the server; the keeper has not noticed yet
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(parts.keeper.run, parts.registrar.carry)
+            started = anyio.current_time()
+            entry = MetadataEntry("v1/custom", "k", {"v": 1})
+            await parts.registrar.put_bound(("entry", "v1/custom", "k"), lambda _lease: entry)
+            assert anyio.current_time() - started < 1.0, "written under a new lease, not at the next renewal"
+            assert parts.keeper.lease is not first
+            tg.cancel_scope.cancel()
+
+    on_virtual_time(body)
+
+
+async def test_a_bad_entry_is_refused_at_once_even_while_the_entry_is_being_written() -> None:
+    parts = Parts()
+    await parts.keeper.grant()
+    ident = ("entry", "v1/custom", "k")
+    gate = parts.store.gate("put")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            parts.registrar.put_bound, ident, lambda _lease: MetadataEntry("v1/custom", "k", {"v": 1})
+        )
+        with anyio.fail_after(5):
+            await gate.arrived.wait()  # version 1 is being written
+        too_large = MetadataEntry("v1/custom", "k", {"blob": "x" * 300_000})
+        with anyio.fail_after(1), pytest.raises(RecordTooLargeError):
+            await parts.registrar.put_bound(ident, lambda _lease: too_large)
+        gate.open()
+    assert [e.value for e in await parts.backend.list_entries("v1/custom")] == [{"v": 1}]
+
+
+async def test_an_entry_waiting_for_its_turn_when_the_runtime_stops_is_not_written() -> None:
+    parts = Parts()
+    await parts.keeper.grant()
+    ident = ("entry", "v1/custom", "k")
+    gate = parts.store.gate("put")
+    failed: list[BaseException] = []
+
+    async def put_version_2() -> None:
+        try:
+            await parts.registrar.put_bound(ident, lambda _lease: MetadataEntry("v1/custom", "k", {"v": 2}))
+        except AccessDeniedError as exc:
+            failed.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            parts.registrar.put_bound, ident, lambda _lease: MetadataEntry("v1/custom", "k", {"v": 1})
+        )
+        with anyio.fail_after(5):
+            await gate.arrived.wait()  # version 1 is being written
+        tg.start_soon(put_version_2)
+        await anyio.wait_all_tasks_blocked()  # version 2 waits for its turn
+        parts.keeper.fail(AccessDeniedError("the server refused the keep-alive"))
+        gate.open()
+    assert [str(e) for e in failed] == ["the server refused the keep-alive"]
+    assert [e.value for e in await parts.backend.list_entries("v1/custom")] == [{"v": 1}]
+
+
+async def test_an_entry_deleted_while_its_put_waits_is_not_written_and_the_put_says_what_it_was() -> None:
+    parts = Parts()
+    await parts.keeper.grant()
+    ident = ("entry", "v1/custom", "k")
+    version_2 = MetadataEntry("v1/custom", "k", {"v": 2})
+    returned: list[MetadataEntry] = []
+    gate = parts.store.gate("put")
+
+    async def put_version_2() -> None:
+        returned.append(await parts.registrar.put_bound(ident, lambda _lease: version_2))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            parts.registrar.put_bound, ident, lambda _lease: MetadataEntry("v1/custom", "k", {"v": 1})
+        )
+        with anyio.fail_after(5):
+            await gate.arrived.wait()  # version 1 is being written
+        tg.start_soon(put_version_2)
+        await anyio.wait_all_tasks_blocked()  # version 2 waits for its turn
+        tg.start_soon(parts.registrar.forget_entry, ident, "v1/custom", "k")  # and is deleted meanwhile
+        await anyio.wait_all_tasks_blocked()
+        gate.open()
+    assert returned == [version_2]
+    assert await parts.backend.list_entries("v1/custom") == []
+
+
+async def test_a_stopped_runtime_says_why_before_judging_what_it_is_asked() -> None:
+    parts = Parts()
+    await parts.keeper.grant()
+    parts.keeper.fail(AccessDeniedError("the server refused the keep-alive"))
+    with pytest.raises(AccessDeniedError, match="refused the keep-alive"):
+        await parts.registrar.register(E, "not a transport")
+    too_large = MetadataEntry("v1/custom", "k", {"blob": "x" * 300_000})
+    with pytest.raises(AccessDeniedError, match="refused the keep-alive"):
+        await parts.registrar.put_bound(("entry", "v1/custom", "k"), lambda _lease: too_large)
+    assert parts.registrations.counts(parts.keeper.lease) == (0, 0), "nothing is wanted"
+
+
 async def test_a_bad_entry_is_refused_before_the_store_is_asked() -> None:
     parts = Parts()
     await parts.keeper.grant()
@@ -266,3 +407,52 @@ async def test_a_registration_refused_for_a_lost_lease_leaves_nothing_to_remove(
     assert parts.registrations.written(E) is None
     await parts.registrar.unregister(E)
     assert parts.calls.get("delete", 0) == 0, "nothing was written: there is nothing to delete"
+
+
+class RefusesOneEntryWrite(KvDiscovery):
+    """Holds the next write of an entry until :attr:`go` is set, then refuses it (once)."""
+
+    def __init__(self, store: FaultyStore) -> None:
+        super().__init__(store)
+        self.armed = False
+        self.held = anyio.Event()
+        self.go = anyio.Event()
+
+    async def put_entry(self, entry: MetadataEntry, lease: Lease | None) -> None:
+        if self.armed:
+            self.armed = False
+            self.held.set()
+            await self.go.wait()
+            raise AccessDeniedError("refused writing the entry (a fault injected by the test)")
+        await super().put_entry(entry, lease)
+
+
+async def test_an_entry_put_again_while_a_replacements_write_of_it_is_refused_is_still_written() -> None:
+    store = FaultyStore(MemoryStore(clock=anyio.current_time, rng=random.Random(1)))
+    backend = RefusesOneEntryWrite(store)
+    parts = Parts(backend=backend)
+    first = await parts.keeper.grant()
+    ident = ("entry", "v1/custom", "k")
+    await parts.registrar.put_bound(ident, lambda _lease: MetadataEntry("v1/custom", "k", {"v": 1}))
+    backend.armed = True  # the replacement's write of version 1 is refused
+    await store.expire_lease(first.id)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(parts.keeper.run, parts.registrar.carry)
+        parts.keeper.renew_now.set()
+        with anyio.fail_after(5):
+            await backend.held.wait()  # replaced, and carrying version 1
+        # Meanwhile the application puts version 2: its own call settles it, whatever befalls version 1.
+        put = anyio.Event()
+
+        async def put_version_2() -> None:
+            await parts.registrar.put_bound(ident, lambda _lease: MetadataEntry("v1/custom", "k", {"v": 2}))
+            put.set()
+
+        tg.start_soon(put_version_2)
+        await anyio.wait_all_tasks_blocked()
+        backend.go.set()
+        with anyio.fail_after(5):
+            await put.wait()
+        tg.cancel_scope.cancel()
+    assert [e.value for e in await backend.list_entries("v1/custom")] == [{"v": 2}]
+    assert parts.registrations.wanted_entry(ident) is not None, "version 2 is still wanted"
