@@ -98,6 +98,15 @@ def test_bad_entries_are_refused(bucket: str, key: str, value: dict[str, object]
         MetadataEntry(bucket, key, value)
 
 
+async def test_an_event_channel_published_through_the_runtime_can_be_withdrawn() -> None:
+    zmq = {"kind": "Zmq", "config": {"endpoint": "tcp://10.0.0.5:5557"}}
+    async with DistributedRuntime(MemoryStore(), lease_ttl=30) as runtime:
+        channel = await runtime.register_event_channel(EventChannel("ns", None, None, "kv-events", 7, zmq))
+        assert await runtime.event_channels() == [channel]
+        await runtime.unregister_event_channel(channel)
+        assert await runtime.event_channels() == []
+
+
 async def test_an_entry_prefix_is_checked_as_a_key_and_never_leaves_its_bucket() -> None:
     backend = KvDiscovery(MemoryStore())
     await backend.put_entry(MetadataEntry("v1/mdc", "ns/a", {"v": 1}), None)

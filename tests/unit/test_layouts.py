@@ -132,6 +132,18 @@ def test_a_snapshot_in_the_default_layout_reads_its_records_and_warns_of_the_res
     assert "/0694d" in caplog.text
     assert "belongs at" in caplog.text
     assert "not a record" in caplog.text
+    caplog.clear()
+    # A record at a key with an empty segment is told where it belongs, like any record at the wrong key.
+    with caplog.at_level(logging.WARNING, "dyndisc.kv"):
+        assert layout.parse("/services//backend/generate/694d98147d54be25", WORKER.to_json()) is None
+    assert f"the record belongs at {key!r}" in caplog.text
+
+
+def test_a_snapshot_in_the_dynamo_layout_reads_its_records_and_skips_the_rest() -> None:
+    layout = DynamoV1Layout()
+    key = layout.key_for(WORKER)
+    items = {key: REFERENCE, "v1/instances/dynamo/backend/other/1": b"not json"}
+    assert layout.parse_all(items) == [WORKER]
 
 
 def test_entries_live_in_their_bucket_and_never_where_instances_do() -> None:
