@@ -136,6 +136,15 @@ async def test_get_prefix_matches_partial_segments_like_a_string_prefix(tmp_path
 # -- liveness -------------------------------------------------------------------------------------------
 
 
+async def test_a_partial_segment_finds_its_keys_wherever_they_are_in_the_directory(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    for n in range(40):  # in whatever order the directory lists them, siblings come between
+        await store.put(f"/services/n/c/e/a{n}", b"a", 0)
+        await store.put(f"/services/n/c/e/b{n}", b"b", 0)
+    found = await store.get_prefix("/services/n/c/e/a")
+    assert sorted(found) == sorted(f"/services/n/c/e/a{n}" for n in range(40))
+
+
 async def test_keep_alive_refreshes_the_lease_file_mtime(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     lease = await store.grant(10)
