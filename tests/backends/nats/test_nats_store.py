@@ -12,7 +12,7 @@ import pytest
 from nats.js import api
 from nats_helpers import PROMPT, MakeStore, eventually, next_event, unique_prefix
 
-from dyndisc import ConfigurationError, LeaseNotFoundError
+from dyndisc import BackendUnavailableError, ConfigurationError, LeaseNotFoundError
 from dyndisc.backends.kv import StoreDelete, StoredValue, StorePut, StoreSnapshot
 from dyndisc.backends.nats import watch as _nats_watch
 from dyndisc.backends.nats.keys import encode_key
@@ -140,6 +140,45 @@ async def test_create_reports_the_owner_and_adopts_its_own_key(
     # The deletion marker is the key's last message: create must still succeed over it.
     assert await second.create(f"{prefix}a", b"2", two.id) is None
     assert await first.get_prefix(prefix) == {f"{prefix}a": b"2"}
+
+
+async def test_a_key_created_without_a_lease_stays_and_one_under_an_ended_lease_is_refused(
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    store, other = make_store(dyndisc_nats_server.url), make_store(dyndisc_nats_server.url)
+    prefix = unique_prefix()
+    assert await store.create(f"{prefix}a", b"1", 0) is None
+    assert await other.create(f"{prefix}a", b"2", 0) == StoredValue(value=b"1", lease_id=0)
+    lease = await store.grant(30)
+    await store.revoke(lease.id)
+    with pytest.raises(LeaseNotFoundError):
+        await store.create(f"{prefix}b", b"1", lease.id)
+    assert await other.get_prefix(prefix) == {f"{prefix}a": b"1"}
+
+
+async def test_a_revoke_deletes_a_key_whose_first_write_landed_without_an_answer(
+    dyndisc_nats_server: NatsServer, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(dyndisc_nats_server.url)
+    key = f"{unique_prefix()}a"
+    lease = await store.grant(30)
+    publish = store.connection.publish
+
+    async def answer_lost(*args: object, **kwargs: object) -> int:
+        await publish(*args, **kwargs)  # type: ignore[arg-type]
+        raise BackendUnavailableError("the answer was lost (a fault injected by the test)")
+
+    monkeypatch.setattr(store.connection, "publish", answer_lost)
+    with pytest.raises(BackendUnavailableError):
+        await store.create(key, b"1", lease.id)
+    monkeypatch.setattr(store.connection, "publish", publish)
+    # The retry finds the key written under its own lease: it is ours, and the lease's to remove.
+    assert await store.create(key, b"1", lease.id) == StoredValue(value=b"1", lease_id=lease.id)
+    await store.revoke(lease.id)
+    found = await store.connection.get(encode_key(key))
+    assert found is not None
+    assert found.headers is not None
+    assert found.headers.get("KV-Operation") == "DEL", "deleted by the revoke, not left for a reader to purge"
 
 
 async def test_an_empty_bucket_lists_nothing(private_nats: object, make_store: MakeStore) -> None:
@@ -309,3 +348,48 @@ async def test_a_crashed_lease_leaves_every_watcher_and_its_keys_are_purged_once
                 event = await anext(events)
                 raise AssertionError(f"unexpected {event}")
     assert await owner.get_prefix(prefix) == {}
+
+
+async def test_a_list_of_a_partial_segment_finds_every_key_that_starts_with_it(
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    store = make_store(dyndisc_nats_server.url)
+    prefix = unique_prefix()
+    for name in ("k0", "k1", "k2", "k10", "k3", "k11"):  # siblings written before and between them
+        await store.put(f"{prefix}{name}", name.encode(), 0)
+    assert await store.get_prefix(f"{prefix}k1") == {f"{prefix}{n}": n.encode() for n in ("k1", "k10", "k11")}
+
+
+async def test_a_list_that_cannot_confirm_a_lease_ended_hides_its_keys_and_leaves_them_to_a_later_reader(
+    dyndisc_nats_server: NatsServer, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner, reader, later = (make_store(dyndisc_nats_server.url) for _ in range(3))
+    prefix = unique_prefix()
+    lease = await owner.grant(1)  # never renewed: it ends after a second, as if its process crashed
+    await owner.create(f"{prefix}a", b"1", lease.id)
+    await owner.put(f"{prefix}b", b"2", 0)
+
+    async def unreachable(nats_key: str) -> None:
+        raise BackendUnavailableError("nats-server did not answer (a fault injected by the test)")
+
+    # The reader cannot read the lease key to confirm the lease ended: it neither shows nor purges its key.
+    monkeypatch.setattr(reader.connection, "get", unreachable)
+
+    async def ended() -> bool:
+        return await reader.get_prefix(prefix) == {f"{prefix}b": b"2"}
+
+    await eventually(ended, PROMPT, "the lease's key to leave the list")
+    found = await owner.connection.get(encode_key(f"{prefix}a"))
+    assert found is not None
+    assert found.data == b"1", "not purged on a guess"
+
+    async def purged() -> bool:
+        await later.get_prefix(prefix)  # a reader that can confirm it purges the orphan
+        message = await owner.connection.get(encode_key(f"{prefix}a"))
+        return (
+            message is not None
+            and message.headers is not None
+            and message.headers.get("KV-Operation") == "DEL"
+        )
+
+    await eventually(purged, PROMPT, "a later reader to purge the orphan")
