@@ -145,6 +145,16 @@ async def test_a_partial_segment_finds_its_keys_wherever_they_are_in_the_directo
     assert sorted(found) == sorted(f"/services/n/c/e/a{n}" for n in range(40))
 
 
+async def test_names_dyndisc_does_not_write_hide_none_of_the_records_beside_them(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    for n in range(40):
+        await store.put(f"/services/n/c/e/{n}", b"v", 0)
+    directory = store.record_path("/services/n/c/e/0").parent
+    for stray in ("notes.txt", "%61.rec", "a b", "~x"):  # in whatever order the directory lists them
+        (directory / stray).write_text("not ours")
+    assert sorted(await store.get_prefix("/services/")) == sorted(f"/services/n/c/e/{n}" for n in range(40))
+
+
 async def test_keep_alive_refreshes_the_lease_file_mtime(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     lease = await store.grant(10)
