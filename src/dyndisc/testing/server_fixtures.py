@@ -1,5 +1,5 @@
-"""What the pytest plugin's real-server fixtures do: etcd, nats-server (JetStream), kube-apiserver (alone, or
-with kube-controller-manager), TCP proxies, servers of a test's own.
+"""What the pytest plugin's real-server fixtures do: etcd, nats-server (JetStream; alone, or a 3-server
+cluster), kube-apiserver (alone, or with kube-controller-manager), TCP proxies, servers of a test's own.
 
 The fixtures themselves (``dyndisc_etcd_server`` ...) are in :mod:`dyndisc.testing.pytest_plugin`, which
 imports this module only when a test uses one of them: a session that uses none never loads the server kit.
@@ -21,6 +21,7 @@ from dyndisc.testing.servers import (
     EtcdServer,
     KubeApiServer,
     KubeCluster,
+    NatsCluster,
     NatsServer,
     ServerBase,
     ServerUnavailable,
@@ -37,6 +38,7 @@ __all__ = [
     "in_ci",
     "kube_apiserver_for_session",
     "kube_cluster_for_session",
+    "nats_cluster_for_session",
     "nats_server_for_session",
     "private_servers_for_test",
     "server_log_sections",
@@ -134,6 +136,15 @@ def nats_server_for_session() -> Iterator[NatsServer]:
     yield from _session_server(
         "nats-server", "DYNDISC_TEST_NATS_URL", ExternalNats, nats_container, NatsServer
     )
+
+
+def nats_cluster_for_session() -> Iterator[NatsCluster]:
+    """The body of ``dyndisc_nats_cluster``: three nats-servers with JetStream in one cluster."""
+    cluster = _started("nats cluster", lambda: NatsCluster(3).start())
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 def kube_apiserver_for_session() -> Iterator[KubeApiServer]:
