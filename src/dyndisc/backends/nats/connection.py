@@ -8,6 +8,7 @@ requests of the store (publish, read, delete markers, scans), translating failur
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -21,6 +22,7 @@ from nats.js import JetStreamContext, api
 
 from dyndisc._errors import AccessDeniedError, BackendUnavailableError, ConfigurationError
 from dyndisc._retry import Backoff
+from dyndisc.backends.nats.failover import ServerProbe
 from dyndisc.backends.nats.feed import KV_OPERATION, LEASE_HEADER, KvChange, KvFeed
 from dyndisc.backends.nats.settings import NatsSettings, connect_failure_message
 from dyndisc.backends.nats.watch import close_feed
@@ -37,6 +39,14 @@ MIN_SERVER_VERSION = (2, 11)
 PING_INTERVAL = 3.0
 #: JetStream error code for a failed ``Nats-Expected-Last-Subject-Sequence`` check.
 _WRONG_LAST_SEQUENCE = 10071
+#: A JetStream request that got no answer, or found nobody to answer it (no stream leader, no JetStream yet,
+#: or a server cut off from its cluster): retried within ``NATS_TIMEOUT``.
+_UNANSWERED = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
 
 
 class WrongRevision(Exception):
@@ -58,6 +68,8 @@ class NatsBucket:
         self._closed = False
         #: Called after every reconnection (the server may have dropped our consumers: watches restart).
         self.on_reconnect: set[Callable[[], None]] = set()
+        #: Moves the connection off a server cut off from its cluster (see :mod:`.failover`).
+        self.probe = ServerProbe(len(settings.servers))
 
     # -- connection ------------------------------------------------------------------------------------
     @property
@@ -82,9 +94,16 @@ class NatsBucket:
         async def on_error(exc: Exception) -> None:
             errors.append(exc)
             log.warning("NATS connection error (%s): %s", where, exc)
+            if isinstance(exc, _UNANSWERED) and self._nc is not None:
+                # nats-py could not re-create a watch's consumer: is this server cut off from its cluster?
+                self.probe.failed()
+                await self.probe.check(self._nc)
 
         options: dict[str, Any] = {
-            "servers": settings.servers,
+            # A random first server spreads a fleet over the cluster; after it, nats-py goes round the list in
+            # order, so a client leaving a server (failover.py) never lands on it again at once.
+            "servers": random.sample(settings.servers, len(settings.servers)),
+            "dont_randomize": True,
             "connect_timeout": settings.timeout,
             "reconnect_time_wait": 0.5,
             # A connection that silently stops carrying data (a partition, not a reset) is only noticed by
@@ -187,10 +206,12 @@ class NatsBucket:
         except nats.errors.TimeoutError as exc:
             raise BackendUnavailableError(f"{where} did not answer a JetStream request in time") from exc
         if info is None:
+            replicas = self.settings.replicas
             config = api.KeyValueConfig(
                 bucket=self.name,
                 description="dyndisc service discovery",
                 history=1,
+                replicas=replicas,
                 direct=True,
                 limit_marker_ttl=float(self.settings.kv_marker_ttl),
             )
@@ -200,11 +221,15 @@ class NatsBucket:
                 raise ConfigurationError(
                     f"{where} does not support KV limit markers (needs >= 2.11)"
                 ) from exc
-            except nats.js.errors.BadRequestError as exc:
+            except nats.js.errors.APIError as exc:
+                # A replica count the servers cannot hold: more than 1 on a lone server ("not supported in
+                # non-clustered mode"), more than the cluster has servers ("insufficient resources").
+                hint = f" (NATS_KV_REPLICAS={replicas})" if replicas > 1 else ""
                 raise ConfigurationError(
-                    f"{where} refused to create KV bucket {self.name!r} (NATS_KV_BUCKET): {exc.description}"
+                    f"{where} refused to create KV bucket {self.name!r} (NATS_KV_BUCKET) with {replicas} "
+                    f"replica(s){hint}: {exc.description}"
                 ) from exc
-            log.info("created NATS KV bucket %r on %s", self.name, where)
+            log.info("created NATS KV bucket %r (%d replica(s)) on %s", self.name, replicas, where)
             return
         stream_config = info.config
         if not stream_config.allow_msg_ttl or not stream_config.subject_delete_marker_ttl:
@@ -212,6 +237,15 @@ class NatsBucket:
                 f"KV bucket {self.name!r} (NATS_KV_BUCKET) on {where} was created without per-message TTLs "
                 "and limit markers, so expired workers would never reach watchers: delete it "
                 f"(nats kv del {self.name}) to let dyndisc recreate it, or choose another NATS_KV_BUCKET"
+            )
+        wanted, found = self.settings.kv_replicas, stream_config.num_replicas or 1
+        if wanted is not None and wanted != found:
+            # Asked for explicitly and not what the bucket has: never changed behind the operator's back.
+            raise ConfigurationError(
+                f"KV bucket {self.name!r} (NATS_KV_BUCKET) on {where} has {found} replica(s), but "
+                f"NATS_KV_REPLICAS={wanted}: change the bucket in place (nats stream edit {self.stream} "
+                f"--replicas {wanted}), set NATS_KV_REPLICAS={found}, or leave it unset to use the bucket as "
+                "it is"
             )
 
     async def _on_disconnected(self) -> None:
@@ -222,8 +256,14 @@ class NatsBucket:
     async def _on_reconnected(self) -> None:
         log.info("reconnected to nats-server; resyncing %d watch(es)", len(self.on_reconnect))
         self._stale_since = None
+        self.probe.reconnected()
         for callback in list(self.on_reconnect):
             callback()
+
+    async def check_server(self) -> None:
+        """The routine probe of a connection with open watches (see :mod:`.failover`)."""
+        if self._nc is not None:
+            await self.probe.check(self._nc, routine=True)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -291,11 +331,19 @@ class NatsBucket:
             left = deadline - anyio.current_time()
             with self.translate(what):
                 try:
-                    return await call(max(min(attempt_timeout, left), 0.05))
-                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                    # No answer (lost in a broken connection) or no JetStream yet (just restarted).
+                    answer = await call(max(min(attempt_timeout, left), 0.05))
+                except _UNANSWERED:
+                    # No answer (lost in a broken connection), no JetStream yet (just restarted), no stream
+                    # leader (an election), or a server cut off from its cluster.
+                    self.probe.failed()
                     if anyio.current_time() >= deadline:
                         raise
+                else:
+                    self.probe.succeeded()
+                    return answer
+                if self._nc is not None:
+                    with anyio.move_on_after(max(deadline - anyio.current_time(), 0.0)):
+                        await self.probe.check(self._nc)
                 await anyio.sleep(min(0.1, max(deadline - anyio.current_time(), 0.0)))
 
     async def get(self, nats_key: str) -> api.RawStreamMsg | None:

@@ -327,7 +327,9 @@ class NatsStore(KeyValueStore):
     @asynccontextmanager
     async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[StoreEvent]]:
         await self.connection.jetstream()  # connection problems surface here, before the watch exists
-        watch = NatsWatch(self.connection.open_feed, prefix, purge=self._purge_orphans)
+        watch = NatsWatch(
+            self.connection.open_feed, prefix, purge=self._purge_orphans, probe=self.connection.check_server
+        )
         restart = watch.on_reconnect
         self.connection.on_reconnect.add(restart)
         try:
