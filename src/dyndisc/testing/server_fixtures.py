@@ -53,8 +53,17 @@ class _HasLogTail(Protocol):
     def log_tail(self, lines: int = 50) -> str: ...
 
 
+class _Owned(Protocol):
+    """What a test's own server (or cluster of servers) offers: started, then closed at teardown."""
+
+    def start(self) -> object: ...
+
+    def close(self) -> None: ...
+
+
 _S = TypeVar("_S", bound=_HasLogTail)
 _B = TypeVar("_B", bound=ServerBase)
+_O = TypeVar("_O", bound=_Owned)
 
 # Every server started here in this process, by display name, for failure reports.
 _STARTED: dict[str, _HasLogTail] = {}
@@ -214,14 +223,15 @@ def tcp_proxies_for_test() -> Iterator[TcpProxyFactory]:
 class PrivateServers:
     """Factory of servers owned by one test (to kill, restart, or start with TLS/auth), closed at teardown.
 
-    ``dyndisc_private_servers(EtcdServer, tls=True)`` starts one; ``start=False`` returns it unstarted. A
-    server that cannot start fails the test in CI and skips it elsewhere, like the session fixtures.
+    ``dyndisc_private_servers(EtcdServer, tls=True)`` starts one; ``start=False`` returns it unstarted;
+    ``dyndisc_private_servers(NatsCluster)`` or ``(EtcdCluster)`` a cluster. A server that cannot start fails
+    the test in CI and skips it elsewhere, like the session fixtures.
     """
 
     def __init__(self) -> None:
-        self.servers: list[ServerBase] = []
+        self.servers: list[_Owned] = []
 
-    def __call__(self, kind: Callable[..., _B], *, start: bool = True, **kwargs: Any) -> _B:
+    def __call__(self, kind: Callable[..., _O], *, start: bool = True, **kwargs: Any) -> _O:
         try:
             server = kind(**kwargs)
             self.servers.append(server)

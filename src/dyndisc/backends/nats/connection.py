@@ -76,6 +76,14 @@ class NatsBucket:
     def stale_since(self) -> float | None:
         return self._stale_since
 
+    @property
+    def connected_url(self) -> str | None:
+        """The URL of the server the connection is on now (``None`` while it is not on one)."""
+        nc = self._nc
+        if nc is None or not nc.is_connected or nc.connected_url is None:
+            return None
+        return str(nc.connected_url.geturl())
+
     async def jetstream(self) -> JetStreamContext:
         if self._js is not None:
             return self._js

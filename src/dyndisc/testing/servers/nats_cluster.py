@@ -227,12 +227,18 @@ class NatsCluster:
         poll_until(answered, timeout, describe=f"an answer to /jsz?{question}")
         return found[0]
 
+    def _alive(self, name: object) -> str | None:
+        """``name`` if it names a running server that is not cut off (a server may still name a leader that
+        was just killed, or one on the other side of a partition), else ``None``."""
+        if not isinstance(name, str) or name in self.partitioned:
+            return None
+        return name if any(s.name == name and s.running for s in self.servers) else None
+
     def meta_leader(self, timeout: float = 10.0) -> NatsClusterServer:
         """The server that leads the JetStream meta group (streams and consumers are placed by it)."""
 
         def read(jsz: dict[str, Any]) -> str | None:
-            leader = (jsz.get("meta_cluster") or {}).get("leader")
-            return leader if isinstance(leader, str) and leader else None
+            return self._alive((jsz.get("meta_cluster") or {}).get("leader"))
 
         try:
             return self.server(self._ask("", read, timeout))
@@ -247,8 +253,7 @@ class NatsCluster:
             for account in jsz.get("account_details") or ():
                 for detail in account.get("stream_detail") or ():
                     if detail.get("name") == stream:
-                        leader = (detail.get("cluster") or {}).get("leader")
-                        return leader if isinstance(leader, str) and leader else None
+                        return self._alive((detail.get("cluster") or {}).get("leader"))
             return None
 
         try:
@@ -301,11 +306,12 @@ class NatsCluster:
     def partition(self, server: NatsClusterServer | str, *, silent: bool = False) -> NatsClusterServer:
         """Cut ``server`` off from every other server; they still reach each other, and clients still reach
         all of them. By default its routes are reset (and every new one); ``silent`` black-holes them
-        instead (connections stay open and carry nothing: noticed by route pings, after about 3 s)."""
+        instead: connections stay open and carry nothing (held back, as a network would, not dropped from
+        the middle of a stream), new ones hang, and the route pings notice after about 3 s."""
         found = self._find(server)
         for (source, target), proxy in self.route_proxies.items():
             if found.name in (source, target):
-                proxy.blackhole(discard=True) if silent else proxy.cut()
+                proxy.blackhole() if silent else proxy.cut()
         self.partitioned.add(found.name)
         return found
 
@@ -315,16 +321,27 @@ class NatsCluster:
             proxy.restore()
         self.partitioned.clear()
 
+    def routes_of(self, server: NatsClusterServer) -> set[str]:
+        """The names of the servers ``server`` has a route to now (from its ``/routez``)."""
+        found = server._monitor("/routez")
+        return {r["remote_name"] for r in found.get("routes") or () if r.get("remote_name")}
+
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Wait until every running server answers its JetStream health check (``/healthz``: its meta group
-        and its streams are current)."""
+        and its streams are current) and has its routes to every other running server that is not cut off
+        (a server back from a partition answers its health check before its routes carry interest again)."""
 
         def healthy() -> bool:
+            running = {s.name for s in self.running}
             for server in self.running:
                 try:
                     if not server._ready():
                         return False
-                except OSError:
+                    if server.name not in self.partitioned:
+                        others = running - self.partitioned - {server.name}
+                        if not others <= self.routes_of(server):
+                            return False
+                except (OSError, ValueError, KeyError):
                     return False
             return True
 
