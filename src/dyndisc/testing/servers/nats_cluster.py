@@ -37,12 +37,21 @@ class NatsClusterServer(NatsServer):
     adds its cluster block (name, cluster port, routes). :attr:`name` is its ``server_name``."""
 
     def __init__(
-        self, name: str, *, cluster_name: str, binary: Path, ready_timeout: float, base_dir: Path | None
+        self,
+        name: str,
+        *,
+        cluster_name: str,
+        ports: tuple[int, int, int],
+        binary: Path,
+        ready_timeout: float,
+        base_dir: Path | None,
     ) -> None:
+        """``ports``: client, monitoring and cluster ports (the cluster picks them all at once, so that no
+        two of its servers and proxies are given the same one)."""
         super().__init__(binary=binary, ready_timeout=ready_timeout, base_dir=base_dir)
         self.name = name
         self.cluster_name = cluster_name
-        (self.cluster_port,) = free_ports(1)
+        self.port, self.monitor_port, self.cluster_port = ports
         #: ``host:port`` of each route this server dials (set by the cluster before it starts).
         self.routes: list[str] = []
 
@@ -110,6 +119,8 @@ class NatsCluster:
         if size < 1:
             raise ValueError("a cluster has at least one server")
         found = Path(binary) if binary is not None else find_nats_server_binary()
+        # Every port at once: three per server, and one per ordered pair for the route proxies.
+        ports = free_ports(3 * size + size * (size - 1))
         self.servers: list[NatsClusterServer] = []
         for n in range(size):
             member_dir = None if base_dir is None else base_dir / f"n{n}"
@@ -117,11 +128,13 @@ class NatsCluster:
                 NatsClusterServer(
                     f"n{n}",
                     cluster_name=cluster_name,
+                    ports=(ports[3 * n], ports[3 * n + 1], ports[3 * n + 2]),
                     binary=found,
                     ready_timeout=ready_timeout,
                     base_dir=member_dir,  # None: a temp dir of its own
                 )
             )
+        self._proxy_ports = ports[3 * size :]
         self.version = self.servers[0].version
         self.ready_timeout = ready_timeout
         #: ``(from, to)`` server names -> the proxy ``from`` dials to reach ``to``'s cluster port.
@@ -161,10 +174,11 @@ class NatsCluster:
         """Start every server that is not running and wait until each serves JetStream (a meta leader is
         elected only once a majority runs, so they are spawned together)."""
         if not self.route_proxies:
+            free = iter(self._proxy_ports)
             for source in self.servers:
                 for target in self.servers:
                     if source is not target:
-                        proxy = TcpProxy(LOOPBACK, target.cluster_port).start()
+                        proxy = TcpProxy(LOOPBACK, target.cluster_port, port=next(free)).start()
                         self.route_proxies[(source.name, target.name)] = proxy
             for source in self.servers:
                 source.routes = [
@@ -176,6 +190,7 @@ class NatsCluster:
                 server.spawn()
             for server in stopped:
                 server.wait_ready()
+            self.wait_healthy(self.ready_timeout)
         except BaseException:
             self.close()
             raise
@@ -328,8 +343,9 @@ class NatsCluster:
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Wait until every running server answers its JetStream health check (``/healthz``: its meta group
-        and its streams are current) and has its routes to every other running server that is not cut off
-        (a server back from a partition answers its health check before its routes carry interest again)."""
+        and its streams are current), has its routes to every other running server that is not cut off (a
+        server back from a partition answers its health check before its routes carry interest again), and
+        knows a meta leader."""
 
         def healthy() -> bool:
             running = {s.name for s in self.running}
@@ -340,6 +356,10 @@ class NatsCluster:
                     if server.name not in self.partitioned:
                         others = running - self.partitioned - {server.name}
                         if not others <= self.routes_of(server):
+                            return False
+                        # /healthz answers before the first meta leader is elected: JetStream requests
+                        # would time out until then.
+                        if self._alive((server.jsz().get("meta_cluster") or {}).get("leader")) is None:
                             return False
                 except (OSError, ValueError, KeyError):
                     return False
