@@ -257,8 +257,10 @@ def dyndisc_kube_cluster() -> Iterator[KubeCluster]:
 
     Its EndpointSlice controller and garbage collector act on the whole cluster, which is why this is not
     the ``dyndisc_kube_apiserver`` of the tests that write EndpointSlices themselves. dyndisc's CRD is
-    installed. Nothing plays kubelet: tests create a Node, Pods bound to it, and write the Pods' status. Both
-    binaries are built on first use when missing (many minutes); CI builds them beforehand.
+    installed. Nothing plays kubelet: tests create a Node, Pods bound to it, and write the Pods' status. The
+    reads of EndpointSlices, Pods and DynamoWorkerMetadata are audited (``cluster.apiserver.audit_events()``:
+    what clients really asked for). Both binaries are built on first use when missing (many minutes); CI
+    builds them beforehand.
     """
     from dyndisc.testing.server_fixtures import kube_cluster_for_session
 

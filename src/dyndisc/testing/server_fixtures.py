@@ -171,7 +171,8 @@ def _start_cluster() -> KubeCluster:
     # DynamoWorkerMetadata from the first moment (it discovers new resource types only every 30 s).
     from dyndisc.backends.kubernetes.manifests import manifest  # no Kubernetes client needed
 
-    cluster = KubeCluster(crds=[manifest("crd.yaml")])
+    # Audited, so that a test can check what its clients asked the API server for (their label selectors).
+    cluster = KubeCluster(crds=[manifest("crd.yaml")], audit=True)
     _STARTED["kube-cluster apiserver"] = cluster.apiserver
     _STARTED["kube-cluster etcd"] = cluster.apiserver.etcd
     _STARTED["kube-controller-manager"] = cluster.controller_manager
