@@ -13,13 +13,9 @@ async def route(runtime: DistributedRuntime, requests: int = 5) -> list[int]:
     await client.wait_for_instances(timeout=30)
     chosen = []
     for n in range(requests):
-        instance = (
-            client.round_robin()
-        )  # or client.random(), client.direct(instance_id)
-        print(
-            f"request {n} -> {instance.instance_id:x} at {instance.transport}",
-            flush=True,
-        )
+        # Or client.random(), or client.direct(instance_id).
+        instance = client.round_robin()
+        print(f"request {n} -> {instance.instance_id:x} at {instance.transport}")
         chosen.append(instance.instance_id)
     return chosen
 

@@ -1,11 +1,11 @@
 """A worker: register an endpoint under the process lease, serve until SIGTERM/SIGINT,
 leave cleanly.
 
-# or etcd (default), nats, kubernetes
-DYN_DISCOVERY_BACKEND=file python examples/worker.py
+DYN_DISCOVERY_BACKEND=file python examples/worker.py  # or etcd (default), nats...
 """
 
 import signal
+import sys
 
 import anyio
 
@@ -14,9 +14,8 @@ from dyndisc import DistributedRuntime
 
 async def serve(runtime: DistributedRuntime, port: int = 9000) -> None:
     endpoint = runtime.endpoint("dynamo.backend.generate")
-    instance = await endpoint.register(
-        f"tcp://127.0.0.1:{port}", {"model": "llama-3-8b"}
-    )
+    transport, metadata = f"tcp://127.0.0.1:{port}", {"model": "llama-3-8b"}
+    instance = await endpoint.register(transport, metadata)
     print(f"registered {instance}", flush=True)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
@@ -31,4 +30,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:  # Ctrl-C before it registered (waiting for etcd, say)
+        print("interrupted before registering: nothing to leave", file=sys.stderr)
+        sys.exit(130)

@@ -40,16 +40,20 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 EQUIVALENT = ROOT / "tools" / "mutation-equivalent.txt"
 
-PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--timeout", "120"]
+PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--timeout", "60"]
+#: Core unit tests take seconds each: a mutant that makes one hang is killed sooner.
+CORE_TIMEOUT = ["--timeout", "20"]
 #: The unit tests of the core (the rest of tests/unit is the CLI, the plugin and the docs).
 CORE_UNIT = [
     *PYTEST,
+    *CORE_TIMEOUT,
     "-m",
     "not slow",
     *(
         f"tests/unit/{name}.py"
         for name in (
             "test_runtime_parts",
+            "test_lease_timing",
             "test_runtime",
             "test_lease_semantics",
             "test_cards_and_entries",
@@ -107,6 +111,8 @@ class Mutant:
     operator: str
     replacement: str
     original: str
+    #: A hash of the module's source the mutant was found in (a mutant of an older version is not run).
+    source_hash: str
 
     @property
     def ident(self) -> str:
@@ -158,6 +164,7 @@ class _Finder(ast.NodeVisitor):
     def __init__(self, module: str, source: str) -> None:
         self.module = module
         self.source = source
+        self.source_hash = _hash(source)
         self.found: list[Mutant] = []
         #: Whether each function being visited is an ``__init__`` (its attribute assignments are not
         #: dropped: every use of the object would fail at once, a kill that says nothing).
@@ -180,6 +187,7 @@ class _Finder(ast.NodeVisitor):
                 operator,
                 replacement,
                 original,
+                self.source_hash,
             )
         )
 
@@ -290,6 +298,10 @@ class _Finder(ast.NodeVisitor):
         self._add(node, "break-continue", "break")
 
 
+def _hash(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()[:12]
+
+
 def _unawait(node: ast.expr) -> ast.expr:
     return node.value if isinstance(node, ast.Await) else node
 
@@ -345,7 +357,7 @@ class Result:
 
     ident: str
     describe: str
-    status: str  # killed, survived, timeout, invalid
+    status: str  # killed, survived, timeout, invalid, stale (its module was edited during the run)
     by: str
     seconds: float
 
@@ -362,8 +374,11 @@ def run_one(mutant: Mutant, timeout: float) -> Result:
     scratch = _scratch()
     try:
         target = scratch / "src" / mutant.module
+        source = target.read_text()
+        if _hash(source) != mutant.source_hash:  # edited during the run: judge this mutant again later
+            return Result(mutant.ident, mutant.describe(), "stale", "", 0.0)
         try:
-            target.write_text(apply(target.read_text(), mutant))
+            target.write_text(apply(source, mutant))
         except SyntaxError:
             return Result(mutant.ident, mutant.describe(), "invalid", "", 0.0)
         env = {
@@ -428,7 +443,7 @@ def main() -> int:
     parser.add_argument("--sample", type=int, help="run this many mutants, drawn at random")
     parser.add_argument("--seed", type=int, default=0, help="the draw of --sample")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per check before it is a kill")
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds per check before it is a kill")
     parser.add_argument("--out", type=Path, help="results (JSON lines); mutants already there are skipped")
     parser.add_argument("--show", type=int, default=20, help="survivors printed at the end")
     args = parser.parse_args()
@@ -448,7 +463,8 @@ def main() -> int:
     if args.out is not None and args.out.exists():
         for line in args.out.read_text().splitlines():
             result = Result(**json.loads(line))
-            done[result.ident] = result
+            if result.status != "stale":
+                done[result.ident] = result
     pending = [m for m in chosen if m.ident not in done]
     print(f"{len(chosen)} mutants, {len(chosen) - len(pending)} already judged, {args.jobs} at a time")
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
@@ -469,7 +485,9 @@ def main() -> int:
 
 def _report(results: list[Result], show: int) -> int:
     same = equivalent()
-    judged = [r for r in results if r.status != "invalid"]
+    judged = [r for r in results if r.status not in ("invalid", "stale")]
+    if stale := len(results) - len(judged) - sum(r.status == "invalid" for r in results):
+        print(f"{stale} mutants of modules edited during the run were not judged: run again")
     killed = [r for r in judged if r.status in ("killed", "timeout")]
     survived = [r for r in judged if r.status == "survived"]
     equal = [r for r in survived if r.ident in same]

@@ -21,11 +21,12 @@ from typing import Any
 from dyndisc._dynamo import EVENT_CHANNELS_BUCKET, MODEL_CARDS_BUCKET
 from dyndisc._entries import MetadataEntry, validate_entry_key
 from dyndisc._errors import InvalidRecordError
+from dyndisc._hex import dataclass_repr
 from dyndisc._metadata import freeze_metadata
 from dyndisc._models import MAX_INSTANCE_ID, EndpointId
 from dyndisc._names import validate_name
 
-__all__ = ["EventChannel", "ModelCard", "model_card"]
+__all__ = ["EventChannel", "ModelCard", "event_channel_prefix", "model_card", "model_card_prefix"]
 
 #: Largest publisher id of an event channel: the reference keeps ids JSON-number safe (Kubernetes stores
 #: numbers as float64).
@@ -38,6 +39,20 @@ def event_segment(text: str) -> str:
     """An event channel path segment as the reference writes it: letters, digits, ``_`` and ``-`` as they
     are, every other UTF-8 byte as ``%XX`` (upper-case hex)."""
     return "".join(c if c in _PLAIN else "".join(f"%{b:02X}" for b in c.encode()) for c in text)
+
+
+def model_card_prefix(*names: str) -> str:
+    """The key prefix, in the ``v1/mdc`` bucket, of the cards of a namespace, a component or an endpoint
+    (``ns/``, ``ns/comp/``, ``ns/comp/ep/``): every card's key starts with its endpoint's."""
+    return "".join(f"{name}/" for name in names)
+
+
+def event_channel_prefix(*names: str) -> str:
+    """The key prefix, in the ``v1/event_channels`` bucket, of the channels of a namespace, a component or
+    an endpoint (``namespace/ns/``, ``namespace/ns/component/comp/`` ...): every channel's key starts with
+    the prefix of its scope, and so with its namespace's."""
+    kinds = ("namespace", "component", "endpoint")
+    return "".join(f"{kind}/{event_segment(name)}/" for kind, name in zip(kinds, names, strict=False))
 
 
 def model_card(
@@ -97,6 +112,9 @@ class ModelCard:
             raise InvalidRecordError(f"a LoRA name is one key segment (no '/'), got {self.lora!r}")
         object.__setattr__(self, "card", freeze_metadata(self.card, f"the model card of {self.endpoint_id}"))
 
+    def __repr__(self) -> str:
+        return dataclass_repr(self, ("namespace", "component", "endpoint", "instance_id", "card", "lora"))
+
     @property
     def endpoint_id(self) -> EndpointId:
         """The endpoint serving the model."""
@@ -118,7 +136,8 @@ class ModelCard:
     def key(self) -> str:
         """The card's key in the ``v1/mdc`` bucket."""
         suffix = f"/{self.lora}" if self.lora is not None else ""
-        return f"{self.namespace}/{self.component}/{self.endpoint}/{self.instance_id:x}{suffix}"
+        endpoint = model_card_prefix(self.namespace, self.component, self.endpoint)
+        return f"{endpoint}{self.instance_id:x}{suffix}"
 
     def to_entry(self) -> MetadataEntry:
         """The card as the reference writes it."""
@@ -187,6 +206,10 @@ class EventChannel:
             raise InvalidRecordError(f"a publisher id is an integer in 1..2**53-1, got {pid!r}")
         object.__setattr__(self, "transport", freeze_metadata(self.transport, f"event channel {self.topic}"))
 
+    def __repr__(self) -> str:
+        names = ("namespace", "component", "endpoint", "topic", "publisher_id", "transport")
+        return dataclass_repr(self, names)
+
     @staticmethod
     def new_publisher_id() -> int:
         """A random publisher id in the range the reference uses (JSON-number safe)."""
@@ -205,14 +228,8 @@ class EventChannel:
     @property
     def key(self) -> str:
         """The channel's key in the ``v1/event_channels`` bucket."""
-        parts = ["namespace", self.namespace]
-        if self.component is not None:
-            parts += ["component", self.component]
-        if self.endpoint is not None:
-            parts += ["endpoint", self.endpoint]
-        parts += ["topic", self.topic]
-        encoded = [p if i % 2 == 0 else event_segment(p) for i, p in enumerate(parts)]
-        return "/".join([*encoded, f"{self.publisher_id:x}"])
+        names = [n for n in (self.namespace, self.component, self.endpoint) if n is not None]
+        return f"{event_channel_prefix(*names)}topic/{event_segment(self.topic)}/{self.publisher_id:x}"
 
     def to_entry(self) -> MetadataEntry:
         """The channel as the reference writes it."""

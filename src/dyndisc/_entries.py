@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from dyndisc._errors import InvalidNameError, InvalidRecordError, RecordTooLargeError
+from dyndisc._hex import dataclass_repr
 from dyndisc._metadata import FrozenDict, freeze_metadata, freeze_wire
 
 __all__ = [
@@ -134,6 +135,10 @@ class MetadataEntry:
 
     def __str__(self) -> str:
         return f"{self.bucket}/{self.key}"
+
+    def __repr__(self) -> str:
+        # The reference stores ids as JSON numbers: shown in hex here, as the key and every table show them.
+        return dataclass_repr(self, ("bucket", "key", "value"))
 
 
 @dataclass(frozen=True, slots=True)

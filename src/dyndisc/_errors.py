@@ -27,6 +27,19 @@ class ConfigurationError(DyndiscError, ValueError):
     """A setting (environment variable or argument) has a value dyndisc cannot use."""
 
 
+class MissingExtraError(ConfigurationError):
+    """What was asked for needs a client library that is not installed: the message names the pip extra
+    that brings it (``the 'nats' backend needs 'nats': pip install 'dyndisc[nats]'``), the same line from
+    the library, the command line and ``dyndisc doctor``."""
+
+    def __init__(self, needs: str, module: str, extra: str) -> None:
+        #: The module that could not be imported, and the extra that brings it.
+        self.module, self.extra = module, extra
+        #: The command that installs it.
+        self.install = f"pip install 'dyndisc[{extra}]'"
+        super().__init__(f"{needs} needs {module!r}: {self.install}")
+
+
 class BackendUnavailableError(DyndiscError, ConnectionError):
     """The discovery backend could not be reached, or did not answer, within the allowed time: an outage.
 

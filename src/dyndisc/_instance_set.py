@@ -15,6 +15,7 @@ from dyndisc._concurrency import gc_paused
 from dyndisc._events import Added, DiscoveryEvent, Removed, Resync
 from dyndisc._metrics import metrics
 from dyndisc._models import EndpointId, Instance, InstanceQuery
+from dyndisc._outage import OutageLog
 from dyndisc._retry import Backoff
 from dyndisc.backends.base import DiscoveryBackend
 
@@ -284,6 +285,7 @@ class InstanceSet:
         """
         started = False
         backoff = Backoff(RESUME_INITIAL, RESUME_CAP)
+        outage = OutageLog(log, f"watch of {self.query}")
         while True:
             try:
                 async with self.backend.watch(self.query) as events:
@@ -292,8 +294,8 @@ class InstanceSet:
                             self._record(event)
                         self._apply(event)
                         if self._stale_since is not None and isinstance(event, Resync):
-                            log.info("watch of %s re-established", self.query)
                             self._stale_since = None
+                            outage.recovered()
                         if not started:
                             started = True
                             self._started.set()
@@ -307,9 +309,8 @@ class InstanceSet:
                     raise
                 if self._stale_since is None:
                     self._stale_since = time.monotonic()
-                delay = backoff.next_delay()
-                log.warning("watch of %s failed (%s); retrying in %.2fs", self.query, exc, delay)
-                await anyio.sleep(delay)
+                outage.failed(exc)
+                await backoff.sleep()
 
 
 def _by_endpoint(instances: tuple[Instance, ...]) -> dict[EndpointId, dict[int, Instance]]:

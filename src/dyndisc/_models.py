@@ -14,12 +14,13 @@ import dataclasses
 import enum
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pydantic_core import SchemaValidator, ValidationError, core_schema
 
 from dyndisc._errors import InvalidRecordError, RecordTooLargeError
+from dyndisc._hex import dataclass_repr
 from dyndisc._metadata import EMPTY, FrozenDict, check_text, freeze_metadata, freeze_wire
 from dyndisc._names import (
     MAX_NAME_LENGTH,
@@ -331,6 +332,10 @@ class Instance:
     def __str__(self) -> str:
         where = f" at {self.transport}" if self.transport else ""
         return f"{self.endpoint_id}/{self.instance_id:x}{where}"
+
+    def __repr__(self) -> str:
+        # The dataclass's repr, but its id in hex, as every other view shows it.
+        return dataclass_repr(self, (f.name for f in fields(self) if f.repr))
 
 
 def _summary(exc: ValidationError) -> str:

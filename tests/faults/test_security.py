@@ -11,23 +11,33 @@ from __future__ import annotations
 
 import os
 import stat
+import uuid
 from pathlib import Path
 
 import anyio
 import pytest
-from fault_targets import MakeTarget, Target
-from faultkit import PROMPT, assert_converged, registrations, unique_namespace, watching
+from fault_targets import NATS_BUCKET, MakeTarget, Target
+from faultkit import PROMPT, Key, assert_converged, registrations, unique_namespace, watching
 
 from dyndisc import (
     AccessDeniedError,
     DistributedRuntime,
+    Instance,
     InstanceQuery,
     InvalidNameError,
     KvDiscovery,
 )
+from dyndisc.backends.etcd import EtcdStore
+from dyndisc.backends.etcd.access import EtcdAccess
 from dyndisc.backends.file import FileStore
 from dyndisc.backends.kubernetes import KubernetesDiscovery
+from dyndisc.backends.kubernetes.identity import PodIdentity
+from dyndisc.backends.kv.scopes import Role, Scope
+from dyndisc.backends.nats.access import authorization_fragment
 from dyndisc.testing import RuntimeHost
+from dyndisc.testing.chaos.plan import WATCHER_KINDS, make_plan
+from dyndisc.testing.chaos.runner import Session
+from dyndisc.testing.chaos.targets import TARGETS
 from dyndisc.testing.servers import EtcdServer, KubeApiServer, NatsServer
 from harnesses.kubernetes import Cluster, kubeconfig
 
@@ -134,6 +144,10 @@ async def test_kubernetes_restricted_token_works_in_its_namespace_only(
                 await host.stop()
             with anyio.fail_after(FAIL_FAST), pytest.raises(AccessDeniedError, match=r"forbidden"):
                 await backend(elsewhere).list(InstanceQuery())
+            # Nor write there: a worker's resource in another namespace is refused (docs/security.md).
+            intruder = PodIdentity(name="intruder", namespace=elsewhere, uid=str(uuid.uuid4()))
+            with anyio.fail_after(FAIL_FAST), pytest.raises(AccessDeniedError, match=r"forbidden"):
+                await backend(elsewhere, identity=intruder).grant_lease(2)
         finally:
             for made in backends:
                 await made.aclose()
@@ -171,3 +185,121 @@ async def test_file_backend_permissions_and_names_that_try_to_escape(
     # A watcher lists only what it can read as records; the dot-segment keys are skipped, not followed.
     async with KvDiscovery(FileStore(target.root)) as reader:
         assert await reader.list(InstanceQuery(namespace="escaped")) == []
+
+
+#: The password of every scoped user of the tests below.
+SCOPED_PW = "scoped-pw"
+
+
+async def scoped_target(make_target: MakeTarget, kind: str, namespaces: list[str]) -> Target:
+    """A private ``kind`` server with auth, a worker user ``w-<ns>`` per namespace and a frontend ``fe`` made
+    as ``dyndisc access`` makes them; the target's own stores (the truth, the revokes) are the admin's."""
+    if kind == "etcd":
+        target = make_target("etcd", private_server=True, auth=True)
+        server = target.server
+        assert isinstance(server, EtcdServer)
+        target.store_settings = {"auth_username": server.username, "auth_password": server.password}
+        root = target.store()
+        assert isinstance(root, EtcdStore)
+        access = EtcdAccess(root.connection)
+        for ns in namespaces:
+            await access.apply(Scope(Role.WORKER, ns), f"w-{ns}", password=SCOPED_PW)
+        await access.apply(Scope(Role.FRONTEND), "fe", password=SCOPED_PW)
+        return target
+    users = {f"w-{ns}": Scope(Role.WORKER, ns) for ns in namespaces} | {"fe": Scope(Role.FRONTEND)}
+    entries = [
+        authorization_fragment(scope, user, bucket=NATS_BUCKET, password=SCOPED_PW)
+        for user, scope in users.items()
+    ]
+    config = (
+        "authorization {\n users = [\n {user: admin, password: admin-pw}\n" + "\n".join(entries) + "\n ]\n}\n"
+    )
+    target = make_target("nats", private_server=True, config=config)
+    target.store_settings = {"user": "admin", "password": "admin-pw"}
+    return target
+
+
+def as_user(target: Target, user: str) -> dict[str, object]:
+    """The store settings of ``user`` on ``target``."""
+    if target.kind == "etcd":
+        return {"auth_username": user, "auth_password": SCOPED_PW}
+    return {"user": user, "password": SCOPED_PW, "scope": user}
+
+
+@pytest.mark.parametrize("kind", ["etcd", "nats"])
+async def test_scoped_workers_ride_out_a_revoke_and_a_server_restart(
+    make_target: MakeTarget, kind: str
+) -> None:
+    """Several workers, each confined to its namespace, and frontends watching them all: a lease revoked by
+    the admin is replaced in the worker's own scope, a server restart is ridden out, and through it all a
+    worker's write into another namespace is refused while the others' registrations stay."""
+    a, b = unique_namespace("a"), unique_namespace("b")
+    target = await scoped_target(make_target, kind, [a, b])
+    query = InstanceQuery()
+    workers = []
+    for ns, count in ((a, 2), (b, 1)):
+        for n in range(count):
+            host = await target.start(target.backend(**as_user(target, f"w-{ns}")))
+            await host.runtime.endpoint(f"{ns}.w.e{n}").register(f"tcp://10.0.0.{n + 1}:1")
+            workers.append(host)
+    runtimes = [host.runtime for host in workers]
+
+    def expected() -> dict[Key, Instance]:
+        return registrations(runtimes, query)
+
+    frontends = [target.backend(**as_user(target, "fe")) for _ in range(2)]
+    async with watching(frontends, query) as watchers:
+        await assert_converged(watchers, target.fresh, query, bound=PROMPT, expected=expected)
+        assert len(watchers[0].instances) == 3
+
+        revoked = workers[0].runtime.instance_id
+        await target.raw.revoke(revoked)  # the admin ends a's first worker's lease
+        await assert_converged(
+            watchers, target.fresh, query, bound=PROMPT, expected=expected, what="after revoke"
+        )
+        assert workers[0].runtime.instance_id != revoked
+
+        server = target.server
+        assert isinstance(server, EtcdServer | NatsServer)
+        await anyio.to_thread.run_sync(server.restart)
+        await assert_converged(
+            watchers, target.fresh, query, bound=PROMPT, expected=expected, what="after restart"
+        )
+
+        with anyio.fail_after(FAIL_FAST), pytest.raises(AccessDeniedError, match=f"namespace {b!r}"):
+            await workers[0].runtime.endpoint(f"{b}.w.intruder").register("tcp://10.0.0.9:1")
+        await assert_converged(
+            watchers, target.fresh, query, bound=PROMPT, expected=expected, what="after refusal"
+        )
+    for host in workers:
+        assert host.runtime.health().state.value == "held"
+
+
+@pytest.mark.slow
+def test_a_chaos_run_with_every_agent_on_scoped_credentials(tmp_path: Path) -> None:
+    """The chaos harness's etcd-scoped target (``python -m dyndisc.testing.chaos --backend etcd-scoped``):
+    workers as workers of the seed's namespace, watchers (runtimes, clients, the CLI) as a frontend, every
+    fault of the etcd target (kill, partition, revoke, foreign writes, compaction, a paused watcher)."""
+    target = TARGETS["etcd-scoped"]
+    seeds = (4, 26)
+    planned = {
+        step.args["kind"]
+        for seed in seeds
+        for step in make_plan(
+            seed, duration=15.0, ttl=target.ttl, faults=target.faults, watcher_kinds=WATCHER_KINDS
+        ).steps
+        if step.actor == "nemesis"
+    }
+    assert planned == set(target.faults), "the seeds draw every fault of the target"
+    with Session("etcd-scoped", duration=15.0, logs=tmp_path) as session:
+        scoped = session.target
+        assert scoped is not None
+        for seed in seeds:
+            outcome = session.run(seed)
+            assert outcome.ok, f"{outcome.report()}\n(agents' logs: {tmp_path})"
+            assert outcome.operations > 10
+        # The agents ran with the credentials of their roles (what the target gives each agent process).
+        env = anyio.run(scoped.environment, "p0", "ns-x")
+        assert env["ETCD_AUTH_USERNAME"] == "worker-ns-x"
+        env = anyio.run(scoped.environment, "v0", "ns-x")
+        assert env["ETCD_AUTH_USERNAME"] == "frontend"

@@ -135,3 +135,23 @@ def test_pytest_example_passes_by_its_documented_command() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "configfile: pytest.ini" in result.stdout
     assert "2 passed" in result.stdout
+
+
+def test_ctrl_c_while_the_worker_waits_for_etcd_is_no_traceback() -> None:
+    import socket
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    env = {**os.environ, "DYN_DISCOVERY_BACKEND": "etcd", "ETCD_ENDPOINTS": nowhere}
+    worker = subprocess.Popen(
+        [sys.executable, "worker.py"], cwd=EXAMPLES, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert worker.stderr is not None
+    waiting = worker.stderr.readline()  # the library says it waits (after a second and a half)
+    assert "waiting for etcd at" in waiting, waiting
+    worker.send_signal(signal.SIGINT)
+    _, rest = worker.communicate(timeout=TIMEOUT)
+    assert worker.returncode == 130
+    assert "Traceback" not in rest, rest
+    assert "interrupted before registering" in rest

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 
+import anyio
 import pytest
 
 from dyndisc import (
@@ -26,6 +28,7 @@ from dyndisc import (
 )
 from dyndisc.backends.file import FileStore
 from dyndisc.backends.kv.layouts import DynamoV1Layout, DyndiscLayout, make_layout
+from dyndisc.testing.faults import FaultyStore
 
 GENERATE = EndpointId("dynamo", "backend", "generate")
 WORKER_ID = 0x694D98147D54BE25
@@ -189,3 +192,27 @@ async def test_a_draining_instance_leaves_the_bucket_dynamo_reads_and_stays_for_
             await endpoint.unregister()
             assert await anext(events) == Removed(endpoint=GENERATE, instance_id=iid)
             assert await store.get_prefix("v1/") == {}
+
+
+async def test_a_draining_registration_cancelled_after_it_landed_is_removed_by_the_next_call() -> None:
+    # Chaos seed 44: the side copy landed, the caller gave up before hearing so, and nothing removed it: every
+    # dyndisc reader then showed the stale draining record in place of the ready one, and after unregister().
+    store = MemoryStore()
+    faulty = FaultyStore(store)
+    async with DistributedRuntime(
+        KvDiscovery(faulty, layout="dynamo-v1", owns_store=False), lease_ttl=5
+    ) as rt:
+        endpoint = rt.endpoint("dynamo.backend.generate")
+        gate = faulty.gate("create", after=True)  # the create lands; its answer is held
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(endpoint.register, DynamoTcp("h", 1), readiness=Readiness.DRAINING))
+            await gate.arrived.wait()
+            tg.cancel_scope.cancel()
+        faulty.ungate("create", after=True)
+        ready = await endpoint.register(DynamoTcp("h", 2))
+        assert await rt.list() == [ready]
+        assert list(await store.get_prefix("v1/")) == [
+            f"v1/instances/dynamo/backend/generate/{rt.instance_id:x}"
+        ]
+        await endpoint.unregister()
+        assert await store.get_prefix("v1/") == {}

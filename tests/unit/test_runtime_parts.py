@@ -4,6 +4,7 @@ without a whole runtime."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from dyndisc import (
+    AccessDeniedError,
     DynamoTcp,
     EndpointId,
     Instance,
@@ -18,8 +20,10 @@ from dyndisc import (
     KvDiscovery,
     Lease,
     LeaseLossPolicy,
+    LeaseNotFoundError,
     LeaseState,
     MemoryStore,
+    RuntimeNotStartedError,
 )
 from dyndisc._entries import MetadataEntry
 from dyndisc.runtime.health import HealthRecorder
@@ -117,8 +121,11 @@ def test_what_no_lease_wants_is_forgotten_at_a_new_lease_and_entries_are_carried
     entry = MetadataEntry("v1/custom", "k", {"v": 1})
     regs.want_entry("k", lambda _lease: entry)
     regs.wrote_entry("k", WrittenEntry(entry, L1))
+    regs.wrote_entry("gone", WrittenEntry(MetadataEntry("v1/custom", "gone", {}), L1))  # not wanted
     regs.forget_unwanted(L2)
     assert regs.written(E) is None, "lease 1 is gone, and E with it"
+    assert regs.written_entry("gone") is None, "and the entry no lease wants"
+    assert regs.written_entry("k") is not None
     assert regs.written(F) is not None, "F is wanted: the new lease carries it"
     assert regs.entries_to_carry(L2) == ["k"]
     assert regs.entries_to_carry(L1) == []
@@ -402,3 +409,152 @@ async def test_an_entry_withdrawn_during_the_replacement_is_not_written_again() 
         await replaced(parts)
         assert parts.keeper.failure is None
         assert await parts.backend.list_entries("v1/custom") == []
+
+
+async def test_the_health_counts_what_is_wanted_and_what_waits_at_every_step() -> None:
+    async with running_parts() as parts:
+        health = parts.keeper.health
+
+        def counts() -> tuple[int, int]:
+            health.registrations(*parts.registrations.counts(parts.keeper.held))
+            return health.current.registered, health.current.pending
+
+        await parts.registrar.register(E, "tcp://h:1")
+        assert counts() == (1, 0)
+        gate = parts.store.gate("create")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(parts.registrar.register, F, "tcp://h:2")
+            with anyio.fail_after(5):
+                await gate.arrived.wait()
+            assert counts() == (2, 1), "a write without an answer yet is pending"
+            await parts.lose_lease()
+            with anyio.fail_after(5):
+                while parts.keeper.replacements == 0:  # the grant is not gated: the keeper replaces at once
+                    await anyio.lowlevel.checkpoint()
+            assert counts() == (2, 2), "under the new lease, nothing is written yet"
+            parts.store.ungate("create")
+        await replaced(parts)
+        assert counts() == (2, 0)
+        await parts.registrar.unregister(F)
+        assert counts() == (1, 0)
+        await parts.registrar.unregister(E)
+        assert counts() == (0, 0)
+
+
+async def test_a_cancelled_update_of_an_entry_wants_the_previous_one_again() -> None:
+    async with running_parts() as parts:
+        first = MetadataEntry("v1/custom", "k", {"v": 1})
+        ident = ("entry", first.bucket, first.key)
+        await parts.registrar.put_bound(ident, lambda _lease: first)
+        gate = parts.store.gate("put")  # the update's write waits here, not yet applied
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                parts.registrar.put_bound, ident, lambda _lease: MetadataEntry("v1/custom", "k", {"v": 2})
+            )
+            with anyio.fail_after(5):
+                await gate.arrived.wait()
+            tg.cancel_scope.cancel()  # the caller gives up: the update is not wanted
+        parts.store.ungate("put")
+        await parts.lose_lease()
+        await replaced(parts)
+        (carried,) = await parts.backend.list_entries("v1/custom")
+        assert carried.value == {"v": 1}, "the replacement carries the entry as it was before the update"
+
+
+async def test_a_permanent_refusal_fails_the_keeper_and_tells_its_waiters() -> None:
+    store = FaultyStore(MemoryStore())
+    backend = KvDiscovery(store)
+    keeper = LeaseKeeper(backend, 30.0, LeaseLossPolicy.REREGISTER, HealthRecorder())
+    registrar = Registrar(backend, keeper, Registrations())
+    lease = await keeper.grant()
+    await registrar.register(E, "tcp://h:1")
+    store.refuse("grant", AccessDeniedError("the user may not grant leases"))
+    await store.expire_lease(lease.id)
+    outcome: list[BaseException] = []
+
+    async def register_f() -> None:
+        try:
+            await registrar.register(F, "tcp://h:2")  # finds the lease gone, waits for another
+        except AccessDeniedError as exc:
+            outcome.append(exc)
+
+    async def keep() -> None:
+        with contextlib.suppress(AccessDeniedError):  # what the runtime's `async with` raises
+            await keeper.run(registrar.carry)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(register_f)
+            for _ in range(20):
+                await anyio.lowlevel.checkpoint()
+            tg.start_soon(keep)
+            keeper.renew_now.set()
+    assert isinstance(keeper.failure, AccessDeniedError)
+    assert keeper.health.current.state is LeaseState.FAILED
+    assert "may not grant" in (keeper.health.current.reason or "")
+    assert len(outcome) == 1, "the registration waiting for a new lease is told at once"
+
+
+async def test_leaving_tells_a_registration_waiting_for_a_replacement() -> None:
+    store = FaultyStore(MemoryStore())
+    backend = KvDiscovery(store)
+    keeper = LeaseKeeper(backend, 30.0, LeaseLossPolicy.REREGISTER, HealthRecorder())
+    registrar = Registrar(backend, keeper, Registrations())
+    old = await keeper.grant()
+    await store.expire_lease(old.id)  # no keep-alive loop runs: nothing will replace the lease
+    outcome: list[BaseException] = []
+
+    async def register() -> None:
+        try:
+            await registrar.register(E, "tcp://h:1")
+        except RuntimeNotStartedError as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(register)
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        assert outcome == [], "it waits for another lease"
+        with anyio.fail_after(5):
+            await keeper.release(0)  # the runtime leaves
+    assert len(outcome) == 1, "leaving wakes it, with why"
+
+
+async def test_a_lease_the_server_says_is_gone_but_still_holds_is_revoked_after_its_replacement() -> None:
+    # A server that answers "not found" for a lease it still holds (a member that lost track of it) must not
+    # keep it: the replaced lease is revoked, so its keys do not stay beside the new lease's.
+    async with running_parts() as parts:
+        await parts.registrar.register(E, "tcp://h:1")
+        old = parts.keeper.lease.id
+        parts.store.refuse("keep_alive", LeaseNotFoundError(f"lease {old:x} not found (a stale member)"))
+        parts.keeper.renew_now.set()
+        await replaced(parts)
+        parts.store.allow("keep_alive")
+        new = parts.keeper.lease.id
+        with anyio.fail_after(5):
+            while old in parts.store.inner.lease_ids:  # type: ignore[attr-defined]
+                await anyio.lowlevel.checkpoint()
+        assert await parts.listed() == {("e", new)}, "the old lease and its record are gone"
+
+
+async def test_an_async_lease_change_callback_is_awaited_and_the_health_follows_the_new_lease() -> None:
+    async with running_parts() as parts:
+        told: list[LeaseChange] = []
+
+        async def on_change(change: LeaseChange) -> None:
+            await anyio.lowlevel.checkpoint()
+            told.append(change)
+            parts.on_change(change)
+
+        parts.keeper.on_change = on_change
+        await parts.registrar.register(E, "tcp://h:1")
+        gate = parts.store.gate("create")
+        old = await parts.lose_lease()
+        with anyio.fail_after(5):
+            await gate.arrived.wait()  # the replacement carries E: the new lease is held already
+        assert parts.keeper.health.current.instance_id == parts.keeper.lease.id != old
+        assert parts.keeper.health.current.state is LeaseState.REPLACING
+        parts.store.ungate("create")
+        await replaced(parts)
+        assert [c.old_instance_id for c in told] == [old]
+        assert parts.keeper.health.current.state is LeaseState.HELD

@@ -53,6 +53,12 @@ class Connected:
         """The lease TTL the settings ask for (``ETCD_LEASE_TTL``), or ``None``."""
         return None
 
+    @property
+    def tells_lease_time(self) -> bool:
+        """Whether a lease's time left can be read here (``lease_time_left``): then ``None`` from it means
+        the lease is gone. ``False`` where leases have no TTL (Kubernetes) or it cannot be read (NATS)."""
+        return False
+
     def doctor(self) -> BackendDoctor:
         """What ``dyndisc doctor`` checks here beyond the checks every backend shares."""
         return BackendDoctor()

@@ -70,13 +70,8 @@ class Report:
         return "\n".join(lines)
 
 
-#: Fixes that hold whatever the backend: ``(part of an error message, what to do)``.
-GENERIC_FIXES: tuple[tuple[str, str], ...] = (
-    (
-        "unreachable",
-        "start the server or point the backend at it (ETCD_ENDPOINTS, NATS_SERVER, KUBECONFIG)",
-    ),
-)
+#: What an error says when the server did not answer (the fix is then :attr:`BackendDoctor.reach_fix`).
+NO_ANSWER = ("unreachable", "did not answer", "not reachable", "no answer", "cannot connect")
 
 
 #: Clock difference from which a skew is reported, in seconds.
@@ -88,6 +83,9 @@ class BackendDoctor:
 
     #: ``(part of an error message, what to do)`` for the errors this backend raises.
     fixes: Sequence[tuple[str, str]] = ()
+    #: What to do when the server does not answer, in this backend's words (the variable that says where
+    #: it is).
+    reach_fix = "check that the server is up and reachable from here"
 
     async def preflight(self, report: Report, timeout: float) -> bool:
         """Checks that run before the shared ones; ``False`` when the shared ones would be pointless."""
@@ -106,15 +104,22 @@ class BackendDoctor:
 
     def fix_for(self, message: str) -> str | None:
         """The fix for an error message, when one is known."""
-        return next((fix for pattern, fix in (*self.fixes, *GENERIC_FIXES) if pattern in message), None)
+        found = next((fix for pattern, fix in self.fixes if pattern in message), None)
+        if found is None and any(said in message for said in NO_ANSWER):
+            return self.reach_fix
+        return found
 
 
 class ServerClockDoctor(BackendDoctor):
     """For stores whose server times the leases: this host's clock cannot make a lease expire early."""
 
-    def __init__(self, server: str, fixes: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self, server: str, fixes: Sequence[tuple[str, str]] = (), reach_fix: str | None = None
+    ) -> None:
         self.server = server
         self.fixes = fixes
+        if reach_fix is not None:
+            self.reach_fix = reach_fix
 
     async def check_clock(self, report: Report) -> None:
         report.add(

@@ -156,6 +156,10 @@ class MemoryStore(KeyValueStore):
         state.deadline = self._clock() + state.ttl
         return state.ttl
 
+    @property
+    def tells_lease_time(self) -> bool:
+        return True
+
     async def time_to_live(self, lease_id: int) -> float | None:
         self._expire_due()
         state = self._leases.get(lease_id)
@@ -206,6 +210,6 @@ class _MemoryDoctor(BackendDoctor):
         report.add("clock", Status.OK, "in-process leases: one clock")
 
 
-def from_env(*, startup_timeout: float | None = None) -> KvDiscovery:
+def from_env(*, startup_timeout: float | None = None, startup_timeout_name: str | None = None) -> KvDiscovery:
     """The ``memory`` backend: the process-wide :meth:`MemoryStore.shared` store."""
     return KvDiscovery(MemoryStore.shared(), owns_store=False)

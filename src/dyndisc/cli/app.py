@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import anyio
 import click
 
-from dyndisc._errors import BackendUnavailableError, DyndiscError
+from dyndisc._errors import BackendUnavailableError, ConfigurationError, DyndiscError
 from dyndisc._settings import BACKEND_ALIASES, BACKEND_NAMES, KV_STORE, canonical_backend_name
 from dyndisc.backends import DiscoveryBackend, create_backend
 from dyndisc.cli.output import Style
@@ -66,9 +66,23 @@ class Settings:
         return name
 
     def open_backend(self) -> DiscoveryBackend:
-        """The backend the options name, with ``--endpoints`` applied and ``--wait`` as its startup bound."""
+        """The backend the options name, with ``--endpoints`` applied and ``--wait`` as its startup bound.
+
+        An ``--endpoints`` the backend cannot use is a usage error (exit status 2), like any mistyped option.
+        """
         name = self.apply_endpoints()
-        return create_backend(name, startup_timeout=self.wait, source="--backend / DYN_DISCOVERY_BACKEND")
+        try:
+            return create_backend(
+                name,
+                startup_timeout=self.wait,
+                startup_timeout_name="--wait",
+                source="--backend / DYN_DISCOVERY_BACKEND",
+            )
+        except ConfigurationError as exc:
+            variable = ENDPOINT_VARIABLES.get(name)
+            if self.endpoints is not None and variable is not None and variable in str(exc):
+                raise click.BadParameter(str(exc), param_hint="--endpoints") from None
+            raise
 
     @asynccontextmanager
     async def backend_open(self) -> AsyncIterator[DiscoveryBackend]:
@@ -112,10 +126,9 @@ class CommandGroup(click.Group):
             if config.verbose:
                 traceback.print_exception(raw, file=sys.stderr)
             if isinstance(error, BackendUnavailableError):
-                raise click.ClickException(
-                    f"{error} (waited --wait {config.wait:g}s; pass --wait {max(60, 2 * config.wait):g} "
-                    "to wait longer)"
-                ) from None
+                # The backend's message names --wait where it was the limit.
+                longer = f"pass --wait {max(60, 2 * config.wait):g} to wait longer"
+                raise click.ClickException(f"{error} ({longer})") from None
             if isinstance(error, DyndiscError):
                 raise click.ClickException(str(error)) from None
             if isinstance(raw, Exception | BaseExceptionGroup):
@@ -160,7 +173,8 @@ def _version() -> str:
     type=click.FloatRange(0, 3600),
     default=DEFAULT_WAIT,
     show_default=True,
-    help="Seconds to wait for the server on first contact before giving up.",
+    help="Seconds to wait for the server on first contact before giving up (watch, events: before saying "
+    "it is missing; they wait on).",
 )
 @click.option(
     "--color/--no-color", default=None, help="Colour the output (default: on a terminal, unless NO_COLOR)."
@@ -172,8 +186,9 @@ def main(
 ) -> None:
     """dyndisc: discovery for a distributed LLM-serving runtime.
 
-    Read what workers registered (list, get, watch), hold a registration (register), check a backend
-    (doctor), or see it all happen in memory (demo).
+    Read what workers registered (list, get, watch, events, models, channels, entries, ui), hold a
+    registration (register), check a backend (doctor), start a server to try it with (server), or see it all
+    happen in memory (demo).
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -1,7 +1,9 @@
-"""The ``dyndisc`` subcommands: list, get, watch, register, doctor, demo and kube manifests."""
+"""The ``dyndisc`` subcommands: list, get, register, doctor, demo, ui and kube manifests (``watch`` is in
+:mod:`dyndisc.cli.watching`)."""
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import time
@@ -9,7 +11,7 @@ import time
 import anyio
 import click
 
-from dyndisc._events import Added, Removed, Resync
+from dyndisc._extras import require
 from dyndisc._models import Instance, InstanceQuery, Readiness
 from dyndisc.cli.app import BACKEND_CHOICE, backend_options, main, run, settings
 from dyndisc.cli.inputs import (
@@ -19,13 +21,12 @@ from dyndisc.cli.inputs import (
     parse_query,
     parse_transport,
 )
+from dyndisc.cli.layouts import layout_hint
 from dyndisc.cli.output import (
     INSTANCE_COLUMNS,
     dumps,
-    event_json,
     instance_json,
     instance_row,
-    local_stamp,
     table,
 )
 
@@ -42,19 +43,24 @@ def list_(
     config = settings()
     config.override(backend, endpoints, wait)
 
-    async def fetch() -> list[Instance]:
+    async def fetch() -> tuple[list[Instance], str | None]:
         async with config.backend_open() as opened:
-            return await opened.list(query)
+            found = await opened.list(query)
+            # Nothing here: perhaps the workers write the other key layout (said, not left silent).
+            return found, (await layout_hint(opened, query) if not found else None)
 
-    found = run(fetch)
+    found, hint = run(fetch)
     if as_json:
         for instance in found:
             click.echo(dumps(instance_json(instance)))
-        return
-    now = time.time()
-    if found:
-        click.echo(table(INSTANCE_COLUMNS, [instance_row(i, config.style, now) for i in found], config.style))
-    click.echo(config.style.dim(f"{len(found)} instance(s) under {query}"), err=True)
+    else:
+        now = time.time()
+        if found:
+            rows = [instance_row(i, config.style, now) for i in found]
+            click.echo(table(INSTANCE_COLUMNS, rows, config.style))
+        click.echo(config.style.dim(f"{len(found)} instance(s) under {query}"), err=True)
+    if hint is not None:
+        click.echo(config.style.paint(hint, fg="yellow"), err=True)
 
 
 @main.command()
@@ -79,59 +85,6 @@ def get(instance: str, backend: str | None, endpoints: str | None, wait: float |
         live = ", ".join(f"{i:x}" for i in sorted(found)) or "none"
         raise click.ClickException(f"no live instance {as_hex:x} of {endpoint} (live: {live})")
     click.echo(dumps(instance_json(match), pretty=True))
-
-
-@main.command()
-@click.argument("path", required=False)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per event, one per line (NDJSON).")
-@click.option("--live", is_flag=True, help="A live table of the instances instead of a line per change.")
-@backend_options
-def watch(
-    path: str | None,
-    as_json: bool,
-    live: bool,
-    backend: str | None,
-    endpoints: str | None,
-    wait: float | None,
-) -> None:
-    """Follow the instances under PATH as they change (Ctrl-C to stop).
-
-    Each line starts with the local time: '=' the whole set (at the start and after a reconnect), '+' an
-    instance added or changed, '-' one removed, with the reason where the backend knows it.
-    """
-    query = parse_query(path)
-    config = settings()
-    config.override(backend, endpoints, wait)
-    if live and as_json:
-        raise click.UsageError("--live and --json do not go together")
-
-    async def follow() -> None:
-        async with config.backend_open() as opened, opened.watch(query) as events:
-            if live:
-                from dyndisc.cli.live import follow_live
-
-                await follow_live(events, opened, query, config.style)
-                return
-            async for event in events:
-                click.echo(dumps(event_json(event)) if as_json else _event_line(event, query))
-
-    run(follow)
-
-
-def _event_line(event: Resync | Added | Removed, query: InstanceQuery) -> str:
-    style = settings().style
-    stamp = style.dim(local_stamp())
-    if isinstance(event, Resync):
-        lines = [f"{stamp} = {len(event.instances)} live under {query}"]
-        rows = [instance_row(i, style) for i in event.instances]
-        if rows:
-            lines += [f"{stamp}   {line}" for line in table(INSTANCE_COLUMNS, rows, style).splitlines()[1:]]
-        return "\n".join(lines)
-    if isinstance(event, Added):
-        cells = instance_row(event.instance, style)
-        return f"{stamp} {style.paint('+', fg='green')} {'  '.join(c for c in cells if c)}"
-    reason = f" ({event.reason.value})" if event.reason is not None else ""
-    return f"{stamp} {style.paint('-', fg='red')} {event.endpoint} {event.instance_id:x}{reason}"
 
 
 @main.command()
@@ -211,17 +164,31 @@ def demo(backend: str, ttl: float) -> None:
     type=click.FloatRange(0.5, 300),
     help="Seconds each check may take.",
 )
+@click.option(
+    "--namespace",
+    "-n",
+    default=None,
+    help="The namespace these credentials must write (a worker's); default: the one they say, else none.",
+)
 def doctor(
-    backend: str | None, endpoints: str | None, wait: float | None, ttl: float, timeout: float
+    backend: str | None,
+    endpoints: str | None,
+    wait: float | None,
+    ttl: float,
+    timeout: float,
+    namespace: str | None,
 ) -> None:
-    """Check the backend end to end: settings, connectivity and auth, lease and watch round trips, CRD and
-    RBAC on Kubernetes, clocks. Prints what is wrong and how to fix it; exits 1 if a check failed."""
+    """Check the backend end to end: settings, connectivity and auth, lease and watch round trips, what the
+    credentials may read and write, CRD and RBAC on Kubernetes, clocks. Prints what is wrong and how to fix
+    it; exits 1 if a check failed."""
     from dyndisc.cli.doctor import run_doctor
 
     config = settings()
     config.override(backend, endpoints, wait)
     name = config.apply_endpoints()
-    report = run(lambda: run_doctor(name, ttl=ttl, timeout=timeout))
+    if config.endpoints is not None:
+        run(config.open_backend().aclose)  # a mistyped --endpoints is a usage error here too, not a finding
+    report = run(lambda: run_doctor(name, ttl=ttl, timeout=timeout, namespace=namespace))
     click.echo(report.render())
     if not report.ok:
         sys.exit(1)
@@ -257,10 +224,7 @@ def ui(
         raise click.UsageError(
             f"--host {host} can be reached from other machines: pass --allow-remote too (and --token)"
         )
-    try:
-        import aiohttp  # noqa: F401 - checked here, so that a missing extra is one clear line
-    except ImportError:
-        raise click.ClickException("dyndisc ui needs aiohttp: pip install 'dyndisc[ui]'") from None
+    require("dyndisc ui", "ui", "aiohttp")  # checked first: a missing extra is one clear line, exit 1
     config = settings()
     config.override(backend, endpoints, wait)
     if not is_loopback(host):
@@ -276,9 +240,22 @@ def ui(
 
     async def serve_page() -> None:
         async with config.backend_open() as opened:
-            await serve(opened, query, host=host, port=port, token=token, on_ready=ready)
+            try:
+                await serve(opened, query, host=host, port=port, token=token, on_ready=ready)
+            except OSError as exc:  # it listens before anything else: this is the address
+                raise click.ClickException(_cannot_listen(host, port, exc)) from None
 
     run(serve_page)
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        why = "something else listens there"
+    elif exc.errno == errno.EACCES:
+        why = "this user may not listen there (ports below 1024 need privileges)"
+    else:
+        why = exc.strerror or str(exc)
+    return f"cannot listen on {host}:{port}: {why}; pick another --port (--port 0 picks a free one)"
 
 
 @main.group()

@@ -107,3 +107,18 @@ def parse_metadata(text: str) -> dict[str, Any]:
             param_hint="--metadata",
         )
     return value
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, param_hint: str = "--since") -> float:
+    """A duration in seconds: ``90``, ``90s``, ``10m``, ``2h``, ``1d``, ``1h30m``."""
+    cleaned = text.strip().lower()
+    parts = _DURATION.findall(cleaned)
+    if not cleaned or "".join(number + unit for number, unit in parts) != cleaned:
+        raise click.BadParameter(
+            f"{text!r} is not a duration: give e.g. 90s, 10m, 2h, 1d or 1h30m", param_hint=param_hint
+        )
+    return sum(float(number) * _UNIT[unit] for number, unit in parts)

@@ -7,7 +7,7 @@ line says when the view is stale (the backend lost its server: ``stale_since``).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 from rich.console import Group
@@ -25,9 +25,13 @@ LINGER = 1.0
 
 
 class _View:
-    def __init__(self, query: InstanceQuery, backend: DiscoveryBackend) -> None:
+    def __init__(
+        self, query: InstanceQuery, backend: DiscoveryBackend, stale: Callable[[], float | None] | None = None
+    ) -> None:
         self.query = query
         self.backend = backend
+        #: Since when (``time.monotonic()``) the view is stale, else ``None``: the backend's word by default.
+        self.stale = stale if stale is not None else (lambda: backend.stale_since)
         self.instances: dict[tuple[EndpointId, int], Instance] = {}
         self.leaving: dict[tuple[EndpointId, int], tuple[Instance, float]] = {}
 
@@ -66,7 +70,7 @@ class _View:
                 for cell in cells:
                     cell.stylize("strike red")
             table.add_row(*cells)
-        stale = self.backend.stale_since
+        stale = self.stale()
         head = Text(f"{local_stamp()}  {len(self.instances)} live under {self.query}")
         if stale is not None:
             head.append(
@@ -76,10 +80,15 @@ class _View:
 
 
 async def follow_live(
-    events: AsyncIterator[DiscoveryEvent], backend: DiscoveryBackend, query: InstanceQuery, style: Style
+    events: AsyncIterator[DiscoveryEvent],
+    backend: DiscoveryBackend,
+    query: InstanceQuery,
+    style: Style,
+    stale: Callable[[], float | None] | None = None,
 ) -> None:
-    """Redraw the table on every event and every half second (ages, lingering removals, staleness)."""
-    view = _View(query, backend)
+    """Redraw the table on every event and every half second (ages, lingering removals, staleness:
+    ``stale()``, the backend's ``stale_since`` by default)."""
+    view = _View(query, backend, stale)
     with Live(view.render(style), auto_refresh=False, transient=False) as live:
 
         async def redraw() -> None:

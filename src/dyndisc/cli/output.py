@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 
+from dyndisc._cards import EventChannel, ModelCard
+from dyndisc._entries import EntryAdded, EntryRemoved, EntryResync, MetadataEntry
 from dyndisc._events import Added, Removed, Resync
 from dyndisc._models import Instance, Readiness
 
@@ -59,6 +61,63 @@ def event_json(event: Resync | Added | Removed, at: float | None = None) -> dict
         "instance_id": f"{event.instance_id:x}",
         "reason": event.reason.value if event.reason is not None else None,
     }
+
+
+def card_json(card: ModelCard) -> dict[str, Any]:
+    """The JSON shape of a model deployment card (``dyndisc models --json``, the page's models view)."""
+    body = card.card
+    return {
+        "endpoint": str(card.endpoint_id),
+        "instance_id": f"{card.instance_id:x}",
+        "model": card.display_name or card.slug,
+        "lora": card.lora,
+        "model_type": body.get("model_type"),
+        "model_input": body.get("model_input"),
+        "key": card.key,
+        "card": body,
+    }
+
+
+def channel_scope(channel: EventChannel) -> str:
+    """Where an event channel publishes: ``ns``, ``ns.comp`` or ``ns.comp.ep``."""
+    return ".".join(p for p in (channel.namespace, channel.component, channel.endpoint) if p is not None)
+
+
+def channel_address(channel: EventChannel) -> str:
+    """How to reach a channel's publisher, as one string: ``Zmq tcp://10.0.0.5:5557``."""
+    kind = channel.transport.get("kind", "?")
+    config = channel.transport.get("config")
+    where = config.get("endpoint") if isinstance(config, Mapping) else None
+    return f"{kind} {where}" if isinstance(where, str) else str(kind)
+
+
+def channel_json(channel: EventChannel) -> dict[str, Any]:
+    """The JSON shape of an event channel (``dyndisc channels --json``, the page's channels view)."""
+    return {
+        "scope": channel_scope(channel),
+        "topic": channel.topic,
+        "publisher_id": f"{channel.publisher_id:x}",
+        "address": channel_address(channel),
+        "transport": channel.transport,
+        "key": channel.key,
+    }
+
+
+def entry_json(entry: MetadataEntry) -> dict[str, Any]:
+    """The JSON shape of a metadata entry (``dyndisc entries --json``)."""
+    return {"bucket": entry.bucket, "key": entry.key, "value": entry.value}
+
+
+def entry_event_json(
+    event: EntryResync | EntryAdded | EntryRemoved, at: float | None = None
+) -> dict[str, Any]:
+    """An entry watch event as one line of ``dyndisc entries --watch --json``."""
+    stamp = iso(time.time() if at is None else at)
+    if isinstance(event, EntryResync):
+        return {"event": "resync", "at": stamp, "entries": [entry_json(e) for e in event.entries]}
+    if isinstance(event, EntryAdded):
+        return {"event": "added", "at": stamp, "entry": entry_json(event.entry)}
+    return {"event": "removed", "at": stamp, "bucket": event.bucket, "key": event.key}
 
 
 def dumps(value: Any, *, pretty: bool = False) -> str:

@@ -231,8 +231,9 @@ class DistributedRuntime:
     def health(self) -> RuntimeHealth:
         """The lease's state now (held, outage, replacing, failed ...), for the application and probes."""
         parts = self._parts
-        if parts is not None and parts.registrations.changed:
-            self._health.registrations(*parts.registrations.counts(parts.keeper.held))
+        held = parts.keeper.held if parts is not None else None
+        if parts is not None and held is not None:  # counted when read (a probe, every few seconds)
+            self._health.registrations(*parts.registrations.counts(held))
         return self._health.current
 
     # -- handles ---------------------------------------------------------------------------------------

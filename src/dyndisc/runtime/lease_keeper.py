@@ -32,6 +32,7 @@ from dyndisc._errors import (
     RuntimeNotStartedError,
 )
 from dyndisc._metrics import metrics
+from dyndisc._outage import OutageLog
 from dyndisc._retry import Backoff
 from dyndisc._settings import LeaseLossPolicy
 from dyndisc.backends.base import DiscoveryBackend, Lease
@@ -46,8 +47,6 @@ T = TypeVar("T")
 OUTAGE_RETRY_MIN, OUTAGE_RETRY_MAX = 0.05, 1.0
 #: Seconds after which a renewal that neither succeeded nor failed is given up as an outage.
 HUNG_RENEWAL = 30.0
-#: Seconds between log lines while an outage lasts (the first failure is logged at once).
-OUTAGE_LOG_EVERY = 30.0
 #: Seconds a clean exit may spend revoking the lease (retried within it) before leaving it to expire.
 REVOKE_BUDGET = 5.0
 _NOT_STARTED = "use the runtime inside 'async with DistributedRuntime(...) as runtime:'"
@@ -134,20 +133,18 @@ class LeaseKeeper:
         changed.set()
 
     async def wait_for_another(self, lease: Lease) -> None:
-        """Wait until ``lease`` is replaced and the replacement carries everything; raise if the runtime
-        fails or leaves meanwhile."""
+        """Wait until ``lease`` is replaced and the replacement carries everything, or the runtime fails (the
+        caller then finds :attr:`failure`); raise if it leaves meanwhile."""
         while (self._lease is lease or self._unannounced is not None) and self.failure is None:
             if self._lease is None:
                 break
             await self._changed.wait()
-        self.check()
         if self._lease is None:
             raise RuntimeNotStartedError("the runtime left its 'async with' during the registration")
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def grant(self) -> Lease:
         """Grant the first lease."""
-        self.failure = None
         lease = await self.backend.grant_lease(self.ttl)
         self._set(lease)
         self.health.granted(lease.id, lease.ttl)
@@ -220,7 +217,7 @@ class LeaseKeeper:
         lease = self._lease
         self._set(None)
         revoked = False
-        if lease is not None and self.failure is None:
+        if lease is not None:  # after a failure too: what it can remove at once need not wait for the TTL
             revoked = await revoke_on_exit(self.backend, lease, registrations)
         self.health.closed(revoked)
 
@@ -247,9 +244,11 @@ async def keep_lease_alive(
     """
     recorder = metrics()
     backoff = Backoff(OUTAGE_RETRY_MIN, OUTAGE_RETRY_MAX)
+    # One line when an outage starts, one when it ends (with how long it lasted): not one per retry.
+    outage = OutageLog(
+        log, f"keep-alive of lease {lease.id:x} (the lease is kept: the server decides when it is lost)"
+    )
     next_renewal = clock() + lease.ttl / 2
-    outage_started: float | None = None
-    last_logged = 0.0
     while True:
         with anyio.move_on_after(max(next_renewal - clock(), 0.0)):
             await renew_now.wait()
@@ -264,33 +263,15 @@ async def keep_lease_alive(
         except Exception as exc:
             if not is_outage(exc):
                 raise
-            now = clock()
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             recorder.keep_alive_failed(backend.name)
             health.outage(reason)
-            if outage_started is None:
-                outage_started = last_logged = now
-                log.warning(
-                    "keep-alive of lease %x got no answer (%s); keeping the lease and retrying (the server "
-                    "decides when it is lost)",
-                    lease.id,
-                    reason,
-                )
-            elif now - last_logged >= OUTAGE_LOG_EVERY:
-                last_logged = now
-                log.warning(
-                    "keep-alive of lease %x: still no answer after %.0fs (%s)",
-                    lease.id,
-                    now - outage_started,
-                    reason,
-                )
-            next_renewal = now + backoff.next_delay()
+            outage.failed(f"no answer ({reason})")
+            next_renewal = clock() + backoff.next_delay()
             continue
         if answered <= 0:
             raise LeaseLost(f"lease {lease.id:x} expired or was revoked (the server answered TTL {answered})")
-        if outage_started is not None:
-            log.warning("lease %x renewed after %.1fs without an answer", lease.id, clock() - outage_started)
-            outage_started = None
+        outage.recovered()
         backoff.reset()
         health.renewed(answered)
         if recorder.enabled:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
-from dyndisc._cards import EventChannel, ModelCard, event_segment
+from dyndisc._cards import EventChannel, ModelCard, event_channel_prefix, model_card_prefix
 from dyndisc._dynamo import EVENT_CHANNELS_BUCKET, MODEL_CARDS_BUCKET
 from dyndisc._entries import EntryEvent, MetadataEntry
 from dyndisc._errors import InvalidRecordError
@@ -88,7 +88,7 @@ class Metadata:
         """The model cards on the endpoints ``query`` covers, by every process (dyndisc or Dynamo); cards
         that cannot be read are skipped with a warning."""
         parts = (query or InstanceQuery()).parts
-        found = await self.backend.list_entries(MODEL_CARDS_BUCKET, "".join(f"{p}/" for p in parts))
+        found = await self.backend.list_entries(MODEL_CARDS_BUCKET, model_card_prefix(*parts))
         return _read_all(found, ModelCard.from_entry)
 
     # -- event channels --------------------------------------------------------------------------------
@@ -107,10 +107,8 @@ class Metadata:
     ) -> list[EventChannel]:
         """The event channels under the scope of ``query`` (channels of its components and endpoints too),
         of ``topic`` if given; channels that cannot be read are skipped with a warning."""
-        kinds = ("namespace", "component", "endpoint")
         parts = (query or InstanceQuery()).parts
-        prefix = "".join(f"{kind}/{event_segment(name)}/" for kind, name in zip(kinds, parts, strict=False))
-        entries = await self.backend.list_entries(EVENT_CHANNELS_BUCKET, prefix)
+        entries = await self.backend.list_entries(EVENT_CHANNELS_BUCKET, event_channel_prefix(*parts))
         found = _read_all(entries, EventChannel.from_entry)
         return [c for c in found if topic is None or c.topic == topic]
 

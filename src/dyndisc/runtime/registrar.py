@@ -232,12 +232,22 @@ class Registrar:
             if self.registrations.is_written(endpoint, lease):
                 return  # registered (or updated) under this lease while the replacement was under way
 
+            wanted = self.registrations.wanted(endpoint)
+
             async def write() -> None:
                 instance = self.registrations.render(endpoint, lease)
                 if instance is not None and self.keeper.held is lease:
                     await self._write_endpoint(endpoint, instance, lease)
 
-            await _until_answered(write)
+            try:
+                await _until_answered(write)
+            except AccessDeniedError as exc:
+                # The server refuses this one write (the credentials' scope no longer covers it, or it is a
+                # registration being refused right now): the others are carried, and the runtime goes on.
+                # A newer wish of the application is its own call's to settle.
+                if self.registrations.wanted(endpoint) is wanted:
+                    self.registrations.unwant(endpoint)
+                log.error("dropped the registration of %s: the new lease cannot carry it (%s)", endpoint, exc)
 
     async def _carry_entry(self, ident: Hashable, lease: Lease) -> None:
         async with self._entry_locks.hold(ident):
@@ -245,12 +255,20 @@ class Registrar:
             if written is not None and written.lease is lease:
                 return
 
+            wanted = self.registrations.wanted_entry(ident)
+
             async def write() -> None:
                 entry = self.registrations.render_entry(ident, lease)
                 if entry is not None and self.keeper.held is lease:
                     await self._write_entry(ident, entry, lease)
 
-            await _until_answered(write)
+            try:
+                await _until_answered(write)
+            except AccessDeniedError as exc:
+                # As for an endpoint: one refused entry does not stop the runtime.
+                if self.registrations.wanted_entry(ident) is wanted:
+                    self.registrations.unwant_entry(ident)
+                log.error("dropped the entry %s: the new lease cannot carry it (%s)", ident, exc)
 
     # -- counting --------------------------------------------------------------------------------------
     def _count(self) -> None:

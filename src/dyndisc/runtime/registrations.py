@@ -78,8 +78,6 @@ class Registrations:
         self._written: dict[EndpointId, Written] = {}
         self._wanted_entries: dict[Hashable, RenderEntry] = {}
         self._written_entries: dict[Hashable, WrittenEntry] = {}
-        #: Whether anything changed since :meth:`counts` last looked (the health recounts only then).
-        self.changed = False
 
     # -- endpoints -----------------------------------------------------------------------------------------
     def wanted(self, endpoint: EndpointId) -> Wanted | None:
@@ -91,19 +89,16 @@ class Registrations:
         was wanted before, unless the want was replaced or withdrawn since."""
         previous = self._wanted.get(endpoint)
         self._wanted[endpoint] = wanted
-        self.changed = True
 
         def undo() -> None:
             if self._wanted.get(endpoint) is wanted:
                 _restore(self._wanted, endpoint, previous)
-                self.changed = True
 
         return undo
 
     def unwant(self, endpoint: EndpointId) -> None:
         """The application no longer wants ``endpoint`` (what is written stays known until removed)."""
-        if self._wanted.pop(endpoint, None) is not None:
-            self.changed = True
+        self._wanted.pop(endpoint, None)
 
     def render(self, endpoint: EndpointId, lease: Lease) -> Instance | None:
         """The record ``endpoint`` must have under ``lease``, or ``None`` if it is not wanted."""
@@ -122,7 +117,6 @@ class Registrations:
     def wrote(self, endpoint: EndpointId, written: Written | None) -> None:
         """``written`` is what is (or may be) in the store for ``endpoint`` now; ``None``: nothing is."""
         _restore(self._written, endpoint, written)
-        self.changed = True
 
     def attempt(self, endpoint: EndpointId, instance: Instance, lease: Lease) -> Callable[[], None]:
         """A write of ``instance`` under ``lease`` is about to be made: it may be in the store from now on.
@@ -133,10 +127,7 @@ class Registrations:
 
     def take_written(self, endpoint: EndpointId) -> Written | None:
         """Forget and return what is (or may be) written for ``endpoint`` (it is about to be removed)."""
-        found = self._written.pop(endpoint, None)
-        if found is not None:
-            self.changed = True
-        return found
+        return self._written.pop(endpoint, None)
 
     def registered(self, lease: Lease) -> list[Instance]:
         """What is surely written under ``lease``."""
@@ -158,6 +149,10 @@ class Registrations:
                 _restore(self._wanted_entries, ident, previous)
 
         return undo
+
+    def wanted_entry(self, ident: Hashable) -> RenderEntry | None:
+        """What the application wants of the entry ``ident``, if anything."""
+        return self._wanted_entries.get(ident)
 
     def unwant_entry(self, ident: Hashable) -> None:
         """The application no longer wants the entry ``ident``."""
@@ -199,12 +194,9 @@ class Registrations:
                 del self._written_entries[ident]
 
     # -- counts --------------------------------------------------------------------------------------------
-    def counts(self, lease: Lease | None) -> tuple[int, int]:
+    def counts(self, lease: Lease) -> tuple[int, int]:
         """``(wanted, pending)``: the endpoints the application wants, and how many of them are not surely
-        written under ``lease`` yet. Walks every endpoint: read it when asked, not on every write."""
-        self.changed = False
-        if lease is None:
-            return len(self._wanted), len(self._wanted)
+        written under ``lease`` yet. Walks every endpoint: read it when asked (a probe), not per write."""
         return len(self._wanted), len(self.endpoints_to_carry(lease))
 
     def __len__(self) -> int:

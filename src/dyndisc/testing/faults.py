@@ -2,9 +2,9 @@
 
 * :class:`FaultyStore` wraps any :class:`~dyndisc.backends.kv.KeyValueStore`: break its watch streams (each
   resumes from a fresh snapshot, as after a reconnect that lost history), expire a lease now, take the store
-  down (every call fails, watches stall) and bring it back, slow its calls down (a latency per call) or hold
-  them at a :class:`Gate` (before the store applies a call, or after it did and before it answers), or
-  plant a bug (lose deletes) to show that a checker notices.
+  down (every call fails, watches stall) and bring it back, slow its calls down (a latency per call), refuse
+  them (a permission denied), hold them at a :class:`Gate` (before the store applies a call, or after it did
+  and before it answers), or plant a bug (lose deletes) to show that a checker notices.
 * :class:`CrashableBackend` wraps any :class:`~dyndisc.backends.base.DiscoveryBackend`: after
   :meth:`~CrashableBackend.crash` it renews nothing and revokes nothing, as a killed process would, so its
   lease expires on the server's clock.
@@ -50,6 +50,10 @@ class _Forwarding:
     @property
     def default_lease_ttl(self) -> float | None:
         return self.inner.default_lease_ttl
+
+    @property
+    def tells_lease_time(self) -> bool:
+        return self.inner.tells_lease_time
 
     def doctor(self) -> BackendDoctor:
         return self.inner.doctor()
@@ -108,6 +112,7 @@ class FaultyStore(_Forwarding, KeyValueStore):
         #: a seeded function gives a simulation its latency.
         self.latency: Callable[[str], float] | None = None
         self._gates: dict[tuple[str, bool], Gate] = {}
+        self._refusals: dict[str, BaseException] = {}
 
     def __repr__(self) -> str:
         return f"FaultyStore({self.inner!r})"
@@ -122,6 +127,17 @@ class FaultyStore(_Forwarding, KeyValueStore):
         gate = self._gates[call, after] = Gate()
         return gate
 
+    def refuse(self, call: str, error: BaseException) -> None:
+        """Every ``call`` fails with ``error`` until :meth:`allow` (a refusal the server would give: revoked
+        credentials, a denied write)."""
+        if call not in STORE_CALLS:
+            raise ValueError(f"no store call {call!r}: one of {', '.join(sorted(STORE_CALLS))}")
+        self._refusals[call] = error
+
+    def allow(self, call: str) -> None:
+        """End a :meth:`refuse`."""
+        self._refusals.pop(call, None)
+
     def ungate(self, call: str, *, after: bool = False) -> None:
         """Remove the gate of ``call`` (opening it)."""
         gate = self._gates.pop((call, after), None)
@@ -130,6 +146,8 @@ class FaultyStore(_Forwarding, KeyValueStore):
 
     async def _enter(self, call: str) -> None:
         self._check()
+        if (refusal := self._refusals.get(call)) is not None:
+            raise refusal
         if self.latency is not None and (delay := self.latency(call)) > 0:
             await anyio.sleep(delay)
             self._check()

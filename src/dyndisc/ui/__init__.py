@@ -1,8 +1,9 @@
 """``dyndisc ui``: a live web page of the fleet (every instance, its readiness, lease and metadata).
 
-``fleet`` keeps the view current (one watch, the leases' time left, staleness) and pushes it as events;
-``server`` serves the page and the event stream (aiohttp); ``static/`` holds the page itself. Needs the
-``ui`` extra (``pip install 'dyndisc[ui]'``, which brings aiohttp).
+``fleet`` keeps the view current (one watch, the leases' time left, staleness, the history of what
+happened) and pushes it as events; ``entries`` follows the model cards and event channels and lists any
+bucket; ``server`` serves the page, its JSON and the event stream (aiohttp); ``static/`` holds the page
+itself. Needs the ``ui`` extra (``pip install 'dyndisc[ui]'``, which brings aiohttp).
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ async def serve(
     token: str | None = None,
     on_ready: Callable[[str], object] = print,
 ) -> None:
-    """Serve the page for ``query`` over ``backend`` until cancelled; ``on_ready`` gets its address."""
+    """Serve the page for ``query`` over ``backend`` until cancelled; ``on_ready`` gets its address.
+
+    Raises :class:`OSError` if it cannot listen on ``host:port`` (in use, or not allowed).
+    """
     import anyio
     from aiohttp import web
 
@@ -41,15 +45,16 @@ async def serve(
     from dyndisc.ui.server import make_app
 
     fleet = Fleet(backend, query)
-    async with fleet.running():
-        runner = web.AppRunner(make_app(fleet, token), access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
+    runner = web.AppRunner(make_app(fleet, token), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        # Listen before following the backend: a port in use is said at once, not after a connection.
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        async with fleet.running():
             bound = runner.addresses[0]
             shown = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
             on_ready(f"http://{shown}:{bound[1]}/")
             await anyio.sleep_forever()
-        finally:
-            await runner.cleanup()
+    finally:
+        await runner.cleanup()

@@ -1,9 +1,10 @@
 """What the page shows, kept current: the instances of one query (one backend watch), their leases' time
-left, and whether the view is stale, pushed to every open page as events.
+left, whether the view is stale, what happened lately (the history), and the model cards and event
+channels beside them, pushed to every open page as events.
 
-A page gets a ``snapshot`` first, then ``added`` / ``removed`` as the watch delivers them, ``models`` (the
-model deployment cards each endpoint serves, from a second watch of the ``v1/mdc`` bucket) when they
-change, ``leases`` (the time left of each lease, where the backend knows it) every second, and ``status``
+A page gets a ``snapshot`` and the ``history`` kept so far first, then ``added`` / ``removed`` as the watch
+delivers them, ``history`` with each new record of the timeline, ``models`` and ``channels`` when they
+change, ``leases`` (the time left of each lease, where the backend can tell) every second, and ``status``
 (stale or not) when it changes. Everything is read-only: the UI holds no lease and writes nothing.
 """
 
@@ -18,77 +19,80 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from dyndisc._cards import ModelCard
-from dyndisc._dynamo import MODEL_CARDS_BUCKET
-from dyndisc._entries import EntryAdded, EntryEvent, EntryRemoved, EntryResync, MetadataEntry
-from dyndisc._errors import ConfigurationError, DyndiscError
 from dyndisc._events import Added, DiscoveryEvent, Removed, Resync
 from dyndisc._models import EndpointId, Instance, InstanceQuery
+from dyndisc._outage import OutageLog
 from dyndisc._retry import Backoff
 from dyndisc.backends.base import DiscoveryBackend
+from dyndisc.cli.history import History, Record, Timeline
+from dyndisc.cli.liveness import Liveness
 from dyndisc.cli.output import instance_json
+from dyndisc.ui.entries import follow_buckets
 
 log = logging.getLogger("dyndisc.ui")
 
-#: How often the leases' time left is read and pushed.
+#: How often the leases' time left is read and pushed, and the staleness checked.
 LEASE_POLL = 1.0
 #: Events a slow page may have undelivered before it is sent a fresh snapshot instead.
 PAGE_BACKLOG = 1_000
+#: A watch that stayed up this long had recovered: the next failure starts the backoff over.
+STABLE_AFTER = 10.0
+#: What a lease's time left is when the backend says the lease is gone (its records not deleted yet).
+GONE = "gone"
+#: How long a page's first snapshot waits for the model cards and event channels after the instances.
+METADATA_WAIT = 3.0
 
 Event = dict[str, Any]
 
 
-def _instance(instance: Instance) -> Event:
-    return {**instance_json(instance), "key": f"{instance.endpoint_id}/{instance.instance_id:x}"}
+def instance_view(instance: Instance) -> Event:
+    """An instance as the page gets it: the command line's JSON, its key, and every other field."""
+    return {
+        **instance_json(instance),
+        "key": f"{instance.endpoint_id}/{instance.instance_id:x}",
+        "device_type": instance.device_type,
+        "request_plane_codec": instance.request_plane_codec,
+    }
 
 
 class Fleet:
-    """The live view behind the page: ``async with Fleet(backend, query) as fleet`` runs its watch."""
+    """The live view behind the page: ``async with Fleet(backend, query).running()`` runs its watches."""
 
-    def __init__(self, backend: DiscoveryBackend, query: InstanceQuery) -> None:
+    def __init__(self, backend: DiscoveryBackend, query: InstanceQuery, *, history_size: int = 5_000) -> None:
         self.backend = backend
         self.query = query
         self.instances: dict[tuple[EndpointId, int], Instance] = {}
-        self.leases: dict[str, float | None] = {}
-        #: The model cards by key, or ``None`` where the backend stores no metadata entries.
-        self.cards: dict[str, ModelCard] | None = {}
-        self.watch_broken_since: float | None = None
+        #: Seconds left per lease (hex id); :data:`GONE` for a lease the server no longer knows; ``None``
+        #: when the server did not answer.
+        self.leases: dict[str, float | str | None] = {}
+        self.liveness = Liveness(backend)
+        self.timeline = Timeline(query)
+        self.history = History(history_size)
+        self.models, self.channels = follow_buckets(backend, query, self._publish)
+        #: The delays between attempts to open the watch: they grow until it stays up.
+        self.watch_backoff = Backoff(0.5, 30.0)
         self._pages: dict[MemoryObjectSendStream[Event], None] = {}
         self._ready = anyio.Event()
 
     # -- what a page is told ----------------------------------------------------------------------------
     def snapshot(self) -> Event:
+        """Everything a page shows, but the history."""
         ordered = sorted(self.instances.values(), key=lambda i: (str(i.endpoint_id), i.instance_id))
         return {
             "event": "snapshot",
             "backend": self.backend.name,
             "query": str(self.query),
-            "instances": [_instance(i) for i in ordered],
+            "instances": [instance_view(i) for i in ordered],
             "leases": self.leases,
-            "models": self.models(),
+            "lease_times": self.backend.tells_lease_time,
+            "models": self.models.shown(),
+            "channels": self.channels.shown(),
             "status": self.status(),
-        }
-
-    def models(self) -> dict[str, list[Event]] | None:
-        """Per endpoint (``ns.comp.ep``), the models its instances serve: name, LoRA, instance ids."""
-        if self.cards is None:
-            return None
-        found: dict[str, dict[tuple[str, str | None], list[str]]] = {}
-        for card in self.cards.values():
-            name = card.display_name or card.slug or "?"
-            ids = found.setdefault(str(card.endpoint_id), {}).setdefault((name, card.lora), [])
-            ids.append(f"{card.instance_id:x}")
-        return {
-            endpoint: [
-                {"name": n, "lora": lora, "instances": sorted(ids)} for (n, lora), ids in sorted(by.items())
-            ]
-            for endpoint, by in sorted(found.items())
         }
 
     def status(self) -> Event:
         """``stale_for``: seconds the view may have been out of date (the watch or the server lost)."""
-        found = [t for t in (self.watch_broken_since, self.backend.stale_since) if t is not None]
-        stale = min(found) if found else None
+        stale = self.liveness.stale_since
         return {
             "event": "status",
             "stale_for": None if stale is None else round(time.monotonic() - stale, 1),
@@ -105,12 +109,22 @@ class Fleet:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._pages.pop(page, None)
 
+    def _remember(self, records: list[Record]) -> None:
+        if records:
+            self._publish({"event": "history", "records": [self.history.add(r) for r in records]})
+
     @asynccontextmanager
     async def page(self) -> AsyncIterator[MemoryObjectReceiveStream[Event]]:
-        """A page's stream of events: a snapshot first, then every change."""
+        """A page's stream of events: a snapshot and the history first, then every change."""
         await self._ready.wait()
+        # The cards and channels come from watches of their own: a first view without them would only be
+        # corrected a moment later (and a script reading the first snapshot would miss them).
+        with anyio.move_on_after(METADATA_WAIT):
+            await self.models.ready.wait()
+            await self.channels.ready.wait()
         send, receive = anyio.create_memory_object_stream[Event](PAGE_BACKLOG)
         send.send_nowait(self.snapshot())
+        send.send_nowait({"event": "history", "records": list(self.history.records), "reset": True})
         self._pages[send] = None
         try:
             yield receive
@@ -121,108 +135,92 @@ class Fleet:
 
     # -- keeping it current --------------------------------------------------------------------------------
     def apply(self, event: DiscoveryEvent) -> None:
+        """Apply one watch event: the view, the history, every page."""
+        self._remember(self.timeline.apply(event))
         if isinstance(event, Resync):
             self.instances = {i.key: i for i in event.instances}
             self._publish(self.snapshot())
         elif isinstance(event, Added):
             self.instances[event.instance.key] = event.instance
-            self._publish({"event": "added", "instance": _instance(event.instance)})
+            self._publish({"event": "added", "instance": instance_view(event.instance)})
         elif isinstance(event, Removed) and self.instances.pop(event.key, None) is not None:
             reason = event.reason.value if event.reason is not None else None
             key = f"{event.endpoint}/{event.instance_id:x}"
             self._publish({"event": "removed", "key": key, "reason": reason})
 
     async def _watch(self) -> None:
-        backoff = Backoff(0.1, 2.0)
-        last_status: Event | None = None
+        backoff = self.watch_backoff
+        outage = OutageLog(log, f"watch of {self.query}")
         while True:
+            opened = time.monotonic()
             try:
                 async with self.backend.watch(self.query) as events:
                     async for event in events:
-                        if self.watch_broken_since is not None and isinstance(event, Resync):
-                            self.watch_broken_since = None
+                        if isinstance(event, Resync):
+                            self.liveness.broken_since = None
+                            outage.recovered()
                         self.apply(event)
                         self._ready.set()
-                        backoff.reset()
                 raise ConnectionError("the watch ended")
             except Exception as exc:
-                if self.watch_broken_since is None:
-                    self.watch_broken_since = time.monotonic()
+                if self.liveness.broken_since is None:
+                    self.liveness.broken_since = time.monotonic()
                 self._ready.set()  # a page opened now shows the last view, marked stale
-                status = self.status()
-                if status != last_status:
-                    self._publish(status)
-                    last_status = status
-                delay = backoff.next_delay()
-                log.warning("watch of %s failed (%s); retrying in %.1fs", self.query, exc, delay)
-                await anyio.sleep(delay)
+                self._check_status()
+                if time.monotonic() - opened >= STABLE_AFTER:
+                    backoff.reset()  # it had been working: this is a new outage, not the same one
+                outage.failed(exc)
+                await backoff.sleep()
 
-    def apply_cards(self, event: EntryEvent) -> None:
-        assert self.cards is not None
-        if isinstance(event, EntryResync):
-            self.cards = {e.key: c for e in event.entries if (c := _card(e)) is not None}
-        elif isinstance(event, EntryAdded):
-            card = _card(event.entry)
-            if card is None:
-                self.cards.pop(event.entry.key, None)
-            else:
-                self.cards[event.entry.key] = card
-        elif isinstance(event, EntryRemoved):
-            self.cards.pop(event.key, None)
-        self._publish({"event": "models", "models": self.models()})
-
-    async def _watch_cards(self) -> None:
-        prefix = "".join(f"{part}/" for part in self.query.parts)
-        backoff = Backoff(0.1, 2.0)
-        while True:
-            try:
-                async with self.backend.watch_entries(MODEL_CARDS_BUCKET, prefix) as events:
-                    async for event in events:
-                        self.apply_cards(event)
-                        backoff.reset()
-                raise ConnectionError("the watch of the model cards ended")
-            except (NotImplementedError, ConfigurationError):
-                self.cards = None  # this backend (or its layout) keeps no cards: the page says so, once
-                self._publish({"event": "models", "models": None})
-                return
-            except Exception as exc:
-                delay = backoff.next_delay()
-                log.warning("watch of the model cards failed (%s); retrying in %.1fs", exc, delay)
-                await anyio.sleep(delay)
+    def _check_status(self) -> None:
+        change = self.liveness.change()
+        if change is None:
+            return
+        if change.stale:
+            self._remember([self.timeline.stale(change.since_wall)])
+        else:
+            self._remember([self.timeline.resumed(change.lasted)])
+        self._publish(self.status())
 
     async def _poll(self) -> None:
         """Every second: the leases' time left (where the backend can tell) and whether the view is stale."""
         while True:
             await anyio.sleep(LEASE_POLL)
-            ids = {i.instance_id for i in self.instances.values()}
-            leases: dict[str, float | None] = {}
-            for instance_id in sorted(ids):
-                try:
-                    with anyio.fail_after(LEASE_POLL):
-                        left = await self.backend.lease_time_left(instance_id)
-                except Exception:  # the server is away: the status says so; the times are unknown
-                    left = None
-                leases[f"{instance_id:x}"] = None if left is None else round(left, 1)
-            self.leases = leases
-            self._publish({"event": "leases", "leases": leases})
+            if self.backend.tells_lease_time:
+                self.leases = await self._lease_times()
+                self._publish({"event": "leases", "leases": self.leases})
+            self._check_status()
             self._publish(self.status())
+
+    async def _lease_times(self) -> dict[str, float | str | None]:
+        leases: dict[str, float | str | None] = {}
+        for instance_id in sorted({i.instance_id for i in self.instances.values()}):
+            left: float | str | None
+            try:
+                with anyio.fail_after(LEASE_POLL):
+                    seconds = await self.backend.lease_time_left(instance_id)
+            except Exception:  # the server is away: the status says so; the times are unknown
+                left = None
+            else:
+                left = GONE if seconds is None else round(seconds, 1)
+            leases[f"{instance_id:x}"] = left
+        return leases
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Fleet]:
+        """Run the watches, the probe and the poll until the block ends."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch)
-            tg.start_soon(self._watch_cards)
+            tg.start_soon(self.models.follow)
+            tg.start_soon(self.channels.follow)
+            tg.start_soon(self.liveness.probe)
             tg.start_soon(self._poll)
             try:
                 yield self
             finally:
                 tg.cancel_scope.cancel()
-
-
-def _card(entry: MetadataEntry) -> ModelCard | None:
-    """The card an entry holds, or ``None`` for one that is not a readable card (skipped, as the reference
-    skips it)."""
-    try:
-        return ModelCard.from_entry(entry)
-    except DyndiscError:
-        return None
+                # End every page's stream: the server waits for open handlers when it stops, and an event
+                # stream never ends by itself (Ctrl-C with a tab open would hang).
+                for page in list(self._pages):
+                    page.close()
+                self._pages.clear()

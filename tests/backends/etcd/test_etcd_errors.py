@@ -10,7 +10,7 @@ import pytest
 from aetcd import rpc
 
 from dyndisc import AccessDeniedError, BackendUnavailableError, LeaseNotFoundError
-from dyndisc.backends.etcd.connection import EtcdConnection, Stubs, Transient, Unreachable
+from dyndisc.backends.etcd.connection import EtcdConnection, PermissionDenied, Stubs, Transient, Unreachable
 from dyndisc.backends.etcd.settings import parse_endpoints
 from dyndisc.testing.servers import EtcdServer
 
@@ -56,7 +56,8 @@ def test_a_connection_that_failed_closes_that_members_channel(
 @pytest.mark.parametrize(
     ("code", "details", "kind"),
     [
-        (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied", AccessDeniedError),
+        # An AccessDeniedError the store can explain in terms of namespaces (a refused write).
+        (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied", PermissionDenied),
         (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: user name is empty", AccessDeniedError),
         (grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found", LeaseNotFoundError),
         (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided", BackendUnavailableError),

@@ -129,11 +129,19 @@ async def test_a_user_without_permission_is_told_what_to_grant(
     server = private_etcd(auth=True)
     server.api("/v3/auth/user/add", {"name": "svc", "password": "pw"})  # no role: no access to any key
     store = make_store(server.client_url, auth_username="svc", auth_password="pw")
+    key = f"{unique_prefix()}a"
     with pytest.raises(
         AccessDeniedError,
-        match=r"denied user 'svc' access .*grant the user's role readwrite on the key prefix",
+        match=rf"refused user 'svc' writing {key} \(etcdserver: permission denied\): it holds no role, so it "
+        r"may write nothing; grant one of its roles readwrite on that key's prefix \(etcdctl role",
     ):
-        await store.put(f"{unique_prefix()}a", b"1", 0)
+        await store.put(key, b"1", 0)
+    with pytest.raises(
+        AccessDeniedError,
+        match=r"denied user 'svc' access .*grant the user's role readwrite on the key prefix .*"
+        r"dyndisc access etcd --user <user> --role worker\|frontend\|operator",
+    ):
+        await store.get_prefix(unique_prefix())
 
 
 async def test_auth_token_is_renewed_after_an_etcd_restart(

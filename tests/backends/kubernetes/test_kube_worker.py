@@ -166,6 +166,60 @@ async def test_a_deleted_resource_is_reapplied_at_once_with_the_same_id(
     print(f"re-applied {took:.3f}s after the deletion (keep-alive period 30s)")
 
 
+async def test_a_resource_deleted_while_a_registration_is_in_flight_is_a_lost_lease_all_the_same(
+    workers: Workers, cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by chaos seed 2 on Kubernetes: another client deleted the worker's resource (a revoke) while a
+    # registration was in flight; the registration's server-side apply created the resource anew, so the
+    # keep-alive found it there and the lease was never taken for lost (no replacement, no on_lease_change,
+    # no shutdown under that policy), while every watcher had seen the worker leave.
+    changes: list[LeaseChange] = []
+    host = await workers.start(await workers.pod("worker-0"), on_lease_change=changes.append, lease_ttl=60)
+    await host.runtime.endpoint("dyn.c.a").register("tcp://h:1")
+    backend = host.runtime.backend
+    assert isinstance(backend, CrashableBackend)
+    resource = backend.inner._resource  # type: ignore[attr-defined]
+    checked = anyio.Event()
+    real_check = resource.check
+
+    async def check_after_the_registration(holder: int) -> None:
+        await checked.wait()  # the keep-alive looks only once the registration has written
+        await real_check(holder)
+
+    monkeypatch.setattr(resource, "check", check_after_the_registration)
+    before = (await get_cr(cluster, namespace, "worker-0"))["metadata"]["uid"]
+    await cluster.call("DELETE", f"{cluster.crs_path(namespace)}/worker-0")
+    await host.runtime.endpoint("dyn.c.b").register("tcp://h:2")  # its apply creates the resource again
+    assert (await get_cr(cluster, namespace, "worker-0"))["metadata"]["uid"] != before
+    checked.set()
+    await until(lambda: bool(changes), PROMPT, "the worker to take its lease for lost")
+    assert "deleted behind" in changes[0].reason
+    listed = await host.runtime.list()
+    assert sorted(i.endpoint for i in listed) == ["a", "b"], "both registered again under the replacement"
+
+
+async def test_an_entry_put_again_unbound_leaves_no_bound_copy_and_back(
+    workers: Workers, cluster: Cluster, namespace: str
+) -> None:
+    # Found by chaos seed 2 on Kubernetes: an entry put bound, then again with lease=False, kept its bound
+    # copy in the worker's resource, which shadowed the new value for every dyndisc reader.
+    host = await workers.start(await workers.pod("worker-0"))
+    bucket = host.runtime.bucket("v1/custom")
+    await bucket.put("k", {"v": 1})
+    await bucket.put("k", {"v": 2}, lease=False)
+    found = await bucket.get("k")
+    assert found is not None
+    assert found.value == {"v": 2}
+    assert not (await get_cr(cluster, namespace, "worker-0"))["spec"]["data"].get("dyndisc_entries")
+    await bucket.put("k", {"v": 3})  # and bound again: the unbound copy goes
+    found = await bucket.get("k")
+    assert found is not None
+    assert found.value == {"v": 3}
+    await host.stop()
+    async with workers.backend(await workers.pod("reader")) as reader:
+        assert await reader.list_entries("v1/custom") == [], "nothing stale comes back with the lease gone"
+
+
 async def test_shutdown_policy_ends_the_worker_when_its_resource_is_deleted(
     workers: Workers, cluster: Cluster, namespace: str
 ) -> None:

@@ -9,7 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nats_helpers import MakeStore, unique_prefix
 
-from dyndisc.backends.nats.keys import decode_key, encode_key, is_internal, lease_key, prefix_filter
+from dyndisc.backends.nats.feed import lease_ref_of
+from dyndisc.backends.nats.keys import (
+    decode_key,
+    encode_key,
+    is_internal,
+    lease_id_of,
+    lease_key,
+    prefix_filter,
+    scope_token,
+)
 from dyndisc.testing.servers import NatsServer
 
 NATS_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
@@ -72,3 +81,20 @@ async def test_the_server_stores_and_filters_encoded_keys(
     assert await store.get_prefix(prefix) == {key: b"v", f"{prefix}y": b"other"}
     await store.delete(key)
     assert await store.get_prefix(f"{prefix}x/") == {}
+
+
+def test_lease_keys_of_a_scope_and_the_lease_a_key_is_joined_to() -> None:
+    assert lease_key(0xABC) == "_dyndisc/lease.abc"
+    assert lease_key(0xABC, scope_token("w a")) == "_dyndisc/lease.w=20a.abc"
+    for key in (lease_key(0xABC), lease_key(0xABC, "w-a")):
+        assert is_internal(key)
+        assert lease_id_of(key) == 0xABC
+        assert decode_key(key) is None
+    assert lease_id_of("_dyndisc/lease.w-a.0ABC") == 0, "only the spelling lease_key writes"
+    assert lease_id_of("=.services.abc") == 0
+    # A key is joined to the lease key its headers name: its scope too, so a key of another scope with the
+    # same id (which that scope's credentials could write) is not its lease.
+    assert lease_ref_of({"Dyndisc-Lease": "abc"}) == "_dyndisc/lease.abc"
+    assert lease_ref_of({"Dyndisc-Lease": "abc", "Dyndisc-Lease-Scope": "w-a"}) == "_dyndisc/lease.w-a.abc"
+    assert lease_ref_of({}) == ""
+    assert lease_ref_of(None) == ""

@@ -175,3 +175,21 @@ async def test_a_revoke_by_another_client_ends_a_lease_its_owner_renews_meanwhil
     assert await other.get_prefix(prefix) == {}
     with pytest.raises(LeaseNotFoundError):
         await owner.keep_alive(lease.id)  # the owner learns at its next renewal
+
+
+async def test_a_clean_revoke_ends_the_lease_after_a_renewal_whose_answer_was_lost(
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    # Found by chaos seed 0 on NATS: a clean exit just after an outage left the runtime's records for a TTL.
+    # A renewal that reached the server while its answer was lost moved the lease key's revision behind the
+    # store's back; the revoke removed the lease key only at the revision it remembered, so quietly did not.
+    store, other = make_store(dyndisc_nats_server.url), make_store(dyndisc_nats_server.url)
+    prefix = unique_prefix()
+    lease = await store.grant(30)
+    await store.create(f"{prefix}e", b"v", lease.id)
+    nats_key = store._lease_key(lease.id)
+    await store.connection.publish(nats_key, b'{"ttl":30.0}', ttl=30, lease_id=lease.id)  # answer "lost"
+    await store.revoke(lease.id)
+    found = await other.connection.get(nats_key)
+    assert found is None or is_removal(found.headers), "the lease outlived its revoke"
+    assert await other.get_prefix(prefix) == {}

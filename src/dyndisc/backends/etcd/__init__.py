@@ -19,10 +19,12 @@ from dyndisc.backends.kv import KvDiscovery
 __all__ = ["EtcdSettings", "EtcdStore", "from_env"]
 
 
-def from_env(*, startup_timeout: float | None = None) -> KvDiscovery:
+def from_env(*, startup_timeout: float | None = None, startup_timeout_name: str | None = None) -> KvDiscovery:
     """The ``etcd`` backend configured from the ``ETCD_*`` environment variables.
 
-    ``startup_timeout`` replaces ``ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS`` when given.
+    ``startup_timeout`` replaces ``ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS`` when given, and messages name
+    ``startup_timeout_name`` (such as ``--wait``) as what set it.
     """
     overrides = {} if startup_timeout is None else {"startup_connect_timeout_seconds": startup_timeout}
-    return KvDiscovery(EtcdStore(EtcdSettings.load(**overrides)))
+    name = startup_timeout_name if startup_timeout is not None else None
+    return KvDiscovery(EtcdStore(EtcdSettings.load(**overrides), startup_timeout_name=name))

@@ -101,6 +101,7 @@ class EtcdConnection:
         tls: TlsMaterial | None = None,
         request_timeout: float = 5.0,
         startup_timeout: float = 120.0,
+        startup_timeout_name: str = "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS",
     ) -> None:
         self.targets = targets
         self.username = username
@@ -108,6 +109,8 @@ class EtcdConnection:
         self.tls = tls if tls is not None else (TlsMaterial() if targets[0].secure else None)
         self.request_timeout = request_timeout
         self.startup_timeout = startup_timeout
+        #: What set :attr:`startup_timeout` (the variable, or a command's option), for messages.
+        self.startup_timeout_name = startup_timeout_name
         #: The member the next call starts with (the last one that answered).
         self.preferred = 0
         self._channels: list[Stubs | None] = [None] * len(targets)
@@ -285,14 +288,16 @@ class EtcdConnection:
                 raise BackendUnavailableError(self._unreachable(what, budget, error)) from None
             if not self._connected_once and not self._said_waiting and budget - left >= WAITING_NOTICE:
                 # Say so once, early: otherwise a process started before etcd looks hung for the whole budget.
+                # Not with under a second left: the failure, which says it all, comes next.
                 self._said_waiting = True
-                log.warning(
-                    "waiting for etcd at %s (ETCD_ENDPOINTS): %s; trying for up to %.0fs more "
-                    "(ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS)",
-                    self.all_urls,
-                    error,
-                    left,
-                )
+                if left >= 1:
+                    log.warning(
+                        "waiting for etcd at %s (ETCD_ENDPOINTS): %s; trying for up to %.0fs more (%s)",
+                        self.all_urls,
+                        error,
+                        left,
+                        self.startup_timeout_name,
+                    )
             limit = left
             if not self._connected_once and not self._said_waiting:
                 # Wake by the notice time: a long jittered delay must not skip the notice and fail silently.
@@ -302,9 +307,7 @@ class EtcdConnection:
             await anyio.sleep(delay)
 
     def _unreachable(self, what: str, budget: float, error: Exception) -> str:
-        setting = (
-            "ETCD_REQUEST_TIMEOUT_SECONDS" if self._connected_once else "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS"
-        )
+        setting = "ETCD_REQUEST_TIMEOUT_SECONDS" if self._connected_once else self.startup_timeout_name
         hint = "Check that etcd is running and reachable"
         if "Socket closed" in str(error) or "andshake" in str(error):
             hint += "; a TLS/plaintext mismatch looks like this: check http:// vs https:// in ETCD_ENDPOINTS"
@@ -350,10 +353,13 @@ class EtcdConnection:
                 "set ETCD_AUTH_USERNAME and ETCD_AUTH_PASSWORD"
             )
         if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in details:
-            return AccessDeniedError(
+            return PermissionDenied(
+                details,
                 f"{what}: {where} denied user {self.username!r} access ({details}); grant the user's role "
                 "readwrite on the key prefix "
-                "(e.g. etcdctl role grant-permission <role> readwrite --prefix /services/)"
+                "(e.g. etcdctl role grant-permission <role> readwrite --prefix /services/), or give the "
+                "user the role its process needs: dyndisc access etcd --user <user> --role "
+                "worker|frontend|operator",
             )
         if "requested lease not found" in details:
             return LeaseNotFoundError(f"{what}: {where} does not know the lease (it expired or was revoked)")
@@ -408,6 +414,15 @@ class EtcdConnection:
             for stubs in channels:
                 if stubs is not None:
                     await stubs.channel.close()
+
+
+class PermissionDenied(AccessDeniedError):
+    """etcd answered "permission denied": the roles of the user do not cover a key of the request. The store
+    explains a refused write in terms of namespaces (``roles.OwnRoles``); ``details`` is etcd's answer."""
+
+    def __init__(self, details: str, message: str) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class _TokenRejected(Exception):

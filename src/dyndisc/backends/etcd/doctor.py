@@ -27,10 +27,11 @@ FIXES: tuple[tuple[str, str], ...] = (
         "--prefix=true readwrite /services/' (and v1/ for DYN_KV_LAYOUT=dynamo-v1)",
     ),
     ("TLS handshake", "check ETCD_AUTH_CA (the CA of the server) and ETCD_AUTH_CLIENT_CERT / _KEY"),
-    (
-        "did not answer",
-        "start etcd or point ETCD_ENDPOINTS at it; check firewalls between this host and the server",
-    ),
+)
+#: When etcd does not answer.
+REACH_FIX = (
+    "start etcd or point ETCD_ENDPOINTS at it (check firewalls between this host and the server); to try "
+    "dyndisc, 'dyndisc server etcd' starts one"
 )
 
 
@@ -50,7 +51,7 @@ class EtcdDoctor(ServerClockDoctor):
     """etcd's checks: its version; leases are timed by the server; its errors' fixes."""
 
     def __init__(self, store: Versioned) -> None:
-        super().__init__("etcd", FIXES)
+        super().__init__("etcd", FIXES, REACH_FIX)
         self.store = store
 
     async def check_server(self, report: Report, timeout: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,15 +15,20 @@ from aetcd.utils import prefix_range_end
 
 from dyndisc._concurrency import background_tasks
 from dyndisc._errors import BackendUnavailableError, ConfigurationError, LeaseNotFoundError
+from dyndisc._outage import OutageLog
 from dyndisc.backends.base import Lease
 from dyndisc.backends.diagnosis import BackendDoctor
-from dyndisc.backends.etcd.connection import EtcdConnection, Stubs
+from dyndisc.backends.etcd.connection import EtcdConnection, PermissionDenied, Stubs
 from dyndisc.backends.etcd.doctor import EtcdDoctor
+from dyndisc.backends.etcd.roles import OwnRoles
 from dyndisc.backends.etcd.settings import EtcdSettings, parse_endpoints
 from dyndisc.backends.etcd.watch import SharedWatch, Subscriber
 from dyndisc.backends.kv import KeyValueStore, StoredValue, StoreEvent
 
+log = logging.getLogger("dyndisc.etcd")
+
 _EQUAL, _CREATE = rpc.Compare.CompareResult.EQUAL, rpc.Compare.CompareTarget.CREATE
+_LESS, _VERSION = rpc.Compare.CompareResult.LESS, rpc.Compare.CompareTarget.VERSION
 
 
 class EtcdStore(KeyValueStore):
@@ -39,7 +45,10 @@ class EtcdStore(KeyValueStore):
 
     name = "etcd"
 
-    def __init__(self, settings: EtcdSettings | None = None) -> None:
+    def __init__(
+        self, settings: EtcdSettings | None = None, *, startup_timeout_name: str | None = None
+    ) -> None:
+        """``startup_timeout_name`` says what set the startup wait, when not its variable (``--wait``)."""
         self.settings = settings if settings is not None else EtcdSettings.load()
         targets = parse_endpoints(self.settings.endpoints)
         tls = self.settings.tls_material()
@@ -60,8 +69,13 @@ class EtcdStore(KeyValueStore):
             tls=tls,
             request_timeout=self.settings.request_timeout_seconds,
             startup_timeout=self.settings.startup_connect_timeout_seconds,
+            startup_timeout_name=startup_timeout_name or "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS",
         )
         self._watches: dict[str, SharedWatch] = {}
+        #: The outage log of each prefix's watch, kept across the watches opened for it.
+        self._outages: dict[str, OutageLog] = {}
+        #: Our own roles, read to explain a refused write.
+        self.own_roles = OwnRoles(self.connection)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> EtcdStore:
@@ -94,6 +108,10 @@ class EtcdStore(KeyValueStore):
                 "(it expired or was revoked)"
             )
         return float(ttl)
+
+    @property
+    def tells_lease_time(self) -> bool:
+        return True
 
     async def time_to_live(self, lease_id: int) -> float | None:
         async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
@@ -135,7 +153,7 @@ class EtcdStore(KeyValueStore):
             )
             return stubs.kv.Txn(request, timeout=timeout, metadata=metadata)
 
-        reply = await self.connection.call(f"registering {key}", attempt)
+        reply = await self._write(f"registering {key}", key, attempt)
         if reply.succeeded:
             return None
         kvs = reply.responses[0].response_range.kvs
@@ -148,14 +166,68 @@ class EtcdStore(KeyValueStore):
             request = rpc.PutRequest(key=key.encode(), value=value, lease=lease_id)
             return stubs.kv.Put(request, timeout=timeout, metadata=metadata)
 
-        await self.connection.call(f"writing {key}", attempt)
+        await self._write(f"writing {key}", key, attempt)
 
     async def delete(self, key: str) -> None:
         def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
             request = rpc.DeleteRangeRequest(key=key.encode())
             return stubs.kv.DeleteRange(request, timeout=timeout, metadata=metadata)
 
-        await self.connection.call(f"deleting {key}", attempt)
+        await self._write(f"deleting {key}", key, attempt)
+
+    async def _write(self, what: str, key: str, attempt: Any) -> Any:
+        """A write of ``key``; a refusal says which namespace the key is of and what our roles may write."""
+        try:
+            return await self.connection.call(what, attempt)
+        except PermissionDenied as exc:
+            action = "deleting" if what.startswith("deleting") else "writing"
+            raise await self.own_roles.refusal(action, key, exc) from None
+
+    # -- access (dyndisc doctor's scope check) -----------------------------------------------------------
+    @property
+    def principal(self) -> str | None:
+        user = self.connection.username
+        return None if user is None else f"user {user!r}"
+
+    async def writable_prefixes(self) -> list[str] | None:
+        roles = await self.own_roles.roles()
+        if isinstance(roles, str):
+            return None
+        return [p.prefix for perms in roles.values() for p in perms if p.writes and p.prefix is not None]
+
+    async def may_write(self, key: str) -> bool:
+        """Whether etcd lets us write ``key``, asked without writing anything: a transaction whose compare
+        cannot hold (a version below 0) and whose only operation is a put of ``key``; etcd checks the
+        permissions of both branches before it evaluates the compare."""
+        raw = key.encode()
+
+        def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
+            request = rpc.TxnRequest(
+                compare=[rpc.Compare(result=_LESS, target=_VERSION, key=raw, version=0)],
+                success=[rpc.RequestOp(request_put=rpc.PutRequest(key=raw, value=b""))],
+            )
+            return stubs.kv.Txn(request, timeout=timeout, metadata=metadata)
+
+        try:
+            reply = await self.connection.call(f"checking whether we may write {key}", attempt)
+        except PermissionDenied:
+            return False
+        assert not reply.succeeded, "a version below 0 cannot be"
+        return True
+
+    async def may_read(self, prefix: str) -> bool:
+        """Whether etcd lets us read the keys under ``prefix`` (a count, which returns no key)."""
+        raw = prefix.encode()
+
+        def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
+            request = rpc.RangeRequest(key=raw, range_end=prefix_range_end(raw), count_only=True)
+            return stubs.kv.Range(request, timeout=timeout, metadata=metadata)
+
+        try:
+            await self.connection.call(f"checking whether we may read {prefix!r}", attempt)
+        except PermissionDenied:
+            return False
+        return True
 
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
         raw = prefix.encode()
@@ -175,7 +247,8 @@ class EtcdStore(KeyValueStore):
     async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[StoreEvent]]:
         shared = self._watches.get(prefix)
         if shared is None:
-            shared = self._watches[prefix] = SharedWatch(self.connection, prefix)
+            outage = self._outages.setdefault(prefix, OutageLog(log, f"etcd watch of {prefix!r}"))
+            shared = self._watches[prefix] = SharedWatch(self.connection, prefix, outage)
         subscriber = Subscriber(shared)
         shared.subscribers.add(subscriber)
         try:

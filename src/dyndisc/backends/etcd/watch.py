@@ -28,6 +28,7 @@ from aetcd.utils import prefix_range_end
 
 from dyndisc._concurrency import gc_paused
 from dyndisc._errors import AccessDeniedError, BackendUnavailableError
+from dyndisc._outage import OutageLog
 from dyndisc._retry import Backoff
 from dyndisc.backends.etcd.connection import REQUIRE_LEADER, EtcdConnection, Stubs, Transient, Unreachable
 from dyndisc.backends.etcd.grpc_calls import grpc_await, stray_cancellation
@@ -115,7 +116,7 @@ class Subscriber:
 class SharedWatch:
     """The one etcd watch of ``prefix`` in a store, and the prefix contents it maintains."""
 
-    def __init__(self, connection: EtcdConnection, prefix: str) -> None:
+    def __init__(self, connection: EtcdConnection, prefix: str, outage: OutageLog | None = None) -> None:
         self.connection = connection
         self.prefix = prefix
         self.revision = 0
@@ -134,6 +135,10 @@ class SharedWatch:
         self.relists = 0
         #: How many times the stream was re-opened from the recorded revision.
         self.resumes = 0
+        #: One line when the watch breaks, one when it is back: not one per attempt (the store keeps it per
+        #: prefix, so a watch opened again and again while etcd is away says it once too).
+        self.outage = outage if outage is not None else OutageLog(log, f"etcd watch of {prefix!r}")
+        self._refused_now = False
 
     # -- fan-out ---------------------------------------------------------------------------------------
     def _broadcast(self, event: StorePut | StoreDelete, revision: int) -> None:
@@ -175,13 +180,9 @@ class SharedWatch:
                 backoff.reset()
             delay = backoff.next_delay()
             self.resumes += 1
-            log.warning(
-                "etcd watch of %r broke (%s); resuming from revision %d in %.2fs",
-                self.prefix,
-                self.last_error,
-                self.revision + 1,
-                delay,
-            )
+            level = logging.ERROR if self._refused_now else logging.WARNING
+            self._refused_now = False
+            self.outage.failed(f"{self.last_error}; resuming from revision {self.revision + 1}", level=level)
             await anyio.sleep(delay)
 
     def _refused(self, error: Exception) -> None:
@@ -190,7 +191,7 @@ class SharedWatch:
         if not self.established.is_set():
             self.refusal = error
             self.settled.set()
-        log.error("etcd watch of %r failed: %s; retrying", self.prefix, error)
+        self._refused_now = True
 
     async def fetch(self) -> tuple[dict[str, bytes], Any]:
         """List the prefix: its contents and the header of the answer (revision, cluster id)."""
@@ -283,6 +284,7 @@ class SharedWatch:
                 )
             self.connection.mark_ok(stubs.member)
             self._created = True
+            self.outage.recovered()
             self.last_error = self.refusal = None
             self.established.set()
             self.settled.set()

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 
-def from_env(*, startup_timeout: float | None = None) -> KvDiscovery:
+def from_env(*, startup_timeout: float | None = None, startup_timeout_name: str | None = None) -> KvDiscovery:
     """The ``file`` backend: a :class:`FileStore` at ``DYN_FILE_KV``, or under ``DYN_KV_LAYOUT=dynamo-v1`` a
     :class:`DynamoFileStore` there (default: the reference's ``$TMPDIR/dynamo_store_kv``).
     ``startup_timeout`` is not used: a directory is there or not."""

@@ -227,6 +227,10 @@ class FileStore(KeyValueStore):
         # event loop, which would otherwise stall for a quarter of a second at 10,000 records.
         await anyio.to_thread.run_sync(self._revoke, lease_id, limiter=self._io_limiter)
 
+    @property
+    def tells_lease_time(self) -> bool:
+        return True
+
     async def time_to_live(self, lease_id: int) -> float | None:
         deadline = await anyio.to_thread.run_sync(self.records.lease_deadline, lease_id)
         return None if deadline is None else max(deadline - time.time(), 0.0)

@@ -14,6 +14,7 @@ label selector: one deployment), ``worker`` (this pod's resource), ``discovery``
 
 from __future__ import annotations
 
+from dyndisc._extras import require
 from dyndisc.backends.kubernetes.discovery import KubernetesDiscovery
 from dyndisc.backends.kubernetes.identity import PodIdentity
 from dyndisc.backends.kubernetes.manifests import manifest, manifests
@@ -31,8 +32,12 @@ __all__ = [
 ]
 
 
-def from_env(*, startup_timeout: float | None = None) -> KubernetesDiscovery:
+def from_env(
+    *, startup_timeout: float | None = None, startup_timeout_name: str | None = None
+) -> KubernetesDiscovery:
     """The backend for ``DYN_DISCOVERY_BACKEND=kubernetes``: credentials from ``KUBECONFIG`` or in-cluster,
     pod identity from ``/etc/podinfo`` (or ``POD_NAME`` / ``POD_NAMESPACE`` / ``POD_UID``).
-    ``startup_timeout`` is not used: the API server is asked when first needed."""
+    ``startup_timeout`` is not used: the API server is asked when first needed. Without the
+    ``kubernetes`` extra, :class:`~dyndisc.MissingExtraError` says so now rather than at the first call."""
+    require("the 'kubernetes' backend", "kubernetes", "kubernetes_asyncio", "aiohttp", "yaml")
     return KubernetesDiscovery()

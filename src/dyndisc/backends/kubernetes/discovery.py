@@ -34,7 +34,12 @@ from dyndisc._entries import (
     MetadataEntry,
     validate_entry_key,
 )
-from dyndisc._errors import ConfigurationError, LeaseNotFoundError, RegistrationConflictError
+from dyndisc._errors import (
+    ConfigurationError,
+    LeaseNotFoundError,
+    MissingExtraError,
+    RegistrationConflictError,
+)
 from dyndisc._events import Added, DiscoveryEvent, Removed, Resync
 from dyndisc._models import Instance, InstanceQuery
 from dyndisc.backends.base import DiscoveryBackend, Lease
@@ -135,7 +140,12 @@ class KubernetesDiscovery(DiscoveryBackend):
         """The API client, connected on first use."""
         async with self._connect_lock:
             if self._api is None:
-                from dyndisc.backends.kubernetes.api import SERVICE_ACCOUNT_DIR, connect  # from the extra
+                try:
+                    from dyndisc.backends.kubernetes.api import SERVICE_ACCOUNT_DIR, connect
+                except ImportError as exc:  # the client comes with the extra
+                    raise MissingExtraError(
+                        "the 'kubernetes' backend", exc.name or "?", "kubernetes"
+                    ) from exc
 
                 self._api = await connect(
                     self._kubeconfig, service_account_dir=self._service_account_dir or SERVICE_ACCOUNT_DIR
@@ -335,8 +345,14 @@ class KubernetesDiscovery(DiscoveryBackend):
 
     # -- metadata entries (see dyndisc.backends.kubernetes.entries) --------------------------------------
     async def put_entry(self, entry: MetadataEntry, lease: Lease | None) -> None:
+        # An entry lives in one place: bound, in this worker's resource; unbound, in the namespace's. Written
+        # to one, it leaves the other, or a reader would see the old copy beside the new (seed 2 on
+        # Kubernetes: an entry put again unbound kept its bound copy, which shadowed the new value).
+        unbound = UnboundEntries(await self.namespace(), self._call)
         if lease is None:
-            await UnboundEntries(await self.namespace(), self._call).put(entry)
+            await unbound.put(entry)
+            if self._resource is not None:
+                await self._resource.delete_entry(entry.bucket, entry.key)
             return
         worker = await self._worker()
         if lease.id != worker.pod.instance_id:
@@ -345,6 +361,7 @@ class KubernetesDiscovery(DiscoveryBackend):
                 "lease lives in that pod's DynamoWorkerMetadata"
             )
         await worker.put_entry(entry)
+        await unbound.delete(entry.bucket, entry.key)
 
     async def delete_entry(self, bucket: str, key: str) -> None:
         if self._resource is not None and await self._resource.delete_entry(bucket, key):
@@ -389,7 +406,10 @@ class KubernetesDiscovery(DiscoveryBackend):
             known = fresh
 
     def doctor(self) -> BackendDoctor:
-        from dyndisc.backends.kubernetes.doctor import KubeDoctor  # needs pyyaml, from the extra
+        try:
+            from dyndisc.backends.kubernetes.doctor import KubeDoctor
+        except ImportError as exc:  # it reads the shipped Role with pyyaml, from the extra
+            raise MissingExtraError("the 'kubernetes' backend", exc.name or "yaml", "kubernetes") from exc
 
         return KubeDoctor(self)
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import yaml
 
+from dyndisc._errors import MissingExtraError
 from dyndisc.backends.diagnosis import SKEW_WARNING, BackendDoctor, Report, Status
 from dyndisc.backends.kubernetes.errors import KubeStatusError
 from dyndisc.backends.kubernetes.identity import PodIdentity
@@ -38,6 +39,14 @@ RBAC_FIX = (
 )
 
 
+def _credentials_fix(exc: Exception) -> str:
+    if isinstance(exc, MissingExtraError):
+        return exc.install
+    if isinstance(exc, TimeoutError):
+        return KubeDoctor.reach_fix
+    return "set KUBECONFIG to a kubeconfig of the cluster (in a pod: mount its service account token)"
+
+
 def required_rights() -> list[tuple[str, str, str]]:
     """``(group, resource, verb)`` for every right of the shipped Role (``rbac.yaml``)."""
     rights: list[tuple[str, str, str]] = []
@@ -57,6 +66,7 @@ class KubeDoctor(BackendDoctor):
         ("rejected our credentials", "the Kubernetes token is missing, wrong or expired: refresh KUBECONFIG"),
         ("forbidden", "dyndisc kube manifests --namespace <namespace> | kubectl apply -f -"),
     )
+    reach_fix = "check that the API server of KUBECONFIG (or of the pod's service account) is reachable"
 
     def __init__(self, backend: Checked) -> None:
         self.backend = backend
@@ -67,7 +77,7 @@ class KubeDoctor(BackendDoctor):
                 api = await self.backend.api()
                 namespace = await self.backend.namespace()
         except Exception as exc:
-            report.add("credentials", Status.FAIL, str(exc) or type(exc).__name__, "set KUBECONFIG")
+            report.add("credentials", Status.FAIL, str(exc) or type(exc).__name__, _credentials_fix(exc))
             return False
         user = await _check_identity(report, api, timeout)
         if user is None:

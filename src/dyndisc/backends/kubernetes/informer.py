@@ -28,6 +28,7 @@ from dyndisc._concurrency import background_tasks
 from dyndisc._errors import DyndiscError
 from dyndisc._events import RemovalReason
 from dyndisc._models import EndpointId, Instance, InstanceQuery
+from dyndisc._outage import OutageLog
 from dyndisc._retry import Backoff
 from dyndisc.backends.kubernetes.identity import DiscoveryMode
 from dyndisc.backends.kubernetes.join import (
@@ -131,15 +132,16 @@ class SharedReflector(Generic[T]):
         """Run in every subscriber's block: whoever holds the leader lock lists (if needed) and watches."""
         async with self._leader:
             backoff = Backoff(RETRY_MIN, RETRY_MAX)
+            outage = OutageLog(log, f"listing {self.reflector.what}")
             while not self.listed:
                 try:
                     await self._ensure_listed()
                 except (DyndiscError, OSError) as exc:
                     if self.reflector.stale_since is None:
                         self.reflector.stale_since = time.monotonic()  # the reflector's clock
-                    delay = backoff.next_delay()
-                    log.warning("listing %s failed (%s); retrying in %.2fs", self.reflector.what, exc, delay)
-                    await anyio.sleep(delay)
+                    outage.failed(exc)
+                    await backoff.sleep()
+            outage.recovered()
             await self.reflector.run()
 
 

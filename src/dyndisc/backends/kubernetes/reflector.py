@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 
 from dyndisc._errors import BackendUnavailableError, DyndiscError
+from dyndisc._outage import OutageLog
 from dyndisc._retry import Backoff
 from dyndisc.backends.kubernetes.errors import JsonObject, KubeStatusError, status_error
 
@@ -111,6 +112,8 @@ class Reflector(Generic[T]):
         self.relists = 0
         #: ``time.monotonic()`` since when the watch has been failing, else ``None``.
         self.stale_since: float | None = None
+        #: One line when the watch starts failing, one when it resumes: not one per attempt.
+        self.outage = OutageLog(log, what)
 
     def _query(self) -> dict[str, str]:
         query = {}
@@ -234,9 +237,8 @@ class Reflector(Generic[T]):
                     exc = self.api.explain(exc)
                 if self.stale_since is None:
                     self.stale_since = time.monotonic()
-                delay = backoff.next_delay()
-                log.warning("%s failed (%s); retrying in %.2fs", self.what, exc, delay)
-                await anyio.sleep(delay)
+                self.outage.failed(exc)
+                await backoff.sleep()
                 continue
             backoff.reset()
 
@@ -254,9 +256,8 @@ class Reflector(Generic[T]):
             async with self.api.stream(
                 self.path, what=f"watching {self.what}", query=query, read_timeout=self.read_timeout
             ) as events:
-                if self.stale_since is not None:
-                    log.info("%s resumed from resourceVersion %s", self.what, self.resource_version)
-                    self.stale_since = None
+                self.stale_since = None
+                self.outage.recovered()
                 async for event in events:
                     received = True
                     self._apply(event)

@@ -87,6 +87,13 @@ class WorkerResource:
         self.writer = writer_id()
         #: The resourceVersion this worker last wrote, or accepted as its own after checking it.
         self.known_rv: str | None = None
+        #: The uid of the resource this worker last wrote: another uid in a write's answer means the
+        #: resource was deleted and the write created it anew.
+        self.known_uid: str | None = None
+        #: Holders whose resource was deleted behind their back and created anew by a write of theirs (a
+        #: server-side apply creates what is missing): their leases are lost all the same (every watcher saw
+        #: this worker leave), and their next keep-alive check says so.
+        self._recreated: set[int] = set()
         #: Whether :attr:`follower` has seen :attr:`known_rv` (or later): its copy can then be trusted.
         self.synced = False
         #: The name-scoped reflector of this resource, while the runtime follows it.
@@ -129,7 +136,12 @@ class WorkerResource:
             self.synced = True
 
     def _wrote(self, obj: JsonObject) -> None:
-        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        meta = obj.get("metadata") or {}
+        rv, uid = meta.get("resourceVersion"), meta.get("uid")
+        if isinstance(uid, str) and uid:
+            if self.known_uid is not None and uid != self.known_uid:
+                self._recreated.update(self._holders)
+            self.known_uid = uid
         self.known_rv = rv if isinstance(rv, str) and rv else None
         self.synced = False
         self._note_sync()  # the watch may have delivered our write before its answer came
@@ -224,6 +236,8 @@ class WorkerResource:
             except BaseException:
                 self._holders.pop(holder, None)
                 raise
+            finally:
+                self._recreated.discard(holder)  # a new holder's resource is the one it just wrote
 
     async def _clear_stale(self) -> None:
         try:
@@ -277,6 +291,13 @@ class WorkerResource:
             self.checks += 1
             if holder not in self._holders:
                 raise LeaseNotFoundError(f"{self.title}: this runtime's lease was revoked or lost")
+            if holder in self._recreated:
+                self._recreated.discard(holder)
+                self._holders.pop(holder, None)
+                raise LeaseNotFoundError(
+                    f"{self.title} was deleted behind this worker's back (a registration of this worker "
+                    "created it again)"
+                )
             record = await self._current()
             if record is None:
                 self._holders.pop(holder, None)
@@ -359,8 +380,9 @@ class WorkerResource:
                 await self._apply()
                 return
             self._holders.clear()
+            self._recreated.clear()
             self.entries.clear()
-            self.known_rv, self.synced = None, False
+            self.known_rv, self.known_uid, self.synced = None, None, False
             await delete_resource(self._call, self.pod.namespace, self.name)
 
     async def put_entry(self, entry: MetadataEntry) -> None:

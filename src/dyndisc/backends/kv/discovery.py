@@ -106,9 +106,15 @@ class KvDiscovery(DiscoveryBackend):
     async def register(self, instance: Instance, lease: Lease) -> Instance:
         key = self.key_for(instance)
         value = self.encode(instance)
+        draining = self.layout.is_side(instance)
+        if draining:
+            # Maybe written from now on: a create cancelled or timed out after it landed leaves the side copy,
+            # which the next registration or the unregistration must remove (chaos seed 44).
+            self._sided.add(key)
         existing = await self.store.create(key, value, lease.id)
         if existing is not None:
             if existing.lease_id != lease.id:
+                self._sided.discard(key)  # not ours to remove
                 raise RegistrationConflictError(
                     f"{key} is already registered under lease {existing.lease_id:x} (this process holds "
                     f"lease {lease.id:x}); another process uses the same instance id"
@@ -118,8 +124,7 @@ class KvDiscovery(DiscoveryBackend):
         if self.layout.side_root is not None:
             # The record may have moved between the bucket Dynamo reads and the side one (it started or
             # stopped draining): the other copy goes once this one is written, so watchers see no gap.
-            if self.layout.is_side(instance):
-                self._sided.add(key)
+            if draining:
                 await self.store.delete(self.layout.key_for(instance))
             elif (side := self.layout.side_key_for(instance)) in self._sided:
                 await self.store.delete(side)
@@ -153,7 +158,7 @@ class KvDiscovery(DiscoveryBackend):
             return
         # One watch over both prefixes, so a record moving between them (draining starts or stops) arrives
         # in the order it was written: the new copy, then the old one's removal, never a gap.
-        async with self.store.watch(_shared_prefix(main, side)) as raw:
+        async with self.store.watch(self.layout.watch_prefix(query)) as raw:
             yield self._translate_merged(raw, (main, side))
 
     async def _translate(self, raw: AsyncIterator[StoreEvent]) -> AsyncIterator[DiscoveryEvent]:
@@ -277,6 +282,10 @@ class KvDiscovery(DiscoveryBackend):
         return self.store.stale_since
 
     @property
+    def tells_lease_time(self) -> bool:
+        return self.store.tells_lease_time
+
+    @property
     def default_lease_ttl(self) -> float | None:
         return self.store.default_lease_ttl
 
@@ -292,16 +301,6 @@ def _entry_prefix(prefix: str) -> str:
         # A prefix ending with '/' is a key's whole first segments; without, a key's beginning.
         validate_entry_key(prefix.rstrip("/") or "x")
     return prefix
-
-
-def _shared_prefix(*prefixes: str) -> str:
-    """The longest run of whole segments (ending with ``/``) that starts every prefix."""
-    shared: list[str] = []
-    for segments in zip(*(p.split("/")[:-1] for p in prefixes), strict=False):
-        if len(set(segments)) != 1:
-            break
-        shared.append(segments[0])
-    return "".join(f"{s}/" for s in shared)
 
 
 class _Merged:

@@ -153,6 +153,13 @@ class KeyLayout(abc.ABC):
             return None
         return "/".join((self.side_root, *query.parts)) + "/"
 
+    def watch_prefix(self, query: InstanceQuery) -> str:
+        """The one prefix a watch of ``query`` covers: its instances and, in a layout with a side root, their
+        side records, so that a record moving between the two arrives in the order it was written."""
+        main = self.prefix_for(query)
+        side = self.side_prefix_for(query)
+        return main if side is None else shared_prefix(main, side)
+
     def is_side(self, instance: Instance) -> bool:
         """Whether ``instance`` is stored under :attr:`side_root` (draining, in a layout that has one)."""
         return self.side_root is not None and instance.readiness is Readiness.DRAINING
@@ -327,6 +334,16 @@ class DynamoV1Layout(KeyLayout):
         if body.get("type") != "Endpoint":
             raise ValueError(f"expected a Dynamo record of type 'Endpoint', got type {body.get('type')!r}")
         return Instance.from_dict({k: body[k] for k in _DYNAMO_FIELDS if k in body})
+
+
+def shared_prefix(*prefixes: str) -> str:
+    """The longest run of whole segments (ending with ``/``) that starts every prefix."""
+    shared: list[str] = []
+    for segments in zip(*(p.split("/")[:-1] for p in prefixes), strict=False):
+        if len(set(segments)) != 1:
+            break
+        shared.append(segments[0])
+    return "".join(f"{s}/" for s in shared)
 
 
 def layout_from_env() -> str:

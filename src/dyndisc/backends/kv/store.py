@@ -116,3 +116,24 @@ class KeyValueStore(Connected, abc.ABC):
     def watch(self, prefix: str) -> AbstractAsyncContextManager[AsyncIterator[StoreEvent]]:
         """Watch every key starting with ``prefix``; the first event is a :class:`StoreSnapshot`."""
         raise NotImplementedError
+
+    # -- access (``dyndisc doctor``'s scope check) -------------------------------------------------------
+    @property
+    def principal(self) -> str | None:
+        """Who the server knows this store as (``user 'w-a'``), or ``None`` without credentials."""
+        return None
+
+    async def may_write(self, key: str) -> bool | None:
+        """Whether the server lets this store write ``key``, found out without writing anything; ``None``
+        when the store cannot tell (it has no access control of its own)."""
+        return None
+
+    async def may_read(self, prefix: str) -> bool | None:
+        """Whether the server lets this store read the keys under ``prefix``; ``None`` as for
+        :meth:`may_write`."""
+        return None
+
+    async def writable_prefixes(self) -> list[str] | None:
+        """The key prefixes the credentials may write, when the server says (etcd: the user's roles), else
+        ``None``."""
+        return None

@@ -20,10 +20,12 @@ from dyndisc.backends.nats.store import NatsStore
 __all__ = ["MIN_SERVER_VERSION", "NatsSettings", "NatsStore", "from_env"]
 
 
-def from_env(*, startup_timeout: float | None = None) -> KvDiscovery:
+def from_env(*, startup_timeout: float | None = None, startup_timeout_name: str | None = None) -> KvDiscovery:
     """The ``nats`` backend: a :class:`NatsStore` configured from ``NATS_*`` environment variables.
 
-    ``startup_timeout`` replaces ``NATS_STARTUP_CONNECT_TIMEOUT`` when given.
+    ``startup_timeout`` replaces ``NATS_STARTUP_CONNECT_TIMEOUT`` when given, and messages name
+    ``startup_timeout_name`` (such as ``--wait``) as what set it.
     """
     overrides = {} if startup_timeout is None else {"startup_connect_timeout": startup_timeout}
-    return KvDiscovery(NatsStore(NatsSettings.load(**overrides)))
+    name = startup_timeout_name if startup_timeout is not None else None
+    return KvDiscovery(NatsStore(NatsSettings.load(**overrides), startup_timeout_name=name))

@@ -8,6 +8,8 @@ first connection.
 from __future__ import annotations
 
 import logging
+import time
+from typing import Protocol
 
 import anyio
 import nats.errors
@@ -15,13 +17,24 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 
-from dyndisc._errors import BackendUnavailableError, ConfigurationError
+from dyndisc._errors import AccessDeniedError, BackendUnavailableError, ConfigurationError
+from dyndisc.backends.nats.denials import Denials, Violation
 from dyndisc.backends.nats.settings import NatsSettings
 
 log = logging.getLogger("dyndisc.nats")
 
 #: Oldest nats-server with per-message TTLs and limit markers; older servers ignore ``Nats-TTL`` silently.
 MIN_SERVER_VERSION = (2, 11)
+
+
+class Guard(Protocol):
+    """What the checks need of the connection: the permission violations the server reported."""
+
+    denials: Denials
+
+    def refusal(self, violation: Violation, *, key: str | None = None, subject: str | None = None) -> str: ...
+
+    def check_denied(self, started: float, subject: str, key: str | None = None) -> None: ...
 
 
 def check_server_version(nc: Client, where: str) -> None:
@@ -38,14 +51,23 @@ def check_server_version(nc: Client, where: str) -> None:
         )
 
 
-async def stream_info(js: JetStreamContext, settings: NatsSettings, where: str) -> api.StreamInfo | None:
+async def stream_info(
+    js: JetStreamContext, settings: NatsSettings, where: str, guard: Guard
+) -> api.StreamInfo | None:
     """The bucket's stream, or ``None`` if there is none. An unanswered request is asked again within
-    ``NATS_TIMEOUT``: on a cluster the first request of a new connection may lose its answer."""
+    ``NATS_TIMEOUT`` (on a cluster the first request of a new connection may lose its answer); one the server
+    refuses is an :class:`~dyndisc.AccessDeniedError` at once."""
+    stream = f"KV_{settings.kv_bucket}"
+    subject = f"$JS.API.STREAM.INFO.{stream}"
+    started = time.monotonic()
     deadline = anyio.current_time() + settings.timeout
     while True:
         try:
-            with anyio.fail_after(max(settings.timeout / 3, 0.5)):
-                return await js.stream_info(f"KV_{settings.kv_bucket}")
+            with guard.denials.watching(subject) as waiter, anyio.fail_after(max(settings.timeout / 3, 0.5)):
+                info = await js.stream_info(stream)
+            if waiter.denied is not None:
+                raise AccessDeniedError(guard.refusal(waiter.denied, subject=subject))
+            return info
         except nats.js.errors.NotFoundError:
             return None
         except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
@@ -53,14 +75,16 @@ async def stream_info(js: JetStreamContext, settings: NatsSettings, where: str) 
                 f"{where} has JetStream disabled: start it with -js (--jetstream)"
             ) from exc
         except (TimeoutError, nats.errors.TimeoutError) as exc:
+            guard.check_denied(started, subject)
             if anyio.current_time() >= deadline:
                 raise BackendUnavailableError(f"{where} did not answer a JetStream request in time") from exc
 
 
-async def ensure_bucket(js: JetStreamContext, settings: NatsSettings, where: str) -> None:
+async def ensure_bucket(js: JetStreamContext, settings: NatsSettings, where: str, guard: Guard) -> None:
     """Create the bucket ``NATS_KV_BUCKET``, or check that the existing one can serve dyndisc."""
     name = settings.kv_bucket
-    info = await stream_info(js, settings, where)
+    started = time.monotonic()
+    info = await stream_info(js, settings, where, guard)
     if info is None:
         replicas = settings.replicas
         config = api.KeyValueConfig(
@@ -73,12 +97,11 @@ async def ensure_bucket(js: JetStreamContext, settings: NatsSettings, where: str
         )
         try:
             await js.create_key_value(config)
+        except nats.errors.TimeoutError as exc:  # made or not: the next start will know
+            guard.check_denied(started, "$JS.API.")  # the account's info, then the stream's creation
+            raise BackendUnavailableError(f"{where} did not answer a JetStream request in time") from exc
         except nats.js.errors.KeyValueLimitMarkerTTLNotSupportedError as exc:
             raise ConfigurationError(f"{where} does not support KV limit markers (needs >= 2.11)") from exc
-        except nats.errors.TimeoutError as exc:  # made or not: the next start will know
-            raise BackendUnavailableError(
-                f"{where} did not answer the request creating KV bucket {name!r} in time"
-            ) from exc
         except nats.js.errors.APIError as exc:
             # A replica count the servers cannot hold: more than 1 on a lone server ("not supported in
             # non-clustered mode"), more than the cluster has servers ("insufficient resources").

@@ -24,8 +24,11 @@ from nats.js import JetStreamContext, api
 from dyndisc._errors import AccessDeniedError, BackendUnavailableError
 from dyndisc._retry import Backoff
 from dyndisc.backends.nats.bucket import check_server_version, ensure_bucket
+from dyndisc.backends.nats.denials import Denials, Violation
 from dyndisc.backends.nats.failover import ServerProbe
-from dyndisc.backends.nats.feed import KV_OPERATION, LEASE_HEADER, KvChange, KvFeed
+from dyndisc.backends.nats.feed import KV_OPERATION, LEASE_HEADER, LEASE_SCOPE_HEADER, KvChange, KvFeed
+from dyndisc.backends.nats.keys import scope_token
+from dyndisc.backends.nats.refusals import refusal
 from dyndisc.backends.nats.settings import NatsSettings, connect_failure_message
 from dyndisc.backends.nats.watch import close_feed
 
@@ -61,8 +64,12 @@ class WrongRevision(Exception):
 class NatsBucket:
     """One client connection to one JetStream KV bucket (``NATS_KV_BUCKET``), made on first use."""
 
-    def __init__(self, settings: NatsSettings) -> None:
+    def __init__(
+        self, settings: NatsSettings, startup_timeout_name: str = "NATS_STARTUP_CONNECT_TIMEOUT"
+    ) -> None:
         self.settings = settings
+        #: What set the startup wait (the variable, or a command's option), for messages.
+        self.startup_timeout_name = startup_timeout_name
         self.name = settings.kv_bucket
         self.stream = f"KV_{self.name}"
         self.subject_prefix = f"$KV.{self.name}."
@@ -73,6 +80,8 @@ class NatsBucket:
         self._closed = False
         #: Called after every reconnection (the server may have dropped our consumers: watches restart).
         self.on_reconnect: set[Callable[[], None]] = set()
+        #: The permission violations the server reported, matched to our requests.
+        self.denials = Denials()
         #: Moves the connection off a server cut off from its cluster (see :mod:`.failover`).
         self.probe = ServerProbe(len(settings.servers))
 
@@ -105,8 +114,16 @@ class NatsBucket:
         errors: list[Exception] = []
 
         async def on_error(exc: Exception) -> None:
+            violation = self.denials.report(exc)
+            if violation is not None:
+                # The request it refused fails with the explanation; only a refused subscription (where
+                # every reply arrives) would go unexplained otherwise.
+                log.log(logging.WARNING if violation.kind == "subscription" else logging.DEBUG, "%s", exc)
+                return
+            # Not a line per attempt: the connect failure quotes these, and a lost connection is said once
+            # when it goes and once when it is back.
             errors.append(exc)
-            log.warning("NATS connection error (%s): %s", where, exc)
+            log.debug("NATS connection error (%s): %s", where, exc)
             if isinstance(exc, _UNANSWERED) and self._nc is not None:
                 # nats-py could not re-create a watch's consumer: is this server cut off from its cluster?
                 self.probe.failed()
@@ -139,6 +156,10 @@ class NatsBucket:
         tls = settings.tls_context()
         if tls is not None:
             options["tls"] = tls
+        scope = scope_token(settings.scope)
+        if scope is not None:
+            # Replies and watch deliveries come to the scope's inbox, the one its credentials may read.
+            options["inbox_prefix"] = f"_INBOX.{scope}"
 
         # A server that is not up yet is waited for (NATS_STARTUP_CONNECT_TIMEOUT), with backoff; refused
         # credentials are final, so they fail at once.
@@ -168,17 +189,19 @@ class NatsBucket:
                 if now >= deadline:
                     if settings.startup_connect_timeout:
                         message += (
-                            f" (waited {settings.startup_connect_timeout:g}s: NATS_STARTUP_CONNECT_TIMEOUT)"
+                            f" (waited {settings.startup_connect_timeout:g}s: {self.startup_timeout_name})"
                         )
                     raise BackendUnavailableError(message) from exc
                 if not said_waiting and time.monotonic() - started >= WAITING_NOTICE:
                     said_waiting = True  # once, early: a process started before NATS must not look hung
-                    log.warning(
-                        "waiting for %s: %s; trying for up to %.0fs more (NATS_STARTUP_CONNECT_TIMEOUT)",
-                        where,
-                        message,
-                        deadline - time.monotonic(),
-                    )
+                    if deadline - time.monotonic() >= 1:  # with less left, the failure that follows says it
+                        log.warning(
+                            "waiting for %s: %s; trying for up to %.0fs more (%s)",
+                            where,
+                            message,
+                            deadline - time.monotonic(),
+                            self.startup_timeout_name,
+                        )
                 else:
                     log.info("%s is not reachable yet (%s); retrying in %.1fs", where, message, delay)
                 errors.clear()
@@ -187,7 +210,7 @@ class NatsBucket:
         try:
             check_server_version(nc, where)
             js = nc.jetstream(timeout=settings.timeout)
-            await ensure_bucket(js, self.settings, where)
+            await ensure_bucket(js, settings, where, self)
         except BaseException:
             await _close_quietly(nc)
             raise
@@ -242,6 +265,7 @@ class NatsBucket:
         *,
         ttl: int | None,
         lease_id: int = 0,
+        scope: str | None = None,
         expected: int | None = None,
         operation: str | None = None,
     ) -> int:
@@ -250,6 +274,8 @@ class NatsBucket:
             headers[api.Header.MSG_TTL] = str(ttl)
         if lease_id:
             headers[LEASE_HEADER] = f"{lease_id:x}"
+            if scope is not None:
+                headers[LEASE_SCOPE_HEADER] = scope
         if expected is not None:
             headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected)
         if operation is not None:
@@ -259,20 +285,55 @@ class NatsBucket:
         ack = await self.request(
             f"write key {nats_key!r}",
             lambda timeout: js.publish(subject, value, timeout=timeout, headers=dict(headers) or None),
+            subject=subject,
+            key=nats_key,
         )
         return int(ack.seq)
 
-    async def request(self, what: str, call: Callable[[float], Awaitable[_T]]) -> _T:
-        """Make a JetStream request, ``call(timeout)``, retrying one that got no answer, within
-        ``settings.timeout``.
+    def refusal(self, violation: Violation, *, key: str | None = None, subject: str | None = None) -> str:
+        """What the server refused, and how to fix it (``subject``: ours, as the server's is lower-cased)."""
+        return refusal(self.settings, violation, key=key, subject=subject)
 
-        Each attempt is bounded by the client's own request timeout (no cancel scope of ours: this is on
-        every write's path). A request written just before a connection broke is lost with it (NATS
-        requests are at most once); the client reconnects within a second, so a retry usually succeeds.
-        Retried writes are conditional or idempotent, and the callers treat "it was already done" as done.
+    def check_denied(self, started: float, subject: str, key: str | None = None) -> None:
+        """Raise :class:`~dyndisc.AccessDeniedError` if the server reported a violation on ``subject`` (under
+        it, for one ending with ``.``), or of a subscription, since ``started``: a request it refused never
+        gets an answer."""
+        violation = self.denials.since(started, subject)
+        if violation is not None:
+            exact = subject if violation.subject == subject.lower() else None
+            raise AccessDeniedError(self.refusal(violation, key=key, subject=exact))
+
+    async def request(
+        self,
+        what: str,
+        call: Callable[[float], Awaitable[_T]],
+        *,
+        subject: str,
+        key: str | None = None,
+    ) -> _T:
+        """Make a JetStream request on ``subject``, ``call(timeout)``, retrying one that got no answer, within
+        ``settings.timeout``; one the server refuses (a permission violation on ``subject``) raises
+        :class:`~dyndisc.AccessDeniedError` at once (``key``: the KV key written, for the message).
+
+        Each attempt is bounded by the client's own request timeout (no timeout scope of ours: this is on
+        every write's path; the one cancel scope is what a violation cancels). A request written just before
+        a connection broke is lost with it (NATS requests are at most once); the client reconnects within a
+        second, so a retry usually succeeds. Retried writes are conditional or idempotent, and the callers
+        treat "it was already done" as done. A request nobody answers may mean the server is cut off from its
+        cluster: :attr:`probe` moves the connection to another server if so.
         """
+        with self.denials.watching(subject) as waiter:
+            return await self._retrying(what, call, subject, key)
+        # Only a violation on the subject (or of our inbox) cancels the block.
+        assert waiter.denied is not None
+        raise AccessDeniedError(self.refusal(waiter.denied, key=key, subject=subject))
+
+    async def _retrying(
+        self, what: str, call: Callable[[float], Awaitable[_T]], subject: str, key: str | None
+    ) -> _T:
         deadline = anyio.current_time() + self.settings.timeout
         attempt_timeout = max(self.settings.timeout / 3, 0.5)
+        started = time.monotonic()
         while True:
             left = deadline - anyio.current_time()
             with self.translate(what):
@@ -280,7 +341,9 @@ class NatsBucket:
                     answer = await call(max(min(attempt_timeout, left), 0.05))
                 except _UNANSWERED:
                     # No answer (lost in a broken connection), no JetStream yet (just restarted), no stream
-                    # leader (an election), or a server cut off from its cluster.
+                    # leader (an election), a server cut off from its cluster; or refused (a violation is
+                    # reported, never answered): then retrying cannot help.
+                    self.check_denied(started, subject, key)
                     self.probe.failed()
                     if anyio.current_time() >= deadline:
                         raise
@@ -304,7 +367,9 @@ class NatsBucket:
                 except TimeoutError:
                     raise nats.errors.TimeoutError from None
 
-            return await self.request(f"read key {nats_key!r}", read)
+            return await self.request(
+                f"read key {nats_key!r}", read, subject=f"$JS.API.STREAM.MSG.GET.{self.stream}"
+            )
         except BackendUnavailableError as exc:
             if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
                 return None
@@ -348,17 +413,23 @@ class NatsBucket:
         short = self.probe.servers > 1 and self._nc is not None
         if short and self._nc is not None:
             js = self._nc.jetstream(timeout=min(self.settings.timeout, CLUSTER_FEED_TIMEOUT))
+        started = time.monotonic()
         deadline = anyio.current_time() + self.settings.timeout
-        with self.translate(f"watch keys {key_filter!r}"):
-            while True:
-                try:
-                    await feed.open(js, self.stream, self.subject_prefix, key_filter)
-                    return
-                except nats.errors.TimeoutError:
-                    # On a cluster: asked again, within NATS_TIMEOUT (see CLUSTER_FEED_TIMEOUT).
-                    await close_feed(feed)
-                    if not short or anyio.current_time() >= deadline:
-                        raise
+        try:
+            with self.translate(f"watch keys {key_filter!r}"):
+                while True:
+                    try:
+                        await feed.open(js, self.stream, self.subject_prefix, key_filter)
+                        return
+                    except nats.errors.TimeoutError:
+                        # On a cluster: asked again, within NATS_TIMEOUT (see CLUSTER_FEED_TIMEOUT).
+                        await close_feed(feed)
+                        if not short or anyio.current_time() >= deadline:
+                            raise
+        except BackendUnavailableError:
+            # The consumer's creation (or info) refused: no answer ever comes.
+            self.check_denied(started, "$JS.API.CONSUMER.")
+            raise
 
 
 async def _close_quietly(nc: Client) -> None:

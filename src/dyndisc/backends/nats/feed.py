@@ -14,8 +14,12 @@ from dataclasses import dataclass
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from dyndisc.backends.nats.keys import lease_key
+
 #: Header naming the lease (hex) that owns a key; absent for keys written without a lease.
 LEASE_HEADER = "Dyndisc-Lease"
+#: Header naming the scope (a subject token) of that lease's key, for a writer with scoped credentials.
+LEASE_SCOPE_HEADER = "Dyndisc-Lease-Scope"
 #: KV operation header written by clients for deletes and purges.
 KV_OPERATION = "KV-Operation"
 #: Header the server (>= 2.11) puts on the marker it writes when a message's TTL or max age ends.
@@ -38,6 +42,16 @@ def lease_of(headers: Mapping[str, str] | None) -> int:
         return 0
 
 
+def lease_ref_of(headers: Mapping[str, str] | None) -> str:
+    """The lease key a message is joined to (``""`` when it has none): the lease and, for a writer with
+    scoped credentials, the scope its headers name. A reader joins a key to exactly that lease key, so a
+    lease key of the same id in another scope (which another scope's credentials could write) is not it."""
+    lease_id = lease_of(headers)
+    if not lease_id:
+        return ""
+    return lease_key(lease_id, (headers or {}).get(LEASE_SCOPE_HEADER) or None)
+
+
 @dataclass(frozen=True)
 class KvChange:
     """One KV message: ``value`` is ``None`` for a deletion. ``nats_key`` is the raw (encoded) key."""
@@ -46,6 +60,8 @@ class KvChange:
     value: bytes | None
     lease_id: int
     revision: int
+    #: The lease key it is joined to (:func:`lease_ref_of`), ``""`` without a lease.
+    lease: str
     #: The server removed it because its time ran out (its TTL/max-age marker), not a client.
     expired: bool = False
 
@@ -105,6 +121,7 @@ class KvFeed:
             value=None if is_removal(headers) else msg.data,
             lease_id=lease_of(headers),
             revision=meta.sequence.stream,
+            lease=lease_ref_of(headers),
             expired=MARKER_REASON in (headers or {}),
         )
         if self._live:

@@ -64,18 +64,32 @@ def is_internal(nats_key: str) -> bool:
     return nats_key.split(".", 1)[0] == INTERNAL_TOKEN
 
 
-def lease_key(lease_id: int) -> str:
-    """The NATS KV key recording that lease ``lease_id`` is alive."""
-    return f"{INTERNAL_TOKEN}.{lease_id:x}"
+def scope_token(scope: str | None) -> str | None:
+    """The subject token of a credential scope (``NATS_SCOPE``), or ``None`` without one."""
+    return encode_segment(scope) if scope else None
+
+
+def lease_key(lease_id: int, scope: str | None = None) -> str:
+    """The NATS KV key recording that lease ``lease_id`` is alive: ``_dyndisc/lease.<id>``, or, for a process
+    whose credentials are scoped, ``_dyndisc/lease.<scope token>.<id>``, which only that scope may write."""
+    if scope is None:
+        return f"{INTERNAL_TOKEN}.{lease_id:x}"
+    return f"{INTERNAL_TOKEN}.{scope}.{lease_id:x}"
+
+
+def scope_leases_filter(scope: str) -> str:
+    """The KV key filter of the lease keys of one scope (token), what its credentials may write."""
+    return f"{INTERNAL_TOKEN}.{scope}.*"
 
 
 def lease_id_of(nats_key: str) -> int:
-    """The lease a lease key stands for (0 if ``nats_key`` is not one): read from the key, since the
-    server's expiry marker carries none of our headers."""
+    """The lease a lease key stands for (0 if ``nats_key`` is not one): read from the key's last token, since
+    the server's expiry marker carries none of our headers."""
     token, _, rest = nats_key.partition(".")
     if token != INTERNAL_TOKEN:
         return 0
+    last = rest.rsplit(".", 1)[-1]
     try:
-        return int(rest, 16)
+        return int(last, 16) if last == f"{int(last, 16):x}" else 0
     except ValueError:
         return 0

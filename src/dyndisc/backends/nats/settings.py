@@ -18,7 +18,8 @@ class NatsSettings(Settings):
 
     ``NATS_SERVER`` (comma-separated URLs), ``NATS_USER``/``NATS_PASSWORD`` or ``NATS_TOKEN`` or
     ``NATS_CREDS`` (a ``.creds`` file), ``NATS_CA``/``NATS_CERT``/``NATS_KEY`` (TLS, PEM file paths),
-    ``NATS_KV_BUCKET``, ``NATS_KV_REPLICAS``, ``NATS_KV_MARKER_TTL`` and ``NATS_TIMEOUT``.
+    ``NATS_KV_BUCKET``, ``NATS_KV_REPLICAS``, ``NATS_KV_MARKER_TTL``, ``NATS_TIMEOUT`` and ``NATS_SCOPE``
+    (the scope of credentials made by ``dyndisc access nats``).
     """
 
     model_config = SettingsConfigDict(env_prefix="NATS_", extra="ignore", case_sensitive=False)
@@ -43,6 +44,14 @@ class NatsSettings(Settings):
     #: How long a process started before nats-server keeps retrying (with backoff) to make its first
     #: connection; 0 fails at the first unanswered try. Refused credentials always fail at once.
     startup_connect_timeout: Annotated[float, Field(ge=0, le=3600)] = 0.0
+    #: The scope of credentials made by ``dyndisc access nats``: lease keys under
+    #: ``_dyndisc/lease.<scope>.``, replies under ``_INBOX.<scope>.``; unset for unscoped credentials.
+    scope: str | None = None
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
     @field_validator("server")
     @classmethod

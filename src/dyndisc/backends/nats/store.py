@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 import anyio
 
 from dyndisc._concurrency import KeyedLocks, SharedExclusiveLock, background_tasks
-from dyndisc._errors import BackendUnavailableError, LeaseNotFoundError
+from dyndisc._errors import AccessDeniedError, BackendUnavailableError, LeaseNotFoundError
 from dyndisc.backends.base import Lease
 from dyndisc.backends.diagnosis import BackendDoctor, ServerClockDoctor
 from dyndisc.backends.kv import KeyValueStore, StoredValue, StoreEvent
 from dyndisc.backends.nats.connection import NatsBucket, WrongRevision
-from dyndisc.backends.nats.feed import is_removal, lease_of
+from dyndisc.backends.nats.feed import is_removal, lease_of, lease_ref_of
 from dyndisc.backends.nats.keys import (
     LEASES_FILTER,
     encode_key,
@@ -42,7 +42,9 @@ from dyndisc.backends.nats.keys import (
     lease_id_of,
     lease_key,
     prefix_filter,
+    scope_token,
 )
+from dyndisc.backends.nats.refusals import who
 from dyndisc.backends.nats.settings import NatsSettings
 from dyndisc.backends.nats.watch import NatsWatch, user_key
 
@@ -50,6 +52,8 @@ log = logging.getLogger("dyndisc.nats")
 
 #: Orphaned keys (of ended leases) purged at once by one reader (each is one JetStream request).
 PURGE_CONCURRENCY = 64
+#: A revision no key reaches: a publish expecting it is refused unwritten (the doctor's write probe).
+_NO_SUCH_REVISION = 2**62
 
 
 @dataclass
@@ -78,9 +82,12 @@ class NatsStore(KeyValueStore):
         "in NATS, so dynamo-v1 keys here would reach no Dynamo process"
     )
 
-    def __init__(self, settings: NatsSettings | None = None) -> None:
+    def __init__(
+        self, settings: NatsSettings | None = None, *, startup_timeout_name: str | None = None
+    ) -> None:
+        """``startup_timeout_name`` says what set the startup wait, when not its variable (``--wait``)."""
         self.settings = settings if settings is not None else NatsSettings.load()
-        self.connection = NatsBucket(self.settings)
+        self.connection = NatsBucket(self.settings, startup_timeout_name or "NATS_STARTUP_CONNECT_TIMEOUT")
         self.bucket = self.connection.name
         # Writes of one key take turns with each other and with the keep-alive's conditional re-publish of
         # it (which must see the revisions our own writes produced); different keys go concurrently.
@@ -88,6 +95,8 @@ class NatsStore(KeyValueStore):
         # Revoking takes the store exclusively, so no write under the lease lands after it.
         self._revoke_lock = SharedExclusiveLock()
         self._leases: dict[int, _LeaseState] = {}
+        #: The subject token of ``NATS_SCOPE``: our lease keys are under it (``None``: unscoped).
+        self.scope = scope_token(self.settings.scope)
 
     def __repr__(self) -> str:
         return f"NatsStore({self.settings.display_servers}, bucket {self.bucket!r})"
@@ -98,7 +107,11 @@ class NatsStore(KeyValueStore):
 
     def doctor(self) -> BackendDoctor:
         fixes = (("Authorization Violation", "check the credentials of NATS_SERVER"),)
-        return ServerClockDoctor("nats", fixes)
+        reach = (
+            "start nats-server (JetStream on) or point NATS_SERVER at it; to try dyndisc, "
+            "'dyndisc server nats' starts one"
+        )
+        return ServerClockDoctor("nats", fixes, reach)
 
     async def aclose(self) -> None:
         await self.connection.aclose()
@@ -123,7 +136,12 @@ class NatsStore(KeyValueStore):
                 continue
             try:
                 revision = await self.connection.publish(
-                    lease_key(lease_id), _lease_value(ttl), ttl=key_ttl, lease_id=lease_id, expected=0
+                    self._lease_key(lease_id),
+                    _lease_value(ttl),
+                    ttl=key_ttl,
+                    lease_id=lease_id,
+                    scope=self.scope,
+                    expected=0,
                 )
             except WrongRevision:
                 continue  # a 63-bit collision: pick again
@@ -131,7 +149,7 @@ class NatsStore(KeyValueStore):
             return Lease(id=lease_id, ttl=ttl)
 
     async def keep_alive(self, lease_id: int) -> float:
-        async with self._revoke_lock.shared(), self._key_locks.hold(lease_key(lease_id)):
+        async with self._revoke_lock.shared(), self._key_locks.hold(self._lease_key(lease_id)):
             state = self._live_lease(lease_id)  # under the lease's lock: a revoke may have dropped it
             revision = await self._refresh(state, lease_id)
             if revision is not None:
@@ -149,12 +167,17 @@ class NatsStore(KeyValueStore):
 
     async def _refresh(self, state: _LeaseState, lease_id: int) -> int | None:
         """Re-publish the lease key with a fresh TTL if it is still the one we wrote; else ``None``."""
-        nats_key = lease_key(lease_id)
+        nats_key = self._lease_key(lease_id)
         expected = state.revision
         for _ in range(3):
             try:
                 return await self.connection.publish(
-                    nats_key, _lease_value(state.ttl), ttl=state.key_ttl, lease_id=lease_id, expected=expected
+                    nats_key,
+                    _lease_value(state.ttl),
+                    ttl=state.key_ttl,
+                    lease_id=lease_id,
+                    scope=self.scope,
+                    expected=expected,
                 )
             except WrongRevision:
                 # A write we gave up on (cancelled mid-request) may have landed: still ours if it carries
@@ -181,29 +204,38 @@ class NatsStore(KeyValueStore):
                     await self.connection.remove(nats_key, expected=revision)
                 except BackendUnavailableError as exc:
                     log.info("could not purge %r of an ended lease (the next reader will): %s", nats_key, exc)
+                except AccessDeniedError:
+                    # Read-only or scoped credentials: the key is another namespace's, purged by its own
+                    # workers (or overwritten by the next registration there); invisible meanwhile.
+                    log.debug("not allowed to purge %r of an ended lease; left to its namespace", nats_key)
 
         async with anyio.create_task_group() as tg:
             for nats_key, revision in keys:
                 tg.start_soon(one, nats_key, revision)
 
-    async def _purge_orphans(self, keys: list[tuple[str, int, int]]) -> None:
-        """Purge keys that look orphaned, ``(NATS key, revision, lease)``, once a direct read of each lease
-        key confirms it is gone: a lease key missing from a consumer's view is not proof enough."""
-        ended: dict[int, bool] = {}
+    async def _purge_orphans(self, keys: list[tuple[str, int, str]]) -> None:
+        """Purge keys that look orphaned, ``(NATS key, revision, its lease key)``, once a direct read of each
+        lease key confirms it is gone: a lease key missing from a consumer's view is not proof enough."""
+        ended: dict[str, bool] = {}
         confirmed: list[tuple[str, int]] = []
-        for nats_key, revision, lease_id in keys:
-            if lease_id not in ended:
+        for nats_key, revision, lease in keys:
+            if lease not in ended:
                 try:
-                    ended[lease_id] = not await self._lease_alive(lease_id)
-                except BackendUnavailableError:
-                    ended[lease_id] = False  # cannot tell now: a later reader will
-            if ended[lease_id]:
+                    ended[lease] = not await self._lease_alive(lease)
+                except (BackendUnavailableError, AccessDeniedError):
+                    ended[lease] = False  # cannot tell now: a later reader will
+            if ended[lease]:
                 confirmed.append((nats_key, revision))
         if confirmed:
             await self._purge(confirmed)
 
-    async def _lease_alive(self, lease_id: int) -> bool:
-        found = await self.connection.get(lease_key(lease_id))
+    def _lease_key(self, lease_id: int) -> str:
+        """The key of our own lease ``lease_id`` (under our scope, if any)."""
+        return lease_key(lease_id, self.scope)
+
+    async def _lease_alive(self, lease: str) -> bool:
+        """Whether the lease key ``lease`` holds a live lease."""
+        found = await self.connection.get(lease)
         return found is not None and not is_removal(found.headers)
 
     async def revoke(self, lease_id: int) -> None:
@@ -212,16 +244,19 @@ class NatsStore(KeyValueStore):
             if state is not None:
                 await self._purge(self._forget(lease_id))
                 # The lease key last: until it goes, a reader that missed a delete still joins correctly.
-                await self.connection.remove(lease_key(lease_id), expected=state.revision)
+                # Whatever its revision: a renewal that landed while its answer was lost moved it behind our
+                # back, and a removal at the revision we remember would quietly fail (chaos seed 0, NATS).
+                await self.connection.remove(self._lease_key(lease_id), expected=None)
                 return
             # Not ours: end it first, whatever revision its owner renewed it to since, so that the owner's
             # next keep-alive finds it gone (deleting thousands of keys outlasts a renewal period: ended
             # last, with the revision seen before them, the lease would outlive its keys, renewed for ever).
             # Then delete its keys, found on the server by their lease header.
             found = await self.connection.scan(">")
-            own = found.get(lease_key(lease_id))
-            if own is not None and not own.expired:
-                await self.connection.remove(lease_key(lease_id), expected=None)
+            for nats_key, change in found.items():
+                # Its lease key, in whichever scope it is (a key of every scope names the id).
+                if is_internal(nats_key) and lease_id_of(nats_key) == lease_id and not change.expired:
+                    await self.connection.remove(nats_key, expected=None)
             for nats_key, change in found.items():
                 if change.lease_id == lease_id and not is_internal(nats_key):
                     await self.connection.remove(nats_key, expected=change.revision)
@@ -258,7 +293,7 @@ class NatsStore(KeyValueStore):
                 try:
                     # No TTL: the key lives as long as its lease key (every reader joins the two).
                     revision = await self.connection.publish(
-                        nats_key, value, ttl=None, lease_id=lease_id, expected=expected
+                        nats_key, value, ttl=None, lease_id=lease_id, scope=self.scope, expected=expected
                     )
                 except WrongRevision:
                     found = await self.connection.get(nats_key)
@@ -269,7 +304,8 @@ class NatsStore(KeyValueStore):
                     else:
                         owner = lease_of(found.headers)
                         data = found.data or b""
-                        if owner and owner != lease_id and not await self._lease_alive(owner):
+                        lease = lease_ref_of(found.headers)
+                        if owner and owner != lease_id and not await self._lease_alive(lease):
                             # An orphan of an ended lease nobody purged yet: absent, for every reader.
                             await self._purge([(nats_key, int(found.seq or 0))])
                             continue
@@ -289,7 +325,9 @@ class NatsStore(KeyValueStore):
             self._live_lease(lease_id)
         nats_key = encode_key(key)
         async with self._revoke_lock.shared(), self._key_locks.hold(nats_key):
-            revision = await self.connection.publish(nats_key, value, ttl=None, lease_id=lease_id)
+            revision = await self.connection.publish(
+                nats_key, value, ttl=None, lease_id=lease_id, scope=self.scope
+            )
             await self._landed(nats_key, lease_id, revision)
 
     async def delete(self, key: str) -> None:
@@ -308,20 +346,47 @@ class NatsStore(KeyValueStore):
         # The keys first, then the leases (as a watch does): a key's lease is older than the key, so a lease
         # missing from the second scan has ended, and its keys are orphans to purge.
         found = await self.connection.scan(prefix_filter(prefix))
-        live = {i for k in await self.connection.scan(LEASES_FILTER) if (i := lease_id_of(k))}
+        live = {k for k in await self.connection.scan(LEASES_FILTER) if lease_id_of(k)}
         items: dict[str, bytes] = {}
-        orphans: list[tuple[str, int, int]] = []
+        orphans: list[tuple[str, int, str]] = []
         for nats_key, change in found.items():
             key = user_key(nats_key)
             if key is None or not key.startswith(prefix) or change.value is None:
                 continue
-            if not change.lease_id or change.lease_id in live:
+            if not change.lease or change.lease in live:
                 items[key] = change.value
             else:
-                orphans.append((nats_key, change.revision, change.lease_id))
+                orphans.append((nats_key, change.revision, change.lease))
         if orphans:
             await self._purge_orphans(orphans)
         return items
+
+    # -- access (dyndisc doctor's scope check) -----------------------------------------------------------
+    @property
+    def principal(self) -> str | None:
+        if self.settings.user is None and self.settings.token is None and self.settings.creds is None:
+            return None
+        scope = f" (NATS_SCOPE={self.settings.scope!r})" if self.settings.scope else ""
+        return who(self.settings) + scope
+
+    async def may_write(self, key: str) -> bool | None:
+        """Whether nats-server lets us publish ``key``, asked without writing: a publish that expects a
+        revision the key cannot have, which JetStream refuses unwritten when the publish is allowed."""
+        try:
+            await self.connection.publish(encode_key(key), b"", ttl=None, expected=_NO_SUCH_REVISION)
+        except WrongRevision:
+            return True
+        except AccessDeniedError:
+            return False
+        raise BackendUnavailableError(f"nats-server stored a probe of {key!r} at an impossible revision")
+
+    async def may_read(self, prefix: str) -> bool | None:
+        """Whether nats-server lets us read the bucket (a reader reads all of it or nothing)."""
+        try:
+            await self.connection.get(encode_key(prefix + "dyndisc-doctor-probe"))
+        except AccessDeniedError:
+            return False
+        return True
 
     # -- watch -----------------------------------------------------------------------------------------
     @asynccontextmanager

@@ -13,6 +13,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from dyndisc._events import RemovalReason
+from dyndisc._outage import OutageLog
 from dyndisc._retry import Backoff
 from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
 from dyndisc.backends.kv.event_queue import MAX_PENDING_EVENTS as MAX_PENDING_EVENTS  # the same bound
@@ -46,20 +47,21 @@ def user_key(nats_key: str) -> str | None:
 #: purges, the others then see the deletes and have nothing left to do.
 PURGE_SPREAD = 1.0
 
-#: Purges keys of leases that look ended: ``(NATS key, revision seen, lease)`` each.
-Purge = Callable[[list[tuple[str, int, int]]], Awaitable[None]]
+#: Purges keys of leases that look ended: ``(NATS key, revision seen, its lease key)`` each.
+Purge = Callable[[list[tuple[str, int, str]]], Awaitable[None]]
 
 
 class NatsWatch:
     """One prefix watch: keeps two consumers alive (the prefix's keys, and the lease keys), joins them, and
     queues events.
 
-    An instance key carries no TTL of its own: it is live while the lease key named by its ``Dyndisc-Lease``
-    header is (keys written without a lease always are). When a lease key ends (its expiry marker, or a
-    delete), every key of that lease leaves the watch at once, and the watch purges those keys from the
-    bucket after a random delay, once a direct read confirms the lease key is gone (conditionally on the
-    revision it saw: idempotent, and harmless when several watchers do it). A consumer's initial state is
-    never proof enough for a purge: one made while the server recovers its stream can come up short.
+    An instance key carries no TTL of its own: it is live while the lease key its ``Dyndisc-Lease`` (and
+    ``Dyndisc-Lease-Scope``) headers name is (keys written without a lease always are). When a lease key
+    ends (its expiry marker, or a delete), every key of that lease leaves the watch at once, and the watch
+    purges those keys from the bucket after a random delay, once a direct read confirms the lease key is
+    gone (conditionally on the revision it saw: idempotent, and harmless when several watchers do it). A
+    consumer's initial state is never proof enough for a purge: one made while the server recovers its
+    stream can come up short.
 
     The prefix's consumer is created before the leases' one, so a key in the first one's initial state
     whose lease is missing from the second one's is an orphan (or, see above, a lease not delivered yet).
@@ -87,16 +89,17 @@ class NatsWatch:
         self._has_snapshot = False
         # The join, rebuilt from every new pair of consumers.
         self._initial_keys: dict[str, KvChange] | None = None
-        self._initial_leases: set[int] | None = None
+        self._initial_leases: set[str] | None = None
         self._late: set[str] = set()
-        self._leases: set[int] = set()
-        #: NATS key -> (its dyndisc key, the lease it names, revision) of every key shown to the consumer.
-        self._shown: dict[str, tuple[str, int, int]] = {}
-        self._by_lease: dict[int, set[str]] = {}
+        #: The live lease keys.
+        self._leases: set[str] = set()
+        #: NATS key -> (its dyndisc key, its lease key, revision) of every key shown to the consumer.
+        self._shown: dict[str, tuple[str, str, int]] = {}
+        self._by_lease: dict[str, set[str]] = {}
         #: Keys whose lease is not live (not seen yet, or gone): shown if the lease appears.
         self._held: dict[str, KvChange] = {}
-        #: Keys of ended leases to purge: NATS key -> (the revision seen, its lease).
-        self._to_purge: dict[str, tuple[int, int]] = {}
+        #: Keys of ended leases to purge: NATS key -> (the revision seen, its lease key).
+        self._to_purge: dict[str, tuple[int, str]] = {}
         self._purge_due = anyio.Event()
 
     def restart(self, why: str) -> None:
@@ -118,7 +121,7 @@ class NatsWatch:
 
     def _on_leases_snapshot(self, generation: int, items: dict[str, KvChange]) -> None:
         if generation == self._generation:
-            self._initial_leases = {i for k in items if (i := lease_id_of(k))}
+            self._initial_leases = {k for k in items if lease_id_of(k)}
             self._compose()
 
     def _compose(self) -> None:
@@ -133,7 +136,7 @@ class NatsWatch:
             key = user_key(nats_key)
             if key is None or not key.startswith(self.prefix) or change.value is None:
                 continue
-            if not change.lease_id or change.lease_id in self._leases:
+            if not change.lease or change.lease in self._leases:
                 snapshot[key] = change.value
                 self._show(nats_key, key, change)
             else:
@@ -141,7 +144,7 @@ class NatsWatch:
                 # that most likely ended before the watch began: purged once a read confirms it.
                 self._held[nats_key] = change
                 if nats_key not in late:
-                    self._ended(nats_key, change.revision, change.lease_id)
+                    self._ended(nats_key, change.revision, change.lease)
         self.pending.clear()  # a snapshot supersedes everything before it
         self.pending.append(StoreSnapshot(items=snapshot))
         self._has_snapshot = True
@@ -166,7 +169,7 @@ class NatsWatch:
             return
         self._to_purge.pop(change.nats_key, None)  # deleted or rewritten: not ours to purge any more
         self._held.pop(change.nats_key, None)
-        if change.value is not None and (not change.lease_id or change.lease_id in self._leases):
+        if change.value is not None and (not change.lease or change.lease in self._leases):
             self._show(change.nats_key, key, change)
             self._emit(StorePut(key=key, value=change.value))
             return
@@ -177,19 +180,19 @@ class NatsWatch:
             self._held[change.nats_key] = change  # its lease is not live (yet)
 
     def _on_lease_change(self, generation: int, change: KvChange) -> None:
-        lease_id = lease_id_of(change.nats_key)
-        if generation != self._generation or not lease_id:
+        lease = change.nats_key
+        if generation != self._generation or not lease_id_of(lease):
             return
         if self._initial_leases is not None:
             if change.value is None:
-                self._initial_leases.discard(lease_id)
+                self._initial_leases.discard(lease)
             else:
-                self._initial_leases.add(lease_id)
+                self._initial_leases.add(lease)
             return
         if change.value is not None:
-            if lease_id not in self._leases:
-                self._leases.add(lease_id)
-                for nats_key, held in [(k, c) for k, c in self._held.items() if c.lease_id == lease_id]:
+            if lease not in self._leases:
+                self._leases.add(lease)
+                for nats_key, held in [(k, c) for k, c in self._held.items() if c.lease == lease]:
                     del self._held[nats_key]
                     self._to_purge.pop(nats_key, None)
                     key = user_key(nats_key)
@@ -198,21 +201,21 @@ class NatsWatch:
                         self._emit(StorePut(key=key, value=held.value))
             return
         # The lease key expired (the server's marker) or was deleted: every key of the lease leaves.
-        self._leases.discard(lease_id)
+        self._leases.discard(lease)
         reason = RemovalReason.EXPIRED if change.expired else RemovalReason.LEFT
-        for nats_key in sorted(self._by_lease.pop(lease_id, ())):
+        for nats_key in sorted(self._by_lease.pop(lease, ())):
             key, _lease, revision = self._shown.pop(nats_key)
             self._emit(StoreDelete(key=key, reason=reason))
-            self._ended(nats_key, revision, lease_id)
-        for nats_key, held in [(k, c) for k, c in self._held.items() if c.lease_id == lease_id]:
+            self._ended(nats_key, revision, lease)
+        for nats_key, held in [(k, c) for k, c in self._held.items() if c.lease == lease]:
             del self._held[nats_key]
-            self._ended(nats_key, held.revision, lease_id)
+            self._ended(nats_key, held.revision, lease)
 
     def _show(self, nats_key: str, key: str, change: KvChange) -> None:
         self._hide(nats_key)
-        self._shown[nats_key] = (key, change.lease_id, change.revision)
-        if change.lease_id:
-            self._by_lease.setdefault(change.lease_id, set()).add(nats_key)
+        self._shown[nats_key] = (key, change.lease, change.revision)
+        if change.lease:
+            self._by_lease.setdefault(change.lease, set()).add(nats_key)
 
     def _hide(self, nats_key: str) -> bool:
         found = self._shown.pop(nats_key, None)
@@ -225,9 +228,9 @@ class NatsWatch:
                 del self._by_lease[found[1]]
         return True
 
-    def _ended(self, nats_key: str, revision: int, lease_id: int) -> None:
+    def _ended(self, nats_key: str, revision: int, lease: str) -> None:
         if self._purge is not None:
-            self._to_purge[nats_key] = (revision, lease_id)
+            self._to_purge[nats_key] = (revision, lease)
             self._purge_due.set()
 
     def _emit(self, event: StorePut | StoreDelete) -> None:
@@ -258,6 +261,7 @@ class NatsWatch:
         errors raise)."""
         started = False
         backoff = Backoff(RETRY_MIN, RETRY_MAX)
+        outage = OutageLog(log, f"NATS watch of {self.prefix!r}")
         while True:
             self._restart = anyio.Event()
             self._progress = anyio.Event()
@@ -281,9 +285,7 @@ class NatsWatch:
                 if not started:
                     raise
                 delay = backoff.next_delay()
-                log.warning(
-                    "cannot re-create the watch of %r (%s); retrying in %.2fs", self.prefix, exc, delay
-                )
+                outage.failed(f"cannot re-create it ({exc})")
                 with anyio.move_on_after(delay):
                     await self._restart.wait()
                 continue
@@ -302,6 +304,7 @@ class NatsWatch:
                     self.restart("no initial state")
                     continue
                 backoff.reset()
+                outage.recovered()
                 while not self._restart.is_set():
                     with anyio.move_on_after(PROBE_EVERY):
                         await self._restart.wait()

@@ -15,6 +15,7 @@ import os
 import statistics
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from dyndisc.testing.chaos.runner import BACKENDS, Outcome, Session, quiet_logs
@@ -53,7 +54,35 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _summary(outcomes: list[Outcome], errored: list[int]) -> str:
+@dataclass(frozen=True)
+class _Tally:
+    """What the summary needs of one judged seed (its history is let go: thousands of them would make every
+    garbage collection of the run slower)."""
+
+    backend: str
+    seed: int
+    ok: bool
+    operations: int
+    faults: int
+    violations: int
+    converged_in: float
+    took: float
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> _Tally:
+        return cls(
+            outcome.backend,
+            outcome.seed,
+            outcome.ok,
+            outcome.operations,
+            outcome.faults,
+            len(outcome.violations),
+            outcome.converged_in,
+            outcome.took,
+        )
+
+
+def _summary(outcomes: list[_Tally], errored: list[int]) -> str:
     failed = [o.seed for o in outcomes if not o.ok]
     converged = [o.converged_in for o in outcomes]
     rows = [
@@ -61,7 +90,7 @@ def _summary(outcomes: list[Outcome], errored: list[int]) -> str:
         ("seeds", str(len(outcomes))),
         ("operations", str(sum(o.operations for o in outcomes))),
         ("faults", str(sum(o.faults for o in outcomes))),
-        ("violations", str(sum(len(o.violations) for o in outcomes))),
+        ("violations", str(sum(o.violations for o in outcomes))),
         ("failing seeds", " ".join(map(str, failed)) or "none"),
         ("seeds the harness could not run", " ".join(map(str, errored)) or "none"),
         (
@@ -79,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     quiet_logs()
     seeds = [args.seed] if args.seed is not None else list(range(args.first, args.first + args.seeds))
-    outcomes: list[Outcome] = []
+    outcomes: list[_Tally] = []
     errored: list[int] = []
     with Session(args.backend, duration=args.duration, logs=args.out / "logs") as session:
         for seed in seeds:
@@ -96,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 causes = "; ".join(f"{type(e).__name__}: {e}" for e in _leaves(exc))
                 print(f"seed {seed}: HARNESS ERROR ({causes}; traceback: {where})", flush=True)
                 continue
-            outcomes.append(outcome)
+            outcomes.append(_Tally.of(outcome))
             mark = "ok" if outcome.ok else "VIOLATION"
             print(
                 f"seed {seed}: {mark} ({outcome.operations} ops, {outcome.faults} faults, "

@@ -19,6 +19,7 @@ from dyndisc._events import DiscoveryEvent, Resync
 from dyndisc._models import Instance, InstanceQuery
 from dyndisc.backends.base import DiscoveryBackend, Lease
 from dyndisc.runtime import DistributedRuntime
+from dyndisc.testing.chaos.calls import CALLS, recorded_args
 from dyndisc.testing.chaos.history import record_of
 from dyndisc.testing.faults import CrashableBackend
 from dyndisc.testing.hosting import RuntimeHost
@@ -39,15 +40,42 @@ class Recorder(Protocol):
 
     def lease(self, runtime: str, instance_id: int | None, state: str) -> None: ...
 
+    def renewed(self, runtime: str, lease: int) -> None: ...
+
+    async def returned(self, actor: str, action: str, args: dict[str, Any]) -> None:
+        """``actor``'s ``action`` (a clean exit, an unregistration) returned: the harness reads the store."""
+        ...
+
+
+class CancelledByCaller(Exception):
+    """What the history says of a call its caller cancelled (its ``move_on_after`` ran out)."""
+
 
 class RecordedBackend(CrashableBackend):
-    """A worker's backend: crashable and pausable, and every record it writes goes into the history (the
-    registrations a replacement lease makes included): the set no watcher may hold anything outside of."""
+    """A worker's backend: crashable and pausable, and every lease it is granted, every renewal the server
+    answers and every record it writes go into the history (a replacement lease's and its writes
+    included): what the checker judges leases by, and the set no watcher may hold anything outside of."""
 
     def __init__(self, inner: DiscoveryBackend, actor: str, recorder: Recorder) -> None:
         super().__init__(inner)
         self.actor = actor
         self.recorder = recorder
+
+    async def grant_lease(self, ttl: float) -> Lease:
+        op = self.recorder.op_start(self.actor, "grant", {"ttl": ttl})
+        try:
+            lease = await super().grant_lease(ttl)
+        except BaseException as error:
+            self.recorder.op_end(op, error=error)
+            raise
+        self.recorder.op_end(op, result=[lease.id, lease.ttl])
+        return lease
+
+    async def keep_alive(self, lease: Lease) -> float:
+        left = await super().keep_alive(lease)
+        if left > 0:
+            self.recorder.renewed(self.actor, lease.id)
+        return left
 
     async def register(self, instance: Instance, lease: Lease) -> Instance:
         # Recorded before the call: a write whose answer never came may still have been applied.
@@ -64,7 +92,9 @@ class RecordedBackend(CrashableBackend):
 class Worker:
     """One runtime, doing the steps it is given one after another (as an application does)."""
 
-    def __init__(self, name: str, backend: DiscoveryBackend, recorder: Recorder, ttl: float, namespace: str):
+    def __init__(
+        self, name: str, backend: DiscoveryBackend, recorder: Recorder, ttl: float, namespace: str
+    ) -> None:
         self.name = name
         self.recorder = recorder
         self.backend = RecordedBackend(backend, name, recorder)
@@ -76,7 +106,7 @@ class Worker:
         self.finished = False
 
     def give(self, action: str, args: dict[str, Any]) -> None:
-        """Queue an operation (``register``, ``unregister``, ``exit``)."""
+        """Queue an operation (a call of :data:`~.calls.CALLS`, ``burst`` or ``exit``)."""
         self._steps.append((action, args))
         self._wake.set()
 
@@ -87,7 +117,7 @@ class Worker:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Start the runtime, then do the queued steps until ``exit`` (or until cancelled: a kill)."""
         runtime = DistributedRuntime(self.backend, lease_ttl=self.ttl, on_lease_change=self._on_change)
-        op = self.recorder.op_start(self.name, "start", {})
+        op = self.recorder.op_start(self.name, "start", {"ttl": self.ttl})
         try:
             self.host = await RuntimeHost.start(runtime)
         except Exception as exc:
@@ -103,36 +133,51 @@ class Worker:
                 self._wake = anyio.Event()
                 await self._wake.wait()
             action, args = self._steps.pop(0)
-            await self._do(runtime, action, args)
-
-    async def _do(self, runtime: DistributedRuntime, action: str, args: dict[str, Any]) -> None:
-        if "endpoint" in args:
-            args = {**args, "endpoint": f"{self.namespace}.{args['endpoint']}"}
-        op = self.recorder.op_start(self.name, action, args)
-        try:
-            if action == "register":
-                found = await runtime.endpoint(args["endpoint"]).register(args["transport"], args["metadata"])
-                self.recorder.op_end(op, result=list(record_of(found)))
-            elif action == "unregister":
-                await runtime.endpoint(args["endpoint"]).unregister()
-                self.recorder.op_end(op)
-            elif action == "exit":
-                lease = runtime.instance_id
-                assert self.host is not None
-                self.finished = True
-                await self.host.stop()
-                await self.backend.aclose()  # the runtime does not close a backend it was given
-                health = runtime.health()
-                self.recorder.op_end(op)
-                # Revoked: gone now. Not revoked (the store was away): it ends on its TTL, as a kill's.
-                self.recorder.lease(self.name, lease, "revoked" if health.reason == "revoked" else "killed")
+            if action == "exit":
+                await self._exit(runtime)
+            elif action == "burst":
+                async with anyio.create_task_group() as tg:
+                    for registration in args["registrations"]:
+                        tg.start_soon(self._call, runtime, "register", registration)
             else:
-                raise ValueError(f"unknown worker action {action!r}")
+                await self._call(runtime, action, args)
+
+    async def _call(self, runtime: DistributedRuntime, action: str, args: dict[str, Any]) -> None:
+        args = recorded_args(action, args, self.namespace, self.name)
+        op = self.recorder.op_start(self.name, action, args)
+        result: Any = None
+        try:
+            with anyio.move_on_after(args.get("cancel_after", float("inf"))) as scope:
+                result = await CALLS[action](runtime, args)
         except Exception as exc:
             self.recorder.op_end(op, error=exc)
-            if self.host is not None and self.host.done:
+            if self.host is not None and self.host.done and not self.finished:
                 self.finished = True
                 self.recorder.lease(self.name, None, "failed")
+            return
+        if scope.cancelled_caught:
+            self.recorder.op_end(op, error=CancelledByCaller(f"cancelled after {args['cancel_after']}s"))
+            return
+        self.recorder.op_end(op, result=result)
+        if action == "unregister":
+            await self.recorder.returned(self.name, action, args)
+
+    async def _exit(self, runtime: DistributedRuntime) -> None:
+        """Leave the runtime cleanly. Whether that removed everything is for the store to say: the harness
+        reads it as this returns (the runtime's own word, its health, is not asked)."""
+        lease = runtime.instance_id
+        op = self.recorder.op_start(self.name, "exit", {})
+        assert self.host is not None
+        self.finished = True
+        try:
+            await self.host.stop()
+            await self.backend.aclose()  # the runtime does not close a backend it was given
+        except Exception as exc:
+            self.recorder.op_end(op, error=exc)
+        else:
+            self.recorder.op_end(op)
+        self.recorder.lease(self.name, lease, "exited")
+        await self.recorder.returned(self.name, "exit", {})
 
     def kill(self) -> None:
         """Die as a SIGKILLed process: no keep-alive, no revoke (the caller cancels the task)."""

@@ -2,10 +2,13 @@
 names, takes commands from the orchestrator on stdin and reports on stdout, one JSON object a line.
 
 Commands: ``{"cmd": "start", "name": "w0", "ttl": 2, "env": {...}}`` (``env``: variables to set first),
-``{"cmd": "register" | "unregister" | "exit", "name": ..., "args": {...}}``, ``{"cmd": "watch", "name":
-"v0", "kind": "backend" | "runtime" | "client", "namespace": ..., "endpoint": ...}``, ``{"cmd": "quit"}``.
+``{"cmd": "probed", "name": "w0"}`` (the store was read after ``w0``'s call returned: it goes on),
+``{"cmd": <a worker's action: register, bulk, burst, put_entry ... exit>, "name": ..., "args": {...}}``,
+``{"cmd": "watch", "name": "v0", "kind": "backend" | "runtime" | "client", "namespace": ..., "endpoint":
+...}``, ``{"cmd": "quit"}``.
 Reports carry ``t``, this host's ``time.monotonic()`` (the orchestrator's clock too): ``ready`` (once, when
-it reads commands), ``op_start`` / ``op_end``, ``seen`` (a watch event as records), ``lease``. The
+it reads commands), ``op_start`` / ``op_end``, ``seen`` (a watch event as records), ``lease``,
+``renewed`` (the server answered a renewal), ``returned`` (an exit or unregistration returned). The
 orchestrator SIGKILLs or SIGSTOPs the whole process for the faults of a process.
 """
 
@@ -27,10 +30,14 @@ from dyndisc._settings import canonical_backend_name
 from dyndisc.backends import create_backend
 from dyndisc.runtime import DistributedRuntime
 from dyndisc.testing.chaos.actors import Worker, watch_backend, watch_client, watch_runtime
+from dyndisc.testing.chaos.calls import CALLS
 from dyndisc.testing.chaos.history import Seen
 from dyndisc.testing.hosting import RuntimeHost
 
 log = logging.getLogger("dyndisc.chaos")
+
+#: Seconds a worker waits for the orchestrator's reading of the store after a call returned.
+PROBE_WAIT = 15.0
 
 
 class _PipeRecorder:
@@ -38,6 +45,8 @@ class _PipeRecorder:
 
     def __init__(self) -> None:
         self._ops = 0
+        #: Set when the orchestrator has read the store after a worker's call returned, by worker.
+        self.probed: dict[str, anyio.Event] = {}
 
     def _say(self, **fields: Any) -> None:
         sys.stdout.write(json.dumps({"t": time.monotonic(), **fields}, separators=(",", ":")) + "\n")
@@ -61,6 +70,17 @@ class _PipeRecorder:
 
     def lease(self, runtime: str, instance_id: int | None, state: str) -> None:
         self._say(type="lease", runtime=runtime, instance_id=instance_id, state=state)
+
+    def renewed(self, runtime: str, lease: int) -> None:
+        self._say(type="renewed", runtime=runtime, lease=lease)
+
+    async def returned(self, actor: str, action: str, args: dict[str, Any]) -> None:
+        # The orchestrator reads the store raw as soon as it hears this (a probe), and says when it has: the
+        # worker goes on only then, as in the simulation (its next call must not race the reading).
+        probed = self.probed[actor] = anyio.Event()
+        self._say(type="returned", actor=actor, action=action, args=args)
+        with anyio.move_on_after(PROBE_WAIT):
+            await probed.wait()
 
     def ready(self) -> None:
         """The agent has imported what it needs and reads commands."""
@@ -95,12 +115,14 @@ class Agent:
             )
             self.workers[worker.name] = worker
             tg.start_soon(worker.run)
-        elif cmd in ("register", "unregister", "exit"):
+        elif cmd in (*CALLS, "burst", "exit"):
             found = self.workers.get(order["name"])
             if found is not None and not found.finished:
                 found.give(cmd, order.get("args", {}))
         elif cmd == "watch":
             tg.start_soon(self.watch, order)
+        elif cmd == "probed":
+            self.recorder.probed.get(order["name"], anyio.Event()).set()
         return True
 
     async def watch(self, order: dict[str, Any]) -> None:

@@ -22,6 +22,8 @@ import anyio
 
 from dyndisc._retry import Backoff
 from dyndisc.backends.base import DiscoveryBackend, Lease
+from dyndisc.testing.chaos.kube_raw import parse_kubernetes
+from dyndisc.testing.chaos.raw import RawLayout, RawTruth
 from dyndisc.testing.chaos.target import SERVER_FAULTS, Target
 
 log = logging.getLogger("dyndisc.chaos")
@@ -40,6 +42,8 @@ class KubernetesTarget(Target):
     prewarm = True
     #: Seconds from a SIGSTOP to the pod marked not ready (kubelet's failing readiness probe).
     probe_failure = 1.0
+    #: A registration re-applies the worker's whole resource: a bulk of a few dozen is plenty here.
+    bulk = (30, 80)
 
     def start(self) -> None:
         from dyndisc.backends.kubernetes.manifests import manifest
@@ -69,12 +73,26 @@ class KubernetesTarget(Target):
             )
         return {**super().env(agent), "KUBECONFIG": str(config)}
 
-    def discovery(self, namespace: str) -> DiscoveryBackend:
+    def discovery(self, namespace: str, layout: str = "dyndisc") -> DiscoveryBackend:
         from dyndisc.backends.kubernetes import KubernetesDiscovery
 
         backend = KubernetesDiscovery(namespace=namespace, kubeconfig=str(self.direct_config))
         self.backends.append(backend)
         return backend
+
+    async def read_truth(self, namespace: str, layout: RawLayout, prefixes: list[str]) -> RawTruth:
+        """The namespace's DynamoWorkerMetadata and EndpointSlices, read raw as the admin and parsed by the
+        run's own parser (:mod:`~.kube_raw`); ``prefixes`` do not apply (the whole namespace is read)."""
+        from dyndisc.backends.kubernetes.siphash import instance_id_for
+
+        path = f"/apis/nvidia.com/v1alpha1/namespaces/{namespace}/dynamoworkermetadatas"
+        read = []
+        for where in (path, f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"):
+            status, found = await anyio.to_thread.run_sync(self.server.request, "GET", where)
+            if status != 200:
+                raise RuntimeError(f"reading {where}: HTTP {status} {str(found)[:200]}")
+            read.append((found or {}).get("items") or [])
+        return parse_kubernetes(read[0], read[1], path, instance_id_for)
 
     async def _kubelet(self, what: str, call: Callable[..., T], *args: Any) -> T:
         """Do what kubelet would, retrying while the API server is away (as kubelet does)."""
@@ -178,6 +196,11 @@ class KubernetesTarget(Target):
             pod.killed = True
             await self._sync(agent)
 
+    async def agent_exited(self, agent: str, namespace: str) -> None:
+        # Its process would end with its runtime: its container stops, and kubelet takes the pod down as
+        # for a kill (the resource it could not delete, an exit during an outage, goes with the pod).
+        await self.agent_killed(agent, namespace)
+
     async def agent_paused(self, agent: str, namespace: str, paused: bool) -> None:
         pod = self._pods.get(agent)
         if pod is None:
@@ -213,7 +236,7 @@ class KubernetesTarget(Target):
         await self.discovery(namespace).revoke_lease(Lease(id=lease, ttl=self.ttl))
 
     async def foreign_write(
-        self, namespace: str, write: str, endpoint: str, rng: random.Random
+        self, namespace: str, write: str, endpoint: str, rng: random.Random, layout: RawLayout
     ) -> tuple[str, str | None]:
         """Malformed custom resources (``spec.data`` must be an object, or the API server refuses them):
         ``garbage`` (endpoints not an object), ``shape`` (entries that are not records), ``noncanonical`` (a

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,12 +23,17 @@ import anyio
 from anyio.abc import Process, TaskGroup
 
 from dyndisc._errors import DyndiscError
-from dyndisc._events import Added, Removed, Resync
-from dyndisc._models import Instance, InstanceQuery
-from dyndisc._names import EndpointId
+from dyndisc.testing.chaos import readings
 from dyndisc.testing.chaos.checker import quiet_point
-from dyndisc.testing.chaos.history import Fault, History, LeaseReport, Seen, record_of
+from dyndisc.testing.chaos.history import (
+    Fault,
+    History,
+    LeaseReport,
+    Seen,
+)
+from dyndisc.testing.chaos.lines import cli_event, json_lines
 from dyndisc.testing.chaos.plan import Plan, Step
+from dyndisc.testing.chaos.raw import RAW_LAYOUTS, RawTruth
 from dyndisc.testing.chaos.target import Target
 
 
@@ -52,7 +56,8 @@ class RealRun:
         self.target = target
         self.logs = logs
         self.namespace = f"chaos{plan.seed}x{random.Random().getrandbits(24):x}"
-        self.history = History(target.name, plan.seed, plan.ttl, plan.duration)
+        self.history = History(target.name, plan.seed, plan.ttl, plan.duration, layout=plan.layout)
+        self.layout = RAW_LAYOUTS[plan.layout]
         self.rng = random.Random(plan.seed ^ 0x5EED)
         self.t0 = 0.0
         self.agents: dict[str, _Agent] = {}
@@ -61,6 +66,8 @@ class RealRun:
         #: Set once the run stops its agents (an agent ending after that was stopped, not dead).
         self.stopping = False
         self.leases: dict[str, int | None] = {}
+        #: Workers whose clean exit returned.
+        self.exited: set[str] = set()
         self.paused: dict[str, int] = {}
         #: The run's task group: what the orchestrator does beside the steps (a kubelet's reports).
         self.tg: TaskGroup | None = None
@@ -70,7 +77,7 @@ class RealRun:
 
     # -- agents -------------------------------------------------------------------------------------------
     async def spawn(self, tg: TaskGroup, name: str, argv: list[str], reader: Any) -> _Agent:
-        env = await self.target.environment(name, self.namespace)
+        env = {**await self.target.environment(name, self.namespace), "DYN_KV_LAYOUT": self.plan.layout}
         path = self.logs / f"{name}.log"
         log = await anyio.to_thread.run_sync(path.open, "ab")  # closed by stop_agents
         process = await anyio.open_process(
@@ -94,7 +101,7 @@ class RealRun:
             await agent.process.stdin.send((json.dumps(order) + "\n").encode())
 
     async def read_agent(self, agent: _Agent) -> None:
-        async for said in _json_lines(agent):
+        async for said in json_lines(agent.process):
             self.report(agent, said)
 
     def report(self, agent: _Agent, said: dict[str, Any]) -> None:
@@ -118,11 +125,21 @@ class RealRun:
             self.history.leases.append(LeaseReport(said["runtime"], at, said["instance_id"], said["state"]))
             if said["state"] == "held" and self.tg is not None:
                 self.tg.start_soon(self.target.lease_held, agent.name, self.namespace)
+        elif kind == "renewed":
+            self.history.renewed(said["runtime"], said["lease"], at)
+        elif kind == "returned" and self.tg is not None:
+            self.tg.start_soon(self.probe, said["actor"], said["action"], said["args"])
+            if said["action"] == "exit":
+                self.exited.add(said["actor"])
+                if all(w in self.exited for w in agent.workers):
+                    self.tg.start_soon(self.target.agent_exited, agent.name, self.namespace)
 
     async def read_cli(self, agent: _Agent) -> None:
         """The CLI's ``watch --json`` lines, as watch events."""
-        async for line in _json_lines(agent):
-            self.history.seen.append(Seen.of(agent.name, self.now(), _cli_event(line)))
+        async for line in json_lines(agent.process):
+            event = cli_event(line)
+            if event is not None:  # a status record (stale, current again) is no change of the set
+                self.history.seen.append(Seen.of(agent.name, self.now(), event))
 
     # -- steps ---------------------------------------------------------------------------------------------
     async def execute(self, tg: TaskGroup, step: Step) -> None:
@@ -144,14 +161,20 @@ class RealRun:
         agent = self.worker_agent.get(name)
         if agent is None or not agent.alive:
             return
+        now = self.now()
         if step.action == "kill":
             agent.alive = False
             agent.process.kill()
             for worker in agent.workers:  # every runtime of the process dies with it
-                self.history.leases.append(LeaseReport(worker, self.now(), self.leases.get(worker), "killed"))
+                self.history.leases.append(LeaseReport(worker, now, self.leases.get(worker), "killed"))
+                self.history.faults.append(Fault("kill", worker, now, now))
             tg.start_soon(self.target.agent_killed, agent.name, self.namespace)
         elif step.action in ("pause", "resume"):
             self._signal(agent, pause=step.action == "pause")
+            if step.action == "pause":  # the whole process stops: every runtime of it
+                self.history.faults.append(Fault("pause", name, now, detail={"workers": list(agent.workers)}))
+            else:
+                self._heal("pause", name, now)
         else:
             await self.send(agent, cmd=step.action, name=name, args=step.args)
 
@@ -167,7 +190,8 @@ class RealRun:
         env = await self.target.worker_env(group, self.namespace)
         agent.workers.append(name)
         self.worker_agent[name] = agent
-        await self.send(agent, cmd="start", name=name, ttl=self.plan.ttl, namespace=self.namespace, env=env)
+        ttl = self.plan.ttls.get(name, self.plan.ttl)
+        await self.send(agent, cmd="start", name=name, ttl=ttl, namespace=self.namespace, env=env)
 
     async def prewarm(self, tg: TaskGroup) -> None:
         """Start every worker's agent process ahead (each waits for its worker to start): on a backend with
@@ -241,29 +265,33 @@ class RealRun:
             agent = self.agents.get(target)
             if agent is not None:
                 self._signal(agent, pause=not heal)
+        elif kind == "partition" and target in self.worker_agent:
+            # A worker is cut off with its process (the proxies are the agents'): every runtime of it.
+            detail = {"workers": list(self.worker_agent[target].workers)}
+            await self.target.fault(kind, {**step.args, "target": self.worker_agent[target].name}, heal)
         elif kind in ("revoke", "foreign_write"):
             await self.as_another_client(kind, step.args, now)
             return
         elif kind == "compact" and self.server_down():
             return
         else:
-            args = step.args
-            if kind == "partition" and target in self.worker_agent:
-                # A worker is cut off with its process: the proxies are the agents' (a fix: worker names never
-                # matched an agent's, so partitioning one worker cut nothing).
-                args = {**args, "target": self.worker_agent[target].name}
-            detail = await self.target.fault(kind, args, heal)
+            detail = await self.target.fault(kind, step.args, heal)
             if not heal and kind == "compact":
                 self.history.faults.append(Fault(kind, "server", now, now, detail))
                 return
         if not heal:
-            self.history.faults.append(Fault(kind, target, now))
+            self.history.faults.append(Fault(kind, target, now, detail=detail))
             return
+        self._heal(kind, target, self.now(), detail)
+
+    def _heal(self, kind: str, target: str, now: float, detail: dict[str, Any] | None = None) -> None:
         for fault in reversed(self.history.faults):
             if fault.kind == kind and fault.target == target and fault.end is None:
-                fault.end = self.now()
-                fault.detail.update(detail)  # what healing it took (Kubernetes: the controllers' return)
-                break
+                fault.end = now
+                fault.detail.update(
+                    detail or {}
+                )  # what healing it took (Kubernetes: the controllers' return)
+                return
 
     async def as_another_client(self, kind: str, args: dict[str, Any], now: float) -> None:
         """Revoke a live worker's lease or write a foreign record, as another client of the server would.
@@ -299,10 +327,12 @@ class RealRun:
         self.history.faults.append(Fault("revoke", worker, now, now, {"lease": lease}))
 
     async def foreign_write(self, write: str, endpoint: str, now: float) -> None:
-        key, damaged = await self.target.foreign_write(self.namespace, write, endpoint, self.rng)
+        key, damaged = await self.target.foreign_write(self.namespace, write, endpoint, self.rng, self.layout)
+        detail: dict[str, Any] = {"write": write}
         if damaged is not None:
             self.history.damaged.append(damaged)
-        self.history.faults.append(Fault("foreign_write", key, now, now, {"write": write}))
+            detail["damaged"] = damaged
+        self.history.faults.append(Fault("foreign_write", key, now, now, detail))
 
     # -- the run -------------------------------------------------------------------------------------------
     async def run(self) -> History:
@@ -318,9 +348,14 @@ class RealRun:
                     await anyio.sleep(max(self.t0 + step.at - time.monotonic(), 0.0))
                     await self.execute(tg, step)
                 await anyio.sleep(max(self.t0 + self.plan.duration - time.monotonic(), 0.0))
-                # Give the convergence bound its whole length after the quiet point before judging.
-                settled = quiet_point(self.history) + self.target.bounds.converge + 0.5
-                await anyio.sleep(max(self.t0 + settled - time.monotonic(), 0.0))
+                # Give the convergence bound its whole length after the quiet point before judging (a
+                # replacement and what it writes may move the quiet point on: wait again then), but no
+                # later than a run that never goes quiet should be judged.
+                latest = self.plan.duration + 3 * max(self.plan.ttls.values(), default=self.plan.ttl) + 10
+                while (settled := quiet_point(self.history) + self.target.bounds.converge + 0.5) > self.now():
+                    await anyio.sleep(min(settled, latest) - self.now())
+                    if self.now() >= latest:
+                        break
                 await self.read_truth()
                 await self.stop_agents()
                 tg.cancel_scope.cancel()
@@ -331,20 +366,41 @@ class RealRun:
             await self.target.aclose_stores()
         return self.history
 
+    async def read_raw(self, prefixes: list[str]) -> RawTruth:
+        return await self.target.read_truth(self.namespace, self.layout, prefixes)
+
     async def read_truth(self) -> None:
-        backend, query = self.target.discovery(self.namespace), InstanceQuery(self.namespace)
-        self.history.truth_at = self.now()
-        self.history.truth = sorted(record_of(i) for i in await backend.list(query))
-        async with backend.watch(query) as events:
-            first = await anext(events)
-        assert isinstance(first, Resync)
-        self.history.late_watch = sorted(record_of(i) for i in first.instances)
+        dyndisc = self.target.discovery(self.namespace, self.plan.layout)
+        bound = self.target.bounds.converge
+        await readings.read_quiet_point(
+            self.history, self.read_raw, self.layout, self.namespace, dyndisc, self.now(), bound
+        )
         # Judge only the watchers that are running now (a paused or killed one cannot converge).
         self.history.gone_watchers = [
             name
             for name in self.plan.watchers
             if name not in self.agents or self.paused.get(name, 0) > 0 or name in self.history.died
         ]
+
+    async def probe(self, actor: str, action: str, args: dict[str, Any]) -> None:
+        """What the raw store holds of ``actor`` now that its ``action`` (a clean exit, an unregistration)
+        returned: read at once, by the orchestrator, with the run's own client; the worker waits for it."""
+        try:
+            await self._probe(actor, action, args)
+        finally:
+            agent = self.worker_agent.get(actor)
+            if agent is not None:
+                await self.send(agent, cmd="probed", name=actor)
+
+    async def _probe(self, actor: str, action: str, args: dict[str, Any]) -> None:
+        at = self.now()
+        try:
+            with anyio.fail_after(10):
+                await readings.probe(
+                    self.history, self.read_raw, self.layout, self.namespace, (actor, action, args), at
+                )
+        except Exception as exc:  # the server is away (a fault): no reading, nothing judged
+            self.history.faults.append(Fault("probe_failed", actor, at, at, {"error": str(exc)[:200]}))
 
     async def stop_agents(self) -> None:
         self.stopping = True
@@ -369,37 +425,3 @@ class RealRun:
             if agent.process.returncode is None:
                 agent.process.kill()
             agent.log.close()
-
-
-async def _json_lines(agent: _Agent) -> AsyncIterator[dict[str, Any]]:
-    """Each JSON line an agent prints on its standard output."""
-    assert agent.process.stdout is not None
-    buffer = b""
-    async for chunk in agent.process.stdout:
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                yield json.loads(line)
-
-
-def _cli_event(line: dict[str, Any]) -> Resync | Added | Removed:
-    """An event of ``dyndisc watch --json`` back as a watch event."""
-    if line["event"] == "resync":
-        return Resync(instances=tuple(_cli_instance(i) for i in line["instances"]))
-    if line["event"] == "added":
-        return Added(instance=_cli_instance(line["instance"]))
-    return Removed(endpoint=EndpointId.parse(line["endpoint"]), instance_id=int(line["instance_id"], 16))
-
-
-def _cli_instance(found: dict[str, Any]) -> Instance:
-    endpoint = EndpointId.parse(found["endpoint"])
-    return Instance(
-        endpoint.namespace,
-        endpoint.component,
-        endpoint.endpoint,
-        int(found["instance_id"], 16),
-        found.get("transport"),
-        found.get("metadata"),
-        found.get("readiness", "ready"),
-    )

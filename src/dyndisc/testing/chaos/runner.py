@@ -18,9 +18,9 @@ import anyio
 
 from dyndisc.testing.chaos.checker import Bounds, Violation, check, convergence_time
 from dyndisc.testing.chaos.history import History
-from dyndisc.testing.chaos.plan import WATCHER_KINDS, make_plan
+from dyndisc.testing.chaos.plan import make_plan
 from dyndisc.testing.chaos.real import RealRun
-from dyndisc.testing.chaos.sim import BOUNDS, FAULTS, WATCHERS, simulate
+from dyndisc.testing.chaos.sim import BOUNDS, WORKLOAD, simulate
 from dyndisc.testing.chaos.target import Target
 from dyndisc.testing.chaos.targets import TARGETS
 
@@ -95,19 +95,13 @@ class Session:
         """Run ``seed`` and judge its history. ``planted`` plants a known bug (memory only)."""
         started = time.monotonic()
         if self.target is None:
-            plan = make_plan(seed, duration=self.duration, ttl=2.0, faults=FAULTS, watcher_kinds=WATCHERS)
+            plan = make_plan(seed, duration=self.duration, workload=WORKLOAD)
             history = simulate(plan, planted)
         else:
             if planted:
                 raise ValueError("bugs can be planted in the simulation (memory) only")
             target = self.target
-            plan = make_plan(
-                seed,
-                duration=self.duration,
-                ttl=target.ttl,
-                faults=target.faults,
-                watcher_kinds=WATCHER_KINDS,
-            )
+            plan = make_plan(seed, duration=self.duration, workload=target.workload)
             logs = self.logs / f"seed-{seed}"
             logs.mkdir(parents=True, exist_ok=True)
             history = anyio.run(RealRun(plan, target, logs).run)

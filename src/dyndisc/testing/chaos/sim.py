@@ -1,96 +1,113 @@
 """Deterministic simulation on the memory backend: a virtual clock and seeded scheduling, one seed one run.
 
-Every actor of a run lives in one event loop whose clock is virtual: when nothing is ready to run, the loop
-jumps to the next timer instead of sleeping, so a 20-second run takes milliseconds. Lease ids, jitter and the
-plan come from the seed, and the loop runs callbacks in the order they were scheduled, so a seed replays the
-same history (the digest says so). Each actor reaches the shared :class:`~dyndisc.MemoryStore` through a
-:class:`~dyndisc.testing.FaultyStore` of its own, so the nemesis can cut off one worker, one watcher, or
-everyone.
+Every actor of a run lives in one event loop on virtual time (:mod:`~.virtual_time`). Lease ids, jitter,
+the latency of every store call and the plan come from the seed, so a seed replays the same history (the
+digest says so). Each actor reaches the shared store through a :class:`~dyndisc.testing.FaultyStore` of its
+own, so the nemesis can cut off one worker, one watcher, or everyone; each store call waits a seeded virtual
+latency before it reaches the store and before its answer comes back (none in some seeds, tens of
+milliseconds in others), so a call its caller cancels may be cancelled before it lands or after.
+
+The truth is read from the store raw (its keys, values and live leases), never through dyndisc. The store is
+made by :func:`new_store` alone: any store with ``get_prefix`` and ``lease_ids`` serves.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
-import selectors
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 
 from dyndisc._errors import BackendUnavailableError
-from dyndisc._events import DiscoveryEvent, Resync
+from dyndisc._events import DiscoveryEvent
 from dyndisc._models import InstanceQuery
 from dyndisc._retry import seed_jitter
 from dyndisc.backends.kv import KvDiscovery
 from dyndisc.backends.memory import MemoryStore
 from dyndisc.runtime import DistributedRuntime
+from dyndisc.testing.chaos import readings
 from dyndisc.testing.chaos.actors import Worker, watch_backend, watch_client, watch_runtime
 from dyndisc.testing.chaos.checker import Bounds, quiet_point
-from dyndisc.testing.chaos.history import Fault, History, LeaseReport, Seen, record_of
-from dyndisc.testing.chaos.plan import Plan, Step
-from dyndisc.testing.faults import FaultyStore
+from dyndisc.testing.chaos.history import (
+    Fault,
+    History,
+    LeaseReport,
+    Seen,
+)
+from dyndisc.testing.chaos.plan import Plan, Step, Workload
+from dyndisc.testing.chaos.plants import PLANTABLE, planted
+from dyndisc.testing.chaos.raw import RAW_LAYOUTS, RawTruth, parse_items
+from dyndisc.testing.chaos.virtual_time import VirtualLoop
+from dyndisc.testing.faults import STORE_CALLS, FaultyStore
 from dyndisc.testing.hosting import RuntimeHost
 
 #: Faults the simulation injects (a worker's kill and pause are in the workload).
 FAULTS = ("partition", "break_watches", "revoke", "foreign_write", "pause_watcher")
 #: Watcher kinds in the simulation (the CLI needs a process).
 WATCHERS = ("backend", "runtime", "client")
-#: The known bugs :func:`simulate` can plant.
-PLANTABLE = ("lost-delete", "lost-write", "never-revokes", "dropped-removed", "no-resync")
+#: What the simulation's workload draws from.
+WORKLOAD = Workload(
+    faults=FAULTS,
+    watcher_kinds=WATCHERS,
+    ttls=(2.0, 1.0, 5.0, 3.0, 10.0, 30.0),
+    layouts=("dyndisc", "dynamo-v1"),
+    # A bulk registration costs a second or two of a run: in one seed of a hundred, 2,000 seeds take
+    # under three minutes.
+    bulk_chance=0.01,
+)
 BOUNDS = Bounds(converge=1.0, gone=1.0, expiry=0.5)
 NAMESPACE = "chaos"
-ROOT = "/services"
+#: Largest virtual latency of a store call, by the seed's profile (seconds).
+LATENCY_PROFILES = (0.0, 0.0, 0.005, 0.04)
+
+__all__ = ["BOUNDS", "FAULTS", "PLANTABLE", "WATCHERS", "WORKLOAD", "new_store", "simulate"]
 
 
-class _VirtualSelector(selectors.BaseSelector):
-    """A selector that never waits: it moves the loop's virtual clock to the next timer instead."""
-
-    def __init__(self, loop: VirtualLoop) -> None:
-        self._loop = loop
-        self._keys: dict[int, selectors.SelectorKey] = {}
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
-        key = selectors.SelectorKey(fileobj, fd, events, data)
-        self._keys[fd] = key
-        return key
-
-    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
-        return self._keys.pop(fd)
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout is None:
-            raise RuntimeError("the simulation is stuck: every task waits and no timer is due")
-        self._loop.advance(timeout)
-        return []
-
-    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
-        return self._keys
-
-    def close(self) -> None:
-        self._keys.clear()
+def new_store(seed: int) -> MemoryStore:
+    """The store of one simulated run: leases on the virtual clock, lease ids from the seed."""
+    return MemoryStore(clock=anyio.current_time, rng=random.Random(seed))
 
 
-class VirtualLoop(asyncio.SelectorEventLoop):
-    """An asyncio loop on virtual time (for code that does no real I/O)."""
+#: Calls whose answer takes a virtual latency to come back too: those where "applied, but the caller not
+#: told yet" matters (a caller that gives up meanwhile leaves a write behind, or a lease revoked).
+ANSWERED_LATE = frozenset({"create", "put", "delete", "revoke"})
 
-    def __init__(self) -> None:
-        self._now = 0.0
-        super().__init__(selector=_VirtualSelector(self))
 
-    def time(self) -> float:
-        return self._now
+class _SimStore(FaultyStore):
+    """An actor's :class:`FaultyStore`, whose writes' answers also take a virtual latency to come back (the
+    call applied, the caller not told yet)."""
 
-    def advance(self, seconds: float) -> None:
-        self._now += max(seconds, 0.0)
+    reply_latency: Callable[[str], float] | None = None
+
+    async def _leave(self, call: str) -> None:
+        await super()._leave(call)
+        if (
+            call in ANSWERED_LATE
+            and self.reply_latency is not None
+            and (delay := self.reply_latency(call)) > 0
+        ):
+            await anyio.sleep(delay)
+
+
+def _latency(seed: int, actor: str) -> Callable[[str], float] | None:
+    """The seeded latency of ``actor``'s store calls: a base per call name from the seed, jittered per call
+    (``None``: no latency, in a seed whose profile has none)."""
+    seeded = random.Random(seed ^ 0x1A7E)
+    ceiling = seeded.choice(LATENCY_PROFILES)
+    if not ceiling:
+        return None
+    base = {call: seeded.uniform(0.0, ceiling) for call in sorted(STORE_CALLS)}
+    jitter = random.Random(seed * 7919 + zlib.crc32(actor.encode()))
+    return lambda call: base[call] * jitter.uniform(0.5, 1.5)
 
 
 class _SimRecorder:
-    def __init__(self, history: History) -> None:
-        self.history = history
+    def __init__(self, simulation: _Simulation) -> None:
+        self.simulation = simulation
+        self.history = simulation.history
 
     def now(self) -> float:
         return round(anyio.current_time(), 6)
@@ -108,35 +125,42 @@ class _SimRecorder:
     def lease(self, runtime: str, instance_id: int | None, state: str) -> None:
         self.history.leases.append(LeaseReport(runtime, self.now(), instance_id, state))
 
+    def renewed(self, runtime: str, lease: int) -> None:
+        self.history.renewed(runtime, lease, self.now())
+
+    async def returned(self, actor: str, action: str, args: dict[str, Any]) -> None:
+        await self.simulation.probe(actor, action, args)
+
 
 class _Simulation:
-    def __init__(self, plan: Plan, planted: frozenset[str]) -> None:
+    def __init__(self, plan: Plan, plants: frozenset[str]) -> None:
         self.plan = plan
-        self.planted = planted
+        self.plants = plants
         self.rng = random.Random(plan.seed ^ 0x5EED)
-        self.memory = MemoryStore(clock=anyio.current_time, rng=random.Random(plan.seed))
-        self.history = History("memory", plan.seed, plan.ttl, plan.duration)
-        self.recorder = _SimRecorder(self.history)
+        self.memory = new_store(plan.seed)
+        self.layout = RAW_LAYOUTS[plan.layout]
+        self.history = History("memory", plan.seed, plan.ttl, plan.duration, layout=plan.layout)
+        self.recorder = _SimRecorder(self)
         self.query = InstanceQuery(NAMESPACE)
         self.stores: dict[str, FaultyStore] = {}
         self.workers: dict[str, Worker] = {}
         self.scopes: dict[str, anyio.CancelScope] = {}
         self.paused: dict[str, anyio.Event] = {}
-        self.watch_hosts: list[RuntimeHost] = []
         self.pauses: dict[str, int] = {}
         #: The partitions of everyone in force (their reasons).
         self.cut_everyone: list[str] = []
 
     def store(self, actor: str) -> FaultyStore:
-        store = self.stores[actor] = FaultyStore(self.memory)
-        store.lose_deletes = "lost-delete" in self.planted and actor.startswith("v")
-        store.lose_writes = "lost-write" in self.planted and actor.startswith("w") and int(actor[1:]) % 2 == 1
+        store = self.stores[actor] = _SimStore(self.memory)
+        store.latency = store.reply_latency = _latency(self.plan.seed, actor)
+        store.lose_deletes = "lost-delete" in self.plants and actor.startswith("v")
+        store.lose_writes = "lost-write" in self.plants and actor.startswith("w") and int(actor[1:]) % 2 == 1
         for reason in self.cut_everyone:  # an actor born during a partition of everyone is cut off too
             store.take_down(reason)
         return store
 
-    def backend(self, actor: str) -> KvDiscovery:
-        return KvDiscovery(self.store(actor), root=ROOT, owns_store=False)
+    def backend(self, actor: str, store: Any = None) -> KvDiscovery:
+        return KvDiscovery(store or self.store(actor), owns_store=False, layout=self.plan.layout)
 
     async def run(self) -> History:
         async with anyio.create_task_group() as tg:
@@ -144,20 +168,39 @@ class _Simulation:
                 await anyio.sleep(max(step.at - anyio.current_time(), 0.0))
                 await self.execute(tg, step)
             await anyio.sleep(max(self.plan.duration - anyio.current_time(), 0.0))
-            settled = quiet_point(self.history) + BOUNDS.converge + 0.5
-            await anyio.sleep(max(settled - anyio.current_time(), 0.0))
+            # Judge once the run is quiet, the convergence bound and a margin after it (a replacement
+            # after a revoke, and what it writes, may move the quiet point on: wait again then), but no
+            # later than a run that never goes quiet should be judged (the checker will say why).
+            latest = self.plan.duration + 3 * max(self.plan.ttls.values(), default=self.plan.ttl) + 5.0
+            while (settled := quiet_point(self.history) + BOUNDS.converge + 0.5) > anyio.current_time():
+                await anyio.sleep(min(settled, latest) - anyio.current_time())
+                if anyio.current_time() >= latest:
+                    break
             await self.read_truth()
             tg.cancel_scope.cancel()
         return self.history
 
+    # -- the truth, raw -------------------------------------------------------------------------------------
+    async def read_raw(self, prefixes: list[str]) -> RawTruth:
+        items: dict[str, bytes] = {}
+        for prefix in prefixes:
+            items.update(await self.memory.get_prefix(prefix))
+        found = parse_items(self.layout, NAMESPACE, items)
+        found.leases = set(self.memory.lease_ids)
+        return found
+
     async def read_truth(self) -> None:
-        reader = KvDiscovery(self.memory, root=ROOT, owns_store=False)
-        self.history.truth_at = self.recorder.now()
-        self.history.truth = sorted(record_of(i) for i in await reader.list(self.query))
-        async with reader.watch(self.query) as events:
-            first = await anext(events)
-        assert isinstance(first, Resync)
-        self.history.late_watch = sorted(record_of(i) for i in first.instances)
+        dyndisc = KvDiscovery(self.memory, owns_store=False, layout=self.plan.layout)
+        at = self.recorder.now()
+        await readings.read_quiet_point(
+            self.history, self.read_raw, self.layout, NAMESPACE, dyndisc, at, BOUNDS.converge
+        )
+
+    async def probe(self, actor: str, action: str, args: dict[str, Any]) -> None:
+        """What the raw store holds of ``actor`` now that its ``action`` returned."""
+        await readings.probe(
+            self.history, self.read_raw, self.layout, NAMESPACE, (actor, action, args), self.recorder.now()
+        )
 
     async def execute(self, tg: Any, step: Step) -> None:
         if step.actor == "nemesis":
@@ -169,11 +212,9 @@ class _Simulation:
 
     # -- workers --------------------------------------------------------------------------------------------
     async def worker(self, tg: Any, step: Step) -> None:
-        name, action = step.actor, step.action
+        name, action, now = step.actor, step.action, self.recorder.now()
         if action == "start":
-            worker = Worker(name, self.backend(name), self.recorder, self.plan.ttl, NAMESPACE)
-            if "never-revokes" in self.planted:
-                worker.backend.revoke_lease = _no_revoke  # type: ignore[method-assign]
+            worker = Worker(name, self.backend(name), self.recorder, self.plan.ttls[name], NAMESPACE)
             self.workers[name] = worker
             scope = anyio.CancelScope()
             self.scopes[name] = scope
@@ -185,10 +226,13 @@ class _Simulation:
         if action == "kill":
             running.kill()
             self.scopes[name].cancel()
+            self.history.faults.append(Fault("kill", name, now, now))
         elif action == "pause":
             running.pause()
+            self.history.faults.append(Fault("pause", name, now))
         elif action == "resume":
             running.resume()
+            self._heal("pause", name, now)
         else:
             running.give(action, step.args)
 
@@ -219,7 +263,6 @@ class _Simulation:
                     await watch_backend(name, backend, self.query, self.recorder, paused)
                     return
                 host = await RuntimeHost.start(DistributedRuntime(backend, lease_ttl=self.plan.ttl))
-                self.watch_hosts.append(host)
                 if kind == "runtime":
                     await watch_runtime(name, host.runtime, self.query, self.recorder, paused)
                 else:
@@ -276,16 +319,20 @@ class _Simulation:
     def _fault(self, kind: str, target: str, step: Step, now: float) -> None:
         if step.action == "fault":
             self.history.faults.append(Fault(kind, target, now))
-            return
+        else:
+            self._heal(kind, target, now)
+
+    def _heal(self, kind: str, target: str, now: float) -> None:
         for fault in reversed(self.history.faults):
             if fault.kind == kind and fault.target == target and fault.end is None:
                 fault.end = now
                 return
 
     async def foreign_write(self, write: str, endpoint: str, now: float) -> None:
-        base = f"{ROOT}/{NAMESPACE}/{endpoint.replace('.', '/')}"
-        live = {k: v for k, v in self.memory._items(base + "/").items()}  # the nemesis reads the raw store
-        key, value = f"{base}/{self.rng.getrandbits(40):x}", b"\xff\x00garbage"
+        """Write into the store as someone else's process would (:meth:`~.target.Target.foreign_write`)."""
+        base = self.layout.endpoint_prefix(f"{NAMESPACE}.{endpoint}")
+        live = await self.memory.get_prefix(base)  # the nemesis reads the raw store
+        key, value, detail = f"{base}{self.rng.getrandbits(40):x}", b"\xff\x00garbage", {"write": write}
         if write == "shape":
             value = json.dumps({"unexpected": [1, 2, 3]}).encode()
         elif write in ("noncanonical", "overwrite") and live:
@@ -298,13 +345,10 @@ class _Simulation:
                     key = f"{head}/0{ident}"
             else:
                 key = victim
-                self.history.damaged.append(f"{NAMESPACE}.{endpoint}/{ident}")
+                detail["damaged"] = f"{NAMESPACE}.{endpoint}/{ident}"
+                self.history.damaged.append(detail["damaged"])
         await self.memory.put(key, value, 0)
-        self.history.faults.append(Fault("foreign_write", key, now, now, {"write": write}))
-
-
-async def _no_revoke(lease: Any) -> None:
-    """A planted bug: a runtime whose clean exit does not revoke its lease."""
+        self.history.faults.append(Fault("foreign_write", key, now, now, detail))
 
 
 def _set_event() -> anyio.Event:
@@ -313,23 +357,16 @@ def _set_event() -> anyio.Event:
     return event
 
 
-def simulate(plan: Plan, planted: frozenset[str] = frozenset()) -> History:
-    """Run ``plan`` on the memory backend on virtual time and return its history.
-
-    ``planted`` plants known bugs, to show the checker catches each: ``lost-delete`` (watchers' stores
-    drop deletes), ``lost-write`` (the store acknowledges odd workers' writes and drops them),
-    ``never-revokes`` (a clean exit leaves the lease), ``dropped-removed`` (a watcher ignores ``Removed``),
-    ``no-resync`` (a watch does not begin with its snapshot).
-    """
-    if unknown := planted - set(PLANTABLE):
+def simulate(plan: Plan, plants: frozenset[str] = frozenset()) -> History:
+    """Run ``plan`` on the memory backend on virtual time and return its history, with the known bugs
+    ``plants`` planted in the code under test (:mod:`~.plants`)."""
+    if unknown := plants - set(PLANTABLE):
         raise ValueError(f"no such planted bug: {', '.join(sorted(unknown))}; known: {', '.join(PLANTABLE)}")
     seed_jitter(plan.seed)
-    simulation = _Simulation(plan, planted)
-    history: History = anyio.run(simulation.run, backend_options={"loop_factory": VirtualLoop})
-    if "dropped-removed" in planted:
-        history.seen = [s for s in history.seen if not (s.kind == "removed" and s.watcher == "v0")]
-    if "no-resync" in planted:
-        first = next((s for s in history.seen if s.watcher == "v0" and s.kind == "resync"), None)
-        history.seen = [s for s in history.seen if s is not first]
-    seed_jitter(None)
+    simulation = _Simulation(plan, plants)
+    try:
+        with planted(plants):
+            history: History = anyio.run(simulation.run, backend_options={"loop_factory": VirtualLoop})
+    finally:
+        seed_jitter(None)
     return history

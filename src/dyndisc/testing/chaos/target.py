@@ -16,6 +16,9 @@ from typing import Any
 from dyndisc.backends.base import DiscoveryBackend
 from dyndisc.backends.kv import KeyValueStore, KvDiscovery
 from dyndisc.testing.chaos.checker import Bounds
+from dyndisc.testing.chaos.plan import Workload
+from dyndisc.testing.chaos.raw import RawLayout, RawTruth, parse_items
+from dyndisc.testing.chaos.raw_readers import RawItems
 from dyndisc.testing.servers import TcpProxy
 
 log = logging.getLogger("dyndisc.chaos")
@@ -34,8 +37,14 @@ class Target:
     #: The backend name agents create (``DYN_DISCOVERY_BACKEND``).
     backend = "?"
     faults: tuple[str, ...] = ()
-    bounds = Bounds(converge=5.0, gone=3.0, expiry=2.0)
+    bounds = Bounds(converge=5.0, gone=3.0, expiry=2.0, renewal_slack=0.5, expiry_needs_cut=False)
     ttl = 2.0
+    #: Lease TTLs a worker may draw (whole seconds: etcd and NATS round a TTL up to one), the first likelier.
+    ttls: tuple[float, ...] = (2.0, 3.0)
+    #: The key layouts the backend holds (a seed draws one).
+    layouts: tuple[str, ...] = ("dyndisc",)
+    #: Endpoints of a bulk registration: fewer than the simulation's (real servers, real time).
+    bulk = (100, 400)
     #: Worker runtimes per agent process (a kill or a SIGSTOP takes all of them).
     per_process = 2
     #: Whether an agent's start waits for the server (a pod to create first): it then runs in the
@@ -43,6 +52,13 @@ class Target:
     start_in_background = False
     #: Whether every worker's agent process is started before the plan's clock (see ``RealRun.prewarm``).
     prewarm = False
+
+    @property
+    def workload(self) -> Workload:
+        """What a seed's plan may draw on this target."""
+        return Workload(
+            faults=self.faults, ttls=self.ttls, layouts=self.layouts, bulk=self.bulk, bulk_chance=0.15
+        )
 
     def __init__(self) -> None:
         self.proxies: dict[str, TcpProxy] = {}
@@ -66,10 +82,22 @@ class Target:
         """A store of its own straight on the server (closed by :meth:`aclose_stores`)."""
         raise NotImplementedError
 
-    def discovery(self, namespace: str) -> DiscoveryBackend:
-        """A backend of its own straight on the server, to read the truth of ``namespace``."""
+    def discovery(self, namespace: str, layout: str = "dyndisc") -> DiscoveryBackend:
+        """A dyndisc backend of its own straight on the server: what dyndisc's ``list()`` and a watch started
+        at the quiet point say (the truth itself is read raw, :meth:`read_truth`)."""
         store = self.direct()
-        return KvDiscovery(store, owns_store=False)
+        return KvDiscovery(store, owns_store=False, layout=layout)
+
+    async def read_raw(self, prefixes: list[str]) -> RawItems:
+        """The live keys under ``prefixes`` and the live leases, read with a raw client of the run's own."""
+        raise NotImplementedError
+
+    async def read_truth(self, namespace: str, layout: RawLayout, prefixes: list[str]) -> RawTruth:
+        """What the server holds under ``prefixes`` of ``namespace``, as records (:mod:`~.raw`)."""
+        items, leases = await self.read_raw(prefixes)
+        found = parse_items(layout, namespace, items)
+        found.leases = leases
+        return found
 
     async def aclose_stores(self) -> None:
         """Close every connection the nemesis and the truth reader opened for a seed."""
@@ -99,6 +127,9 @@ class Target:
     async def agent_killed(self, agent: str, namespace: str) -> None:
         """``agent`` was SIGKILLed."""
 
+    async def agent_exited(self, agent: str, namespace: str) -> None:
+        """Every worker of ``agent`` left its runtime cleanly (a real process would end now)."""
+
     async def agent_paused(self, agent: str, namespace: str, paused: bool) -> None:
         """``agent`` was SIGSTOPped (or SIGCONTed)."""
 
@@ -113,13 +144,13 @@ class Target:
         await self._store().revoke(lease)
 
     async def foreign_write(
-        self, namespace: str, write: str, endpoint: str, rng: random.Random
+        self, namespace: str, write: str, endpoint: str, rng: random.Random, layout: RawLayout
     ) -> tuple[str, str | None]:
         """Write a foreign record as someone else's process would: ``garbage`` (unreadable), ``shape`` (not a
         record), ``noncanonical`` (a live record under a key no runtime uses), ``overwrite`` (garbage over a
         live record). Returns the key written and the instance (``ns.comp.ep/<id>``) it damaged, if any."""
         store = self._store()
-        prefix = f"/services/{namespace}/{endpoint.replace('.', '/')}/"
+        prefix = layout.endpoint_prefix(f"{namespace}.{endpoint}")
         live = await store.get_prefix(prefix)
         key, value, damaged = f"{prefix}{rng.getrandbits(40):x}", _GARBAGE, None
         if write == "shape":

@@ -12,10 +12,13 @@ from typing import Any
 import anyio
 
 from dyndisc.backends.etcd import EtcdSettings, EtcdStore
+from dyndisc.backends.etcd.access import EtcdAccess
 from dyndisc.backends.file import FileStore
 from dyndisc.backends.kv import KeyValueStore
+from dyndisc.backends.kv.scopes import Role, Scope
 from dyndisc.backends.nats import NatsSettings, NatsStore
 from dyndisc.testing.chaos.kube_target import KubernetesTarget
+from dyndisc.testing.chaos.raw_readers import RawItems, read_etcd, read_files, read_nats
 from dyndisc.testing.chaos.target import SERVER_FAULTS, Target
 from dyndisc.testing.servers import EtcdCluster, EtcdServer, NatsServer
 
@@ -24,6 +27,7 @@ class _Etcd(Target):
     """What the etcd targets share: how agents and the nemesis reach the server(s)."""
 
     backend = "etcd"
+    layouts = ("dyndisc", "dynamo-v1")
 
     def endpoints(self, agent: str | None) -> str:
         """``ETCD_ENDPOINTS`` for ``agent`` (``None``: the nemesis, straight to the server)."""
@@ -42,6 +46,9 @@ class _Etcd(Target):
         store = EtcdStore(settings)
         self.stores.append(store)
         return store
+
+    async def read_raw(self, prefixes: list[str]) -> RawItems:
+        return await read_etcd(self.endpoints(None), prefixes)
 
 
 class EtcdTarget(_Etcd):
@@ -68,6 +75,42 @@ class EtcdTarget(_Etcd):
             revision = await anyio.to_thread.run_sync(self.server.compact)
             return {"revision": revision}
         return await super().fault(kind, args, heal)
+
+
+class EtcdScopedTarget(EtcdTarget):
+    """etcd with auth on and every agent on least-privilege credentials (``dyndisc access etcd``): a seed's
+    workers as workers of its namespace, its watchers (runtimes, clients, the CLI's watch) as a frontend.
+    The nemesis and the truth reader are root."""
+
+    name = "etcd-scoped"
+    password = "chaos-agent-pw"
+
+    def start(self) -> None:
+        self.server = EtcdServer(auth=True, election_ms=(100, 1000)).start()
+
+    def direct(self) -> KeyValueStore:
+        settings = EtcdSettings.load(
+            endpoints=self.endpoints(None),
+            startup_connect_timeout_seconds=60,
+            auth_username=self.server.username,
+            auth_password=self.server.password,
+        )
+        store = EtcdStore(settings)
+        self.stores.append(store)
+        return store
+
+    async def prepare(self, namespace: str) -> None:
+        store = self.direct()
+        assert isinstance(store, EtcdStore)
+        access = EtcdAccess(store.connection)
+        await access.apply(Scope(Role.WORKER, namespace), f"worker-{namespace}", password=self.password)
+        await access.apply(Scope(Role.FRONTEND), "frontend", password=self.password)
+
+    async def environment(self, agent: str, namespace: str) -> dict[str, str]:
+        env = await super().environment(agent, namespace)
+        # Watchers' agents are named v<n>, the workers' processes p<n>.
+        user = "frontend" if agent.startswith("v") else f"worker-{namespace}"
+        return {**env, "ETCD_AUTH_USERNAME": user, "ETCD_AUTH_PASSWORD": self.password}
 
 
 class EtcdClusterTarget(_Etcd):
@@ -136,6 +179,9 @@ class NatsTarget(Target):
         self.stores.append(store)
         return store
 
+    async def read_raw(self, prefixes: list[str]) -> RawItems:
+        return await read_nats(self.server.url, self.bucket, prefixes)
+
     async def fault(self, kind: str, args: dict[str, Any], heal: bool) -> dict[str, Any]:
         if kind == "server_kill":
             await anyio.to_thread.run_sync(self.server.start if heal else self.server.kill)
@@ -162,7 +208,11 @@ class FileTarget(Target):
         self.stores.append(store)
         return store
 
+    async def read_raw(self, prefixes: list[str]) -> RawItems:
+        return await read_files(self.root, prefixes)
+
 
 TARGETS: dict[str, type[Target]] = {
-    t.name: t for t in (EtcdTarget, EtcdClusterTarget, NatsTarget, FileTarget, KubernetesTarget)
+    t.name: t
+    for t in (EtcdTarget, EtcdScopedTarget, EtcdClusterTarget, NatsTarget, FileTarget, KubernetesTarget)
 }

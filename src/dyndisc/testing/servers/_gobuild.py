@@ -32,15 +32,18 @@ def cached_binary_path(name: str, version: str) -> Path:
 
 
 def find_tool_source(directory: str, env_var: str | None = None) -> Path | None:
-    """A wrapper module: ``$env_var`` when set, else ``tools/<directory>`` of the checkout this file is in."""
+    """A wrapper module: ``$env_var`` when set, else ``tools/<directory>`` of the checkout this file is in,
+    else the copy an installed wheel carries (``go/<directory>`` beside this file; etcd's only)."""
     override = os.environ.get(env_var) if env_var else None
     if override:
         return Path(override)
-    for parent in Path(__file__).resolve().parents:
+    here = Path(__file__).resolve()
+    for parent in here.parents:
         candidate = parent / "tools" / directory
         if (candidate / "go.mod").is_file():
             return candidate
-    return None
+    packaged = here.parent / "go" / directory
+    return packaged if (packaged / "go.mod").is_file() else None
 
 
 def executable(env_var: str) -> Path | None:

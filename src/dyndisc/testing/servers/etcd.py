@@ -30,9 +30,10 @@ from dyndisc.testing.servers._process import (
 )
 from dyndisc.testing.servers._tls import TLSFiles, generate_tls
 
-__all__ = ["ETCD_VERSION", "EtcdServer", "build_etcd", "find_etcd_binary"]
+__all__ = ["ETCD_VERSION", "EtcdServer", "build_etcd", "build_etcdctl", "find_etcd_binary"]
 
 ETCD_BIN_ENV = "DYNDISC_ETCD_BIN"
+ETCDCTL_BIN_ENV = "DYNDISC_ETCDCTL_BIN"
 #: The etcd release the tests run (``tools/etcd/go.mod`` requires it; a test keeps the two in step).
 ETCD_VERSION = "v3.6.16"
 
@@ -68,6 +69,32 @@ def build_etcd(*, force: bool = False, verbose: bool = False) -> Path:
     ldflags = f"-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA={ETCD_VERSION}"
     return go_build(
         "etcd", ETCD_VERSION, source, ldflags=ldflags, bin_env=ETCD_BIN_ENV, force=force, verbose=verbose
+    )
+
+
+def build_etcdctl(*, force: bool = False, verbose: bool = False) -> Path:
+    """etcdctl of :data:`ETCD_VERSION`, built from ``tools/etcd`` and cached (``$DYNDISC_ETCDCTL_BIN`` wins),
+    for the tests that run the etcdctl commands dyndisc prints. Raises :class:`ServerUnavailable` saying why
+    it cannot."""
+    override = executable(ETCDCTL_BIN_ENV)
+    if override is not None:
+        return override
+    target = cached_binary_path("etcdctl", ETCD_VERSION)
+    if target.is_file() and not force:
+        return target
+    source = find_etcd_source()
+    if source is None:
+        raise ServerUnavailable(
+            f"no cached etcdctl at {target} and no tools/etcd module to build it: set {ETCDCTL_BIN_ENV}"
+        )
+    return go_build(
+        "etcdctl",
+        ETCD_VERSION,
+        source,
+        ldflags="-s -w",
+        bin_env=ETCDCTL_BIN_ENV,
+        force=force,
+        verbose=verbose,
     )
 
 

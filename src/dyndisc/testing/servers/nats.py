@@ -7,7 +7,9 @@ Binary lookup order: ``$DYNDISC_NATS_SERVER_BIN``, ``nats-server`` on PATH, then
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -69,7 +71,9 @@ class NatsServer(ServerBase):
     """A nats-server with JetStream (``-js``) on 127.0.0.1 with a temp store dir and free ports.
 
     Use as ``with NatsServer() as nats: ...``. :meth:`stop`/:meth:`restart` keep the store dir and port,
-    so JetStream streams and KV buckets survive a restart. ``user``/``password`` require credentials.
+    so JetStream streams and KV buckets survive a restart. ``user``/``password`` require credentials;
+    ``config`` is more of nats-server's configuration (an ``authorization { users = [...] }`` block with
+    permissions, say), written to a file the server reads with ``-c`` (:meth:`reconfigure` changes it).
     """
 
     kind = "nats-server"
@@ -82,9 +86,14 @@ class NatsServer(ServerBase):
         binary: Path | str | None = None,
         ready_timeout: float = 30.0,
         base_dir: Path | None = None,
+        ports: tuple[int, int] | None = None,
+        config: str | None = None,
     ) -> None:
+        """``ports`` are the client and monitoring ports (default: two free ones)."""
         if (user is None) != (password is None):
             raise ValueError("give both user and password, or neither")
+        if config is not None and user is not None:
+            raise ValueError("give user/password or a config (with an authorization block), not both")
         self.binary = Path(binary) if binary is not None else find_nats_server_binary()
         version = nats_server_version(self.binary)
         if version < MIN_NATS_VERSION:
@@ -97,10 +106,14 @@ class NatsServer(ServerBase):
         # Only now make the temp dir, so a refused binary leaves nothing behind.
         super().__init__(ready_timeout=ready_timeout, base_dir=base_dir)
         self.host = LOOPBACK
-        self.port, self.monitor_port = free_ports(2)
+        self.port, self.monitor_port = ports if ports is not None else free_ports(2)
         self.store_dir = self.base_dir / "store"
         self.user = user
         self.password = password
+        self.config_path = self.base_dir / "server.conf"
+        self.config = config
+        if config is not None:
+            self.config_path.write_text(config)
 
     @property
     def url(self) -> str:
@@ -136,7 +149,20 @@ class NatsServer(ServerBase):
         ]
         if self.user is not None and self.password is not None:
             argv += ["--user", self.user, "--pass", self.password]
+        if self.config is not None:
+            argv += ["-c", str(self.config_path)]
         return argv
+
+    def reconfigure(self, config: str) -> None:
+        """Replace the configuration file and have the running server reload it (``SIGHUP``): new users and
+        permissions apply to new connections at once."""
+        if self.config is None:
+            raise ValueError("this nats-server was started without a configuration file (config=...)")
+        self.config = config
+        self.config_path.write_text(config)
+        pid = self.pid
+        if pid is not None:
+            os.kill(pid, signal.SIGHUP)
 
     def _ready(self) -> bool:
         # Plain /healthz also waits for JetStream to recover its streams, so KV buckets are usable after

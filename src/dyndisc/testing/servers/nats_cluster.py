@@ -48,18 +48,19 @@ class NatsClusterServer(NatsServer):
     ) -> None:
         """``ports``: client, monitoring and cluster ports (the cluster picks them all at once, so that no
         two of its servers and proxies are given the same one)."""
-        super().__init__(binary=binary, ready_timeout=ready_timeout, base_dir=base_dir)
+        super().__init__(binary=binary, ready_timeout=ready_timeout, base_dir=base_dir, ports=ports[:2])
         self.name = name
         self.cluster_name = cluster_name
-        self.port, self.monitor_port, self.cluster_port = ports
+        self.cluster_port = ports[2]
         #: ``host:port`` of each route this server dials (set by the cluster before it starts).
         self.routes: list[str] = []
 
     def __repr__(self) -> str:
         return f"NatsClusterServer({self.name}, {self.url}, {'running' if self.running else 'down'})"
 
-    def config(self) -> str:
-        """The server's configuration file (nats-server's format; JSON strings are valid in it)."""
+    def cluster_config(self) -> str:
+        """The server's whole configuration file (nats-server's format; JSON strings are valid in it): its
+        name and ports are in it too, as command-line flags would override the file's."""
         routes = ", ".join(json.dumps(f"nats-route://{route}") for route in self.routes)
         return "\n".join(
             [
@@ -82,9 +83,8 @@ class NatsClusterServer(NatsServer):
         )
 
     def _argv(self) -> list[str]:
-        path = self.base_dir / "server.conf"
-        path.write_text(self.config())
-        return [str(self.binary), "-c", str(path)]
+        self.config_path.write_text(self.cluster_config())
+        return [str(self.binary), "-c", str(self.config_path)]
 
     def varz(self) -> dict[str, Any]:
         """The server's ``/varz`` (raises :class:`OSError` if it does not answer)."""

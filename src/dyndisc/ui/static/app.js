@@ -1,6 +1,7 @@
-// The page of `dyndisc ui`: a live tree of namespaces, components, endpoints and their instances, fed by
-// the server's event stream (/events). No framework and no build step: the DOM is redrawn from the state
-// on every change, which is cheap at the sizes a person reads.
+// The page of `dyndisc ui`: the state the server's event stream (/events) keeps current, and the views
+// drawn from it (fleet.js: the tree of instances; timeline.js: what happened; detail.js: one instance;
+// views.js: model cards, event channels, entries). No framework and no build step: each view is redrawn
+// from the state on every change, which is cheap at the sizes a person reads.
 "use strict";
 
 const LINGER_MS = 1000; // a removed instance stays this long, flashing, before it goes
@@ -8,14 +9,21 @@ const LINGER_MS = 1000; // a removed instance stays this long, flashing, before 
 const state = {
   instances: new Map(), // key "ns.comp.ep/<id>" -> instance JSON
   leaving: new Map(), // key -> instance JSON, while it flashes
-  leases: {}, // id hex -> seconds left (null: unknown)
-  models: {}, // endpoint -> [{name, lora, instances}] (null: the backend keeps no model cards)
+  leases: {}, // id hex -> seconds left, "gone" (the server no longer knows it), or null (no answer)
+  leasesAt: 0, // when the leases were received (ms), for the countdown between updates
+  leaseTimes: true, // whether the backend can tell a lease's time left at all
+  models: [], // model cards [{endpoint, instance_id, model, lora, ...}] (null: the backend keeps none)
+  channels: [], // event channels (null: the backend keeps none)
+  history: [], // timeline records, oldest first
   fresh: new Set(), // keys that just arrived (highlighted once)
   status: { stale_for: null, live: 0 },
   backend: "",
   query: "",
+  view: "fleet",
+  detail: null, // the key of the instance whose details are open
   closed: new Set(), // the tree nodes the user closed (everything starts open)
 };
+const HISTORY_KEPT = 5000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -38,116 +46,33 @@ function age(registeredAt) {
   return `${Math.floor(h / 24)}d${h % 24 ? `${h % 24}h` : ""}`;
 }
 
-function matches(instance, needle) {
-  if (!needle) return true;
-  const served = ((state.models || {})[instance.endpoint] || [])
-    .filter((m) => m.instances.includes(instance.instance_id)).map((m) => m.name);
-  const hay = [instance.endpoint, instance.instance_id, instance.transport || "", instance.readiness,
-    JSON.stringify(instance.metadata), ...served].join(" ").toLowerCase();
-  return hay.includes(needle);
+function clock(iso) {
+  // Local time of day, to the second: the timeline's stamps (the full time is in the title).
+  return new Date(iso).toLocaleTimeString([], { hour12: false });
 }
 
-function tree(instances) {
-  // namespace -> component -> endpoint -> [instances]
-  const root = new Map();
-  for (const [key, instance] of instances) {
-    const [ns, comp, ep] = instance.endpoint.split(".");
-    if (!root.has(ns)) root.set(ns, new Map());
-    const comps = root.get(ns);
-    if (!comps.has(comp)) comps.set(comp, new Map());
-    const eps = comps.get(comp);
-    if (!eps.has(ep)) eps.set(ep, []);
-    eps.get(ep).push([key, instance]);
+// What the lease column and the detail panel say: seconds left now (counting down between the server's
+// answers), "expired" for a lease the server no longer knows, "n/a" where the backend has no lease TTL.
+function leaseLeft(id) {
+  if (!state.leaseTimes) return { text: "n/a", title: `the ${state.backend} backend has no lease TTL` };
+  const left = state.leases[id];
+  if (left === "gone") {
+    return { text: "expired", className: "lease-gone", title: "the server no longer knows this lease; its record is not deleted yet" };
   }
-  return root;
+  if (typeof left !== "number") return { text: "?", title: "the server did not say (yet)" };
+  const now = Math.max(0, left - (Date.now() - state.leasesAt) / 1000);
+  return { text: `${now.toFixed(1)}s`, className: now < 2 ? "lease-low" : "", seconds: now };
 }
 
-function node(className, key, title, count) {
-  const details = document.createElement("details");
-  details.className = className;
-  details.open = !state.closed.has(key);
-  details.dataset.key = key;
-  details.addEventListener("toggle", () => {
-    if (details.open) state.closed.delete(key); else state.closed.add(key);
-  });
-  const summary = text("summary", title);
-  summary.appendChild(text("span", `${count} instance${count === 1 ? "" : "s"}`, "count"));
-  details.appendChild(summary);
-  return details;
-}
-
-function row(key, instance) {
-  const tr = document.createElement("tr");
-  tr.dataset.key = key;
-  tr.dataset.id = instance.instance_id;
-  if (state.leaving.has(key)) tr.className = "leaving";
-  else if (state.fresh.has(key)) tr.className = "new";
-  tr.appendChild(text("td", instance.instance_id, "id"));
-  tr.appendChild(text("td", instance.transport || "-"));
-  const badge = text("span", instance.readiness, `badge ${instance.readiness}`);
-  const readiness = document.createElement("td");
-  readiness.className = "readiness";
-  readiness.appendChild(badge);
-  tr.appendChild(readiness);
-  const left = state.leases[instance.instance_id];
-  const lease = text("td", left === undefined || left === null ? "-" : `${left.toFixed(1)}s`, "lease");
-  if (typeof left === "number" && left < 2) lease.classList.add("lease-low");
-  tr.appendChild(lease);
-  tr.appendChild(text("td", age(instance.registered_at)));
-  const meta = Object.keys(instance.metadata || {}).length ? JSON.stringify(instance.metadata) : "";
-  tr.appendChild(text("td", meta, "meta"));
-  return tr;
+function servedBy(instance) {
+  return (state.models || []).filter((m) => m.endpoint === instance.endpoint && m.instance_id === instance.instance_id);
 }
 
 function render() {
-  const needle = $("filter").value.trim().toLowerCase();
-  const shown = new Map();
-  for (const [key, instance] of state.instances) if (matches(instance, needle)) shown.set(key, instance);
-  for (const [key, instance] of state.leaving) if (matches(instance, needle)) shown.set(key, instance);
-  const main = $("fleet");
-  main.replaceChildren();
-  if (shown.size === 0) {
-    main.appendChild(text("p", needle ? "nothing matches the filter" : "no live instance", "muted"));
-  }
-  const sortedKeys = (m) => [...m.keys()].sort();
-  const root = tree(shown);
-  for (const ns of sortedKeys(root)) {
-    const comps = root.get(ns);
-    const nsCount = [...comps.values()].reduce((n, eps) => n + [...eps.values()].reduce((k, l) => k + l.length, 0), 0);
-    const nsNode = node("ns", ns, ns, nsCount);
-    for (const comp of sortedKeys(comps)) {
-      const eps = comps.get(comp);
-      const compCount = [...eps.values()].reduce((k, l) => k + l.length, 0);
-      const compNode = node("comp", `${ns}.${comp}`, comp, compCount);
-      for (const ep of sortedKeys(eps)) {
-        const list = eps.get(ep).sort((a, b) => a[1].instance_id.localeCompare(b[1].instance_id));
-        const endpoint = `${ns}.${comp}.${ep}`;
-        const epNode = node("ep", endpoint, ep, list.length);
-        epNode.dataset.endpoint = endpoint;
-        const served = (state.models || {})[endpoint] || [];
-        if (served.length) {
-          const models = document.createElement("p");
-          models.className = "models";
-          models.appendChild(text("span", "models: ", "muted"));
-          for (const model of served) {
-            const label = model.lora ? `${model.name} + ${model.lora}` : model.name;
-            const count = model.instances.length;
-            models.appendChild(text("span", `${label} (${count})`, "model"));
-          }
-          epNode.appendChild(models);
-        }
-        const table = document.createElement("table");
-        const head = document.createElement("tr");
-        for (const h of ["ID", "TRANSPORT", "STATE", "LEASE LEFT", "AGE", "METADATA"]) head.appendChild(text("th", h));
-        table.appendChild(head);
-        for (const [key, instance] of list) table.appendChild(row(key, instance));
-        epNode.appendChild(table);
-        compNode.appendChild(epNode);
-      }
-      nsNode.appendChild(compNode);
-    }
-    main.appendChild(nsNode);
-  }
+  renderFleet();
+  renderTimeline();
+  renderDetail();
+  renderViews();
   $("where").textContent = `${state.backend} · ${state.query}`;
   $("counts").textContent = `${state.instances.size} live`;
   const stale = $("stale");
@@ -169,12 +94,19 @@ function apply(event) {
       for (const key of next.keys()) if (!state.instances.has(key)) state.fresh.add(key);
       state.instances = next;
       state.leases = event.leases || {};
+      state.leasesAt = Date.now();
+      state.leaseTimes = event.lease_times;
       state.models = event.models;
+      state.channels = event.channels;
       state.status = event.status;
       state.backend = event.backend;
       state.query = event.query;
       break;
     }
+    case "history":
+      state.history = event.reset ? event.records : state.history.concat(event.records);
+      if (state.history.length > HISTORY_KEPT) state.history = state.history.slice(-HISTORY_KEPT);
+      break;
     case "added":
       if (!state.instances.has(event.instance.key)) state.fresh.add(event.instance.key);
       state.instances.set(event.instance.key, event.instance);
@@ -190,9 +122,13 @@ function apply(event) {
     }
     case "leases":
       state.leases = event.leases;
+      state.leasesAt = Date.now();
       break;
     case "models":
       state.models = event.models;
+      break;
+    case "channels":
+      state.channels = event.channels;
       break;
     case "status":
       state.status = event;
@@ -209,6 +145,17 @@ function leave(key, instance) {
   }, LINGER_MS);
 }
 
+function show(view) {
+  state.view = view;
+  for (const button of document.querySelectorAll("#tabs button")) {
+    if (button.dataset.view === view) button.setAttribute("aria-current", "page");
+    else button.removeAttribute("aria-current");
+  }
+  for (const name of ["fleet", "models", "channels", "entries"]) $(`view-${name}`).hidden = name !== view;
+  if (location.hash !== `#${view}`) history.replaceState(null, "", view === "fleet" ? location.pathname : `#${view}`);
+  render();
+}
+
 function connect() {
   const source = new EventSource("/events");
   source.onmessage = (message) => {
@@ -222,5 +169,17 @@ function connect() {
   };
 }
 
-$("filter").addEventListener("input", render);
-connect();
+document.addEventListener("DOMContentLoaded", () => {
+  $("filter").addEventListener("input", render);
+  for (const button of document.querySelectorAll("#tabs button")) {
+    button.addEventListener("click", () => show(button.dataset.view));
+  }
+  setupTimeline();
+  setupDetail();
+  setupViews();
+  const wanted = location.hash.slice(1);
+  if (["models", "channels", "entries"].includes(wanted)) show(wanted);
+  // The lease countdown and the ages move between the server's updates.
+  setInterval(() => { renderLeases(); renderDetailLease(); }, 200);
+  connect();
+});
