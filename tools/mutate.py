@@ -54,6 +54,7 @@ CORE_UNIT = [
         for name in (
             "test_runtime_parts",
             "test_lease_timing",
+            "test_runtime_edges",
             "test_runtime",
             "test_lease_semantics",
             "test_cards_and_entries",

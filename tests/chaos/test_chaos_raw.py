@@ -4,6 +4,8 @@ the contract refuses as unreadable, without dyndisc's decoder."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -135,7 +137,9 @@ def test_spellings_no_encoder_makes_do_not_decode() -> None:
 async def test_the_file_reader_joins_records_to_live_leases(tmp_path: Path) -> None:
     (tmp_path / "leases").mkdir()
     (tmp_path / "leases" / f"{0x1F:016x}.lease").write_text('{"ttl": 3600}')
-    (tmp_path / "leases" / f"{0x2A:016x}.lease").write_text('{"ttl": 0.001}')  # expired already
+    expired = tmp_path / "leases" / f"{0x2A:016x}.lease"
+    expired.write_text('{"ttl": 60}')
+    os.utime(expired, (time.time() - 3600, time.time() - 3600))  # renewed an hour ago: expired
     records = tmp_path / "kv" / "services" / "ns" / "c" / "e"
     records.mkdir(parents=True)
     (records / "1f.rec").write_bytes(b"dyndisc-record/1 lease=1f\n{}")

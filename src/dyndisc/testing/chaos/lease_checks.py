@@ -1,16 +1,18 @@
-"""Leases, judged from what was observed: when each lease was certainly gone on the server (what the
-watchers' invariants hold them to), and that every lease replaced had a cause of its own.
+"""Leases, judged from what was observed: when each lease was certainly gone on the server (what the watchers'
+invariants hold them to), and that every lease replaced had a cause of its own.
 
 A lease is certainly gone from the first of: a revoke by another client; the grant that replaced it (its
 runtime was told it was gone); a clean exit that left nothing of it in the store (read raw when the exit
 returned); or its TTL (plus the server's expiry slack) after a kill, a failure, or an exit that left its
-records behind. On Kubernetes a replacement lease keeps its id (the hash of the pod's name): an id is gone
-only until it is granted again.
+records behind, counted again from the server's return when the server went down (or lost its leader) before
+that: etcd's new leader gives every lease its whole TTL again (plus an election timeout). On Kubernetes a
+replacement lease keeps its id (the hash of the pod's name): an id is gone only until it is granted again.
 """
 
 from __future__ import annotations
 
 from itertools import pairwise
+from math import inf
 
 from dyndisc.testing.chaos.history import History, Probe
 from dyndisc.testing.chaos.runtimes import (
@@ -26,6 +28,9 @@ from dyndisc.testing.chaos.verdict import Bounds, Violation
 
 #: When a lease was certainly gone on the server, and until when (``None``: for good).
 Gone = list[tuple[float, float | None]]
+
+#: Faults after which the server counts every lease's TTL from the start again (etcd's ``Promote``).
+SERVER_RESTARTS = ("server_kill", "quorum_loss", "leader_kill")
 
 
 def exit_probe(history: History, life: Life) -> Probe | None:
@@ -53,11 +58,11 @@ def gone_times(history: History, lives: dict[str, Life], bounds: Bounds) -> dict
             if probe is not None and not probe.instances:
                 signs.append((probe.at, lease))
             else:  # its records stayed: they go with the lease's TTL
-                signs.append((life.exit.start + ttl + bounds.expiry, lease))
+                signs.append((expired(history, life.exit.start, ttl, bounds), lease))
         for ended in (life.killed, life.failed):
             if ended is not None and life.grants:
                 lease = life.lease_at(ended) or life.grants[-1].lease
-                signs.append((ended + ttl + bounds.expiry, lease))
+                signs.append((expired(history, ended, ttl, bounds), lease))
     found: dict[int, Gone] = {}
     for at, lease in sorted(signs):
         intervals = found.setdefault(lease, [])
@@ -66,6 +71,19 @@ def gone_times(history: History, lives: dict[str, Life], bounds: Bounds) -> dict
         again = min((h for h in holds.get(lease, ()) if h > at), default=None)
         intervals.append((at, again))
     return found
+
+
+def expired(history: History, last: float, ttl: float, bounds: Bounds) -> float:
+    """When a lease last renewed at ``last`` had certainly expired: its TTL and the server's slack later, or
+    as long after the server came back if it went down (or lost its leader) before the lease expired."""
+    at = last + ttl + bounds.expiry
+    for fault in sorted(history.faults, key=lambda f: f.start):
+        if fault.kind not in SERVER_RESTARTS or fault.start >= at:
+            continue
+        back = fault.end if fault.end is not None else inf  # never back: never expired
+        if back > last:
+            at = max(at, back + ttl + bounds.expiry)
+    return at
 
 
 def gone_at(intervals: Gone | None, at: float) -> float | None:

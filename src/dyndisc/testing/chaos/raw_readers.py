@@ -31,9 +31,11 @@ RawItems = tuple[dict[str, bytes], set[int]]
 # -- etcd ---------------------------------------------------------------------------------------------------
 
 
-async def read_etcd(endpoints: str, prefixes: list[str]) -> RawItems:
+async def read_etcd(
+    endpoints: str, prefixes: list[str], credentials: tuple[str, str] | None = None
+) -> RawItems:
     """The keys under ``prefixes`` and the leases of the first etcd member of ``endpoints`` (comma-separated
-    URLs) that answers."""
+    URLs) that answers; with ``credentials`` (user, password) on a server with auth on."""
     import grpc
     from aetcd import rpc
 
@@ -45,11 +47,19 @@ async def read_etcd(endpoints: str, prefixes: list[str]) -> RawItems:
             kv, lease = rpc.KVStub(channel), rpc.LeaseStub(channel)
             items: dict[str, bytes] = {}
             with anyio.fail_after(10):
+                token: tuple[tuple[str, str], ...] = ()
+                if credentials is not None:
+                    name, password = credentials
+                    auth = await rpc.AuthStub(channel).Authenticate(
+                        rpc.AuthenticateRequest(name=name, password=password), timeout=5
+                    )
+                    token = (("token", auth.token),)
                 for prefix in prefixes:
                     raw = prefix.encode()
-                    reply = await kv.Range(rpc.RangeRequest(key=raw, range_end=_range_end(raw)), timeout=5)
+                    request = rpc.RangeRequest(key=raw, range_end=_range_end(raw))
+                    reply = await kv.Range(request, timeout=5, metadata=token)
                     items.update({bytes(k.key).decode(errors="replace"): bytes(k.value) for k in reply.kvs})
-                leases = await lease.LeaseLeases(rpc.LeaseLeasesRequest(), timeout=5)
+                leases = await lease.LeaseLeases(rpc.LeaseLeasesRequest(), timeout=5, metadata=token)
             return items, {int(found.ID) for found in leases.leases}
         except Exception as exc:  # the next member may answer
             last = exc
@@ -94,10 +104,9 @@ async def read_nats(server: str, bucket: str, prefixes: list[str]) -> RawItems:
             wanted = key is not None and any(key.startswith(p) for p in prefixes)
             if not (wanted or name.startswith(_LEASE_TOKEN + ".")):
                 continue
-            try:
-                last[name] = await js.get_last_msg(stream, subjects + name)
-            except Exception:  # removed since it was listed
-                continue
+            found = await _last_message(js, stream, subjects + name)
+            if found is not None:
+                last[name] = found
     finally:
         await nc.close()
     live = {msg: found for msg, found in last.items() if not _nats_removal(found.headers)}
@@ -111,6 +120,23 @@ async def read_nats(server: str, bucket: str, prefixes: list[str]) -> RawItems:
         if not owner or owner in leases:  # a key lives while its lease key does
             items[key] = bytes(found.data or b"")
     return items, leases
+
+
+async def _last_message(js: Any, stream: str, subject: str) -> Any:
+    """The last message on ``subject`` (``None``: removed since it was listed). A request that times out is
+    asked again: reading a key as absent because the server was slow to answer once would make the truth
+    wrong (on a loaded machine a lease key read so dropped every key of its lease from it)."""
+    from nats.js.errors import NotFoundError
+
+    for attempt in range(5):
+        try:
+            return await js.get_last_msg(stream, subject)
+        except NotFoundError:
+            return None
+        except TimeoutError:  # nats-py's is one
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _nats_removal(headers: dict[str, str] | None) -> bool:

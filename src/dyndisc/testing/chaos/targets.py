@@ -99,6 +99,12 @@ class EtcdScopedTarget(EtcdTarget):
         self.stores.append(store)
         return store
 
+    async def read_raw(self, prefixes: list[str]) -> RawItems:
+        assert self.server.username is not None
+        assert self.server.password is not None
+        credentials = (self.server.username, self.server.password)
+        return await read_etcd(self.endpoints(None), prefixes, credentials)
+
     async def prepare(self, namespace: str) -> None:
         store = self.direct()
         assert isinstance(store, EtcdStore)
