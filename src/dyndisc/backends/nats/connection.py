@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -26,7 +26,14 @@ from dyndisc._retry import Backoff
 from dyndisc.backends.nats.bucket import check_server_version, ensure_bucket
 from dyndisc.backends.nats.denials import Denials, Violation
 from dyndisc.backends.nats.failover import ServerProbe
-from dyndisc.backends.nats.feed import KV_OPERATION, LEASE_HEADER, LEASE_SCOPE_HEADER, KvChange, KvFeed
+from dyndisc.backends.nats.feed import (
+    KV_OPERATION,
+    LEASE_HEADER,
+    LEASE_SCOPE_HEADER,
+    PURGE_REASON,
+    KvChange,
+    KvFeed,
+)
 from dyndisc.backends.nats.keys import scope_token
 from dyndisc.backends.nats.refusals import refusal
 from dyndisc.backends.nats.settings import NatsSettings, connect_failure_message
@@ -268,8 +275,9 @@ class NatsBucket:
         scope: str | None = None,
         expected: int | None = None,
         operation: str | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> int:
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = dict(extra or {})
         if ttl is not None:
             headers[api.Header.MSG_TTL] = str(ttl)
         if lease_id:
@@ -375,11 +383,17 @@ class NatsBucket:
                 return None
             raise
 
-    async def remove(self, nats_key: str, expected: int | None) -> bool:
-        """Write a deletion marker (itself expiring, so deleted keys leave nothing behind for long)."""
+    async def remove(self, nats_key: str, expected: int | None, *, expired: bool = False) -> bool:
+        """Write a deletion marker (itself expiring, so deleted keys leave nothing behind for long);
+        ``expired``: of a key whose lease the server ended (see :data:`~.feed.PURGE_REASON`)."""
         try:
             await self.publish(
-                nats_key, b"", ttl=self.settings.kv_marker_ttl, expected=expected, operation="DEL"
+                nats_key,
+                b"",
+                ttl=self.settings.kv_marker_ttl,
+                expected=expected,
+                operation="DEL",
+                extra={PURGE_REASON: "expired"} if expired else None,
             )
         except WrongRevision:
             return False
