@@ -1,7 +1,7 @@
 """The ``nats-cluster`` chaos target: the NATS backend on three nats-servers, its bucket on all three.
 
-Not registered in :data:`~dyndisc.testing.chaos.targets.TARGETS` yet: adding ``NatsClusterTarget`` there (and
-so to the runner's backends) makes ``python -m dyndisc.testing.chaos --backend nats-cluster`` run it.
+Registered in :data:`~dyndisc.testing.chaos.targets.TARGETS`: ``python -m dyndisc.testing.chaos --backend
+nats-cluster`` runs it.
 
 Agents are given the three servers (``NATS_SERVER``) and a bucket with a copy on each
 (``NATS_KV_REPLICAS=3``); they reach the servers directly, so the faults are the servers' own, made by the
@@ -13,15 +13,18 @@ always stands:
 * ``member_partition``: cut a server's routes to the others (its clients keep their connections and must
   leave it on their own), healed.
 
+Every seed draws one of these three (its first fault), so that every seed has a server killed or cut off.
 Every fault targets ``server``, which the checker reads as "clients may be cut off meanwhile". The bounds
 allow a leader's election (4-9 s) and a client leaving a cut-off server (up to 20 s when it is the old meta
-leader) on top of the single server's.
+leader) on top of the single server's. The truth is read raw by a client of the run's own given the three
+servers (at the quiet point every server is back).
 """
 
 from __future__ import annotations
 
 import uuid
 from contextlib import suppress
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -29,10 +32,15 @@ import anyio
 from dyndisc.backends.kv import KeyValueStore
 from dyndisc.backends.nats import NatsSettings, NatsStore
 from dyndisc.testing.chaos.checker import Bounds
+from dyndisc.testing.chaos.plan import Workload
+from dyndisc.testing.chaos.raw_readers import RawItems, read_nats
 from dyndisc.testing.chaos.target import Target
 from dyndisc.testing.servers import NatsCluster, NatsClusterServer, ServerUnavailable
 
-__all__ = ["NatsClusterTarget"]
+__all__ = ["MEMBER_FAULTS", "NatsClusterTarget"]
+
+#: The faults of one of the three servers (every seed draws one).
+MEMBER_FAULTS = ("member_kill", "leader_kill", "member_partition")
 
 
 class NatsClusterTarget(Target):
@@ -40,16 +48,23 @@ class NatsClusterTarget(Target):
 
     name = "nats-cluster"
     backend = "nats"
-    faults = ("member_kill", "leader_kill", "member_partition", "revoke", "foreign_write", "pause_watcher")
-    bounds = Bounds(converge=25.0, gone=20.0, expiry=2.0)
+    faults = (*MEMBER_FAULTS, "revoke", "foreign_write", "pause_watcher")
+    # A real machine's slack, as the other real targets have (see Target.bounds).
+    bounds = Bounds(converge=25.0, gone=20.0, expiry=2.0, renewal_slack=0.5, expiry_needs_cut=False)
     # Longer than a stream leader's election, so that an election alone ends no lease.
     ttl = 10.0
+    ttls = (10.0,)
+
+    @property
+    def workload(self) -> Workload:
+        return replace(super().workload, every_seed=MEMBER_FAULTS)
 
     def start(self) -> None:
         self.cluster = NatsCluster(3).start()
         self.bucket = f"chaos_{uuid.uuid4().hex[:8]}"
         #: The server a fault holds down or cut off now (one at a time: a majority always stands).
         self.faulted: NatsClusterServer | None = None
+        self._holder: dict[str, Any] | None = None
         self._turn = 0
 
     def close(self) -> None:
@@ -78,17 +93,24 @@ class NatsClusterTarget(Target):
         self.stores.append(store)
         return store
 
+    async def read_raw(self, prefixes: list[str]) -> RawItems:
+        return await read_nats(self.cluster.urls, self.bucket, prefixes)
+
     def _next_server(self) -> NatsClusterServer:
         server = self.cluster.servers[self._turn % len(self.cluster.servers)]
         self._turn += 1
         return server
 
     async def fault(self, kind: str, args: dict[str, Any], heal: bool) -> dict[str, Any]:
-        if kind not in ("member_kill", "leader_kill", "member_partition"):
+        if kind not in MEMBER_FAULTS:
             return await super().fault(kind, args, heal)
         cluster = self.cluster
         if heal:
-            faulted, self.faulted = self.faulted, None
+            if args is not self._holder:
+                # The heal of a fault that was skipped: the other one holds on. Nothing to add to the history:
+                # it records a heal on the latest open fault of the kind, maybe the one that holds.
+                return {}
+            faulted, self.faulted, self._holder = self.faulted, None, None
             if faulted is None:
                 return {}
             await anyio.to_thread.run_sync(cluster.heal)
@@ -104,6 +126,8 @@ class NatsClusterTarget(Target):
                     lambda: cluster.stream_leader(f"KV_{self.bucket}", 5.0)
                 )
         self.faulted = victim
+        # The plan's fault and its heal share their arguments: only this fault's heal ends it.
+        self._holder = args
         if kind == "member_partition":
             await anyio.to_thread.run_sync(cluster.partition, victim)
         else:
