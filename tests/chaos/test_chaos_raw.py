@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 
+import nats.js.errors
+import nats.js.kv
 import pytest
 
 from dyndisc import DynamoTcp, EndpointId, Instance, Readiness
@@ -15,11 +18,13 @@ from dyndisc.backends.file.layout import encode_segment as file_segment
 from dyndisc.backends.kubernetes.join import worker_data
 from dyndisc.backends.kubernetes.siphash import instance_id_for
 from dyndisc.backends.kv.layouts import make_layout
+from dyndisc.backends.nats import NatsSettings, NatsStore
 from dyndisc.backends.nats.keys import encode_key as nats_key
 from dyndisc.testing.chaos.history import record_of
 from dyndisc.testing.chaos.kube_raw import DISCOVERY_LABELS, parse_kubernetes
 from dyndisc.testing.chaos.raw import RAW_LAYOUTS, parse_instance, parse_items
-from dyndisc.testing.chaos.raw_readers import _nats_key, _unescape, read_files
+from dyndisc.testing.chaos.raw_readers import _nats_key, _unescape, read_files, read_nats
+from dyndisc.testing.servers import NatsServer
 
 GENERATE = EndpointId("ns", "backend", "generate")
 INSTANCES = [
@@ -149,6 +154,35 @@ async def test_the_file_reader_joins_records_to_live_leases(tmp_path: Path) -> N
     items, leases = await read_files(tmp_path, ["/services/ns/"])
     assert leases == {0x1F}
     assert items == {"/services/ns/c/e/1f": b"{}", "/services/ns/c/e/0": b"{}"}
+
+
+async def test_the_nats_reader_lists_the_keys_without_a_watchers_end_marker(
+    dyndisc_nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py's ``kv.keys()`` can end before its first key (its watcher's end marker comes when the consumer
+    reports nothing pending while the keys it sent are still in flight: nats-io/nats.py#842). On a cluster
+    after a failover the chaos run's truth so came out empty (nats-cluster seed 18) while every watcher and
+    ``list()`` held the records. The reader lists the stream's subjects instead, so such an end changes
+    nothing."""
+    bucket = f"raw_{uuid.uuid4().hex[:8]}"
+    store = NatsStore(NatsSettings.load(server=dyndisc_nats_server.url, kv_bucket=bucket, timeout=3))
+    try:
+        lease = (await store.grant(60)).id
+        await store.put("/services/ns/c/e/1f", b"{}", lease)
+        await store.put("/services/ns/c/e/2a", b"{}", 0)
+        await store.put("/services/ns/c/e/3b", b"{}", 0)
+        await store.delete("/services/ns/c/e/3b")
+        await store.put("/other/ns/x", b"{}", 0)
+    finally:
+        await store.aclose()
+    expected = {"/services/ns/c/e/1f": b"{}", "/services/ns/c/e/2a": b"{}"}
+    assert await read_nats(dyndisc_nats_server.url, bucket, ["/services/ns/"]) == (expected, {lease})
+
+    async def premature_end(self: nats.js.kv.KeyValue, *args: object, **kwargs: object) -> list[str]:
+        raise nats.js.errors.NoKeysError
+
+    monkeypatch.setattr(nats.js.kv.KeyValue, "keys", premature_end)
+    assert await read_nats([dyndisc_nats_server.url], bucket, ["/services/ns/"]) == (expected, {lease})
 
 
 def test_kubernetes_instances_are_live_while_their_pod_takes_or_finishes_work() -> None:

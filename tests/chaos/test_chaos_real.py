@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from dyndisc.testing.chaos.nats_cluster_target import MEMBER_FAULTS
 from dyndisc.testing.chaos.plan import make_plan
 from dyndisc.testing.chaos.runner import Session
 from dyndisc.testing.chaos.targets import TARGETS
@@ -19,6 +20,9 @@ SEEDS = {
     "etcd": (0, 15),
     "etcd-cluster": (0, 2),
     "nats": (1, 2),
+    # One server fault at a time holds (a second one meanwhile is skipped): 19 kills the stream leader, 24
+    # partitions a server, then kills one.
+    "nats-cluster": (19, 24),
     "file": (0, 1),
     "kubernetes": (0, 8),
 }
@@ -36,12 +40,25 @@ def test_chaos_seeds_keep_every_invariant(backend: str, tmp_path: Path) -> None:
         if step.actor == "nemesis"
     }
     assert planned == set(target.faults), "the seeds no longer draw every fault of the backend"
+    made: set[str] = set()
     with Session(backend, duration=DURATION, logs=tmp_path) as session:
         for seed in SEEDS[backend]:
             outcome = session.run(seed)
             assert outcome.ok, f"{outcome.report()}\n(agents' logs: {tmp_path})"
             assert outcome.operations > 10
             assert outcome.faults >= 1
+            made |= {f.kind for f in outcome.history.faults if "server" in f.detail}  # (not skipped)
+    if backend == "nats-cluster":
+        assert set(MEMBER_FAULTS) <= made, "a server fault was planned but skipped in every seed"
+
+
+def test_every_nats_cluster_seed_has_a_server_fault() -> None:
+    """Issue 25: a server of the cluster is killed or cut off in every seed."""
+    workload = TARGETS["nats-cluster"]().workload
+    for seed in range(200):
+        plan = make_plan(seed, duration=20.0, workload=workload)
+        kinds = {step.args["kind"] for step in plan.steps if step.actor == "nemesis"}
+        assert kinds & set(MEMBER_FAULTS), seed
 
 
 #: Seeds that found bugs on a real backend, replayed with their duration: (backend, seed, duration).

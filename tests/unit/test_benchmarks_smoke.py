@@ -89,3 +89,25 @@ def test_quick_kube_fleet_produces_every_figure(tmp_path: Path) -> None:
     assert clients["watches_open"] == 3, clients
     for ttl in ("ttl2", "ttl10"):
         assert results["workers"][ttl]["requests_per_s"] >= 0, results["workers"]
+
+
+@pytest.mark.slow
+def test_quick_kube_scope_produces_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "scope.json"
+    run_quick("benchmarks.kube_scope", out)
+    results = json.loads(out.read_text())
+    for case in ("unscoped", "scoped", "alone"):
+        assert results["medians"][case]["retained_bytes"] > 0, results["medians"]
+    # The scoped watcher holds its deployment's objects, as many as the one alone in its namespace.
+    assert results["medians"]["scoped"]["objects_held"] == results["medians"]["alone"]["objects_held"]
+    assert results["medians"]["unscoped"]["objects_held"] > results["medians"]["scoped"]["objects_held"]
+
+
+@pytest.mark.slow
+def test_quick_nats_failover_produces_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "failover.json"
+    run_quick("benchmarks.nats_failover", out)
+    results = json.loads(out.read_text())
+    for fault in ("kill", "partition"):
+        summary = results[fault]["summary"]
+        assert {"moved_s", "write_s", "seen_s", "leases_kept"} <= set(summary), summary

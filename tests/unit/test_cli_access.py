@@ -53,6 +53,7 @@ def test_dry_run_prints_a_plain_list_of_grants() -> None:
     assert code == 0, output
     assert output.splitlines() == [
         "# role dyndisc-worker-a for user w-a",
+        "readwrite  prefix /dyndisc/leaving/",  # the departure markers its exit leaves
         "read       prefix /services/",
         "readwrite  prefix /services/a/",
         "read       prefix /v1/event_channels/",

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from dyndisc.testing.fixture_aliases import RENAMED
 
+#: Fixtures that never had an unprefixed name, so no alias.
+WITHOUT_ALIAS = {"dyndisc_store", "dyndisc_runtime", "dyndisc_nats_cluster"}
 #: Turns the aliases' warning (and nothing else) into an error, as this repository's pyproject.toml does.
 ALIASES_FAIL = "error::DeprecationWarning:dyndisc.testing.fixture_aliases"
 
@@ -49,7 +51,8 @@ def test_every_old_name_is_an_alias_of_a_prefixed_fixture_of_the_same_scope(tmp_
         assert listed.get(new) == scope, f"{new} missing or not {scope}-scoped:\n{result.stdout}"
         assert listed.get(old) == scope, f"{old} missing or not {scope}-scoped:\n{result.stdout}"
     plugin = {name for name in listed if name.startswith("dyndisc_")}
-    assert plugin == {new for new, _ in RENAMED.values()} | {"dyndisc_store", "dyndisc_runtime"}
+    assert plugin == {new for new, _ in RENAMED.values()} | WITHOUT_ALIAS
+    assert listed["dyndisc_nats_cluster"] == "session"
 
 
 OLD_NAMES_IN_USE = """

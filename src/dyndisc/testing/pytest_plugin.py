@@ -13,13 +13,13 @@ The async fixtures run in the event loop of whichever plugin runs the test: anyi
 its plugin comes with dyndisc) or pytest-asyncio's (auto mode, or ``@pytest.mark.asyncio`` in strict mode).
 An async test that neither runs fails with a message saying what to mark.
 
-Real servers on loopback: ``dyndisc_etcd_server``, ``dyndisc_nats_server``, ``dyndisc_kube_apiserver``,
-``dyndisc_kube_cluster`` (session-scoped), ``dyndisc_etcd_cluster``, ``dyndisc_private_servers`` and the
-``dyndisc_tcp_proxy`` factory (one test's own). Their kit (:mod:`dyndisc.testing.server_fixtures`, process
-management, TLS, the Kubernetes build) is imported by the first test that uses one, never at pytest's
-start. In CI (``CI=true``) a server that cannot start fails the test; elsewhere the test is skipped with the
-reason. The old unprefixed names still work for one release, with a :class:`DeprecationWarning`
-(:mod:`dyndisc.testing.fixture_aliases`).
+Real servers on loopback: ``dyndisc_etcd_server``, ``dyndisc_nats_server``, ``dyndisc_nats_cluster``,
+``dyndisc_kube_apiserver``, ``dyndisc_kube_cluster`` (session-scoped), ``dyndisc_etcd_cluster``,
+``dyndisc_private_servers`` and the ``dyndisc_tcp_proxy`` factory (one test's own). Their kit
+(:mod:`dyndisc.testing.server_fixtures`, process management, TLS, the Kubernetes build) is imported by the
+first test that uses one, never at pytest's start. In CI (``CI=true``) a server that cannot start fails the
+test; elsewhere the test is skipped with the reason. The old unprefixed names still work for one release, with
+a :class:`DeprecationWarning` (:mod:`dyndisc.testing.fixture_aliases`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,14 @@ from dyndisc.testing.hosting import MakeRuntime, RuntimeHost
 
 if TYPE_CHECKING:
     from dyndisc.testing.server_fixtures import PrivateServers, TcpProxyFactory
-    from dyndisc.testing.servers import EtcdCluster, EtcdServer, KubeApiServer, KubeCluster, NatsServer
+    from dyndisc.testing.servers import (
+        EtcdCluster,
+        EtcdServer,
+        KubeApiServer,
+        KubeCluster,
+        NatsCluster,
+        NatsServer,
+    )
 
 try:
     import pytest_asyncio
@@ -61,6 +68,7 @@ __all__ = [
     "dyndisc_kube_apiserver",
     "dyndisc_kube_cluster",
     "dyndisc_make_runtime",
+    "dyndisc_nats_cluster",
     "dyndisc_nats_server",
     "dyndisc_private_servers",
     "dyndisc_runtime",
@@ -219,6 +227,19 @@ def dyndisc_nats_server() -> Iterator[NatsServer]:
 
 
 @pytest.fixture(scope="session")
+def dyndisc_nats_cluster() -> Iterator[NatsCluster]:
+    """A session-wide cluster of three nats-servers with JetStream on 127.0.0.1 (no auth): its servers reach
+    each other through TCP proxies, so one can be partitioned. ``cluster.servers_setting`` is the value for
+    ``NATS_SERVER``; set ``NATS_KV_REPLICAS=3`` for a bucket on every server. A test that kills, partitions
+    or restarts a server restores it before it ends (``cluster.heal()``, ``cluster.restart()``), or makes a
+    :class:`~dyndisc.testing.servers.NatsCluster` of its own.
+    """
+    from dyndisc.testing.server_fixtures import nats_cluster_for_session
+
+    yield from nats_cluster_for_session()
+
+
+@pytest.fixture(scope="session")
 def dyndisc_kube_apiserver() -> Iterator[KubeApiServer]:
     """A session-wide kube-apiserver (RBAC, admin and restricted tokens) on its own etcd.
 
@@ -236,8 +257,10 @@ def dyndisc_kube_cluster() -> Iterator[KubeCluster]:
 
     Its EndpointSlice controller and garbage collector act on the whole cluster, which is why this is not
     the ``dyndisc_kube_apiserver`` of the tests that write EndpointSlices themselves. dyndisc's CRD is
-    installed. Nothing plays kubelet: tests create a Node, Pods bound to it, and write the Pods' status. Both
-    binaries are built on first use when missing (many minutes); CI builds them beforehand.
+    installed. Nothing plays kubelet: tests create a Node, Pods bound to it, and write the Pods' status. The
+    reads of EndpointSlices, Pods and DynamoWorkerMetadata are audited (``cluster.apiserver.audit_events()``:
+    what clients really asked for). Both binaries are built on first use when missing (many minutes); CI
+    builds them beforehand.
     """
     from dyndisc.testing.server_fixtures import kube_cluster_for_session
 

@@ -1,5 +1,5 @@
-"""What the pytest plugin's real-server fixtures do: etcd, nats-server (JetStream), kube-apiserver (alone, or
-with kube-controller-manager), TCP proxies, servers of a test's own.
+"""What the pytest plugin's real-server fixtures do: etcd, nats-server (JetStream; alone, or a 3-server
+cluster), kube-apiserver (alone, or with kube-controller-manager), TCP proxies, servers of a test's own.
 
 The fixtures themselves (``dyndisc_etcd_server`` ...) are in :mod:`dyndisc.testing.pytest_plugin`, which
 imports this module only when a test uses one of them: a session that uses none never loads the server kit.
@@ -21,6 +21,7 @@ from dyndisc.testing.servers import (
     EtcdServer,
     KubeApiServer,
     KubeCluster,
+    NatsCluster,
     NatsServer,
     ServerBase,
     ServerUnavailable,
@@ -37,6 +38,7 @@ __all__ = [
     "in_ci",
     "kube_apiserver_for_session",
     "kube_cluster_for_session",
+    "nats_cluster_for_session",
     "nats_server_for_session",
     "private_servers_for_test",
     "server_log_sections",
@@ -51,8 +53,17 @@ class _HasLogTail(Protocol):
     def log_tail(self, lines: int = 50) -> str: ...
 
 
+class _Owned(Protocol):
+    """What a test's own server (or cluster of servers) offers: started, then closed at teardown."""
+
+    def start(self) -> object: ...
+
+    def close(self) -> None: ...
+
+
 _S = TypeVar("_S", bound=_HasLogTail)
 _B = TypeVar("_B", bound=ServerBase)
+_O = TypeVar("_O", bound=_Owned)
 
 # Every server started here in this process, by display name, for failure reports.
 _STARTED: dict[str, _HasLogTail] = {}
@@ -136,6 +147,15 @@ def nats_server_for_session() -> Iterator[NatsServer]:
     )
 
 
+def nats_cluster_for_session() -> Iterator[NatsCluster]:
+    """The body of ``dyndisc_nats_cluster``: three nats-servers with JetStream in one cluster."""
+    cluster = _started("nats cluster", lambda: NatsCluster(3).start())
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
 def kube_apiserver_for_session() -> Iterator[KubeApiServer]:
     """The body of ``dyndisc_kube_apiserver``: a kube-apiserver on its own etcd, no controllers."""
     server = _started("kube-apiserver", lambda: _launch(KubeApiServer))
@@ -151,7 +171,8 @@ def _start_cluster() -> KubeCluster:
     # DynamoWorkerMetadata from the first moment (it discovers new resource types only every 30 s).
     from dyndisc.backends.kubernetes.manifests import manifest  # no Kubernetes client needed
 
-    cluster = KubeCluster(crds=[manifest("crd.yaml")])
+    # Audited, so that a test can check what its clients asked the API server for (their label selectors).
+    cluster = KubeCluster(crds=[manifest("crd.yaml")], audit=True)
     _STARTED["kube-cluster apiserver"] = cluster.apiserver
     _STARTED["kube-cluster etcd"] = cluster.apiserver.etcd
     _STARTED["kube-controller-manager"] = cluster.controller_manager
@@ -203,14 +224,15 @@ def tcp_proxies_for_test() -> Iterator[TcpProxyFactory]:
 class PrivateServers:
     """Factory of servers owned by one test (to kill, restart, or start with TLS/auth), closed at teardown.
 
-    ``dyndisc_private_servers(EtcdServer, tls=True)`` starts one; ``start=False`` returns it unstarted. A
-    server that cannot start fails the test in CI and skips it elsewhere, like the session fixtures.
+    ``dyndisc_private_servers(EtcdServer, tls=True)`` starts one; ``start=False`` returns it unstarted;
+    ``dyndisc_private_servers(NatsCluster)`` or ``(EtcdCluster)`` a cluster. A server that cannot start fails
+    the test in CI and skips it elsewhere, like the session fixtures.
     """
 
     def __init__(self) -> None:
-        self.servers: list[ServerBase] = []
+        self.servers: list[_Owned] = []
 
-    def __call__(self, kind: Callable[..., _B], *, start: bool = True, **kwargs: Any) -> _B:
+    def __call__(self, kind: Callable[..., _O], *, start: bool = True, **kwargs: Any) -> _O:
         try:
             server = kind(**kwargs)
             self.servers.append(server)

@@ -1,4 +1,5 @@
-"""Fixtures for the NATS tests: private nats-servers (to restart, or with auth), stores closed at teardown."""
+"""Fixtures for the NATS tests: private nats-servers (to restart, or with auth) and clusters (to kill and
+partition), stores and runtimes closed at teardown."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from cluster_helpers import Fleet
 from nats_helpers import MakeServer, MakeStore
 
 from dyndisc.backends.nats import NatsSettings, NatsStore
 from dyndisc.testing.server_fixtures import PrivateServers
-from dyndisc.testing.servers import NatsServer
+from dyndisc.testing.servers import NatsCluster, NatsServer
 
 
 @pytest.fixture
@@ -36,3 +38,19 @@ async def make_store() -> AsyncIterator[MakeStore]:
     finally:
         for store in stores:
             await store.aclose()
+
+
+@pytest.fixture
+def nats_cluster(dyndisc_private_servers: PrivateServers) -> NatsCluster:
+    """A cluster of three nats-servers of this test's own (to kill, restart and partition)."""
+    return dyndisc_private_servers(NatsCluster)
+
+
+@pytest.fixture
+async def fleet(nats_cluster: NatsCluster) -> AsyncIterator[Fleet]:
+    """Runtimes on ``nats_cluster`` (each given its three servers), one bucket of the test's own."""
+    found = Fleet(nats_cluster)
+    try:
+        yield found
+    finally:
+        await found.close()

@@ -12,10 +12,11 @@ import pytest
 from nats.js import api
 from nats_helpers import PROMPT, MakeStore, eventually, next_event, unique_prefix
 
-from dyndisc import BackendUnavailableError, ConfigurationError, LeaseNotFoundError
+from dyndisc import BackendUnavailableError, ConfigurationError, LeaseNotFoundError, RemovalReason
 from dyndisc.backends.kv import StoreDelete, StoredValue, StorePut, StoreSnapshot
 from dyndisc.backends.nats import watch as _nats_watch
-from dyndisc.backends.nats.keys import encode_key
+from dyndisc.backends.nats.feed import KvFeed
+from dyndisc.backends.nats.keys import LEASES_FILTER, encode_key
 from dyndisc.testing.servers import NatsServer
 
 
@@ -393,3 +394,31 @@ async def test_a_list_that_cannot_confirm_a_lease_ended_hides_its_keys_and_leave
         )
 
     await eventually(purged, PROMPT, "a later reader to purge the orphan")
+
+
+async def test_a_watcher_that_hears_the_purge_before_the_lease_marker_says_expired(
+    dyndisc_nats_server: NatsServer, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keys of an expired lease are purged by whichever watcher saw its marker first; a watcher whose
+    consumer of the lease keys lags behind its consumer of the keys (on a cluster they may be on different
+    servers, one of them just killed) hears a key's purge before the lease's marker. It must still say the
+    key expired, not that it left (nats-cluster chaos seed 16: a paused worker's endpoint "left")."""
+    owner, purger, lagging = (make_store(dyndisc_nats_server.url) for _ in range(3))
+    prefix = unique_prefix()
+    lease = await owner.grant(1)  # never renewed: it ends after a second
+    await owner.create(f"{prefix}a", b"1", lease.id)
+    open_feed = lagging.connection.open_feed
+
+    async def leases_deaf_when_live(feed: KvFeed, key_filter: str) -> None:
+        if key_filter == LEASES_FILTER:  # the lease keys' initial state arrives, their changes never do
+            monkeypatch.setattr(feed, "_on_change", lambda change: None)
+        await open_feed(feed, key_filter)
+
+    monkeypatch.setattr(lagging.connection, "open_feed", leases_deaf_when_live)
+    async with lagging.watch(prefix) as late, purger.watch(prefix) as prompt:
+        assert await next_event(late) == StoreSnapshot(items={f"{prefix}a": b"1"})
+        assert await next_event(prompt) == StoreSnapshot(items={f"{prefix}a": b"1"})
+        seen = await next_event(prompt, timeout=3)
+        assert (seen, seen.reason) == (StoreDelete(key=f"{prefix}a"), RemovalReason.EXPIRED)
+        heard = await next_event(late, timeout=PROMPT)  # the purger's delete of the key
+        assert (heard, heard.reason) == (StoreDelete(key=f"{prefix}a"), RemovalReason.EXPIRED)

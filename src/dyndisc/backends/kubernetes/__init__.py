@@ -1,15 +1,15 @@
 """The Kubernetes backend: a ``DynamoWorkerMetadata`` resource per worker, readiness from EndpointSlices.
 
 Settings: ``KUBECONFIG`` (or the in-cluster service account), ``/etc/podinfo`` (or ``POD_NAME`` /
-``POD_NAMESPACE`` / ``POD_UID``), ``DYN_KUBE_DISCOVERY_MODE`` and ``CONTAINER_NAME``; see
-``docs/backends/kubernetes.md``.
+``POD_NAMESPACE`` / ``POD_UID``), ``DYN_KUBE_DISCOVERY_MODE``, ``CONTAINER_NAME``, ``DYN_KUBE_LABEL_SELECTOR``
+and ``DYN_PARENT_DGD_K8S_NAME``; see ``docs/backends/kubernetes.md``.
 
-The room: ``api`` (a thin JSON client; the only module that imports the Kubernetes client, so importing
-this package needs no extra), ``errors``, ``identity`` (who this pod is), ``siphash`` (the reference's
-instance ids), ``join`` (slices x worker resources -> instances), ``reflector`` (list-then-watch),
-``informer`` (the reflectors of a namespace, shared by every watch and worker of a backend), ``worker``
-(this pod's resource), ``discovery`` (the :class:`KubernetesDiscovery`), ``manifests`` (the CRD and RBAC)
-and ``doctor``.
+The room: ``api`` (a thin JSON client; the only module that imports the Kubernetes client, so importing this
+package needs no extra), ``errors``, ``identity`` (who this pod is), ``siphash`` (the reference's instance
+ids), ``join`` (slices x worker resources -> instances), ``reflector`` (list-then-watch), ``informer`` (the
+reflectors of a namespace and scope, shared by every watch and worker of a backend), ``scope`` (a watcher's
+label selector: one deployment), ``worker`` (this pod's resource), ``discovery`` (the
+:class:`KubernetesDiscovery`), ``manifests`` (the CRD and RBAC) and ``doctor``.
 """
 
 from __future__ import annotations

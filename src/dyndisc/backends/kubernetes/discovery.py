@@ -60,6 +60,7 @@ from dyndisc.backends.kubernetes.join import (
     pod_states,
     resources_path,
 )
+from dyndisc.backends.kubernetes.scope import check_selector, combine, selector_from_env
 from dyndisc.backends.kubernetes.siphash import instance_id_for
 from dyndisc.backends.kubernetes.worker import WorkerResource, delete_resource
 
@@ -82,6 +83,9 @@ class KubernetesDiscovery(DiscoveryBackend):
     lists and watches needs none). ``kubeconfig`` is a path or a parsed kubeconfig (default: ``$KUBECONFIG``,
     ``~/.kube/config``, or what a pod sees: ``KUBERNETES_SERVICE_HOST`` and the service account in
     ``service_account_dir``). ``mode`` is ``pod`` or ``container`` (default: ``DYN_KUBE_DISCOVERY_MODE``).
+    ``label_selector`` scopes what its watches and lists read to the objects it selects, e.g.
+    ``deployment_selector("my-graph")`` for one DynamoGraphDeployment (default: ``DYN_KUBE_LABEL_SELECTOR``;
+    unset, the whole namespace).
     """
 
     name = "kubernetes"
@@ -97,6 +101,7 @@ class KubernetesDiscovery(DiscoveryBackend):
         podinfo_dir: Path = PODINFO_DIR,
         mode: DiscoveryMode | str | None = None,
         service_account_dir: Path | None = None,
+        label_selector: str | None = None,
     ) -> None:
         if identity is not None and namespace is not None and identity.namespace != namespace:
             raise ConfigurationError(
@@ -115,11 +120,17 @@ class KubernetesDiscovery(DiscoveryBackend):
                 else DiscoveryMode.from_env()
             )
         self.mode = DiscoveryMode(mode)
+        #: What watches and lists are scoped to (a label selector), or ``None``: the whole namespace.
+        self.label_selector = (
+            selector_from_env()
+            if label_selector is None
+            else check_selector(label_selector, "the label_selector of KubernetesDiscovery") or None
+        )
         self._service_account_dir = service_account_dir
         self._api: KubeApi | None = None
         self._connect_lock = anyio.Lock()
         self._resource: WorkerResource | None = None
-        self._informers: dict[str, NamespaceInformer] = {}
+        self._informers: dict[tuple[str, str | None], NamespaceInformer] = {}
         #: How many times the watches of this backend recomputed their instance set (a diagnostic: a burst
         #: of changes within ``debounce`` seconds costs one recomputation per watch).
         self.recomputations = 0
@@ -175,12 +186,18 @@ class KubernetesDiscovery(DiscoveryBackend):
             raise api.explain(exc) from None
 
     async def informer(self, namespace: str | None = None) -> NamespaceInformer:
-        """The shared informer of ``namespace`` (default: this backend's): one per backend and namespace."""
+        """The shared informer of ``namespace`` (default: this backend's) in this backend's scope: one per
+        backend, namespace and label selector."""
         namespace = namespace or await self.namespace()
-        found = self._informers.get(namespace)
+        key = (namespace, self.label_selector)
+        found = self._informers.get(key)
         if found is None:
-            found = self._informers[namespace] = NamespaceInformer(
-                await self.api(), namespace, mode=self.mode, watch_timeout=self.watch_timeout
+            found = self._informers[key] = NamespaceInformer(
+                await self.api(),
+                namespace,
+                mode=self.mode,
+                watch_timeout=self.watch_timeout,
+                label_selector=self.label_selector,
             )
         return found
 
@@ -273,9 +290,12 @@ class KubernetesDiscovery(DiscoveryBackend):
             "GET",
             informer.readiness.reflector.path,
             f"listing {informer.readiness.reflector.what}",
-            query={"labelSelector": LABEL_SELECTOR},
+            query={"labelSelector": combine(LABEL_SELECTOR, self.label_selector)},
         )
-        crs = await self._call("GET", resources_path(namespace), f"listing {KIND} in {namespace}")
+        scoped = {"labelSelector": self.label_selector} if self.label_selector else None
+        crs = await self._call(
+            "GET", resources_path(namespace), f"listing {informer.workers.reflector.what}", query=scoped
+        )
         workers = {}
         for obj in crs.get("items") or ():
             record = parse_worker(obj)

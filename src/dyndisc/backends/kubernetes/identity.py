@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dyndisc._errors import ConfigurationError
 from dyndisc.backends.kubernetes.join import MAIN_CONTAINER, resource_name
+from dyndisc.backends.kubernetes.scope import deployment_from_env
 from dyndisc.backends.kubernetes.siphash import instance_id_for
 
 log = logging.getLogger("dyndisc.kubernetes")
@@ -82,6 +83,9 @@ class PodIdentity:
     uid: str
     #: The container, in container mode (``None``: pod mode, one worker for the whole pod).
     container: str | None = None
+    #: The DynamoGraphDeployment of the pod, when the operator says (``DYN_PARENT_DGD_K8S_NAME``): the
+    #: worker labels its resource with it, so that watchers scoped to the deployment find it.
+    deployment: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.name) > 253 or not _DNS_SUBDOMAIN.fullmatch(self.name):
@@ -119,7 +123,8 @@ class PodIdentity:
     ) -> PodIdentity:
         """Read the pod's name, uid and namespace from ``/etc/podinfo/{pod_name,pod_uid,pod_namespace}``, each
         falling back to ``POD_NAME`` / ``POD_UID`` / ``POD_NAMESPACE``; in container mode
-        (``DYN_KUBE_DISCOVERY_MODE=container``, or ``mode``) the container from ``CONTAINER_NAME``.
+        (``DYN_KUBE_DISCOVERY_MODE=container``, or ``mode``) the container from ``CONTAINER_NAME``; its
+        DynamoGraphDeployment from ``DYN_PARENT_DGD_K8S_NAME`` (or ``/etc/podinfo/labels``).
 
         A missing name, uid or container is a :class:`~dyndisc.ConfigurationError` that says how to inject
         it; a missing namespace falls back to ``default_namespace`` (the kubeconfig's), then ``default`` with
@@ -155,7 +160,8 @@ class PodIdentity:
             namespace = "default"
         source = "the Downward API files in" if (podinfo / "pod_name").is_file() else "the environment, not"
         log.info("pod identity of %s/%s read from %s %s", namespace, name, source, podinfo)
-        return cls(name=name, namespace=namespace, uid=uid, container=container)
+        deployment = deployment_from_env(env, podinfo)
+        return cls(name=name, namespace=namespace, uid=uid, container=container, deployment=deployment)
 
 
 __all__ = ["MAIN_CONTAINER", "MODE_ENV", "PODINFO_DIR", "DiscoveryMode", "PodIdentity", "namespace_from_env"]

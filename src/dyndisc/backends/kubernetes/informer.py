@@ -1,7 +1,8 @@
-"""One shared informer per backend and Kubernetes namespace (client-go's SharedInformer pattern).
+"""One shared informer per backend, Kubernetes namespace and scope (client-go's SharedInformer pattern).
 
 However many watches, clients and runtimes of a process use one :class:`KubernetesDiscovery`, the namespace
-is listed and watched once per kind: one reflector of the readiness source (discovery EndpointSlices, or
+(or the part of it a label selector scopes, see :mod:`~dyndisc.backends.kubernetes.scope`) is listed and
+watched once per kind: one reflector of the readiness source (discovery EndpointSlices, or
 Pods in container mode) and one of every DynamoWorkerMetadata. Each watch joins the two for its own query
 on top (:meth:`NamespaceInformer.matching`; the join of the whole namespace is computed once per change and
 shared). A worker follows its own resource through a third, name-scoped reflector of the same informer (one
@@ -45,6 +46,7 @@ from dyndisc.backends.kubernetes.join import (
     slice_pods,
 )
 from dyndisc.backends.kubernetes.reflector import RETRY_MAX, RETRY_MIN, Reflector
+from dyndisc.backends.kubernetes.scope import combine
 from dyndisc.backends.kubernetes.siphash import instance_id_for
 
 if TYPE_CHECKING:
@@ -147,14 +149,25 @@ class NamespaceInformer:
     """The shared reflectors of one namespace, and the join of the whole namespace computed once per change.
 
     ``mode`` picks the readiness source: discovery EndpointSlices (pod mode) or Pods carrying the discovery
-    labels (container mode).
+    labels (container mode). ``label_selector`` scopes both reflectors: the API server lists and watches only
+    the objects that match (a deployment's, see :mod:`~dyndisc.backends.kubernetes.scope`).
     """
 
-    def __init__(self, api: KubeApi, namespace: str, *, mode: DiscoveryMode, watch_timeout: float) -> None:
+    def __init__(
+        self,
+        api: KubeApi,
+        namespace: str,
+        *,
+        mode: DiscoveryMode,
+        watch_timeout: float,
+        label_selector: str | None = None,
+    ) -> None:
         self.api = api
         self.namespace = namespace
         self.mode = mode
         self.watch_timeout = watch_timeout
+        self.label_selector = label_selector or None
+        scope = f" ({label_selector})" if label_selector else ""
         pods: Callable[[Any], list[PodState]]
         if mode is DiscoveryMode.CONTAINER:
             path, kind, pods = f"/api/v1/namespaces/{namespace}/pods", "Pods", pod_containers
@@ -164,8 +177,8 @@ class NamespaceInformer:
         readiness: Reflector[list[PodState]] = Reflector(
             api,
             path,
-            what=f"{kind} in {namespace}",
-            label_selector=LABEL_SELECTOR,
+            what=f"{kind} in {namespace}{scope}",
+            label_selector=combine(LABEL_SELECTOR, self.label_selector),
             transform=lambda obj, _previous: pods(obj),
             on_change=_ignore,
             watch_timeout=watch_timeout,
@@ -175,9 +188,10 @@ class NamespaceInformer:
             Reflector(
                 api,
                 resources_path(namespace),
-                what=f"{KIND} in {namespace}",
+                what=f"{KIND} in {namespace}{scope}",
                 # An unreadable resource holds nothing: a list, a new watch and this one agree.
                 transform=lambda obj, _previous: parse_worker(obj),
+                label_selector=self.label_selector,
                 on_change=_ignore,
                 watch_timeout=watch_timeout,
             )

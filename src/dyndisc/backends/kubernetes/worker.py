@@ -50,6 +50,7 @@ from dyndisc.backends.kubernetes.join import (
     resources_path,
     worker_data,
 )
+from dyndisc.backends.kubernetes.scope import DEPLOYMENT_LABEL
 
 log = logging.getLogger("dyndisc.kubernetes")
 
@@ -190,15 +191,19 @@ class WorkerResource:
             "controller": False,
             "blockOwnerDeletion": False,
         }
+        metadata: JsonObject = {
+            "name": self.name,
+            "namespace": self.pod.namespace,
+            "ownerReferences": [owner],
+            "annotations": {WRITER_ANNOTATION: self.writer},
+        }
+        if self.pod.deployment:
+            # What a watcher scoped to the deployment selects (see scope.py).
+            metadata["labels"] = {DEPLOYMENT_LABEL: self.pod.deployment}
         return {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": KIND,
-            "metadata": {
-                "name": self.name,
-                "namespace": self.pod.namespace,
-                "ownerReferences": [owner],
-                "annotations": {WRITER_ANNOTATION: self.writer},
-            },
+            "metadata": metadata,
             "spec": {"data": worker_data(self.endpoints.values(), self.entries.values())},
         }
 

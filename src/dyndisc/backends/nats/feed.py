@@ -24,6 +24,10 @@ LEASE_SCOPE_HEADER = "Dyndisc-Lease-Scope"
 KV_OPERATION = "KV-Operation"
 #: Header the server (>= 2.11) puts on the marker it writes when a message's TTL or max age ends.
 MARKER_REASON = "Nats-Marker-Reason"
+#: Header on the deletion of a key of an ended lease, written by whoever purges it: ``expired`` when the
+#: server ended the lease (its lease key's last message is the expiry marker). A watcher that hears the purge
+#: before the lease key's marker (its two consumers deliver apart) still says the key expired.
+PURGE_REASON = "Dyndisc-Purged"
 
 
 def is_removal(headers: Mapping[str, str] | None) -> bool:
@@ -31,6 +35,14 @@ def is_removal(headers: Mapping[str, str] | None) -> bool:
     if not headers:
         return False
     return headers.get(KV_OPERATION) in ("DEL", "PURGE") or MARKER_REASON in headers
+
+
+def is_expiry(headers: Mapping[str, str] | None) -> bool:
+    """Whether a stored KV message is a removal because a lease's time ran out: the server's marker, or a
+    purge of a key of a lease the server ended."""
+    return bool(headers) and (
+        MARKER_REASON in (headers or {}) or (headers or {}).get(PURGE_REASON) == "expired"
+    )
 
 
 def lease_of(headers: Mapping[str, str] | None) -> int:
@@ -92,7 +104,9 @@ class KvFeed:
         self._sub: JetStreamContext.PushSubscription | None = None
 
     async def open(self, js: JetStreamContext, stream: str, subject_prefix: str, key_filter: str) -> None:
-        """Create the consumer (deliver last per subject) and learn how much initial state to expect."""
+        """Create the consumer (deliver last per subject) and learn how much initial state to expect (again
+        after a failed attempt: nothing of an earlier consumer counts)."""
+        self._initial, self._received, self._expected, self._live = {}, 0, None, False
         self._subject_prefix = subject_prefix
         self._sub = await js.subscribe(
             subject_prefix + key_filter,
@@ -124,7 +138,7 @@ class KvFeed:
             lease_id=lease_of(headers),
             revision=meta.sequence.stream,
             lease=lease_ref_of(headers),
-            expired=MARKER_REASON in (headers or {}),
+            expired=is_expiry(headers),
         )
         if self._on_reset is not None:
             if meta.sequence.consumer <= self._received:

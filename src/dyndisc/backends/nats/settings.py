@@ -18,8 +18,8 @@ class NatsSettings(Settings):
 
     ``NATS_SERVER`` (comma-separated URLs), ``NATS_USER``/``NATS_PASSWORD`` or ``NATS_TOKEN`` or
     ``NATS_CREDS`` (a ``.creds`` file), ``NATS_CA``/``NATS_CERT``/``NATS_KEY`` (TLS, PEM file paths),
-    ``NATS_KV_BUCKET``, ``NATS_KV_MARKER_TTL``, ``NATS_TIMEOUT`` and ``NATS_SCOPE`` (the scope of
-    credentials made by ``dyndisc access nats``).
+    ``NATS_KV_BUCKET``, ``NATS_KV_REPLICAS``, ``NATS_KV_MARKER_TTL``, ``NATS_TIMEOUT`` and ``NATS_SCOPE``
+    (the scope of credentials made by ``dyndisc access nats``).
     """
 
     model_config = SettingsConfigDict(env_prefix="NATS_", extra="ignore", case_sensitive=False)
@@ -34,6 +34,9 @@ class NatsSettings(Settings):
     cert: Path | None = None
     key: Path | None = None
     kv_bucket: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]+$", max_length=128)] = "dyndisc"
+    #: Servers holding a copy of the bucket when dyndisc creates it (1, or 3 / 5 on a cluster). Unset: 1, and
+    #: an existing bucket is used whatever its count; set: an existing bucket must have that many.
+    kv_replicas: Annotated[int | None, Field(ge=1, le=5)] = None
     #: Seconds the server keeps the delete marker it writes when a key expires (>= 1).
     kv_marker_ttl: Annotated[int, Field(ge=1, le=86_400)] = 60
     #: Seconds to wait for the server: connecting, and each JetStream request.
@@ -65,6 +68,11 @@ class NatsSettings(Settings):
     def servers(self) -> list[str]:
         """The server URLs."""
         return self.server.split(",")
+
+    @property
+    def replicas(self) -> int:
+        """The replica count a new bucket gets (``NATS_KV_REPLICAS``, default 1)."""
+        return self.kv_replicas or 1
 
     @property
     def display_servers(self) -> str:

@@ -34,7 +34,7 @@ from dyndisc.backends.base import Lease
 from dyndisc.backends.diagnosis import BackendDoctor, ServerClockDoctor
 from dyndisc.backends.kv import KeyValueStore, StoredValue, StoreEvent
 from dyndisc.backends.nats.connection import NatsBucket, WrongRevision
-from dyndisc.backends.nats.feed import is_removal, lease_of, lease_ref_of
+from dyndisc.backends.nats.feed import is_expiry, is_removal, lease_of, lease_ref_of
 from dyndisc.backends.nats.keys import (
     LEASES_FILTER,
     encode_key,
@@ -64,6 +64,8 @@ class _LeaseState:
     revision: int
     #: NATS key -> the revision we last wrote, of every key we wrote under the lease (revoke deletes them).
     keys: dict[str, int] = field(default_factory=dict)
+    #: Found ended by the server's expiry marker (the keep-alive's last look at the lease key).
+    expired: bool = False
 
 
 class NatsStore(KeyValueStore):
@@ -159,7 +161,7 @@ class NatsStore(KeyValueStore):
             # write under the lease either recorded its key before (and it is deleted below) or finds the
             # lease gone when its own answer comes (and deletes its key itself: see _landed).
             orphans = self._forget(lease_id)
-        await self._purge(orphans)
+        await self._purge(orphans, expired=state.expired)
         raise LeaseNotFoundError(
             f"lease {lease_id:x} is gone from NATS KV bucket {self.bucket!r}: it expired (no "
             f"keep-alive within {state.ttl}s) or another client revoked it"
@@ -184,6 +186,7 @@ class NatsStore(KeyValueStore):
                 # our lease. An expiry marker or a delete means the server ended the lease.
                 found = await self.connection.get(nats_key)
                 if found is None or is_removal(found.headers) or lease_of(found.headers) != lease_id:
+                    state.expired = found is not None and is_expiry(found.headers)
                     return None
                 expected = int(found.seq or 0)
         return None
@@ -193,15 +196,16 @@ class NatsStore(KeyValueStore):
         state = self._leases.pop(lease_id, None)
         return [] if state is None else list(state.keys.items())
 
-    async def _purge(self, keys: list[tuple[str, int]]) -> None:
+    async def _purge(self, keys: list[tuple[str, int]], *, expired: bool = False) -> None:
         """Delete each NATS key if it still holds the revision given: the keys of an ended lease, by their
-        owner or by any reader that saw the lease end (a key rewritten since is left alone)."""
+        owner or by any reader that saw the lease end (a key rewritten since is left alone); ``expired``: the
+        server ended the lease, which the deletions say."""
         limiter = anyio.CapacityLimiter(PURGE_CONCURRENCY)
 
         async def one(nats_key: str, revision: int) -> None:
             async with limiter:
                 try:
-                    await self.connection.remove(nats_key, expected=revision)
+                    await self.connection.remove(nats_key, expected=revision, expired=expired)
                 except BackendUnavailableError as exc:
                     log.info("could not purge %r of an ended lease (the next reader will): %s", nats_key, exc)
                 except AccessDeniedError:
@@ -215,19 +219,28 @@ class NatsStore(KeyValueStore):
 
     async def _purge_orphans(self, keys: list[tuple[str, int, str]]) -> None:
         """Purge keys that look orphaned, ``(NATS key, revision, its lease key)``, once a direct read of each
-        lease key confirms it is gone: a lease key missing from a consumer's view is not proof enough."""
-        ended: dict[str, bool] = {}
-        confirmed: list[tuple[str, int]] = []
+        lease key confirms it is gone: a lease key missing from a consumer's view is not proof enough. The
+        deletions say whether the server ended the lease (the lease key's last message is its expiry
+        marker)."""
+        ended: dict[str, bool | None] = {}  # lease key -> ended by its expiry?; None: alive, or cannot tell
+        confirmed: dict[bool, list[tuple[str, int]]] = {True: [], False: []}
         for nats_key, revision, lease in keys:
             if lease not in ended:
                 try:
-                    ended[lease] = not await self._lease_alive(lease)
+                    found = await self.connection.get(lease)
                 except (BackendUnavailableError, AccessDeniedError):
-                    ended[lease] = False  # cannot tell now: a later reader will
-            if ended[lease]:
-                confirmed.append((nats_key, revision))
-        if confirmed:
-            await self._purge(confirmed)
+                    ended[lease] = None  # cannot tell now: a later reader will
+                else:
+                    if found is None or is_removal(found.headers):
+                        ended[lease] = found is not None and is_expiry(found.headers)
+                    else:
+                        ended[lease] = None
+            expired = ended[lease]
+            if expired is not None:
+                confirmed[expired].append((nats_key, revision))
+        for expired, batch in confirmed.items():
+            if batch:
+                await self._purge(batch, expired=expired)
 
     def _lease_key(self, lease_id: int) -> str:
         """The key of our own lease ``lease_id`` (under our scope, if any)."""
@@ -392,7 +405,9 @@ class NatsStore(KeyValueStore):
     @asynccontextmanager
     async def watch(self, prefix: str) -> AsyncIterator[AsyncIterator[StoreEvent]]:
         await self.connection.jetstream()  # connection problems surface here, before the watch exists
-        watch = NatsWatch(self.connection.open_feed, prefix, purge=self._purge_orphans)
+        watch = NatsWatch(
+            self.connection.open_feed, prefix, purge=self._purge_orphans, probe=self.connection.check_server
+        )
         restart = watch.on_reconnect
         self.connection.on_reconnect.add(restart)
         try:

@@ -26,6 +26,9 @@ log = logging.getLogger("dyndisc.nats")
 SNAPSHOT_TIMEOUT = 10.0
 #: Backoff bounds between attempts to re-create a consumer while the server is away.
 RETRY_MIN, RETRY_MAX = 0.1, 2.0
+#: Seconds between two calls of a running watch's probe (the connection asks at most once per its own
+#: interval, however many watches call).
+PROBE_EVERY = 1.0
 
 
 def user_key(nats_key: str) -> str | None:
@@ -65,10 +68,16 @@ class NatsWatch:
     """
 
     def __init__(
-        self, open_feed: Callable[[KvFeed, str], Awaitable[None]], prefix: str, purge: Purge | None = None
+        self,
+        open_feed: Callable[[KvFeed, str], Awaitable[None]],
+        prefix: str,
+        purge: Purge | None = None,
+        probe: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._open_feed = open_feed
         self._purge = purge
+        #: Asks, now and then, whether the server is still in its cluster (moves the connection if not).
+        self._probe = probe
         self.prefix = prefix
         self.key_filter = prefix_filter(prefix)
         self.pending: deque[StoreEvent] = deque()
@@ -305,7 +314,11 @@ class NatsWatch:
                     continue
                 backoff.reset()
                 outage.recovered()
-                await self._restart.wait()
+                while not self._restart.is_set():
+                    with anyio.move_on_after(PROBE_EVERY):
+                        await self._restart.wait()
+                    if self._probe is not None and not self._restart.is_set():
+                        await self._probe()
             finally:
                 await close_feed(keys)
                 await close_feed(leases)

@@ -7,8 +7,9 @@ in some seeds thousands in bulk; they unregister, put and delete metadata entrie
 not), register and withdraw model cards and event channels; some calls are cancelled mid-flight by their
 caller; workers exit cleanly, are killed or paused past their TTL. Watchers of every kind start (some late)
 and are paused; some seeds have one worker and one watcher only. The nemesis injects the faults its backend
-has and heals each of them. The last fault heals and the last operation happens by 80 % of the run; the
-rest is quiet, so that the checker can judge convergence.
+has (in every seed one of those its target requires, if any) and heals each of them. The last fault heals
+and the last operation happens by 80 % of the run; the rest is quiet, so that the checker can judge
+convergence.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class Workload:
     """What a target lets the plan draw: its faults, watcher kinds, lease TTLs, layouts, bulk sizes."""
 
     faults: tuple[str, ...]
+    #: Faults of which every seed draws one (its first fault): a target's own, which each seed must meet.
+    every_seed: tuple[str, ...] = ()
     watcher_kinds: tuple[str, ...] = WATCHER_KINDS
     #: Lease TTLs a worker may have (seconds), the first ones likelier.
     ttls: tuple[float, ...] = (2.0,)
@@ -150,7 +153,7 @@ def make_plan(seed: int, *, duration: float, workload: Workload) -> Plan:
             alive[worker] = end
         else:
             steps.append(Step(t, worker, *drawer.call(worker, action)))
-    steps += _faults(rng, workload.faults, duration, base_ttl, list(alive) or names, list(watchers))
+    steps += _faults(rng, workload, duration, base_ttl, list(alive) or names, list(watchers))
     steps.sort(key=lambda s: (s.at, s.actor, s.action))
     return Plan(seed, duration, base_ttl, steps, names, watchers, clients, layout, ttls)
 
@@ -265,17 +268,19 @@ class _Drawer:
 
 def _faults(
     rng: random.Random,
-    kinds: tuple[str, ...],
+    workload: Workload,
     duration: float,
     ttl: float,
     workers: list[str],
     watchers: list[str],
 ) -> list[Step]:
     steps: list[Step] = []
+    kinds = workload.faults
     if not kinds:
         return steps
-    for _ in range(rng.randint(2, 4)):
-        kind = rng.choice(kinds)
+    for n in range(rng.randint(2, 4)):
+        # Drawn as ever when nothing is required: the seeds of the other targets keep their plans.
+        kind = rng.choice(workload.every_seed if n == 0 and workload.every_seed else kinds)
         start = round(rng.uniform(0.1, 0.6) * duration, 3)
         length = round(ttl * rng.uniform(0.3, 2.5), 3)
         end = round(min(start + length, 0.78 * duration), 3)

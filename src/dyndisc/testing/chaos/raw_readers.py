@@ -83,23 +83,17 @@ def _range_end(prefix: bytes) -> bytes:
 _LEASE_TOKEN = "_dyndisc/lease"
 
 
-async def read_nats(server: str, bucket: str, prefixes: list[str]) -> RawItems:
-    """The live keys under ``prefixes`` and the live leases of the KV bucket ``bucket``."""
+async def read_nats(server: str | list[str], bucket: str, prefixes: list[str]) -> RawItems:
+    """The live keys under ``prefixes`` and the live leases of the KV bucket ``bucket`` (``server``: a URL, or
+    the URLs of a cluster's servers)."""
     import nats
-    from nats.js.errors import NoKeysError
 
     nc = await nats.connect(server, connect_timeout=5, allow_reconnect=False)
     try:
         js = nc.jetstream(timeout=5)
-        kv = await js.key_value(bucket)
         stream, subjects = f"KV_{bucket}", f"$KV.{bucket}."
-        try:
-            # Every key, filtered here: nats-py 2.16 finds no keys when given several filters.
-            names = await kv.keys()
-        except NoKeysError:
-            names = []
         last: dict[str, Any] = {}
-        for name in names:
+        for name in await _nats_subjects(nc, stream, subjects):
             key = _nats_key(name)
             wanted = key is not None and any(key.startswith(p) for p in prefixes)
             if not (wanted or name.startswith(_LEASE_TOKEN + ".")):
@@ -120,6 +114,29 @@ async def read_nats(server: str, bucket: str, prefixes: list[str]) -> RawItems:
         if not owner or owner in leases:  # a key lives while its lease key does
             items[key] = bytes(found.data or b"")
     return items, leases
+
+
+async def _nats_subjects(nc: Any, stream: str, subjects: str) -> list[str]:
+    """Every key of the bucket with a message (a value or a removal), from the stream's own count of them,
+    answered by its leader (page by page). Not nats-py's ``kv.keys()``: its watcher may end before its first
+    key when the consumer's messages are still in flight as it reports nothing pending (nats-io/nats.py#842;
+    on a cluster after a failover the truth so read empty), and it finds none given several filters (2.16)."""
+    found: dict[str, int] = {}
+    while True:
+        request = json.dumps({"subjects_filter": subjects + ">", "offset": len(found)}).encode()
+        for attempt in range(5):
+            try:
+                answer = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", request, 5)).data)
+                break
+            except TimeoutError:  # nats-py's is one
+                if attempt == 4:
+                    raise
+        if "error" in answer:
+            raise RuntimeError(f"stream info of {stream}: {answer['error']}")
+        page = answer["state"].get("subjects") or {}
+        found.update(page)
+        if not page or len(found) >= answer.get("total", 0):
+            return [subject[len(subjects) :] for subject in found]
 
 
 async def _last_message(js: Any, stream: str, subject: str) -> Any:

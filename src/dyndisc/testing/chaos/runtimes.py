@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 from dyndisc.testing.chaos.history import Fault, History, Operation
 
+#: Faults of one server of a cluster (``nats-cluster``): its clients are cut off until they leave it.
+MEMBER_CUTS = ("member_kill", "member_partition")
 #: Faults that cut a worker off from the server (its keep-alives and writes do not arrive).
-WORKER_CUTS = ("partition", "pause", "server_kill", "quorum_loss", "leader_kill")
+WORKER_CUTS = ("partition", "pause", "server_kill", "quorum_loss", "leader_kill", *MEMBER_CUTS)
 #: Faults that hold a watcher's view back (it cannot hear changes, or resumes from a fresh snapshot).
 WATCHER_CUTS = (
     "partition",
@@ -22,6 +24,7 @@ WATCHER_CUTS = (
     "leader_kill",
     "break_watches",
     "compact",
+    *MEMBER_CUTS,
 )
 #: Targets that stand for every actor.
 EVERYONE = ("everyone", "server")

@@ -1,5 +1,6 @@
 """The real key-value backends a chaos run can use (etcd, a 3-member etcd cluster, NATS, files), and the
-registry of every target by name (Kubernetes is in :mod:`~dyndisc.testing.chaos.kube_target`)."""
+registry of every target by name (Kubernetes is in :mod:`~dyndisc.testing.chaos.kube_target`, a 3-server NATS
+cluster in :mod:`~dyndisc.testing.chaos.nats_cluster_target`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dyndisc.backends.kv import KeyValueStore
 from dyndisc.backends.kv.scopes import Role, Scope
 from dyndisc.backends.nats import NatsSettings, NatsStore
 from dyndisc.testing.chaos.kube_target import KubernetesTarget
+from dyndisc.testing.chaos.nats_cluster_target import NatsClusterTarget
 from dyndisc.testing.chaos.raw_readers import RawItems, read_etcd, read_files, read_nats
 from dyndisc.testing.chaos.target import SERVER_FAULTS, Target
 from dyndisc.testing.servers import EtcdCluster, EtcdServer, NatsServer
@@ -220,5 +222,13 @@ class FileTarget(Target):
 
 TARGETS: dict[str, type[Target]] = {
     t.name: t
-    for t in (EtcdTarget, EtcdScopedTarget, EtcdClusterTarget, NatsTarget, FileTarget, KubernetesTarget)
+    for t in (
+        EtcdTarget,
+        EtcdScopedTarget,
+        EtcdClusterTarget,
+        NatsTarget,
+        NatsClusterTarget,
+        FileTarget,
+        KubernetesTarget,
+    )
 }

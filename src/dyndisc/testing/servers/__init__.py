@@ -1,4 +1,5 @@
-"""Real servers on loopback for tests: etcd (one member or a 3-member cluster), nats-server (JetStream),
+"""Real servers on loopback for tests: etcd (one member or a 3-member cluster), nats-server (JetStream; one
+server or a 3-server cluster),
 kube-apiserver and kube-controller-manager, and a TCP proxy.
 
 Each manager is a sync context manager (``with EtcdServer() as etcd: ...``) with explicit
@@ -15,6 +16,7 @@ from dyndisc.testing.servers.kube import KubeApiServer
 from dyndisc.testing.servers.kube_build import build_kube_apiserver, build_kube_controller_manager
 from dyndisc.testing.servers.kube_controllers import KubeCluster, KubeControllerManager
 from dyndisc.testing.servers.nats import NatsServer
+from dyndisc.testing.servers.nats_cluster import NatsCluster, NatsClusterServer
 from dyndisc.testing.servers.proxy import ProxyMode, TcpProxy
 
 __all__ = [
@@ -23,6 +25,8 @@ __all__ = [
     "KubeApiServer",
     "KubeCluster",
     "KubeControllerManager",
+    "NatsCluster",
+    "NatsClusterServer",
     "NatsServer",
     "ProxyMode",
     "ServerBase",

@@ -28,6 +28,27 @@ __all__ = ["ADMIN_USER", "RESTRICTED_USER", "KubeApiServer"]
 ADMIN_USER = "dyndisc-admin"
 RESTRICTED_USER = "restricted"
 
+#: What :attr:`KubeApiServer.audit_path` records when auditing is on: the reads (get, list, watch) of what
+#: discovery reads, with their URIs (so a test can check the query a client sent); nothing else.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    # ResponseStarted stays: a watch is logged when it starts, not only when it ends.
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {
+            "level": "Metadata",
+            "verbs": ["get", "list", "watch"],
+            "resources": [
+                {"group": "discovery.k8s.io", "resources": ["endpointslices"]},
+                {"group": "nvidia.com", "resources": ["dynamoworkermetadatas"]},
+                {"group": "", "resources": ["pods"]},
+            ],
+        },
+        {"level": "None"},
+    ],
+}
+
 
 def _write_service_account_keys(directory: Path) -> tuple[Path, Path]:
     from cryptography.hazmat.primitives import serialization
@@ -58,7 +79,9 @@ class KubeApiServer(ServerBase):
     * :attr:`admin_token` belongs to ``dyndisc-admin`` in ``system:masters`` (may do anything);
     * :attr:`restricted_token` belongs to ``restricted`` with no groups besides ``system:authenticated``
       (may do nothing until a Role grants it something);
-    * :attr:`kubeconfig_path` is a kubeconfig for the admin; :meth:`write_kubeconfig` writes others.
+    * :attr:`kubeconfig_path` is a kubeconfig for the admin; :meth:`write_kubeconfig` writes others;
+    * with ``audit``, the reads of EndpointSlices, Pods and DynamoWorkerMetadata are logged
+      (:data:`AUDIT_POLICY`), and :meth:`audit_events` returns them: what clients really asked for.
 
     Without ``etcd`` the server starts and owns a private :class:`EtcdServer`; with one, it shares it under
     a distinct ``--etcd-prefix``. No controller-manager runs unless you start a
@@ -77,6 +100,7 @@ class KubeApiServer(ServerBase):
         ready_timeout: float = 180.0,
         base_dir: Path | None = None,
         extra_args: Sequence[str] = (),
+        audit: bool = False,
     ) -> None:
         if etcd is not None and etcd.auth:
             raise ValueError("kube-apiserver cannot log in to an etcd with auth enabled; pass one without")
@@ -88,6 +112,18 @@ class KubeApiServer(ServerBase):
         self.host = LOOPBACK
         (self.port,) = free_ports(1)
         self.extra_args = list(extra_args)
+        #: Where the audit log is written (with ``audit``), one JSON event per line.
+        self.audit_path: Path | None = None
+        if audit:
+            self.audit_path = self.base_dir / "audit.log"
+            policy = self.base_dir / "audit-policy.json"
+            policy.write_text(json.dumps(AUDIT_POLICY))
+            self.extra_args += [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_path}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",  # written before the answer: a test reads it right after
+            ]
         self.cert_dir = self.base_dir / "certs"
         self.tls: TLSFiles = generate_tls(
             self.cert_dir,
@@ -249,6 +285,23 @@ class KubeApiServer(ServerBase):
         except ValueError:
             decoded = None
         return status, decoded
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every audited request so far (see :data:`AUDIT_POLICY`): ``verb``, ``requestURI`` (with its query),
+        ``objectRef``, ``user`` and ``stage`` of each. Raises :class:`RuntimeError` without ``audit``."""
+        if self.audit_path is None:
+            raise RuntimeError("this KubeApiServer was started without audit=True")
+        try:
+            lines = self.audit_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in lines:
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue  # a line being written
+        return events
 
     def create_crd(self, manifest: str, *, timeout: float = 60.0) -> str:
         """Create the CustomResourceDefinition in ``manifest`` (YAML or JSON text, one document) unless it

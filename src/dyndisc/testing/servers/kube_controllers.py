@@ -155,9 +155,11 @@ class KubeCluster:
         build: bool = True,
         apiserver_args: Sequence[str] = (),
         controller_manager_args: Sequence[str] = (),
+        audit: bool = False,
     ) -> None:
+        """``audit`` logs the reads of what discovery reads (:meth:`KubeApiServer.audit_events`)."""
         self.crds = list(crds)
-        self.apiserver = KubeApiServer(build=build, extra_args=apiserver_args)
+        self.apiserver = KubeApiServer(build=build, extra_args=apiserver_args, audit=audit)
         try:
             self.controller_manager = KubeControllerManager(
                 self.apiserver, controllers=controllers, build=build, extra_args=controller_manager_args
