@@ -240,6 +240,24 @@ def test_another_cluster_behind_the_same_address_relists() -> None:
     virtual(test)
 
 
+def test_a_stream_that_cannot_tell_its_cluster_is_not_another_cluster() -> None:
+    """etcd's grpc-proxy confirms a watch that joins one it already holds without a cluster id."""
+
+    async def test() -> None:
+        source = ScriptedSource()
+        source.listings.append(Listing({f"{PREFIX}a": b"1"}, 10, cluster=1))
+        source.streams.append([Created(11, cluster=None), _put("b", "2", 11)])
+        watches: dict[str, SharedWatch] = {}
+        async with subscribe(watches, source, PREFIX, _established) as events:
+            assert await take(events, 2) == [
+                StoreSnapshot(items={f"{PREFIX}a": b"1"}),
+                StorePut(key=f"{PREFIX}b", value=b"2"),
+            ]
+            assert watches[PREFIX].relists == 0
+
+    virtual(test)
+
+
 def test_a_history_that_went_backwards_relists() -> None:
     async def test() -> None:
         source = ScriptedSource()

@@ -57,7 +57,7 @@ class EtcdSource(RevisionedSource):
 
     async def list(self, prefix: str) -> Listing:
         found = await list_prefix(self.connection, prefix, self.page_size, self._page_read)
-        return Listing(found.items, found.revision, found.cluster_id)
+        return Listing(found.items, found.revision, found.cluster_id or None)
 
     def _page_read(self) -> None:
         self.pages_read += 1
@@ -131,7 +131,10 @@ class EtcdSource(RevisionedSource):
         elif reply.canceled:
             deliver(Cancelled(reply.cancel_reason or "no reason given"))
         elif reply.created:
-            deliver(Created(int(reply.header.revision), int(reply.header.cluster_id)))
+            # etcd's grpc-proxy confirms a watch that joins one it already holds with a header of its own
+            # making: no cluster id (0) and the revision asked for. 0 tells no cluster (taken for another
+            # cluster's, every watcher of a prefix but the first listed it again for ever).
+            deliver(Created(int(reply.header.revision), int(reply.header.cluster_id) or None))
             self.connection.mark_ok(stubs.member)  # once the watch is accepted: this member serves it
         elif not reply.events:
             deliver(Progress(int(reply.header.revision)))

@@ -315,7 +315,10 @@ class SharedWatch:
             # Every event up to this revision has been delivered: a resume starts after it.
             self.revision = max(self.revision, reply.revision)
         elif isinstance(reply, Created):
-            if self.cluster not in (None, reply.cluster) or reply.revision < self.revision:
+            # A reply that cannot tell its cluster (None: etcd's grpc-proxy confirms a watch joining one it
+            # holds without one) is not another cluster's; its revision still tells a history gone back.
+            other = reply.cluster is not None and self.cluster not in (None, reply.cluster)
+            if other or reply.revision < self.revision:
                 # A different cluster, or one restored from an older backup: our revision means nothing there.
                 raise _Relist(
                     f"the cluster's history changed (cluster {reply.cluster or 0:x} at revision "

@@ -1,6 +1,6 @@
-"""Real servers on loopback for tests: etcd (one member or a 3-member cluster), nats-server (JetStream; one
-server or a 3-server cluster),
-kube-apiserver and kube-controller-manager, and a TCP proxy.
+"""Real servers on loopback for tests: etcd (one member or a 3-member cluster, and etcd's own grpc-proxy),
+nats-server (JetStream; one server or a 3-server cluster), kube-apiserver and kube-controller-manager, and a
+TCP proxy.
 
 Each manager is a sync context manager (``with EtcdServer() as etcd: ...``) with explicit
 ``start()``/``stop()``/``kill()``/``restart()``/``close()`` and ``log_tail()``; a server that cannot start
@@ -12,6 +12,7 @@ from dyndisc.testing.servers._process import ServerBase, ServerUnavailable, free
 from dyndisc.testing.servers._tls import TLSFiles
 from dyndisc.testing.servers.etcd import EtcdServer
 from dyndisc.testing.servers.etcd_cluster import EtcdCluster
+from dyndisc.testing.servers.etcd_proxy import EtcdGrpcProxy
 from dyndisc.testing.servers.kube import KubeApiServer
 from dyndisc.testing.servers.kube_build import build_kube_apiserver, build_kube_controller_manager
 from dyndisc.testing.servers.kube_controllers import KubeCluster, KubeControllerManager
@@ -21,6 +22,7 @@ from dyndisc.testing.servers.proxy import ProxyMode, TcpProxy
 
 __all__ = [
     "EtcdCluster",
+    "EtcdGrpcProxy",
     "EtcdServer",
     "KubeApiServer",
     "KubeCluster",
