@@ -29,7 +29,11 @@ def run_quick(module: str, out: Path) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [sys.executable, "-m", module, "--quick", "--json", str(out)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # The benchmarks from ROOT, dyndisc from wherever this test's own comes from (PYTHONPATH kept).
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        },
         capture_output=True,
         text=True,
         timeout=600,
@@ -111,3 +115,26 @@ def test_quick_nats_failover_produces_every_figure(tmp_path: Path) -> None:
     for fault in ("kill", "partition"):
         summary = results[fault]["summary"]
         assert {"moved_s", "write_s", "seen_s", "leases_kept"} <= set(summary), summary
+
+
+@pytest.mark.slow
+def test_quick_fanout_produces_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "fanout.json"
+    run_quick("benchmarks.fanout", out)
+    found = json.loads(out.read_text())
+    watchers = found["meta"]["sizes"]["watchers"]
+    for mode in ("direct", "proxy"):
+        small, big = found["results"][mode]["small"], found["results"][mode]["big"]
+        for side in ("ours", "raw"):
+            figures = small[side]
+            for figure in ("sync_all_s", "etcd_peak_rss_mib", "etcd_requests", "converge_median_ms"):
+                assert figures[figure] > 0, (mode, side, figure, figures)
+            for figure in ("departure_median_ms", "etcd_calls_per_departure"):
+                assert figures[figure] > 0, (mode, side, figure, figures)
+            assert big[side]["sync_all_s"] > 0, (mode, side, big)
+        # Beside raw in the same run.
+        assert {"ratio_sync_all_s", "ratio_converge_median_ms"} <= set(small), small
+    # Directly, etcd holds a watch per watcher; through the proxy, its own two and one for them all.
+    assert found["results"]["direct"]["small"]["ours"]["etcd_watchers"] == watchers
+    assert found["results"]["proxy"]["small"]["ours"]["etcd_watchers"] == 3
+    assert found["results"]["proxy"]["small"]["ours"]["proxy_connections"] >= watchers
