@@ -23,7 +23,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from dyndisc import LeaseNotFoundError
+from dyndisc import LeaseNotFoundError, RemovalReason
 from dyndisc.backends.file import DynamoFileStore, FileStore
 from dyndisc.backends.kv import StoreDelete, StoreEvent, StoreSnapshot
 
@@ -358,3 +358,31 @@ async def test_a_watch_meeting_a_lease_locked_by_its_renewer_waits_without_holdi
             os.close(fd)
         else:
             release.join(PATIENCE)
+
+
+async def test_a_record_swept_by_another_reader_while_the_watch_waited_for_the_lock_expired(
+    tmp_path: Path,
+) -> None:
+    """Another reader holds the lease file's lock past the deadline while it removes the expired lease: the
+    watch, told to look again shortly, hears the record go meanwhile. It expired, it did not leave (chaos
+    seed 1 on files: the time to look again was taken for the lease's deadline)."""
+    owner, watcher = FileStore(tmp_path), FileStore(tmp_path, rescan_interval=60)
+    lease = await owner.grant(1.0)
+    await owner.create(KEY, b"v", lease.id)
+    fd = os.open(owner.lease_path(lease.id), os.O_RDONLY)
+    try:
+        async with watcher.watch("/services/") as events:
+            with anyio.fail_after(PATIENCE):
+                assert isinstance(await anext(events), StoreSnapshot)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # the other reader, deciding
+            deadline = owner.lease_path(lease.id).stat().st_mtime + 1.0
+            # Past the deadline the watch finds the lock held, and looks again every BUSY_RECHECK (waited for
+            # by the clock: nothing tells when the watch has looked).
+            await anyio.sleep(max(deadline - time.time(), 0.0) + 0.5)
+            owner.record_path(KEY).unlink()  # the other reader's sweep: the records first, still locked
+            with anyio.fail_after(PATIENCE):
+                removed = await anext(events)
+            assert removed == StoreDelete(key=KEY)
+            assert removed.reason is RemovalReason.EXPIRED
+    finally:
+        os.close(fd)

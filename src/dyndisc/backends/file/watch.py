@@ -19,7 +19,7 @@ import anyio.to_thread
 from dyndisc._events import RemovalReason
 from dyndisc.backends.file.changes import ChangeFeed
 from dyndisc.backends.file.layout import Record
-from dyndisc.backends.file.records import Records
+from dyndisc.backends.file.records import BUSY_RECHECK, Records
 from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
 
 #: Changed paths a watch may queue before it switches to a full rescan and a fresh snapshot instead.
@@ -40,7 +40,10 @@ class FileWatch:
         self.base_str = str(self.base)
         self.lease_str = str(self.layout.lease_dir) + os.sep
         self.known: dict[str, Record] = {}
-        self.deadlines: dict[int, float] = {}  # leases of known records
+        self.deadlines: dict[int, float] = {}  # leases of known records: when to look at each again
+        #: Each lease's deadline as its file last said (never a time to look again at a lease whose lock was
+        #: busy): a record gone after it expired, whoever removed it.
+        self.expiries: dict[int, float] = {}
         self.pending: set[tuple[int, str]] = set()
         self.out: deque[StoreEvent] = deque()
         self.needs_snapshot = True
@@ -113,7 +116,7 @@ class FileWatch:
             if old is not None:
                 del self.known[key]
                 # Past its lease's deadline as last seen: it expired (whoever reaped it); else it left.
-                expired = self.deadlines.get(old.lease_id, float("inf")) <= time.time()
+                expired = self.expiries.get(old.lease_id, float("inf")) <= time.time()
                 reason = RemovalReason.EXPIRED if expired else RemovalReason.LEFT
                 self.out.append(StoreDelete(key=key, reason=reason))
         elif old is None or (old.value, old.lease_id) != (record.value, record.lease_id):
@@ -125,6 +128,7 @@ class FileWatch:
     def _refresh_deadlines(self) -> None:
         leases = {r.lease_id for r in self.known.values() if r.lease_id}
         self.deadlines = {i: d for i, d in self.deadlines.items() if i in leases}
+        self.expiries = {i: d for i, d in self.expiries.items() if i in leases}
         for lease_id in leases - self.deadlines.keys():
             self._check_leases({lease_id})
 
@@ -133,12 +137,17 @@ class FileWatch:
             deadline = self.records.lease_deadline(lease_id)
             if deadline is not None:
                 self.deadlines[lease_id] = deadline
+                # A lease whose lock was busy is looked at again shortly: that is no new deadline of its own
+                # (another reader may be removing it as expired right now: chaos seed 1 on files).
+                if deadline > time.time() + BUSY_RECHECK or lease_id not in self.expiries:
+                    self.expiries[lease_id] = deadline
                 continue
             for key, record in list(self.known.items()):
                 if record.lease_id == lease_id:
                     self.records.remove_record_of(self.layout.record_path(key), lease_id)
                     self._set(key, None)
             self.deadlines.pop(lease_id, None)
+            self.expiries.pop(lease_id, None)
 
     def _reconcile(self, directory: Path, dir_prefix: str, scanned: dict[str, Record] | None = None) -> None:
         """Make ``known`` match the disk for the watched keys under ``directory`` (keys ``dir_prefix...``);
