@@ -32,6 +32,7 @@ from dyndisc import (
     Resync,
 )
 from dyndisc.backends.kubernetes import KubernetesDiscovery, PodIdentity
+from dyndisc.backends.kubernetes.reflector import RETRY_MAX
 from dyndisc.backends.kubernetes.siphash import instance_id_for
 from dyndisc.testing import RuntimeHost
 from dyndisc.testing.server_fixtures import TcpProxyFactory
@@ -417,6 +418,8 @@ async def test_a_silent_partitioned_watch_is_noticed_and_resumed(
         await until(lambda: watcher.stale_since is not None, 15.0, "the watcher to notice the silence")
         noticed = time.monotonic() - started
         proxy.restore()
-        assert await next_event(events, timeout=PROMPT * 2) == Added(instance=b)
+        # An attempt begun in the silence ends at its read timeout, then waits at most one retry delay.
+        back_within = 2.0 + RETRY_MAX + PROMPT * 2
+        assert await next_event(events, timeout=back_within) == Added(instance=b)
     await until(lambda: watcher.stale_since is None, 1.0, "stale to clear")
     print(f"silence noticed after {noticed:.1f}s (watch_timeout 2s)")
