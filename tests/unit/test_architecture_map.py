@@ -27,3 +27,12 @@ def test_every_module_is_in_a_room() -> None:
         if path.stem not in words and path.stem not in ("__init__",):
             missing.append(str(relative))
     assert missing == [], f"modules missing from the Rooms of docs/architecture.md: {missing}"
+
+
+def test_no_module_outgrows_a_reading() -> None:
+    """Small modules a newcomer reads top-down: none in ``src/`` over 450 lines (split by what it holds)."""
+    sizes = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for path in (ROOT / "src").rglob("*.py")
+    }
+    assert {path: lines for path, lines in sizes.items() if lines > 450} == {}

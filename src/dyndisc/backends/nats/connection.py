@@ -47,10 +47,8 @@ _T = TypeVar("_T")
 
 #: Seconds between client pings; a silent (partitioned) connection is dropped after two unanswered ones.
 PING_INTERVAL = 3.0
-#: Seconds a watch waits for a consumer of its own to be made, on a cluster, before it asks again (within
-#: ``NATS_TIMEOUT``): for a moment after a server dies, the meta leader may still place a new consumer on it
-#: (measured: the first consumer made within a second of a kill, 3 times in 4), and that request is never
-#: answered; asked again, it lands elsewhere.
+#: Seconds a watch waits for a consumer on a cluster before asking again (within ``NATS_TIMEOUT``): just after
+#: a server dies the meta leader may place it there (3 times in 4), and that request is never answered.
 CLUSTER_FEED_TIMEOUT = 1.0
 #: JetStream error code for a failed ``Nats-Expected-Last-Subject-Sequence`` check.
 _WRONG_LAST_SEQUENCE = 10071
