@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import anyio
+from aetcd import rpc
 
 from dyndisc._concurrency import run_bounded
 from dyndisc._errors import DyndiscError, LeaseNotFoundError
@@ -50,6 +51,20 @@ LOOKUPS_AT_ONCE = 16
 def marker_key(lease_id: int) -> str:
     """The key a revoke of ``lease_id`` leaves behind."""
     return f"{MARKER_PREFIX}{lease_id:016x}"
+
+
+async def lease_time_to_live(connection: EtcdConnection, lease_id: int) -> float | None:
+    """The seconds ``lease_id`` has left, or ``None`` if etcd does not know it (expired or revoked)."""
+
+    async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
+        request = rpc.LeaseTimeToLiveRequest(ID=lease_id)
+        return await stubs.lease.LeaseTimeToLive(request, timeout=timeout, metadata=metadata)
+
+    try:
+        reply = await connection.call(f"reading the TTL of lease {lease_id:x}", attempt)
+    except LeaseNotFoundError:
+        return None
+    return float(reply.TTL) if reply.TTL > 0 else None  # etcd answers -1 for a lease it does not know
 
 
 class Departures:
@@ -90,8 +105,6 @@ class Departures:
             return None
 
     async def _marked(self, lease_id: int) -> bool:
-        from aetcd import rpc
-
         key = marker_key(lease_id).encode()
 
         async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
@@ -102,17 +115,7 @@ class Departures:
         return bool(reply.count)
 
     async def _alive(self, lease_id: int) -> bool:
-        from aetcd import rpc
-
-        async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
-            request = rpc.LeaseTimeToLiveRequest(ID=lease_id)
-            return await stubs.lease.LeaseTimeToLive(request, timeout=timeout, metadata=metadata)
-
-        try:
-            reply = await self.connection.call(f"reading the TTL of lease {lease_id:x}", attempt)
-        except LeaseNotFoundError:
-            return False
-        return bool(reply.TTL > 0)  # etcd answers -1 for a lease it does not know
+        return await lease_time_to_live(self.connection, lease_id) is not None
 
     def _remember(self, lease_id: int, reason: RemovalReason) -> RemovalReason:
         self._known[lease_id] = reason

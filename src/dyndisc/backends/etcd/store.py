@@ -18,7 +18,7 @@ from dyndisc._outage import OutageLog
 from dyndisc.backends.base import Lease
 from dyndisc.backends.diagnosis import BackendDoctor
 from dyndisc.backends.etcd.connection import EtcdConnection, PermissionDenied, Stubs
-from dyndisc.backends.etcd.departures import MARKER_TTL, marker_key
+from dyndisc.backends.etcd.departures import MARKER_TTL, lease_time_to_live, marker_key
 from dyndisc.backends.etcd.doctor import EtcdDoctor
 from dyndisc.backends.etcd.listing import list_prefix
 from dyndisc.backends.etcd.roles import OwnRoles
@@ -117,15 +117,7 @@ class EtcdStore(KeyValueStore):
         return True
 
     async def time_to_live(self, lease_id: int) -> float | None:
-        async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
-            request = rpc.LeaseTimeToLiveRequest(ID=lease_id)
-            return await stubs.lease.LeaseTimeToLive(request, timeout=timeout, metadata=metadata)
-
-        try:
-            reply = await self.connection.call(f"reading the TTL of lease {lease_id:x}", attempt)
-        except LeaseNotFoundError:
-            return None
-        return float(reply.TTL) if reply.TTL > 0 else None  # etcd answers -1 for a lease it does not know
+        return await lease_time_to_live(self.connection, lease_id)
 
     async def revoke(self, lease_id: int) -> None:
         """Revoke ``lease_id`` (its keys go at once), first leaving the departure marker that tells watchers
