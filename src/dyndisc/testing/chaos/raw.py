@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dyndisc.testing.chaos.history import Record, canonical_json, canonical_record
+from dyndisc.testing.chaos.history import RECORD_FIELDS, Record, canonical_json, canonical_record
 
 #: The buckets of the chaos workload's entries: its own (keys ``<namespace>/<worker>/<name>``), model cards
 #: and event channels (in the reference's buckets and keys).
@@ -194,21 +194,7 @@ def read_fields(body: Mapping[str, Any]) -> dict[str, Any] | None:
         isinstance(stamp, bool) or not isinstance(stamp, int | float) or not 0 <= stamp < 1e11
     ):
         return None
-    return {
-        k: body[k]
-        for k in (
-            "namespace",
-            "component",
-            "endpoint",
-            "instance_id",
-            "transport",
-            "device_type",
-            "request_plane_codec",
-            "metadata",
-            "readiness",
-        )
-        if k in body
-    }
+    return {k: body[k] for k in RECORD_FIELDS if k in body}
 
 
 def _json(value: bytes) -> Any:
