@@ -191,8 +191,9 @@ class InstanceSet:
         self._pinned = True
 
     def release(self) -> None:
-        """One user fewer; the last one stops the watch (unless pinned). Safe from any thread."""
-        if threading.get_ident() != self._thread:
+        """One user fewer; the last one stops the watch (unless pinned). Safe from any thread, and with no
+        event loop running (a client collected after its loop ended)."""
+        if threading.get_ident() != self._thread or not _in_event_loop():
             self._foreign_releases.append(None)  # deque.append is atomic: applied at the next change
             return
         self._users -= 1
@@ -328,3 +329,11 @@ def _by_endpoint(instances: tuple[Instance, ...]) -> dict[EndpointId, dict[int, 
 
 def _names(endpoint: EndpointId) -> tuple[str, str, str]:
     return (endpoint.namespace, endpoint.component, endpoint.endpoint)
+
+
+def _in_event_loop() -> bool:
+    try:
+        anyio.get_current_task()
+    except RuntimeError:  # anyio's "no event loop" errors are RuntimeErrors, whatever its version
+        return False
+    return True

@@ -36,6 +36,8 @@ PLANT_SEEDS = {
     "wrong-reason": (1, 2, 3),
     "drops-draining": (0, 1, 2),
     "unbound-entries": (0, 1, 3),
+    "list-skips-side": (0, 5, 7),
+    "watch-ends": (1, 6, 10),
 }
 
 

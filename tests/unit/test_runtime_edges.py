@@ -456,3 +456,26 @@ async def test_an_entry_put_again_while_a_replacements_write_of_it_is_refused_is
         tg.cancel_scope.cancel()
     assert [e.value for e in await backend.list_entries("v1/custom")] == [{"v": 2}]
     assert parts.registrations.wanted_entry(ident) is not None, "version 2 is still wanted"
+
+
+def test_a_set_released_after_its_event_loop_ended_raises_nothing() -> None:
+    """A client collected by the garbage collector once its event loop is gone (a runtime abandoned by a
+    cancellation, at interpreter exit) releases its set from no loop at all: nothing to cancel then, and
+    nothing may be raised into the collector."""
+    from dyndisc._instance_set import InstanceSet
+    from dyndisc._models import InstanceQuery
+    from dyndisc.backends.kv import KvDiscovery
+    from dyndisc.backends.memory import MemoryStore
+
+    kept: list[InstanceSet] = []
+
+    async def main() -> None:
+        found = InstanceSet(KvDiscovery(MemoryStore()), InstanceQuery("ns"))
+        found.acquire()
+        async with anyio.create_task_group() as tg:
+            await tg.start(found.run_until_unused)
+            kept.append(found)
+            tg.cancel_scope.cancel()  # abandoned: nobody detaches or releases it while the loop runs
+
+    anyio.run(main)
+    kept[0].release()

@@ -18,6 +18,7 @@ from dyndisc._events import Added, DiscoveryEvent, RemovalReason, Removed, Resyn
 from dyndisc._instance_set import InstanceSet
 from dyndisc._models import Readiness
 from dyndisc.backends.kv import KvDiscovery
+from dyndisc.backends.kv.discovery import _Merged
 from dyndisc.runtime import lease_keeper
 from dyndisc.runtime.lease_keeper import LeaseKeeper
 from dyndisc.runtime.registrar import Registrar
@@ -55,6 +56,10 @@ PLANTS = {
     "drops-draining": "readiness as last set",
     # the key-value layer (KvDiscovery.put_entry): a lease-bound entry is written without the lease
     "unbound-entries": "entries follow their lease",
+    # the key-value layer (KvDiscovery.list): the dynamo-v1 layout's side copies (draining) are not read
+    "list-skips-side": "agreement",
+    # the key-value layer (KvDiscovery watch): a watch that has to resume ends quietly instead
+    "watch-ends": "watchers keep running",
 }
 PLANTABLE = tuple(PLANTS)
 
@@ -236,6 +241,27 @@ def _unbound_entries() -> list[tuple[Any, str, Any]]:
     return [(KvDiscovery, "put_entry", put_entry)]
 
 
+def _list_skips_side() -> list[tuple[Any, str, Any]]:
+    async def list_(self: KvDiscovery, query: Any) -> Any:
+        merged = _Merged(self.parse)
+        merged.snapshot(0, await self.store.get_prefix(self.prefix_for(query)))
+        return merged.current()
+
+    return [(KvDiscovery, "list", list_)]
+
+
+def _watch_ends() -> Rewrite:
+    async def rewrite(events: AsyncIterator[DiscoveryEvent]) -> AsyncIterator[DiscoveryEvent]:
+        resyncs = 0
+        async for event in events:
+            resyncs += isinstance(event, Resync)
+            if resyncs > 1:
+                return
+            yield event
+
+    return rewrite
+
+
 _SWAPS: dict[str, Callable[[], list[tuple[Any, str, Any]]]] = {
     "never-revokes": _never_revokes,
     "replaces-lease": _replaces_lease,
@@ -249,4 +275,6 @@ _SWAPS: dict[str, Callable[[], list[tuple[Any, str, Any]]]] = {
     "wrong-reason": _watch_rewrite(_wrong_reason),
     "drops-draining": _drops_draining,
     "unbound-entries": _unbound_entries,
+    "list-skips-side": _list_skips_side,
+    "watch-ends": _watch_rewrite(_watch_ends),
 }

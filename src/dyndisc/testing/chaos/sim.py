@@ -261,13 +261,15 @@ class _Simulation:
             try:
                 if kind == "backend":
                     await watch_backend(name, backend, self.query, self.recorder, paused)
-                    return
-                host = await RuntimeHost.start(DistributedRuntime(backend, lease_ttl=self.plan.ttl))
-                if kind == "runtime":
-                    await watch_runtime(name, host.runtime, self.query, self.recorder, paused)
                 else:
-                    endpoint = self.history.scopes[name]
-                    await watch_client(name, host.runtime, endpoint, self.recorder, paused)
+                    host = await RuntimeHost.start(DistributedRuntime(backend, lease_ttl=self.plan.ttl))
+                    if kind == "runtime":
+                        await watch_runtime(name, host.runtime, self.query, self.recorder, paused)
+                    else:
+                        endpoint = self.history.scopes[name]
+                        await watch_client(name, host.runtime, endpoint, self.recorder, paused)
+                # A watch only ends when the run cancels it: one that returns has stopped on its own.
+                self.history.died[name] = self.recorder.now()
                 return
             except BackendUnavailableError:
                 await anyio.sleep(0.5)
