@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,9 +107,11 @@ TARGETS: dict[str, list[list[str]]] = {
     "dyndisc/backends/kv/revisioned.py": [KV, conformance("memory"), CHAOS, *ETCD],
     "dyndisc/backends/file/records.py": [backend_tests("file"), conformance("file")],
     "dyndisc/backends/file/leases.py": [backend_tests("file"), conformance("file")],
+    "dyndisc/backends/file/watch.py": [backend_tests("file"), conformance("file")],
     "dyndisc/backends/nats/store.py": [backend_tests("nats"), conformance("nats")],
     "dyndisc/backends/etcd/watch.py": ETCD,
     "dyndisc/backends/etcd/listing.py": ETCD,
+    "dyndisc/backends/etcd/departures.py": ETCD,
 }
 
 
@@ -127,12 +129,20 @@ class Mutant:
     original: str
     #: A hash of the module's source the mutant was found in (a mutant of an older version is not run).
     source_hash: str
+    #: The text of the mutated line, stripped: with the column, what names the place whatever the line's
+    #: number (lines move with every edit above them).
+    context: str
 
     @property
     def ident(self) -> str:
-        """A stable name: the module, the place and the change (survives unrelated edits elsewhere)."""
-        digest = hashlib.sha1(f"{self.original}->{self.replacement}".encode()).hexdigest()[:8]
+        """A stable name: the module, the place and the change. Its line number is for people; what
+        matches it against ``tools/mutation-equivalent.txt`` is the rest (:func:`place`)."""
+        digest = hashlib.sha1(self.ident_text.encode()).hexdigest()[:8]
         return f"{self.module}:{self.line}:{self.col}:{self.operator}:{digest}"
+
+    @property
+    def ident_text(self) -> str:
+        return f"{self.col}|{self.operator}|{self.context}|{self.original}->{self.replacement}"
 
     def describe(self) -> str:
         before = " ".join(self.original.split())[:70]
@@ -179,6 +189,7 @@ class _Finder(ast.NodeVisitor):
         self.module = module
         self.source = source
         self.source_hash = _hash(source)
+        self.lines = source.splitlines()
         self.found: list[Mutant] = []
         #: Whether each function being visited is an ``__init__`` (its attribute assignments are not
         #: dropped: every use of the object would fail at once, a kill that says nothing).
@@ -202,6 +213,7 @@ class _Finder(ast.NodeVisitor):
                 replacement,
                 original,
                 self.source_hash,
+                self.lines[node.lineno - 1].strip(),  # type: ignore[attr-defined]
             )
         )
 
@@ -336,16 +348,23 @@ def _is_text(node: ast.BinOp) -> bool:
     )
 
 
-def mutants_of(module: str) -> list[Mutant]:
-    """Every mutant of ``module`` (a path below ``src/``), in source order."""
-    source = (SRC / module).read_text()
+def mutants_of(module: str, source: str | None = None) -> list[Mutant]:
+    """Every mutant of ``module`` (a path below ``src/``; or of ``source``, named so), in source order."""
+    source = (SRC / module).read_text() if source is None else source
     finder = _Finder(module, source)
     for statement in ast.parse(source).body:
         # Module-level constants are tuning (a limit, a period): moving one by a step changes nothing a
         # check could see, so they are left alone; what functions do with them is mutated.
         if not isinstance(statement, ast.Assign | ast.AnnAssign | ast.Expr | ast.Import | ast.ImportFrom):
             finder.visit(statement)
-    return sorted(finder.found, key=lambda m: (m.line, m.col, m.operator, m.replacement))
+    found = sorted(finder.found, key=lambda m: (m.line, m.col, m.operator, m.replacement))
+    # The same change on two lines of the same text (a flag set in two methods) is told apart by its turn.
+    seen: dict[str, int] = {}
+    for n, mutant in enumerate(found):
+        turn = seen[mutant.ident_text] = seen.get(mutant.ident_text, -1) + 1
+        if turn:
+            found[n] = replace(mutant, context=f"{mutant.context}#{turn}")
+    return found
 
 
 def apply(source: str, mutant: Mutant) -> str:
@@ -432,14 +451,20 @@ def _name(command: list[str]) -> str:
     return " ".join([*tests, f"-k {key!r}" if key else ""]).strip()
 
 
+def place(ident: str) -> str:
+    """An ident without its line number: the same mutant after edits above it."""
+    module, _line, rest = ident.split(":", 2)
+    return f"{module}:{rest}"
+
+
 def equivalent() -> dict[str, str]:
-    """The mutants shown equivalent: ident -> why (``tools/mutation-equivalent.txt``)."""
+    """The mutants shown equivalent: :func:`place` of the ident -> why (``tools/mutation-equivalent.txt``)."""
     found: dict[str, str] = {}
     if EQUIVALENT.exists():
         for line in EQUIVALENT.read_text().splitlines():
             if line.strip() and not line.startswith("#"):
                 ident, _, why = line.partition(" ")
-                found[ident] = why.strip()
+                found[place(ident)] = why.strip()
     return found
 
 
@@ -504,8 +529,8 @@ def _report(results: list[Result], show: int) -> int:
         print(f"{stale} mutants of modules edited during the run were not judged: run again")
     killed = [r for r in judged if r.status in ("killed", "timeout")]
     survived = [r for r in judged if r.status == "survived"]
-    equal = [r for r in survived if r.ident in same]
-    live = [r for r in survived if r.ident not in same]
+    equal = [r for r in survived if place(r.ident) in same]
+    live = [r for r in survived if place(r.ident) not in same]
     denominator = len(judged) - len(equal)
     score = 100.0 * len(killed) / denominator if denominator else 100.0
     print(
