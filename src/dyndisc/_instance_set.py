@@ -182,8 +182,8 @@ class InstanceSet:
 
     # -- users ----------------------------------------------------------------------------------------
     def acquire(self) -> None:
-        """One more user: the watch runs while the set has any (or was pinned)."""
-        self._take_foreign_releases()
+        """One more user: the watch runs while the set has any (or was pinned). Releases from other threads
+        still pending are taken at the next change, as ever: the set goes on for its new user meanwhile."""
         self._users += 1
 
     def pin(self) -> None:

@@ -256,3 +256,16 @@ async def test_a_draining_registration_cancelled_after_it_landed_is_removed_by_t
         ]
         await endpoint.unregister()
         assert await store.get_prefix("v1/") == {}
+
+
+def test_a_record_under_a_sibling_of_the_root_is_not_read_as_one_at_the_wrong_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``/services_dynamo/...`` shares the root's letters, not its path: the warning says where records
+    live, not that this one belongs elsewhere (it was never in the layout's tree)."""
+    layout = DyndiscLayout()
+    sibling = layout.key_for(WORKER).replace("/services/", "/services_", 1)
+    with caplog.at_level(logging.WARNING, "dyndisc.kv"):
+        assert layout.parse(sibling, WORKER.to_json()) is None
+    assert "belongs at" not in caplog.text
+    assert "not /services/<namespace>/<component>/<endpoint>/<id hex>" in caplog.text

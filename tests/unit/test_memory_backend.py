@@ -39,3 +39,22 @@ async def test_a_backend_closes_the_store_it_owns_and_leaves_a_shared_one_open()
     async with KvDiscovery(owned), KvDiscovery(shared, owns_store=False):
         pass
     assert (owned.closed, shared.closed) == (1, 0)
+
+
+async def test_a_lease_past_its_deadline_is_gone_before_its_expiry_task_runs() -> None:
+    """Every call looks at the clock first, as a server would: a lease whose TTL ran out is refused even if
+    the store's expiry task (not started here) has not dropped it yet."""
+    import pytest
+
+    from dyndisc import LeaseNotFoundError
+
+    now = [0.0]
+    store = MemoryStore(clock=lambda: now[0])
+    lease = await store.grant(1.0)
+    await store.put("k", b"v", lease.id)
+    now[0] = 1.5
+    with pytest.raises(LeaseNotFoundError):
+        await store.put("k2", b"v", lease.id)
+    with pytest.raises(LeaseNotFoundError):
+        await store.keep_alive(lease.id)
+    assert await store.get_prefix("") == {}

@@ -479,3 +479,93 @@ def test_a_set_released_after_its_event_loop_ended_raises_nothing() -> None:
 
     anyio.run(main)
     kept[0].release()
+
+
+class _StoreWithTtl(MemoryStore):
+    @property
+    def default_lease_ttl(self) -> float | None:
+        return 3.0
+
+
+def test_a_given_backend_s_own_lease_ttl_is_the_runtime_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``DistributedRuntime(backend)`` takes the TTL the backend's settings ask for (``ETCD_LEASE_TTL``)
+    when neither the argument nor ``DYN_LEASE_TTL`` gives one, as a backend made by name does."""
+    from dyndisc import DistributedRuntime
+
+    monkeypatch.delenv("DYN_LEASE_TTL", raising=False)
+    assert DistributedRuntime(KvDiscovery(_StoreWithTtl())).lease_ttl == 3.0
+    assert DistributedRuntime(KvDiscovery(MemoryStore())).lease_ttl == 10.0
+
+
+async def test_a_subscriber_s_lag_after_a_resync_counts_from_the_resync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backlog replaced by one ``Resync`` takes its arrival times with it: the lag measured for the
+    ``Resync``, and for every event after it, is that event's own."""
+    from types import SimpleNamespace
+
+    from dyndisc import _instance_set
+    from dyndisc._events import Resync
+
+    clock = [0.0]
+    monkeypatch.setattr(_instance_set, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    lags: list[float] = []
+    metrics = SimpleNamespace(enabled=True, watch_lag=lambda backend, seconds: lags.append(seconds))
+    source = SimpleNamespace(
+        resync_event=lambda: Resync(instances=()), metrics=metrics, backend=SimpleNamespace(name="memory")
+    )
+    sub = _instance_set.Subscription(source)  # type: ignore[arg-type]
+    await anext(sub)  # its first Resync, taken at once
+    clock[0] = 1.0
+    sub._push(Resync(instances=()))  # a backlog of one, then a Resync replaces it
+    clock[0] = 2.0
+    sub._push(Resync(instances=()))
+    clock[0] = 3.0
+    await anext(sub)
+    clock[0] = 4.0
+    sub._push(Resync(instances=()))
+    clock[0] = 5.0
+    await anext(sub)
+    assert lags == [0.0, 1.0, 1.0]
+
+
+class _CarryFailsOnce(KvDiscovery):
+    """A backend whose next registration, once armed, meets an outage (and says so)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store, owns_store=False)
+        self.armed = False
+        self.refused = anyio.Event()
+
+    async def register(self, instance, lease):  # type: ignore[no-untyped-def]
+        if self.armed:
+            self.armed = False
+            self.refused.set()
+            raise BackendUnavailableError("the store is down for a moment (a fault injected by the test)")
+        return await super().register(instance, lease)
+
+
+async def test_an_endpoint_unregistered_while_its_carry_waits_out_an_outage_is_not_written() -> None:
+    """The replacement's write of an endpoint is retried after an outage; an ``unregister()`` that came
+    meanwhile (waiting for the endpoint's lock) wins: the retry writes nothing, and the runtime goes on."""
+    from dyndisc import DistributedRuntime
+
+    store = MemoryStore()
+    backend = _CarryFailsOnce(store)
+    async with DistributedRuntime(backend, lease_ttl=5) as runtime:
+        endpoint = runtime.endpoint("ns.c.e")
+        await endpoint.register("tcp://h:1")
+        first = runtime.instance_id
+        backend.armed = True
+        await store.revoke(first)  # lost behind its back: the runtime replaces it and carries the endpoint
+        with anyio.fail_after(5):
+            await backend.refused.wait()
+        async with anyio.create_task_group() as calls:
+            calls.start_soon(endpoint.unregister)  # no longer wanted at once; waits for the carry's lock
+            await anyio.wait_all_tasks_blocked()
+        with anyio.fail_after(5):
+            while runtime.instance_id == first:  # noqa: ASYNC110 - the runtime says when it has a new lease
+                await anyio.sleep(0.01)
+        assert await store.get_prefix("") == {}
+        await endpoint.register("tcp://h:2")  # the runtime goes on under its new lease
+        assert len(await store.get_prefix("")) == 1

@@ -154,3 +154,19 @@ async def test_a_server_older_than_2_11_is_refused(make_store: MakeStore) -> Non
         store = make_store(url)
         with pytest.raises(ConfigurationError, match=r"version 2\.9\.25.*needs >= 2\.11.*per-key TTLs"):
             await store.grant(5)
+
+
+@pytest.mark.parametrize(
+    ("credentials", "principal"),
+    [
+        ({}, None),
+        ({"token": "s3cret"}, "the token user (NATS_TOKEN)"),
+        ({"user": "worker", "password": "pw"}, "user 'worker'"),
+        ({"user": "worker", "password": "pw", "scope": "team-a"}, "user 'worker' (NATS_SCOPE='team-a')"),
+    ],
+)
+def test_the_principal_the_doctor_names_is_the_one_the_settings_sign_in_as(
+    credentials: dict[str, str], principal: str | None
+) -> None:
+    """No credentials: nobody to name (the server lets anyone in); a token alone is the token user."""
+    assert NatsStore(NatsSettings(server="nats://127.0.0.1:1", **credentials)).principal == principal  # type: ignore[arg-type]
