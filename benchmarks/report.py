@@ -39,6 +39,8 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("ours_cpu_us", "CPU µs each"),
         ("raw_cpu_us", "raw CPU µs"),
         ("ratio_cpu", "ratio"),
+        ("raw-create_cpu_us", "same request, raw CPU µs"),
+        ("ratio_cpu_same_request", "ratio"),
     ],
     "scale": [
         ("instances", "instances"),
