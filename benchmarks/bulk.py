@@ -8,8 +8,10 @@ in the client: wall time, CPU time per instance, the share of it spent in the ga
 memory it holds per instance (traced by ``tracemalloc`` in a run of its own, and as the growth of the
 process's resident set). The raw client, in a process of its own too, does the least etcd allows: one
 ``Range`` of the prefix into a ``{key: value}`` dict of bytes, then a ``Watch`` created from the revision
-it read (aetcd's generated stubs, nothing of dyndisc). Ours and raw alternate, ``--runs`` times each; the
-figures are medians, and each ratio is the median of the runs' own ratios.
+it read (aetcd's generated stubs, nothing of dyndisc). A second raw client (``raw-json``) reads the prefix
+in pages of dyndisc's size at one revision and parses each value with ``json.loads``: the least a reader
+that looks at the records does, what issue 25's goal compares with. They alternate, ``--runs`` times each;
+the figures are medians, and each ratio is the median of the runs' own ratios.
 """
 
 from __future__ import annotations
@@ -61,9 +63,18 @@ async def _ours(endpoint: str, count: int, traced: bool) -> dict[str, Any]:
         return await _measure(lambda: handle.client(), lambda c: len(c.instances()), count, traced)
 
 
-async def _raw(endpoint: str, count: int, traced: bool) -> dict[str, Any]:
+async def _raw_json(endpoint: str, count: int, traced: bool) -> dict[str, Any]:
+    return await _raw(endpoint, count, traced, pages=True)
+
+
+async def _raw(endpoint: str, count: int, traced: bool, *, pages: bool = False) -> dict[str, Any]:
+    """The raw client. With ``pages``, what the issue's goal is held against: the prefix read in pages of
+    dyndisc's size at one revision, each value parsed by ``json.loads`` (the least a reader that looks at the
+    records can do)."""
     from aetcd import rpc
     from aetcd.utils import prefix_range_end
+
+    from dyndisc.backends.etcd.listing import LIST_PAGE_SIZE
 
     # A large prefix is one large answer: lift gRPC's 4 MiB cap, as dyndisc's channels do.
     options = [("grpc.max_receive_message_length", 2**31 - 1)]
@@ -72,10 +83,23 @@ async def _raw(endpoint: str, count: int, traced: bool) -> dict[str, Any]:
     await kv.Range(rpc.RangeRequest(key=b"/warm-up"))  # the connection exists before the timing
     calls: list[Any] = []
 
-    async def snapshot() -> dict[bytes, bytes]:
+    async def snapshot() -> dict[bytes, Any]:
         key = PREFIX.encode()
-        reply = await kv.Range(rpc.RangeRequest(key=key, range_end=prefix_range_end(key)))
-        items = {bytes(kv.key): bytes(kv.value) for kv in reply.kvs}
+        end = prefix_range_end(key)
+        if not pages:
+            reply = await kv.Range(rpc.RangeRequest(key=key, range_end=end))
+            items: dict[bytes, Any] = {bytes(kv.key): bytes(kv.value) for kv in reply.kvs}
+        else:
+            items, start, revision = {}, key, 0
+            while True:
+                request = rpc.RangeRequest(key=start, range_end=end, limit=LIST_PAGE_SIZE, revision=revision)
+                reply = await kv.Range(request)
+                revision = revision or reply.header.revision
+                for found in reply.kvs:
+                    items[bytes(found.key)] = json.loads(found.value)
+                if not reply.more:
+                    break
+                start = bytes(reply.kvs[-1].key) + b"\0"
         call = watch.Watch()
         calls.append(call)
         create = rpc.WatchCreateRequest(
@@ -218,7 +242,7 @@ def measure_registrations(
 def child(argv: list[str]) -> None:
     """``child ours|raw time|traced ENDPOINT COUNT``: measure once, print the figures as JSON."""
     side, mode, endpoint, count = argv[0], argv[1], argv[2], int(argv[3])
-    run = _ours if side == "ours" else _raw
+    run = {"ours": _ours, "raw": _raw, "raw-json": _raw_json}[side]
     print(json.dumps(asyncio.run(run(endpoint, count, mode == "traced"))), flush=True)
 
 
@@ -265,7 +289,7 @@ def measure(endpoint: str, count: int, runs: int) -> dict[str, Any]:
     samples: dict[str, list[float]] = {}
     for _ in range(runs):
         run: dict[str, float] = {}
-        for side in ("ours", "raw"):
+        for side in ("ours", "raw", "raw-json"):
             for mode in ("time", "traced"):
                 for name, value in _measure_in_child(side, mode, endpoint, count).items():
                     # RSS is read in the timed run (tracemalloc's own tables would inflate it).
@@ -274,6 +298,7 @@ def measure(endpoint: str, count: int, runs: int) -> dict[str, Any]:
                     run[f"{side}_{name}"] = value
         for name in ("wall_s", "cpu_us", "traced_bytes", "rss_bytes"):
             run[f"ratio_{name}"] = run[f"ours_{name}"] / max(run[f"raw_{name}"], 1e-12)
+            run[f"ratio_json_{name}"] = run[f"ours_{name}"] / max(run[f"raw-json_{name}"], 1e-12)
         for name, value in run.items():
             samples.setdefault(name, []).append(value)
     figures: dict[str, Any] = {"instances": count, "runs": runs}
