@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pydantic_core import core_schema
+
 from dyndisc._errors import InvalidRecordError
 from dyndisc._metadata import check_text
 
-__all__ = ["Transport"]
+__all__ = ["Transport", "transport_schema"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +65,9 @@ _new_object = object.__new__
 _set_field = object.__setattr__
 
 
-def _transport_from_wire(value: dict[str, str] | None) -> Transport | None:
-    # Run for every record a watcher decodes: the schema has checked the shape already, so the transport is
-    # made without its __init__ (text that is all ASCII needs no UTF-8 check, and JSON's always passes).
-    if value is None:
-        return None
+def _transport_from_wire(value: dict[str, str]) -> Transport:
+    # The schema has checked the shape already, so the transport is made without its __init__ (text that is
+    # all ASCII needs no UTF-8 check; a mapping parsed by json.loads may hold a lone surrogate).
     ((kind, address),) = value.items()
     if not (kind.isascii() and address.isascii()):
         return Transport(kind, address)
@@ -75,3 +75,43 @@ def _transport_from_wire(value: dict[str, str] | None) -> Transport | None:
     _set_field(transport, "kind", kind)
     _set_field(transport, "address", address)
     return transport
+
+
+def _of_kind(kind: str) -> core_schema.CoreSchema:
+    # ``{kind: address}`` read by pydantic-core straight into a Transport: its address under the key ``kind``.
+    fields = [
+        core_schema.dataclass_field(
+            "kind", core_schema.with_default_schema(core_schema.str_schema(), default=kind), init=False
+        ),
+        core_schema.dataclass_field("address", core_schema.str_schema(), validation_alias=kind),
+    ]
+    args = core_schema.dataclass_args_schema(
+        "Transport", fields, collect_init_only=False, extra_behavior="forbid"
+    )
+    return core_schema.dataclass_schema(
+        Transport, args, ["kind", "address"], slots=True, frozen=True, post_init=False
+    )
+
+
+def transport_schema() -> core_schema.CoreSchema:
+    """pydantic-core's schema of the transport of a stored record (``None`` if it has none).
+
+    From JSON, the kinds the reference writes (``tcp``, ``nats_tcp``) are made by pydantic-core itself, with
+    no Python code per record (its JSON parser refuses a lone surrogate, so the text needs no UTF-8 check);
+    another kind, and a mapping already parsed (``Instance.from_dict``), take :func:`_transport_from_wire`.
+    """
+    wire = core_schema.dict_schema(
+        core_schema.str_schema(min_length=1), core_schema.str_schema(), min_length=1, max_length=1
+    )
+    other = core_schema.no_info_after_validator_function(_transport_from_wire, wire)
+    from_json = core_schema.union_schema(
+        [*(_of_kind(kind) for kind in ("tcp", "nats_tcp")), other],
+        mode="left_to_right",
+        custom_error_type="transport",
+        custom_error_message=(
+            'Input should be one transport kind and its address, both strings: {"tcp": "host:port"}'
+        ),
+    )
+    return core_schema.nullable_schema(
+        core_schema.json_or_python_schema(json_schema=from_json, python_schema=other)
+    )
