@@ -17,6 +17,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from pydantic_core import core_schema
+
 from dyndisc._errors import InvalidRecordError
 
 #: Deepest nesting of metadata (a mapping or list inside another counts one level each) that writers accept
@@ -158,3 +160,57 @@ def _freeze_wire(value: Any, depth: int) -> Any:
             raise ValueError(f"its metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
         return FrozenList(_freeze_wire(v, depth + 1) for v in value)
     return value
+
+
+def wire_schema() -> core_schema.CoreSchema:
+    """pydantic-core's schema of the metadata of a stored record, frozen as it is read.
+
+    From JSON, pydantic-core freezes it itself (it calls :class:`FrozenDict` and :class:`FrozenList`, types
+    it calls without a Python frame, and no Python function runs per record); a level of lists or mappings
+    past :data:`MAX_METADATA_DEPTH` is refused. A mapping already parsed (``Instance.from_dict``) is frozen
+    by :func:`freeze_wire`.
+    """
+    # One schema per level (a value at level n, the top mapping being level 1), so the depth is counted by
+    # which schema reads a value: the last level reads only scalars. Strict, and int before float, so that
+    # every JSON value keeps its type (a lax or float-first union would read 1 as 1.0 or "1" as 1). Every
+    # JSON value is one of these, so a level fails only past the last one: its error says so.
+    scalars: list[core_schema.CoreSchema] = [
+        core_schema.str_schema(strict=True),
+        core_schema.int_schema(strict=True),
+        core_schema.bool_schema(strict=True),
+        core_schema.float_schema(strict=True),
+        core_schema.none_schema(),
+    ]
+    levels: list[core_schema.CoreSchema] = []
+    for depth in range(2, MAX_METADATA_DEPTH + 2):
+        choices: list[core_schema.CoreSchema | tuple[core_schema.CoreSchema, str]] = [*scalars]
+        if depth <= MAX_METADATA_DEPTH:
+            inner = core_schema.definition_reference_schema(f"dyndisc-metadata-{depth + 1}")
+            choices.append(
+                core_schema.no_info_after_validator_function(FrozenList, core_schema.list_schema(inner))
+            )
+            choices.append(
+                core_schema.no_info_after_validator_function(
+                    FrozenDict, core_schema.dict_schema(core_schema.str_schema(), inner)
+                )
+            )
+        levels.append(
+            core_schema.union_schema(
+                choices,
+                mode="left_to_right",
+                custom_error_type="metadata_depth",
+                custom_error_message=f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels",
+                ref=f"dyndisc-metadata-{depth}",
+            )
+        )
+    top = core_schema.dict_schema(
+        core_schema.str_schema(), core_schema.definition_reference_schema("dyndisc-metadata-2")
+    )
+    return core_schema.json_or_python_schema(
+        json_schema=core_schema.definitions_schema(
+            core_schema.no_info_after_validator_function(FrozenDict, top), levels
+        ),
+        python_schema=core_schema.no_info_after_validator_function(
+            freeze_wire, core_schema.dict_schema(core_schema.str_schema(), core_schema.any_schema())
+        ),
+    )

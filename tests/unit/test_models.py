@@ -23,6 +23,7 @@ from dyndisc import (
     Resync,
     Transport,
 )
+from dyndisc._metadata import FrozenDict, FrozenList
 
 
 def test_endpoint_path_parsing() -> None:
@@ -254,3 +255,74 @@ def test_metadata_deeper_than_the_shared_limit_is_refused_before_writing_and_ski
     )
     with pytest.raises(InvalidRecordError, match="deeper"):
         Instance.from_json(record)
+
+
+RECORD = {"namespace": "ns", "component": "c", "endpoint": "e", "instance_id": 1}
+
+
+def _both_readers(body: dict[str, object]) -> list[Instance]:
+    """The record read from JSON (pydantic-core alone) and from a mapping json.loads made (from_dict)."""
+    return [Instance.from_json(json.dumps(body)), Instance.from_dict(json.loads(json.dumps(body)))]
+
+
+@pytest.mark.parametrize(
+    "transport",
+    [
+        {"tcp": "10.0.0.5:9000/1/ns/c/e"},
+        {"nats_tcp": "nats://h:4222"},
+        {"http": "h:80"},
+        {"grpc": "h\u00e9:1"},
+        None,
+    ],
+)
+def test_a_stored_transport_is_read_into_a_transport_by_both_readers(
+    transport: dict[str, str] | None,
+) -> None:
+    expected = Transport.coerce(transport)
+    for found in _both_readers(RECORD | {"transport": transport}):
+        assert found.transport == expected
+        assert type(found.transport) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "transport",
+    [{"tcp": 1}, {}, {"tcp": "h:1", "http": "h:2"}, {"tcp": "h:1", "kind": "tcp"}, "tcp://h:1", []],
+)
+def test_a_bad_stored_transport_is_named_in_the_error(transport: object) -> None:
+    with pytest.raises(InvalidRecordError, match=r"^not an instance record: transport\b"):
+        Instance.from_json(json.dumps(RECORD | {"transport": transport}))
+    with pytest.raises(InvalidRecordError, match=r"^not an instance record: transport\b"):
+        Instance.from_dict(RECORD | {"transport": transport})
+
+
+def test_stored_metadata_keeps_every_json_type_and_is_frozen_all_the_way_down() -> None:
+    metadata = {
+        "s": "x",
+        "i": 1,
+        "big": 2**70,
+        "f": 1.0,
+        "b": True,
+        "n": None,
+        "l": [1, [2.5, {"k": False}]],
+        "d": {"e": {}},
+    }
+    types = [str, int, int, float, bool, type(None), FrozenList, FrozenDict]
+    for found in _both_readers(RECORD | {"metadata": metadata}):
+        assert found.metadata == metadata
+        assert [type(v) for v in found.metadata.values()] == types
+        assert type(found.metadata["l"][1]) is FrozenList
+        assert type(found.metadata["l"][1][1]) is FrozenDict
+        assert type(found.metadata["d"]["e"]) is FrozenDict
+
+
+def test_stored_lists_deeper_than_the_shared_limit_are_refused_by_both_readers() -> None:
+    deep: list[object] = []
+    for _ in range(MAX_METADATA_DEPTH - 2):
+        deep = [deep]
+    assert [i.metadata["x"] for i in _both_readers(RECORD | {"metadata": {"x": deep}})] == [deep, deep]
+    with pytest.raises(
+        InvalidRecordError, match=f"^not an instance record: metadata.x: .*deeper than {MAX_METADATA_DEPTH}"
+    ):
+        Instance.from_json(json.dumps(RECORD | {"metadata": {"x": [deep]}}))
+    with pytest.raises(InvalidRecordError, match=f"deeper than {MAX_METADATA_DEPTH}"):
+        Instance.from_dict(RECORD | {"metadata": {"x": [deep]}})
