@@ -9,8 +9,9 @@ memory it holds per instance (traced by ``tracemalloc`` in a run of its own, and
 process's resident set). The raw client, in a process of its own too, does the least etcd allows: one
 ``Range`` of the prefix into a ``{key: value}`` dict of bytes, then a ``Watch`` created from the revision
 it read (aetcd's generated stubs, nothing of dyndisc). A second raw client (``raw-json``) reads the prefix
-in pages of dyndisc's size at one revision and parses each value with ``json.loads``: the least a reader
-that looks at the records does, what issue 25's goal compares with. They alternate, ``--runs`` times each;
+in pages of dyndisc's size at one revision and parses each value with ``json.loads``, the garbage collector
+paused as dyndisc pauses it: the least a reader that looks at the records does, what issue 25's goal
+compares with. They alternate, ``--runs`` times each;
 the figures are medians, and each ratio is the median of the runs' own ratios.
 """
 
@@ -91,6 +92,7 @@ async def _raw(endpoint: str, count: int, traced: bool, *, pages: bool = False) 
             items: dict[bytes, Any] = {bytes(kv.key): bytes(kv.value) for kv in reply.kvs}
         else:
             items, start, revision = {}, key, 0
+            gc.disable()  # as dyndisc pauses it around bulk steps: many objects, none of them garbage
             while True:
                 request = rpc.RangeRequest(key=start, range_end=end, limit=LIST_PAGE_SIZE, revision=revision)
                 reply = await kv.Range(request)
@@ -100,6 +102,7 @@ async def _raw(endpoint: str, count: int, traced: bool, *, pages: bool = False) 
                 if not reply.more:
                     break
                 start = bytes(reply.kvs[-1].key) + b"\0"
+            gc.enable()
         call = watch.Watch()
         calls.append(call)
         create = rpc.WatchCreateRequest(
