@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import anyio
@@ -25,7 +25,7 @@ import pytest
 
 from dyndisc import LeaseNotFoundError, RemovalReason
 from dyndisc.backends.file import DynamoFileStore, FileStore
-from dyndisc.backends.kv import StoreDelete, StoreEvent, StoreSnapshot
+from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
 
 #: Seconds any step of these tests may take before the test fails instead of hanging.
 PATIENCE = 10.0
@@ -386,3 +386,50 @@ async def test_a_record_swept_by_another_reader_while_the_watch_waited_for_the_l
             assert removed.reason is RemovalReason.EXPIRED
     finally:
         os.close(fd)
+
+
+async def test_a_revoke_after_a_renewal_the_watch_has_not_read_yet_left(tmp_path: Path) -> None:
+    """The watch last read the lease's deadline before a renewal it has not heard of yet (it was busy); the
+    owner then exits cleanly. Its records left: the deadline the watch remembers has passed, but the lease
+    did not run out (chaos seeds 2003, 2004, 2007, 2008 on files: the remembered deadline was taken for the
+    lease's)."""
+    owner, watcher = FileStore(tmp_path), FileStore(tmp_path, rescan_interval=60)
+    lease = await owner.grant(1.0)
+    async with watcher.watch("/services/") as events:
+        with anyio.fail_after(PATIENCE):
+            assert isinstance(await anext(events), StoreSnapshot)
+            await owner.create(KEY, b"v", lease.id)
+            assert await anext(events) == StorePut(key=KEY, value=b"v")  # the watch reads the deadline now
+        remembered = owner.lease_path(lease.id).stat().st_mtime + 1.0
+        # The watch is not asked for events from here on (a busy consumer): it hears nothing until then.
+        await anyio.sleep(0.6)
+        assert await owner.keep_alive(lease.id) == 1.0
+        await anyio.sleep(max(remembered - time.time(), 0.0) + 0.1)  # past the remembered deadline only
+        await owner.revoke(lease.id)
+        with anyio.fail_after(PATIENCE):
+            removed = await anext(events)
+        assert removed == StoreDelete(key=KEY)
+        assert removed.reason is RemovalReason.LEFT
+
+
+async def test_a_lease_found_expired_leaves_a_tombstone_that_says_so_until_swept(tmp_path: Path) -> None:
+    """A reader that finds a lease expired buries its file (a revoke removes it): a watch that hears of the
+    records later still knows why they went; old tombstones are swept when a lease is granted."""
+    from dyndisc.backends.file import leases
+
+    owner, reader = FileStore(tmp_path), FileStore(tmp_path)
+    lease = await owner.grant(0.2)
+    await owner.create(KEY, b"v", lease.id)
+    await anyio.sleep(0.3)
+    assert await reader.get_prefix("/services/") == {}
+    tombstone = owner.layout.expired_path(lease.id)
+    assert tombstone.exists()
+    assert not owner.lease_path(lease.id).exists()
+    revoked = await owner.grant(5.0)
+    await owner.revoke(revoked.id)
+    assert not owner.layout.expired_path(revoked.id).exists()
+    made = tombstone.stat().st_ctime  # when it was made; the sweep's clock says that was long ago:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(leases, "time", SimpleNamespace(time=lambda: made + leases.TOMBSTONE_SECONDS + 1))
+        await owner.grant(5.0)
+    assert not tombstone.exists()

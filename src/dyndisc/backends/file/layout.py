@@ -26,6 +26,9 @@ from dyndisc.backends.kv.escape import SegmentEscaper
 #: Suffix of record files; ``.`` never appears in an encoded segment, so it cannot clash with a directory.
 RECORD_SUFFIX = ".rec"
 LEASE_SUFFIX = ".lease"
+#: Suffix a lease file takes when it is found expired (its tombstone): a watch can then tell an expiry from a
+#: revoke, which removes the file.
+EXPIRED_SUFFIX = ".expired"
 #: First bytes of every record file, then the owning lease id in hex and a newline, then the value.
 RECORD_MAGIC = b"dyndisc-record/1 lease="
 #: Longest encoded segment: NAME_MAX (255 bytes) less the record suffix.
@@ -90,6 +93,10 @@ class FileLayout:
     def lease_path(self, lease_id: int) -> Path:
         """The file of lease ``lease_id``."""
         return self.lease_dir / f"{lease_id:016x}{LEASE_SUFFIX}"
+
+    def expired_path(self, lease_id: int) -> Path:
+        """The tombstone of lease ``lease_id``, there for a while if it expired (not if it was revoked)."""
+        return self.lease_dir / f"{lease_id:016x}{EXPIRED_SUFFIX}"
 
     def lease_of(self, path: Path) -> int | None:
         """The lease id a file in the lease directory is for, or ``None``."""

@@ -1,8 +1,10 @@
 """Lease files: an owner renewing one and a reader removing an expired one, never interleaved.
 
 A lease is live while ``mtime + ttl`` of its file is in the future. Its owner renews it by setting the mtime
-to now; any reader that finds it expired removes the file, and from then on every reader treats the lease's
-records as gone and removes them. Each side is a check and an act (is it still live? set the mtime; is it
+to now; any reader that finds it expired removes the file (renames it to its tombstone, ``<id>.expired``, so
+that a watch can tell an expiry from a revoke, which unlinks it; tombstones are swept after
+:data:`TOMBSTONE_SECONDS`), and from then on every reader treats the lease's records as gone and removes
+them. Each side is a check and an act (is it still live? set the mtime; is it
 expired? unlink), and interleaved they went wrong: a reader that saw the old mtime decided "expired" after
 the owner had renewed, and dropped the records of a lease that stayed live (or unlinked the file the owner
 had just renewed), leaving a healthy worker with no records until it restarted.
@@ -34,6 +36,10 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+#: How long a lease's tombstone says it expired: a watch that hears of its records' removal later than this
+#: (one stopped for minutes) says they left.
+TOMBSTONE_SECONDS = 120.0
+
 
 class LeaseBusy(Exception):
     """Someone holds the lease file's lock: it is being renewed or removed right now."""
@@ -64,29 +70,28 @@ def deadline_of(info: os.stat_result, ttl: float) -> float:
     return info.st_mtime_ns / 1e9 + ttl
 
 
-def remove_if_expired(path: Path, ttl: float) -> float | None:
-    """Remove lease file ``path`` if it is expired, and return ``None`` (also if it is gone already);
-    if it was renewed since the caller looked, return its deadline. Raises :class:`LeaseBusy`."""
+def remove_if_expired(path: Path, ttl: float, tombstone: Path) -> float | None:
+    """Remove lease file ``path`` if it is expired (to its ``tombstone``), and return ``None`` (also if it is
+    gone already); if it was renewed since the caller looked, return its deadline. Raises
+    :class:`LeaseBusy`."""
 
     def act(_fd: int, info: os.stat_result) -> float | None:
         deadline = deadline_of(info, ttl)
         if deadline > time.time():
             return deadline
-        with suppress(FileNotFoundError):  # its owner, who needs no lock to give it up, revoked it
-            os.unlink(path)
+        _bury(path, tombstone)
         return None
 
     return _locked(path, act)
 
 
-def renew(path: Path, ttl: float) -> bool:
+def renew(path: Path, ttl: float, tombstone: Path) -> bool:
     """Set lease file ``path``'s mtime to now if the lease is live; whether it did. A lease found expired is
-    removed (it is over: its owner was too late). Raises :class:`LeaseBusy`."""
+    removed to its ``tombstone`` (it is over: its owner was too late). Raises :class:`LeaseBusy`."""
 
     def act(fd: int, info: os.stat_result) -> bool:
         if deadline_of(info, ttl) <= time.time():
-            with suppress(FileNotFoundError):
-                os.unlink(path)
+            _bury(path, tombstone)
             return False
         now = time.time_ns()
         os.utime(fd, ns=(now, now))
@@ -94,6 +99,24 @@ def renew(path: Path, ttl: float) -> bool:
         return os.fstat(fd).st_nlink > 0
 
     return bool(_locked(path, act))
+
+
+def _bury(path: Path, tombstone: Path) -> None:
+    # A rename is as atomic as the unlink it replaces: the lease's name is gone for every reader at once.
+    with suppress(FileNotFoundError):  # its owner, who needs no lock to give it up, revoked it
+        os.rename(path, tombstone)
+
+
+def sweep_tombstones(directory: Path, suffix: str) -> None:
+    """Remove the tombstones in ``directory`` made more than :data:`TOMBSTONE_SECONDS` ago (the rename that
+    made one set its ctime)."""
+    old = time.time() - TOMBSTONE_SECONDS
+    with suppress(FileNotFoundError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.endswith(suffix):
+                with suppress(FileNotFoundError):
+                    if entry.stat(follow_symlinks=False).st_ctime < old:
+                        os.unlink(entry.path)
 
 
 def time_left(path: Path, ttl: float) -> float:

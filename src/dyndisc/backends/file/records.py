@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dyndisc.backends.file.layout import (
     CORRUPT,
+    EXPIRED_SUFFIX,
     RECORD_MAGIC,
     RECORD_SUFFIX,
     Corrupt,
@@ -29,7 +30,7 @@ from dyndisc.backends.file.layout import (
     read_regular_file,
     remove_if,
 )
-from dyndisc.backends.file.leases import LeaseBusy, deadline_of, remove_if_expired
+from dyndisc.backends.file.leases import LeaseBusy, deadline_of, remove_if_expired, sweep_tombstones
 
 log = logging.getLogger("dyndisc.file")
 
@@ -86,7 +87,7 @@ class Records:
         # Expired as of the stat above, which a renewal may have overtaken already: decide again under the
         # lease file's lock, where no renewal can land between the decision and the removal.
         try:
-            return remove_if_expired(path, ttl)
+            return remove_if_expired(path, ttl, self.layout.expired_path(lease_id))
         except LeaseBusy:
             # Being renewed (or removed by another reader) right now: live until that is settled.
             return time.time() + BUSY_RECHECK
@@ -196,6 +197,11 @@ class Records:
             else:
                 found[key] = record
         return found
+
+    def rescan(self, prefix: str) -> dict[str, Record]:
+        """:meth:`scan`, after sweeping the lease tombstones past their time (a watch's periodic rescan)."""
+        sweep_tombstones(self.layout.lease_dir, EXPIRED_SUFFIX)
+        return self.scan(prefix)
 
     def remove_record_of(self, path: Path, lease_id: int) -> None:
         """Remove the record at ``path`` if it (still) belongs to lease ``lease_id``, which is over: a record

@@ -29,13 +29,14 @@ from dyndisc.backends.file.changes import ChangeFeed
 from dyndisc.backends.file.doctor import FileDoctor
 from dyndisc.backends.file.layout import (
     CORRUPT,
+    EXPIRED_SUFFIX,
     FileLayout,
     Record,
     encode_record,
     mkdirs,
     write_temp_file,
 )
-from dyndisc.backends.file.leases import LeaseBusy, renew, time_left
+from dyndisc.backends.file.leases import LeaseBusy, renew, sweep_tombstones, time_left
 from dyndisc.backends.file.records import TEMP_PREFIX, Records
 from dyndisc.backends.file.watch import FileWatch
 from dyndisc.backends.kv import KeyValueStore, StoredValue, StoreEvent
@@ -97,26 +98,28 @@ class FileStore(KeyValueStore):
         while True:
             lease_id = secrets.randbits(63)
             if lease_id and self._create_file(self.lease_path(lease_id), body):
+                sweep_tombstones(self.lease_dir, EXPIRED_SUFFIX)  # a process grants once: seldom enough
                 self.records.remember_ttl(lease_id, ttl)
                 self._own_keys[lease_id] = set()
                 return Lease(id=lease_id, ttl=ttl)
 
     async def keep_alive(self, lease_id: int) -> float:
         ttl = self.records.ttl_of(lease_id)
-        if ttl is None or not await self._renew(self.lease_path(lease_id), ttl):
+        if ttl is None or not await self._renew(lease_id, ttl):
             self._revoke(lease_id)  # its records are dead already: remove them now rather than lazily
             raise LeaseNotFoundError(
                 f"lease {lease_id:x} is gone from {self.lease_dir} (it expired or was revoked)"
             )
         return ttl
 
-    async def _renew(self, path: Path, ttl: float) -> bool:
-        """Renew the lease file at ``path`` (:func:`~dyndisc.backends.file.leases.renew`); whether the lease
+    async def _renew(self, lease_id: int, ttl: float) -> bool:
+        """Renew lease ``lease_id``'s file (:func:`~dyndisc.backends.file.leases.renew`); whether the lease
         is still live."""
+        path, tombstone = self.lease_path(lease_id), self.layout.expired_path(lease_id)
         backoff = Backoff(LOCK_RETRY_MIN, LOCK_RETRY_MAX)
         while True:
             try:
-                return renew(path, ttl)
+                return renew(path, ttl, tombstone)
             except LeaseBusy:
                 # A reader holds the lock, deciding whether the lease expired: that takes it two system
                 # calls. Ask again, until the lease would be past its deadline anyway.

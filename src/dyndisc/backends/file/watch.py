@@ -19,7 +19,8 @@ import anyio.to_thread
 from dyndisc._events import RemovalReason
 from dyndisc.backends.file.changes import ChangeFeed
 from dyndisc.backends.file.layout import Record
-from dyndisc.backends.file.records import BUSY_RECHECK, Records
+from dyndisc.backends.file.leases import deadline_of
+from dyndisc.backends.file.records import Records
 from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
 
 #: Changed paths a watch may queue before it switches to a full rescan and a fresh snapshot instead.
@@ -41,9 +42,8 @@ class FileWatch:
         self.lease_str = str(self.layout.lease_dir) + os.sep
         self.known: dict[str, Record] = {}
         self.deadlines: dict[int, float] = {}  # leases of known records: when to look at each again
-        #: Each lease's deadline as its file last said (never a time to look again at a lease whose lock was
-        #: busy): a record gone after it expired, whoever removed it.
-        self.expiries: dict[int, float] = {}
+        #: Why each lease's records are leaving, as the disk said when the first of them left (this step).
+        self.reasons: dict[int, RemovalReason] = {}
         self.pending: set[tuple[int, str]] = set()
         self.out: deque[StoreEvent] = deque()
         self.needs_snapshot = True
@@ -76,6 +76,7 @@ class FileWatch:
     async def events(self) -> AsyncIterator[StoreEvent]:
         next_rescan = time.monotonic() + self.rescan_interval
         while True:
+            self.reasons.clear()  # one look at the disk per lease and step: a revoke removes many records
             if self.needs_snapshot:
                 self.needs_snapshot = False
                 self.pending.clear()
@@ -97,7 +98,7 @@ class FileWatch:
                 self._check_leases({i for i, d in self.deadlines.items() if d <= time.time()})
             elif time.monotonic() >= next_rescan:
                 self.changes.check()
-                found = await anyio.to_thread.run_sync(self.records.scan, self.prefix)
+                found = await anyio.to_thread.run_sync(self.records.rescan, self.prefix)
                 if not self.needs_snapshot:
                     self._reconcile(self.layout.kv_dir, "/", found)
                 next_rescan = time.monotonic() + self.rescan_interval
@@ -115,9 +116,9 @@ class FileWatch:
         if record is None:
             if old is not None:
                 del self.known[key]
-                # Past its lease's deadline as last seen: it expired (whoever reaped it); else it left.
-                expired = self.expiries.get(old.lease_id, float("inf")) <= time.time()
-                reason = RemovalReason.EXPIRED if expired else RemovalReason.LEFT
+                reason = self.reasons.get(old.lease_id)
+                if reason is None:
+                    reason = self.reasons[old.lease_id] = self._why_gone(old.lease_id)
                 self.out.append(StoreDelete(key=key, reason=reason))
         elif old is None or (old.value, old.lease_id) != (record.value, record.lease_id):
             self.known[key] = record
@@ -125,10 +126,25 @@ class FileWatch:
         else:
             self.known[key] = record
 
+    def _why_gone(self, lease_id: int) -> RemovalReason:
+        """Why a record of ``lease_id`` is gone, from the disk now (not from when this watch last looked,
+        which a renewal may have overtaken): its lease expired if its file is past its deadline (being
+        reaped) or was buried as expired (its tombstone); it left if the lease is live (an unregistration),
+        or its file was removed without a tombstone (a revoke)."""
+        if not lease_id:
+            return RemovalReason.LEFT
+        ttl = self.records.ttl_of(lease_id)
+        try:
+            info = self.layout.lease_path(lease_id).stat()
+        except FileNotFoundError:
+            buried = self.layout.expired_path(lease_id).exists()
+            return RemovalReason.EXPIRED if buried else RemovalReason.LEFT
+        expired = ttl is not None and deadline_of(info, ttl) <= time.time()
+        return RemovalReason.EXPIRED if expired else RemovalReason.LEFT
+
     def _refresh_deadlines(self) -> None:
         leases = {r.lease_id for r in self.known.values() if r.lease_id}
         self.deadlines = {i: d for i, d in self.deadlines.items() if i in leases}
-        self.expiries = {i: d for i, d in self.expiries.items() if i in leases}
         for lease_id in leases - self.deadlines.keys():
             self._check_leases({lease_id})
 
@@ -137,17 +153,12 @@ class FileWatch:
             deadline = self.records.lease_deadline(lease_id)
             if deadline is not None:
                 self.deadlines[lease_id] = deadline
-                # A lease whose lock was busy is looked at again shortly: that is no new deadline of its own
-                # (another reader may be removing it as expired right now: chaos seed 1 on files).
-                if deadline > time.time() + BUSY_RECHECK or lease_id not in self.expiries:
-                    self.expiries[lease_id] = deadline
                 continue
             for key, record in list(self.known.items()):
                 if record.lease_id == lease_id:
                     self.records.remove_record_of(self.layout.record_path(key), lease_id)
                     self._set(key, None)
             self.deadlines.pop(lease_id, None)
-            self.expiries.pop(lease_id, None)
 
     def _reconcile(self, directory: Path, dir_prefix: str, scanned: dict[str, Record] | None = None) -> None:
         """Make ``known`` match the disk for the watched keys under ``directory`` (keys ``dir_prefix...``);
