@@ -86,6 +86,10 @@ REGRESSIONS: list[Any] = [
     # lease for lost (watchers saw the worker leave and come back, with no replacement); and an entry put
     # again unbound kept its bound copy, which shadowed the new value. tests/backends/kubernetes/.
     ("kubernetes", 2, 15.0),
+    # A watch said a clean exit's records had expired: the lease's deadline it had last read, before a renewal
+    # it had not heard of yet, had passed (seeds 2003, 2004, 2007 and 2008 of the 50-seed run on files).
+    # tests/backends/file/test_file_lease_races.py.
+    ("file", 2003, 20.0),
 ]
 
 
