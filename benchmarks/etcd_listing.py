@@ -7,7 +7,8 @@ measurement is a new process (imports and connection made outside the timing) th
 :func:`dyndisc.backends.etcd.listing.list_prefix` at one page size (``0``: the whole prefix in one
 ``Range``, as before paging): wall and CPU time, and the peak growth of the process's resident set over the
 listing (its ``ru_maxrss`` after, less its resident set before). The page sizes alternate within each run;
-the figures are medians of the runs.
+the figures are medians of the runs. ``--etcd-memory`` restarts etcd before each listing and samples its
+resident set meanwhile: the peak growth an answer made etcd take (``etcd_extra_mib``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from benchmarks.bulk import PREFIX, _seed
@@ -63,12 +67,48 @@ def _in_child(endpoint: str, page_size: int, keys: int) -> dict[str, Any]:
     return found
 
 
-def measure(endpoint: str, keys: int, pages: list[int], runs: int) -> list[dict[str, Any]]:
-    """Medians of ``runs`` runs, each listing once at every page size in turn."""
+def _vm_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _with_server_memory(server: Any, measure_one: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``measure_one()`` against a freshly started etcd (Go keeps what a large answer took: a process that
+    built one before would start higher), with the peak growth of etcd's resident set meanwhile."""
+    server.restart()
+    pid = server.pid
+    before = _vm_rss(pid)
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], _vm_rss(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        found = measure_one()
+    finally:
+        done.set()
+        sampler.join()
+    return found | {"etcd_extra_mib": (peak[0] - before) / 2**20}
+
+
+def measure(
+    endpoint: str, keys: int, pages: list[int], runs: int, server: Any = None
+) -> list[dict[str, Any]]:
+    """Medians of ``runs`` runs, each listing once at every page size in turn; with ``server``, each on a
+    fresh etcd process whose memory is sampled too."""
     samples: dict[int, dict[str, list[float]]] = {size: {} for size in pages}
     for _ in range(runs):
         for size in pages:
-            for name, value in _in_child(endpoint, size, keys).items():
+            one = partial(_in_child, endpoint, size, keys)
+            found = one() if server is None else _with_server_memory(server, one)
+            for name, value in found.items():
                 samples[size].setdefault(name, []).append(value)
     return [
         {"keys": keys, "page_size": size or "one Range", "runs": runs}
@@ -86,12 +126,20 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--pages", default="0,1000", help="page sizes to compare (0: one Range)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--etcd-memory",
+        action="store_true",
+        help="restart etcd before each listing and sample its resident set (the peak growth it took)",
+    )
     args = parser.parse_args()
     from dyndisc.testing.servers import EtcdServer
 
     with EtcdServer() as server:
         asyncio.run(_seed(server.client_url, args.keys, 0))
-        for row in measure(server.client_url, args.keys, [int(p) for p in args.pages.split(",")], args.runs):
+        pages = [int(p) for p in args.pages.split(",")]
+        for row in measure(
+            server.client_url, args.keys, pages, args.runs, server if args.etcd_memory else None
+        ):
             print(json.dumps(row), flush=True)
 
 
