@@ -422,3 +422,27 @@ async def test_a_watcher_that_hears_the_purge_before_the_lease_marker_says_expir
         assert (seen, seen.reason) == (StoreDelete(key=f"{prefix}a"), RemovalReason.EXPIRED)
         heard = await next_event(late, timeout=PROMPT)  # the purger's delete of the key
         assert (heard, heard.reason) == (StoreDelete(key=f"{prefix}a"), RemovalReason.EXPIRED)
+
+
+async def test_a_create_over_the_key_of_an_ended_lease_nobody_purged_takes_its_place(
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    """The key of a lease that ended without its keys being purged (its process crashed) is absent for
+    every reader: a create under another lease purges it and writes, it neither reports it there nor gives
+    up."""
+    from dyndisc.backends.nats.feed import is_removal
+    from dyndisc.backends.nats.keys import lease_key
+
+    owner, other = make_store(dyndisc_nats_server.url), make_store(dyndisc_nats_server.url)
+    prefix = unique_prefix()
+    lease = await owner.grant(1)  # never renewed: it ends after a second, as if its process crashed
+    await owner.create(f"{prefix}a", b"old", lease.id)
+
+    async def ended() -> bool:  # read raw: a dyndisc reader would purge the orphan
+        found = await other.connection.get(lease_key(lease.id, other.scope))
+        return found is None or is_removal(found.headers)
+
+    await eventually(ended, PROMPT, "the lease key to expire")
+    mine = await other.grant(30)
+    assert await other.create(f"{prefix}a", b"new", mine.id) is None
+    assert await other.get_prefix(prefix) == {f"{prefix}a": b"new"}
