@@ -38,3 +38,16 @@ def test_an_ident_survives_lines_added_above_it() -> None:
     again = [mutate.place(m.ident) for m in mutate.mutants_of("m.py", moved)]
     assert first
     assert first == again
+
+
+def test_a_small_sample_of_mutants_is_caught() -> None:
+    """CI's habit: a few mutants of the registrations (their checks are the fast ones) planted one at a time
+    by ``tools/mutate.py`` in a scratch copy, each failing a check. A survivor here means a check weakened.
+    The score of the whole core is measured on larger samples (``docs/reliability.md``)."""
+    import subprocess
+
+    sample = ["--only", "runtime/registrations.py", "--sample", "6", "--seed", "1"]
+    command = [sys.executable, str(TOOL), *sample]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "6 mutants: 6 killed" in done.stdout, done.stdout[-2000:]
