@@ -197,9 +197,9 @@ class InstanceSet:
             self._foreign_releases.append(None)  # deque.append is atomic: applied at the next change
             return
         self._users -= 1
+        # Stops the watch if that was the last user. A set not started yet is stopped by its start's
+        # failure instead (its first user gave up while it started: Watches.acquire says so).
         self._take_foreign_releases()
-        if self._users <= 0 and not self._pinned:
-            self._stop()
 
     def _take_foreign_releases(self) -> None:
         while self._foreign_releases:

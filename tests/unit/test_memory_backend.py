@@ -58,3 +58,15 @@ async def test_a_lease_past_its_deadline_is_gone_before_its_expiry_task_runs() -
     with pytest.raises(LeaseNotFoundError):
         await store.keep_alive(lease.id)
     assert await store.get_prefix("") == {}
+
+
+async def test_a_listing_shows_nothing_of_a_lease_past_its_deadline() -> None:
+    """A listing looks at the clock first too: records of a lease whose TTL ran out are gone from it even if
+    nothing else has touched the store since."""
+    now = [0.0]
+    store = MemoryStore(clock=lambda: now[0])
+    lease = await store.grant(1.0)
+    await store.put("k", b"v", lease.id)
+    assert await store.get_prefix("") == {"k": b"v"}
+    now[0] = 1.5
+    assert await store.get_prefix("") == {}

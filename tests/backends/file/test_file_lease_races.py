@@ -433,3 +433,37 @@ async def test_a_lease_found_expired_leaves_a_tombstone_that_says_so_until_swept
         patch.setattr(leases, "time", SimpleNamespace(time=lambda: made + leases.TOMBSTONE_SECONDS + 1))
         await owner.grant(5.0)
     assert not tombstone.exists()
+
+
+async def test_a_resync_asked_for_while_the_watch_scans_scans_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch told to start over (its change feed restarted, or too many changes queued) while its first
+    scan runs off the event loop throws that scan away and scans again: it goes on, with a snapshot."""
+    from dyndisc.backends.file import watch as watch_module
+
+    store = FileStore(tmp_path)
+    lease = await store.grant(TTL)
+    await store.create(KEY, b"v", lease.id)
+    watches: list[Any] = []
+    events_of = watch_module.FileWatch.events
+
+    def events(self: Any) -> Any:
+        watches.append(self)
+        return events_of(self)
+
+    monkeypatch.setattr(watch_module.FileWatch, "events", events)
+    scan, scans = store.records.scan, []
+
+    def scanning(prefix: str, under: Path | None = None) -> Any:
+        scans.append(prefix)
+        if len(scans) == 1:
+            watches[0].needs_snapshot = True  # as resync() sets it, while this scan runs
+        return scan(prefix, under)
+
+    monkeypatch.setattr(store.records, "scan", scanning)
+    async with store.watch("/services/") as found:
+        with anyio.fail_after(PATIENCE):
+            first = await anext(found)
+    assert first == StoreSnapshot(items={KEY: b"v"})
+    assert len(scans) == 2
