@@ -3,16 +3,16 @@
     python -m benchmarks.bulk [--sizes 10000,30000,100000] [--runs 3] [--json out.json]
 
 One etcd holds ``n`` instances of one endpoint. A new process then starts (imports done, runtime and
-connection made, outside the timing) and is timed from ``endpoint.client()`` called to every instance being
-in the client: wall time, CPU time per instance, the share of it spent in the garbage collector, and the
-memory it holds per instance (traced by ``tracemalloc`` in a run of its own, and as the growth of the
-process's resident set). The raw client, in a process of its own too, does the least etcd allows: one
-``Range`` of the prefix into a ``{key: value}`` dict of bytes, then a ``Watch`` created from the revision
-it read (aetcd's generated stubs, nothing of dyndisc). A second raw client (``raw-json``) reads the prefix
-in pages of dyndisc's size at one revision and parses each value with ``json.loads``, the garbage collector
-paused as dyndisc pauses it: the least a reader that looks at the records does, what issue 25's goal
-compares with. They alternate, ``--runs`` times each;
-the figures are medians, and each ratio is the median of the runs' own ratios.
+connection made, outside the timing) and is timed from ``endpoint.client()`` called to every instance being in
+the client: wall time, CPU time per instance, the share of it spent in the garbage collector, and the memory
+it holds per instance (traced by ``tracemalloc`` in a run of its own, and as the growth of the process's
+resident set). The raw client, in a process of its own too, does the least etcd allows: one ``Range`` of the
+prefix into a ``{key: value}`` dict of bytes, then a ``Watch`` created from the revision it read (aetcd's
+generated stubs, nothing of dyndisc). A second raw client (``raw-json``) reads the prefix in the pages
+dyndisc's listing takes, at one revision, and parses each value with ``json.loads``, the garbage collector
+paused as dyndisc pauses it: the least a reader that looks at the records does, what issue 25's goal compares
+with. They alternate, ``--runs`` times each; the figures are medians, and each ratio is the median of the
+runs' own ratios.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ async def _raw(endpoint: str, count: int, traced: bool, *, pages: bool = False) 
     from aetcd import rpc
     from aetcd.utils import prefix_range_end
 
-    from dyndisc.backends.etcd.listing import LIST_PAGE_SIZE
+    from dyndisc.backends.etcd.listing import LIST_MAX_PAGES, LIST_PAGE_SIZE
 
     # A large prefix is one large answer: lift gRPC's 4 MiB cap, as dyndisc's channels do.
     options = [("grpc.max_receive_message_length", 2**31 - 1)]
@@ -91,12 +91,14 @@ async def _raw(endpoint: str, count: int, traced: bool, *, pages: bool = False) 
             reply = await kv.Range(rpc.RangeRequest(key=key, range_end=end))
             items: dict[bytes, Any] = {bytes(kv.key): bytes(kv.value) for kv in reply.kvs}
         else:
-            items, start, revision = {}, key, 0
+            items, start, revision, page = {}, key, 0, LIST_PAGE_SIZE
             gc.disable()  # as dyndisc pauses it around bulk steps: many objects, none of them garbage
             while True:
-                request = rpc.RangeRequest(key=start, range_end=end, limit=LIST_PAGE_SIZE, revision=revision)
+                request = rpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision)
                 reply = await kv.Range(request)
-                revision = revision or reply.header.revision
+                if not revision:  # the pages dyndisc's listing takes: few, since etcd counts every key left
+                    revision = reply.header.revision
+                    page = max(page, -(-(reply.count - len(reply.kvs)) // LIST_MAX_PAGES))
                 for found in reply.kvs:
                     items[bytes(found.key)] = json.loads(found.value)
                 if not reply.more:

@@ -122,3 +122,22 @@ async def test_a_page_holds_at_least_one_key(make_store: MakeStore) -> None:
     store = make_store("http://127.0.0.1:1")
     with pytest.raises(ValueError, match="at least one key"):
         await list_prefix(store.connection, "/p/", 0)
+
+
+async def test_a_large_prefix_takes_few_pages_whatever_the_page_size(
+    dyndisc_etcd_server: EtcdServer, make_store: MakeStore
+) -> None:
+    """etcd counts every key left in the range to answer each page: after the first page (whose count says
+    how many are left), the rest comes in at most ``max_pages`` requests, not one per ``page_size`` keys."""
+    store = make_store(dyndisc_etcd_server.client_url)
+    prefix = unique_prefix()
+    written = await _fill(store, prefix)
+    pages = 0
+
+    def counted() -> None:
+        nonlocal pages
+        pages += 1
+
+    listing = await list_prefix(store.connection, prefix, 2, on_page=counted, max_pages=4)
+    assert listing.items == written
+    assert pages == 1 + 4, "a page of 2 keys, then the other 48 in 4 pages of 12"

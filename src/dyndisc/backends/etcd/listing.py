@@ -1,10 +1,14 @@
 """Reading a prefix from etcd in pages, every page at the first one's revision: one consistent snapshot.
 
 One ``Range`` of a large prefix is one large answer: etcd builds it whole in memory, gRPC carries it as one
-message, and a slow link must carry all of it within one deadline. Pages of :data:`LIST_PAGE_SIZE` keys
-bound all three. The first page is read at the latest revision; every later one continues after the last
-key read, at that same revision, so the pages together are the prefix as it was at one revision, whatever
-is written meanwhile. If etcd compacts that revision away between two pages, the listing starts over.
+message, and a slow link must carry all of it within one deadline. Pages of :data:`LIST_PAGE_SIZE` keys bound
+all three. But etcd counts every key left in the range to answer each page (its ``count``), so small pages of
+a large prefix cost it quadratic time (a million keys in pages of 1,000: a minute, against two seconds in one
+``Range``): after the first page, whose count says how many keys are left, a listing takes at most
+:data:`LIST_MAX_PAGES` more, each of at least :data:`LIST_PAGE_SIZE` keys. The first page is read at the
+latest revision; every later one continues after the last key read, at that same revision, so the pages
+together are the prefix as it was at one revision, whatever is written meanwhile. If etcd compacts that
+revision away between two pages, the listing starts over.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ log = logging.getLogger("dyndisc.etcd")
 #: hundred KiB: well under etcd's request size guidance (1.5 MiB) and gRPC's default message cap, and few
 #: enough round trips that 100,000 keys list as fast as in one request (docs/backends/etcd.md has figures).
 LIST_PAGE_SIZE = 1000
+#: Most pages a listing takes after its first: etcd then counts each key about ``LIST_MAX_PAGES / 2 + 1``
+#: times in all, and a page of a million keys is an eighth of them (about 25 MB built at once by etcd).
+LIST_MAX_PAGES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,21 +54,26 @@ async def list_prefix(
     prefix: str,
     page_size: int = LIST_PAGE_SIZE,
     on_page: Callable[[], None] | None = None,
+    max_pages: int = LIST_MAX_PAGES,
 ) -> PrefixListing:
-    """Every key under ``prefix`` at one revision, read ``page_size`` keys per request; each request has
-    the ordinary call deadline (a large prefix takes more requests, not a longer deadline). ``on_page`` is
-    called after each page read."""
-    if page_size < 1:
-        raise ValueError(f"a listing page holds at least one key, got {page_size}")
+    """Every key under ``prefix`` at one revision, read ``page_size`` keys per request, or more if the rest
+    would take over ``max_pages`` more requests; each request has the ordinary call deadline (a large prefix
+    takes more requests, not a longer deadline). ``on_page`` is called after each page read."""
+    if page_size < 1 or max_pages < 1:
+        raise ValueError(f"a listing page holds at least one key, got {page_size} (of {max_pages} pages)")
     while True:
         try:
-            return await _read_pages(connection, prefix, page_size, on_page)
+            return await _read_pages(connection, prefix, page_size, on_page, max_pages)
         except _CompactedMeanwhile as exc:
             log.info("listing %r: etcd compacted revision %s between two pages; listing again", prefix, exc)
 
 
 async def _read_pages(
-    connection: EtcdConnection, prefix: str, page_size: int, on_page: Callable[[], None] | None
+    connection: EtcdConnection,
+    prefix: str,
+    page_size: int,
+    on_page: Callable[[], None] | None,
+    max_pages: int,
 ) -> PrefixListing:
     end = prefix_range_end(prefix.encode())
     start, revision, cluster_id = prefix.encode(), 0, 0
@@ -83,6 +95,8 @@ async def _read_pages(
         )
         if not revision:
             revision, cluster_id = int(reply.header.revision), int(reply.header.cluster_id)
+            left = int(reply.count) - len(reply.kvs)  # the first page's count: every key at this revision
+            page_size = max(page_size, -(-left // max_pages))
         with gc_paused():  # many objects, none of them garbage: the collector would only rescan them
             items.update((kv.key.decode(errors="replace"), bytes(kv.value)) for kv in reply.kvs)
         if on_page is not None:
