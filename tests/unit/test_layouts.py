@@ -20,12 +20,14 @@ from dyndisc import (
     InvalidNameError,
     InvalidRecordError,
     KvDiscovery,
+    RegistrationConflictError,
     MemoryStore,
     Readiness,
     Removed,
     Resync,
     dynamo_tcp,
 )
+from dyndisc.backends.base import Lease
 from dyndisc.backends.file import FileStore
 from dyndisc.backends.kv.layouts import DynamoV1Layout, DyndiscLayout, make_layout, shared_prefix
 from dyndisc.testing.faults import FaultyStore
@@ -269,3 +271,18 @@ def test_a_record_under_a_sibling_of_the_root_is_not_read_as_one_at_the_wrong_ke
         assert layout.parse(sibling, WORKER.to_json()) is None
     assert "belongs at" not in caplog.text
     assert "not /services/<namespace>/<component>/<endpoint>/<id hex>" in caplog.text
+
+
+async def test_a_refused_draining_registration_forgets_the_side_copy_it_did_not_write() -> None:
+    """Two backends registering one instance id (a conflict): the one refused wrote nothing, so a later
+    registration of its own does not remove the draining copy the other one holds."""
+    store = MemoryStore()
+    holder, other = KvDiscovery(store, layout="dynamo-v1"), KvDiscovery(store, layout="dynamo-v1")
+    held, taken = await store.grant(30), await store.grant(30)
+    draining = WORKER.replace(readiness=Readiness.DRAINING)
+    await holder.register(draining, Lease(id=held.id, ttl=30))
+    side = holder.layout.side_key_for(draining)
+    with pytest.raises(RegistrationConflictError):
+        await other.register(draining, Lease(id=taken.id, ttl=30))
+    await other.register(WORKER, Lease(id=taken.id, ttl=30))  # the main key is free: the copy is elsewhere
+    assert side in await store.get_prefix("v1/"), "the holder's draining copy is not the other's to remove"

@@ -429,3 +429,29 @@ def test_an_outage_outliving_its_watch_is_logged_once_by_the_next_one(
         ),
         (logging.WARNING, "scripted watch of '/p/': back after 5.0s (4 failed attempts)"),
     ], "one outage over both watches (its time on the virtual clock)"
+
+
+def test_an_outage_after_a_refusal_is_a_warning_again(caplog: pytest.LogCaptureFixture) -> None:
+    """A refusal is an error of its own outage; the next outage, a stream cut, is a warning as ever."""
+
+    async def test() -> None:
+        source = ScriptedSource()
+        source.listings.append(Listing({}, 10, cluster=1))
+        source.streams.append([PermissionError("denied")])
+        source.streams.append([Created(10, cluster=1), _put("a", "1", 11), StreamBroken("cut")])
+        source.streams.append([Created(11, cluster=1), _put("b", "2", 12)])
+
+        async def until_established(shared: SharedWatch) -> None:
+            await shared.established.wait()
+
+        async with subscribe({}, source, PREFIX, until_established) as events:
+            assert await take(events, 3) == [
+                StoreSnapshot(items={}),
+                StorePut(key=f"{PREFIX}a", value=b"1"),
+                StorePut(key=f"{PREFIX}b", value=b"2"),
+            ]
+
+    with caplog.at_level(logging.DEBUG, logger="dyndisc.scripted"):
+        virtual(test)
+    levels = [level for level, _ in _logged(caplog)]
+    assert levels == [logging.ERROR, logging.WARNING, logging.WARNING, logging.WARNING], _logged(caplog)
