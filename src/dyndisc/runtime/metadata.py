@@ -35,9 +35,9 @@ class Metadata:
         self.registrar = registrar
 
     # -- entries ---------------------------------------------------------------------------------------
-    async def put_entry(self, entry: MetadataEntry, *, bound: bool = True) -> MetadataEntry:
-        """Write ``entry``; bound to the lease (default) it goes with this process and is written again
-        under a replacement lease, unbound it stays until deleted."""
+    async def put_entry(self, entry: MetadataEntry, *, bound: bool) -> MetadataEntry:
+        """Write ``entry``; ``bound`` to the lease it goes with this process and is written again under a
+        replacement lease, unbound it stays until deleted (the public calls choose bound by default)."""
         ident = ("entry", entry.bucket, entry.key)
         if bound:
             return await self.registrar.put_bound(ident, lambda _lease_id: entry)

@@ -448,3 +448,21 @@ async def test_a_stale_leftover_is_judged_by_its_own_age_and_never_followed(tmp_
     assert not dangling.is_symlink(), "a stale leftover goes, whatever it points to"
     assert fresh.is_symlink(), "a fresh one stays, however old what it points to"
     assert old_file.exists()
+
+
+async def test_a_corrupted_file_at_a_key_being_registered_is_replaced_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not ours (no record header): a registration at its key replaces it, and says so, rather than give up
+    on a key it can never create."""
+    store = FileStore(tmp_path)
+    discovery = KvDiscovery(store)
+    lease = await discovery.grant_lease(30)
+    good = Instance(namespace="n", component="c", endpoint="e", instance_id=lease.id, transport="tcp://h:1")
+    path = store.record_path(discovery.key_for(good))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\xff\x00 no header")
+    with caplog.at_level(logging.WARNING, logger="dyndisc.file"):
+        assert await discovery.register(good, lease) == good
+    assert await discovery.list(InstanceQuery(namespace="n")) == [good]
+    assert "replacing corrupted record" in caplog.text
