@@ -27,9 +27,8 @@ from dyndisc.backends.etcd.connection import EtcdConnection, Stubs
 
 log = logging.getLogger("dyndisc.etcd")
 
-#: Keys per ``Range`` request of a listing. Discovery records are a few hundred bytes, so a page is a few
-#: hundred KiB: well under etcd's request size guidance (1.5 MiB) and gRPC's default message cap, and few
-#: enough round trips that 100,000 keys list as fast as in one request (docs/backends/etcd.md has figures).
+#: Keys per ``Range`` request of a listing, at least. Discovery records are a few hundred bytes, so a page is
+#: a few hundred KiB: well under etcd's request size guidance (1.5 MiB) and gRPC's default message cap.
 LIST_PAGE_SIZE = 1000
 #: Most pages a listing takes after its first: etcd then counts each key about ``LIST_MAX_PAGES / 2 + 1``
 #: times in all, and a page of a million keys is an eighth of them (about 25 MB built at once by etcd).
