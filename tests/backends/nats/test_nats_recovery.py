@@ -6,9 +6,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 import anyio
+import pytest
 from nats_helpers import PROMPT, MakeServer, MakeStore, eventually, next_event, unique_prefix
 
-from dyndisc import DistributedRuntime, InstanceQuery
+from dyndisc import BackendUnavailableError, DistributedRuntime, InstanceQuery
 from dyndisc.backends.kv import StoreEvent, StorePut, StoreSnapshot
 from dyndisc.backends.nats import NatsStore
 from dyndisc.backends.nats.connection import PING_INTERVAL
@@ -141,3 +142,29 @@ async def test_a_silent_partition_is_noticed_and_healed_with_a_resync(
         snapshot = await _until_snapshot(events, FAST_RESYNC)
         assert snapshot.items == {f"{prefix}joins": b"2"}
         assert watcher.stale_since is None
+
+
+async def test_a_write_that_timed_out_while_the_server_was_away_does_not_land_after(
+    private_nats: MakeServer, make_store: MakeStore
+) -> None:
+    """A write the caller was told had failed (no answer within NATS_TIMEOUT, the server away) must not land
+    once the server is back: an unregister() in between would be undone by it (chaos seed 2000 on NATS: a
+    registration timed out during a server outage, its unregistration returned, then the registration
+    landed). nats-py keeps what is published while disconnected and sends it on reconnecting."""
+    server = private_nats()
+    writer, reader = make_store(server.url, timeout=1.0), make_store(server.url)
+    prefix = unique_prefix()
+    lease = await writer.grant(30)
+    await writer.create(f"{prefix}before", b"1", lease.id)
+    await anyio.to_thread.run_sync(server.kill)
+    await eventually(_is_stale(writer), PROMPT, "the store to notice the lost server")
+    with pytest.raises(BackendUnavailableError):
+        await writer.put(f"{prefix}zombie", b"2", 0)
+    await anyio.to_thread.run_sync(server.start)
+
+    async def reconnected() -> bool:
+        return writer.stale_since is None and await reader.get_prefix(prefix) is not None
+
+    await eventually(reconnected, PROMPT, "the writer to reconnect")
+    await writer.put(f"{prefix}after", b"3", 0)  # answered: anything published before it arrived before it
+    assert await reader.get_prefix(prefix) == {f"{prefix}before": b"1", f"{prefix}after": b"3"}
