@@ -70,3 +70,26 @@ async def test_a_listing_shows_nothing_of_a_lease_past_its_deadline() -> None:
     assert await store.get_prefix("") == {"k": b"v"}
     now[0] = 1.5
     assert await store.get_prefix("") == {}
+
+
+async def test_every_store_call_is_a_point_where_its_caller_can_be_cancelled() -> None:
+    """As a call to a real server is: a caller cancelled before it gets there does not get its way."""
+    import anyio
+
+    store = MemoryStore()
+    lease = await store.grant(30)
+    calls = {
+        "grant": lambda: store.grant(5),
+        "keep_alive": lambda: store.keep_alive(lease.id),
+        "revoke": lambda: store.revoke(lease.id),
+        "create": lambda: store.create("k", b"v", lease.id),
+        "put": lambda: store.put("k", b"v", lease.id),
+        "delete": lambda: store.delete("k"),
+    }
+    for name, call in calls.items():
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await call()
+            raise AssertionError(f"{name} ran to its end in a cancelled scope")
+    assert await store.get_prefix("") == {}
+    assert await store.time_to_live(lease.id) is not None, "the revoke did not happen"

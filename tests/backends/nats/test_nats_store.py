@@ -446,3 +446,24 @@ async def test_a_create_over_the_key_of_an_ended_lease_nobody_purged_takes_its_p
     mine = await other.grant(30)
     assert await other.create(f"{prefix}a", b"new", mine.id) is None
     assert await other.get_prefix(prefix) == {f"{prefix}a": b"new"}
+
+
+async def test_a_renewal_that_landed_unanswered_does_not_lose_the_lease(
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    """The lease key moved on by a renewal of ours whose answer was lost (cancelled mid-request): the next
+    renewal finds a revision it did not expect, reads that it is ours, and renews from there."""
+    from dyndisc.backends.nats import store as nats_store
+
+    store = make_store(dyndisc_nats_server.url)
+    lease = await store.grant(30)
+    state = store._leases[lease.id]
+    await store.connection.publish(  # the renewal that landed, its answer lost
+        store._lease_key(lease.id),
+        nats_store._lease_value(state.ttl),
+        ttl=state.key_ttl,
+        lease_id=lease.id,
+        scope=store.scope,
+    )
+    assert await store.keep_alive(lease.id) == 30
+    assert await store.keep_alive(lease.id) == 30

@@ -84,8 +84,7 @@ class FileWatch:
                 known = await anyio.to_thread.run_sync(self.records.scan, self.prefix)
                 if self.needs_snapshot:
                     continue  # a resync was asked for meanwhile: scan again
-                self.out.clear()
-                self.known = known
+                self.known = known  # (nothing is queued in out: resync() emptied it, and nothing ran since)
                 self.scanned = True
                 self._refresh_deadlines()
                 yield StoreSnapshot(items={k: r.value for k, r in self.known.items()})
