@@ -286,3 +286,10 @@ async def test_a_refused_draining_registration_forgets_the_side_copy_it_did_not_
         await other.register(draining, Lease(id=taken.id, ttl=30))
     await other.register(WORKER, Lease(id=taken.id, ttl=30))  # the main key is free: the copy is elsewhere
     assert side in await store.get_prefix("v1/"), "the holder's draining copy is not the other's to remove"
+
+
+def test_a_layout_given_whole_takes_no_root_of_its_own() -> None:
+    mine = DyndiscLayout("/mine")
+    assert make_layout(mine) is mine
+    with pytest.raises(ValueError, match="either a KeyLayout or a root"):
+        make_layout(mine, root="/other")

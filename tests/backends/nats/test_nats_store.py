@@ -467,3 +467,17 @@ async def test_a_renewal_that_landed_unanswered_does_not_lose_the_lease(
     )
     assert await store.keep_alive(lease.id) == 30
     assert await store.keep_alive(lease.id) == 30
+
+
+async def test_a_key_deleted_a_moment_ago_can_be_created_again(
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    """A delete leaves a marker for a while (NATS_KV_MARKER_TTL): a create then writes over that marker, at
+    its revision, rather than find the key taken or give up."""
+    store = make_store(dyndisc_nats_server.url)
+    key = f"{unique_prefix()}a"
+    lease = await store.grant(30)
+    assert await store.create(key, b"1", lease.id) is None
+    await store.delete(key)
+    assert await store.create(key, b"2", lease.id) is None
+    assert await store.get_prefix(key) == {key: b"2"}
