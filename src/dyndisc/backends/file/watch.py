@@ -122,8 +122,6 @@ class FileWatch:
         elif old is None or (old.value, old.lease_id) != (record.value, record.lease_id):
             self.known[key] = record
             self.out.append(StorePut(key=key, value=record.value))
-        else:
-            self.known[key] = record
 
     def _why_gone(self, lease_id: int) -> RemovalReason:
         """Why a record of ``lease_id`` is gone, from the disk now (not from when this watch last looked,
