@@ -569,3 +569,47 @@ async def test_an_endpoint_unregistered_while_its_carry_waits_out_an_outage_is_n
         assert await store.get_prefix("") == {}
         await endpoint.register("tcp://h:2")  # the runtime goes on under its new lease
         assert len(await store.get_prefix("")) == 1
+
+
+async def test_next_says_why_a_watch_ended_where_iterating_ends_quietly() -> None:
+    """A subscription that outlives its runtime: iterating it ends quietly once the runtime left cleanly,
+    while ``next()`` raises why the view no longer changes (for a caller that must tell the two apart)."""
+    from dyndisc import DistributedRuntime, InstanceQuery, Resync
+
+    runtime = DistributedRuntime(KvDiscovery(MemoryStore()))
+    async with runtime:
+        watching = runtime.watch(InstanceQuery("ns"))
+        events = await watching.__aenter__()
+        assert isinstance(await events.next(), Resync)  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(RuntimeNotStartedError, match="left its 'async with'"):
+            await events.next()  # type: ignore[attr-defined]
+        assert [event async for event in events] == []
+    finally:
+        await watching.__aexit__(None, None, None)
+
+
+async def test_a_backend_made_by_name_is_closed_when_the_runtime_leaves_and_a_given_one_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dyndisc import DistributedRuntime
+    from dyndisc.runtime import distributed
+
+    closed: list[str] = []
+
+    class Recording(KvDiscovery):
+        def __init__(self, name: str) -> None:
+            super().__init__(MemoryStore())
+            self.label = name
+
+        async def aclose(self) -> None:
+            closed.append(self.label)
+            await super().aclose()
+
+    monkeypatch.setattr(distributed, "create_backend", lambda name: Recording("made"))
+    async with DistributedRuntime("memory"):
+        pass
+    given = Recording("given")
+    async with DistributedRuntime(given):
+        pass
+    assert closed == ["made"], "the runtime closes what it made, and leaves the caller's own to the caller"
