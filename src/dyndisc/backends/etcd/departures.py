@@ -64,7 +64,8 @@ async def lease_time_to_live(connection: EtcdConnection, lease_id: int) -> float
         reply = await connection.call(f"reading the TTL of lease {lease_id:x}", attempt)
     except LeaseNotFoundError:
         return None
-    return float(reply.TTL) if reply.TTL > 0 else None  # etcd answers -1 for a lease it does not know
+    # Whole seconds, rounded down: 0 is a live lease with under a second left; -1 one etcd does not know.
+    return float(reply.TTL) if reply.TTL >= 0 else None
 
 
 class Departures:
