@@ -90,10 +90,6 @@ REGRESSIONS: list[Any] = [
     # it had not heard of yet, had passed (seeds 2003, 2004, 2007 and 2008 of the 50-seed run on files).
     # tests/backends/file/test_file_lease_races.py.
     ("file", 2003, 20.0),
-    # A registration timed out while nats-server was down; its unregistration returned once the server was
-    # back, and then the registration landed: nats-py had kept the publish and sent it on reconnecting.
-    # Nothing is sent while disconnected now. tests/backends/nats/test_nats_recovery.py.
-    ("nats", 2000, 20.0),
     # A watcher said an endpoint unregistered in the last second of its lease's renewal period had expired:
     # etcd tells a lease's time left rounded down to whole seconds, and 0 was read as "gone".
     # tests/backends/etcd/test_etcd_departures.py.

@@ -310,17 +310,23 @@ class NatsBucket:
             raise AccessDeniedError(self.refusal(violation, key=key, subject=exact))
 
     async def request(
-        self, what: str, call: Callable[[float], Awaitable[_T]], *, subject: str, key: str | None = None
+        self,
+        what: str,
+        call: Callable[[float], Awaitable[_T]],
+        *,
+        subject: str,
+        key: str | None = None,
     ) -> _T:
         """Make a JetStream request on ``subject``, ``call(timeout)``, retrying one that got no answer, within
         ``settings.timeout``; one the server refuses (a permission violation on ``subject``) raises
         :class:`~dyndisc.AccessDeniedError` at once (``key``: the KV key written, for the message).
 
-        Each attempt is bounded by the client's own request timeout (the one cancel scope is what a violation
-        cancels). Nothing is sent while the connection is down: nats-py would keep it and send it once back,
-        after its caller was told it failed (a registration landing after its unregistration: chaos seed 2000
-        on NATS). Retried writes are conditional or idempotent. A request nobody answers may mean the server
-        is cut off from its cluster: :attr:`probe` moves the connection to another server if so.
+        Each attempt is bounded by the client's own request timeout (no timeout scope of ours: this is on
+        every write's path; the one cancel scope is what a violation cancels). A request written just before
+        a connection broke is lost with it (NATS requests are at most once); the client reconnects within a
+        second, so a retry usually succeeds. Retried writes are conditional or idempotent, and the callers
+        treat "it was already done" as done. A request nobody answers may mean the server is cut off from its
+        cluster: :attr:`probe` moves the connection to another server if so.
         """
         with self.denials.watching(subject) as waiter:
             return await self._retrying(what, call, subject, key)
@@ -337,11 +343,6 @@ class NatsBucket:
         while True:
             left = deadline - anyio.current_time()
             with self.translate(what):
-                if self._nc is not None and not self._nc.is_connected:  # sent later, it could land late
-                    if left <= 0:
-                        raise nats.errors.TimeoutError
-                    await anyio.sleep(min(0.05, left))
-                    continue
                 try:
                     answer = await call(max(min(attempt_timeout, left), 0.05))
                 except _UNANSWERED:
