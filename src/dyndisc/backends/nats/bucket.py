@@ -95,21 +95,30 @@ async def ensure_bucket(js: JetStreamContext, settings: NatsSettings, where: str
             direct=True,
             limit_marker_ttl=float(settings.kv_marker_ttl),
         )
-        try:
-            await js.create_key_value(config)
-        except nats.errors.TimeoutError as exc:  # made or not: the next start will know
-            guard.check_denied(started, "$JS.API.")  # the account's info, then the stream's creation
-            raise BackendUnavailableError(f"{where} did not answer a JetStream request in time") from exc
-        except nats.js.errors.KeyValueLimitMarkerTTLNotSupportedError as exc:
-            raise ConfigurationError(f"{where} does not support KV limit markers (needs >= 2.11)") from exc
-        except nats.js.errors.APIError as exc:
-            # A replica count the servers cannot hold: more than 1 on a lone server ("not supported in
-            # non-clustered mode"), more than the cluster has servers ("insufficient resources").
-            hint = f" (NATS_KV_REPLICAS={replicas})" if replicas > 1 else ""
-            raise ConfigurationError(
-                f"{where} refused to create KV bucket {name!r} (NATS_KV_BUCKET) with {replicas} "
-                f"replica(s){hint}: {exc.description}"
-            ) from exc
+        while True:
+            try:
+                await js.create_key_value(config)
+                break
+            except nats.errors.TimeoutError as exc:  # made or not: the next start will know
+                guard.check_denied(started, "$JS.API.")  # the account's info, then the stream's creation
+                raise BackendUnavailableError(f"{where} did not answer a JetStream request in time") from exc
+            except nats.js.errors.KeyValueLimitMarkerTTLNotSupportedError as exc:
+                raise ConfigurationError(
+                    f"{where} does not support KV limit markers (needs >= 2.11)"
+                ) from exc
+            except nats.js.errors.APIError as exc:
+                # A server of a cluster starting with us has not joined yet: wait for it a while.
+                joining = "peer offline" in (exc.description or "")
+                if joining and time.monotonic() - started < settings.timeout:
+                    await anyio.sleep(0.2)
+                    continue
+                # A replica count the servers cannot hold: more than 1 on a lone server ("not supported in
+                # non-clustered mode"), more than the cluster has servers ("insufficient resources").
+                hint = f" (NATS_KV_REPLICAS={replicas})" if replicas > 1 else ""
+                raise ConfigurationError(
+                    f"{where} refused to create KV bucket {name!r} (NATS_KV_BUCKET) with {replicas} "
+                    f"replica(s){hint}: {exc.description}"
+                ) from exc
         log.info("created NATS KV bucket %r (%d replica(s)) on %s", name, replicas, where)
         return
     stream_config = info.config
