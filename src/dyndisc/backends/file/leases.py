@@ -5,7 +5,7 @@ to now; any reader that finds it expired removes the file (renames it to its tom
 that a watch can tell an expiry from a revoke, which unlinks it; tombstones are swept after
 :data:`TOMBSTONE_SECONDS`), and from then on every reader treats the lease's records as gone and removes
 them. Each side is a check and an act (is it still live? set the mtime; is it
-expired? unlink), and interleaved they went wrong: a reader that saw the old mtime decided "expired" after
+expired? bury it), and interleaved they went wrong: a reader that saw the old mtime decided "expired" after
 the owner had renewed, and dropped the records of a lease that stayed live (or unlinked the file the owner
 had just renewed), leaving a healthy worker with no records until it restarted.
 

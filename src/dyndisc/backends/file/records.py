@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 
+from dyndisc._events import RemovalReason
 from dyndisc.backends.file.layout import (
     CORRUPT,
     EXPIRED_SUFFIX,
@@ -91,6 +92,22 @@ class Records:
         except LeaseBusy:
             # Being renewed (or removed by another reader) right now: live until that is settled.
             return time.time() + BUSY_RECHECK
+
+    def why_gone(self, lease_id: int) -> RemovalReason:
+        """Why a record of ``lease_id`` is gone, from the disk now (not from when a watch last looked,
+        which a renewal may have overtaken): its lease expired if its file is past its deadline (being
+        reaped) or was buried as expired (its tombstone); it left if the lease is live (an unregistration),
+        or its file was removed without a tombstone (a revoke)."""
+        if not lease_id:
+            return RemovalReason.LEFT
+        ttl = self.ttl_of(lease_id)
+        try:
+            info = self.layout.lease_path(lease_id).stat()
+        except FileNotFoundError:
+            buried = self.layout.expired_path(lease_id).exists()
+            return RemovalReason.EXPIRED if buried else RemovalReason.LEFT
+        expired = ttl is not None and deadline_of(info, ttl) <= time.time()
+        return RemovalReason.EXPIRED if expired else RemovalReason.LEFT
 
     def _read_ttl(self, path: Path) -> float | None:
         try:

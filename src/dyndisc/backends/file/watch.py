@@ -19,7 +19,6 @@ import anyio.to_thread
 from dyndisc._events import RemovalReason
 from dyndisc.backends.file.changes import ChangeFeed
 from dyndisc.backends.file.layout import Record
-from dyndisc.backends.file.leases import deadline_of
 from dyndisc.backends.file.records import Records
 from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
 
@@ -117,27 +116,11 @@ class FileWatch:
                 del self.known[key]
                 reason = self.reasons.get(old.lease_id)
                 if reason is None:
-                    reason = self.reasons[old.lease_id] = self._why_gone(old.lease_id)
+                    reason = self.reasons[old.lease_id] = self.records.why_gone(old.lease_id)
                 self.out.append(StoreDelete(key=key, reason=reason))
         elif old is None or (old.value, old.lease_id) != (record.value, record.lease_id):
             self.known[key] = record
             self.out.append(StorePut(key=key, value=record.value))
-
-    def _why_gone(self, lease_id: int) -> RemovalReason:
-        """Why a record of ``lease_id`` is gone, from the disk now (not from when this watch last looked,
-        which a renewal may have overtaken): its lease expired if its file is past its deadline (being
-        reaped) or was buried as expired (its tombstone); it left if the lease is live (an unregistration),
-        or its file was removed without a tombstone (a revoke)."""
-        if not lease_id:
-            return RemovalReason.LEFT
-        ttl = self.records.ttl_of(lease_id)
-        try:
-            info = self.layout.lease_path(lease_id).stat()
-        except FileNotFoundError:
-            buried = self.layout.expired_path(lease_id).exists()
-            return RemovalReason.EXPIRED if buried else RemovalReason.LEFT
-        expired = ttl is not None and deadline_of(info, ttl) <= time.time()
-        return RemovalReason.EXPIRED if expired else RemovalReason.LEFT
 
     def _refresh_deadlines(self) -> None:
         leases = {r.lease_id for r in self.known.values() if r.lease_id}
