@@ -38,6 +38,7 @@ PLANT_SEEDS = {
     "unbound-entries": (0, 1, 3),
     "list-skips-side": (0, 5, 7),
     "watch-ends": (1, 6, 10),
+    "parts-as-whole": (1, 9, 11),
 }
 
 

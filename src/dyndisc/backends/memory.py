@@ -72,15 +72,20 @@ class MemoryStore(KeyValueStore):
         rng: random.Random | None = None,
         keep_revisions: int = KEEP_REVISIONS,
         progress_interval: float | None = PROGRESS_INTERVAL,
+        list_page_size: int | None = None,
     ) -> None:
         """``clock`` times the leases; ``rng`` draws lease ids (a seeded one makes a simulation replay);
         ``keep_revisions`` bounds the history watches resume from; ``progress_interval`` is the seconds
-        between progress notifications to a watch stream with nothing to deliver (``None``: never)."""
+        between progress notifications to a watch stream with nothing to deliver (``None``: never);
+        ``list_page_size`` hands a watch's listing on in parts of that many keys, as etcd's pages (``None``:
+        whole)."""
         self._clock = clock
         self._rng = rng or random.SystemRandom()
         self._data: dict[str, StoredValue] = {}
         self._leases: dict[int, _LeaseState] = {}
-        self._log = ChangeLog(self._items, keep=keep_revisions, progress_interval=progress_interval)
+        self._log = ChangeLog(
+            self._items, keep=keep_revisions, progress_interval=progress_interval, page_size=list_page_size
+        )
         self._watches: dict[str, SharedWatch] = {}
         # A dict, not a set: woken in the order they came (a simulation replays).
         self._expiries: dict[_LeaseExpiry, None] = {}

@@ -11,7 +11,7 @@ from aetcd.utils import prefix_range_end
 from etcd_helpers import MakeServer, MakeStore, next_event, unique_prefix
 
 from dyndisc.backends.etcd import EtcdStore
-from dyndisc.backends.etcd.listing import list_prefix
+from dyndisc.backends.etcd.listing import list_prefix, prefix_pages
 from dyndisc.backends.kv import StoreSnapshot
 from dyndisc.testing.servers import EtcdServer
 
@@ -106,6 +106,26 @@ async def test_a_revision_compacted_between_two_pages_starts_the_listing_over(
     assert pages == 1 + -(-(KEYS + 1) // PAGE), "one page, then the whole listing again"
 
 
+async def test_pages_after_a_compaction_start_the_listing_over(
+    private_etcd: MakeServer, make_store: MakeStore
+) -> None:
+    """Page by page, a listing that starts over says so: its next page does not continue the one before."""
+    server = private_etcd()
+    store = make_store(server.client_url)
+    prefix = unique_prefix()
+    written = await _fill(store, prefix)
+    seen: list[tuple[bool, bool, int]] = []
+    async for page in prefix_pages(store.connection, prefix, PAGE):
+        seen.append((page.continues, page.more, len(page.items)))
+        if len(seen) == 2:
+            _put(server, f"{prefix}late", b"written before the compaction")
+            server.compact()  # the next page cannot be read at the listing's revision
+    assert seen[:3] == [(False, True, PAGE), (True, True, PAGE), (False, True, PAGE)]
+    assert [c for c, _, _ in seen[3:]] == [True] * (len(seen) - 3)
+    assert [m for _, m, _ in seen] == [True] * (len(seen) - 1) + [False]
+    assert sum(n for _, _, n in seen[2:]) == len(written) + 1, "the listing again, with the late key"
+
+
 async def test_a_watch_and_a_read_of_many_pages_see_every_key(
     dyndisc_etcd_server: EtcdServer, make_store: MakeStore
 ) -> None:
@@ -115,7 +135,17 @@ async def test_a_watch_and_a_read_of_many_pages_see_every_key(
     written = await _fill(store, prefix)
     assert await store.get_prefix(prefix) == written
     async with store.watch(prefix) as events:
-        assert await next_event(events) == StoreSnapshot(items=written)
+        # The watch hands its snapshot on page by page, as each arrives: in order, all at one revision.
+        parts = [await next_event(events)]
+        while isinstance(parts[-1], StoreSnapshot) and parts[-1].more:
+            parts.append(await next_event(events))
+    assert all(isinstance(part, StoreSnapshot) for part in parts)
+    snapshots = [part for part in parts if isinstance(part, StoreSnapshot)]
+    assert [part.continues for part in snapshots] == [False] + [True] * (len(snapshots) - 1)
+    keys = [key for part in snapshots for key in part.items]
+    assert keys == sorted(written), "every key once, in key order"
+    assert {k: v for part in snapshots for k, v in part.items.items()} == written
+    assert len(snapshots) > 2, "a listing of many pages arrives in parts"
 
 
 async def test_a_page_holds_at_least_one_key(make_store: MakeStore) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import NoReturn
 
 import anyio
@@ -164,6 +164,9 @@ def test_a_subscriber_joining_a_running_watch_lists_itself_and_the_next_one_resu
 
 
 # -- through a scripted source --------------------------------------------------------------------------
+Step = Listing | anyio.Event | Exception
+
+
 class ScriptedSource(RevisionedSource):
     """Listings and streams told in advance. A listing may wait for an event before it answers; a stream's
     script holds replies to deliver, errors to raise and events to wait for, and stays open once it has run
@@ -172,7 +175,9 @@ class ScriptedSource(RevisionedSource):
     name = "scripted"
 
     def __init__(self) -> None:
-        self.listings: deque[Listing | tuple[anyio.Event, Listing]] = deque()
+        #: What each listing answers: a listing, one answered once an event is set, or (through
+        #: :meth:`list_parts`) a script of parts, events to wait for and errors to raise.
+        self.listings: deque[Listing | tuple[anyio.Event, Listing] | list[Step]] = deque()
         self.streams: deque[list[WatchReply | Exception | anyio.Event]] = deque()
         #: The start revision of every stream opened.
         self.opened: list[int] = []
@@ -182,10 +187,25 @@ class ScriptedSource(RevisionedSource):
         await anyio.lowlevel.checkpoint()
         self.lists += 1
         listing = self.listings.popleft()
+        assert not isinstance(listing, list), "a listing in parts is read by list_parts"
         if isinstance(listing, tuple):
             answer, listing = listing
             await answer.wait()
         return listing
+
+    async def list_parts(self, prefix: str) -> AsyncGenerator[Listing, None]:
+        if not isinstance(self.listings[0], list):
+            yield await self.list(prefix)
+            return
+        self.lists += 1
+        for step in self.listings.popleft():
+            await anyio.lowlevel.checkpoint()
+            if isinstance(step, anyio.Event):
+                await step.wait()
+            elif isinstance(step, Exception):
+                raise step
+            else:
+                yield step
 
     async def watch(self, prefix: str, start: int, deliver: Callable[[WatchReply], None]) -> NoReturn:
         self.opened.append(start)
@@ -455,3 +475,114 @@ def test_an_outage_after_a_refusal_is_a_warning_again(caplog: pytest.LogCaptureF
         virtual(test)
     levels = [level for level, _ in _logged(caplog)]
     assert levels == [logging.ERROR, logging.WARNING, logging.WARNING, logging.WARNING], _logged(caplog)
+
+
+# -- a snapshot in parts --------------------------------------------------------------------------------
+def _part(items: dict[str, bytes], revision: int, *, more: bool, continues: bool) -> Listing:
+    return Listing(items, revision, cluster=1, more=more, continues=continues)
+
+
+A, B, C = ({f"{PREFIX}{k}": k.encode()} for k in "abc")
+
+
+def test_a_snapshot_in_parts_reaches_the_consumer_while_the_rest_is_read() -> None:
+    async def test() -> None:
+        source, second_page = ScriptedSource(), anyio.Event()
+        source.listings.append(
+            [_part(A, 10, more=True, continues=False), second_page, _part(B, 10, more=False, continues=True)]
+        )
+        source.streams.append([Created(10, cluster=1), _put("c", "c", 11)])
+        watches: dict[str, SharedWatch] = {}
+        async with subscribe(watches, source, PREFIX, _established) as events:
+            # The watch is not confirmed yet (its listing is not over): the first part is here already.
+            assert not watches[PREFIX].established.is_set()
+            assert await anext(events) == StoreSnapshot(items=A, more=True)
+            second_page.set()
+            assert await take(events, 2) == [
+                StoreSnapshot(items=B, continues=True),
+                StorePut(key=f"{PREFIX}c", value=b"c"),
+            ]
+            assert source.opened == [11], "the watch starts after the listing's revision"
+
+    virtual(test)
+
+
+def test_a_listing_broken_between_two_parts_starts_over_and_says_so() -> None:
+    async def test() -> None:
+        source = ScriptedSource()
+        source.listings.append([_part(A, 10, more=True, continues=False), StreamBroken("cut mid-listing")])
+        source.listings.append(
+            [_part(B, 12, more=True, continues=False), _part(C, 12, more=False, continues=True)]
+        )
+        source.streams.append([Created(12, cluster=1)])
+        watches: dict[str, SharedWatch] = {}
+        async with subscribe(watches, source, PREFIX, _established) as events:
+            assert await take(events, 3) == [
+                StoreSnapshot(items=A, more=True),
+                StoreSnapshot(items=B, more=True),  # does not continue: the parts before it are void
+                StoreSnapshot(items=C, continues=True),
+            ]
+            assert source.opened == [13]
+            assert watches[PREFIX].relists == 0, "the first listing was never finished"
+
+    virtual(test)
+
+
+def test_a_subscriber_joining_in_the_middle_of_a_listing_lists_for_itself() -> None:
+    async def test() -> None:
+        source, second_page = ScriptedSource(), anyio.Event()
+        source.listings.append(
+            [_part(A, 10, more=True, continues=False), second_page, _part(B, 10, more=False, continues=True)]
+        )
+        source.listings.append(Listing({**A, **B}, 10, cluster=1))  # the joiner's own
+        source.streams.append([Created(10, cluster=1), _put("c", "c", 11)])
+        watches: dict[str, SharedWatch] = {}
+        joiner_saw: list[StoreEvent] = []
+
+        async def join() -> None:
+            async with subscribe(watches, source, PREFIX, _established) as events:
+                joiner_saw.extend(await take(events, 2))
+
+        async with subscribe(watches, source, PREFIX, _established) as first, anyio.create_task_group() as tg:
+            assert await anext(first) == StoreSnapshot(items=A, more=True)
+            tg.start_soon(join)
+            while len(watches[PREFIX].subscribers) < 2:
+                await anyio.lowlevel.checkpoint()
+            second_page.set()  # the joiner missed the first part: it will list the prefix itself
+            assert await take(first, 2) == [
+                StoreSnapshot(items=B, continues=True),
+                StorePut(key=f"{PREFIX}c", value=b"c"),
+            ]
+        assert joiner_saw == [StoreSnapshot(items={**A, **B}), StorePut(key=f"{PREFIX}c", value=b"c")]
+        assert source.lists == 2
+
+    virtual(test)
+
+
+def test_a_watch_refused_after_its_snapshot_began_raises_to_the_reader() -> None:
+    async def test() -> None:
+        source = ScriptedSource()
+        source.listings.append(
+            [_part(A, 10, more=True, continues=False), PermissionError("no more reading for you")]
+        )
+        watches: dict[str, SharedWatch] = {}
+        async with subscribe(watches, source, PREFIX, _established) as events:
+            assert await anext(events) == StoreSnapshot(items=A, more=True)
+            with pytest.raises(PermissionError, match="no more reading"):
+                await anext(events)
+
+    virtual(test)
+
+
+def test_a_listing_that_ends_before_its_last_part_is_read_again() -> None:
+    async def test() -> None:
+        source = ScriptedSource()
+        source.listings.append([_part(A, 10, more=True, continues=False)])  # and then nothing
+        source.listings.append(Listing(B, 11, cluster=1))
+        source.streams.append([Created(11, cluster=1)])
+        watches: dict[str, SharedWatch] = {}
+        async with subscribe(watches, source, PREFIX, _established) as events:
+            assert await take(events, 2) == [StoreSnapshot(items=A, more=True), StoreSnapshot(items=B)]
+            assert "ended before its last part" in (watches[PREFIX].last_error or "")
+
+    virtual(test)

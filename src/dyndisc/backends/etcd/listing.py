@@ -14,7 +14,8 @@ revision away between two pages, the listing starts over.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,19 @@ class PrefixListing:
     cluster_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class PrefixPage:
+    """One page of a listing: keys in order, at the ``revision`` of the listing's first page."""
+
+    items: dict[str, bytes]
+    revision: int
+    cluster_id: int
+    #: More pages follow.
+    more: bool
+    #: This page continues the listing of the page before it (``False``: the listing starts, or starts over).
+    continues: bool
+
+
 class _CompactedMeanwhile(Exception):
     """Internal: the revision of the listing's first page was compacted before its last page was read."""
 
@@ -58,11 +72,33 @@ async def list_prefix(
     """Every key under ``prefix`` at one revision, read ``page_size`` keys per request, or more if the rest
     would take over ``max_pages`` more requests; each request has the ordinary call deadline (a large prefix
     takes more requests, not a longer deadline). ``on_page`` is called after each page read."""
+    items: dict[str, bytes] = {}
+    async with aclosing(prefix_pages(connection, prefix, page_size, on_page, max_pages)) as pages:
+        async for page in pages:
+            if not page.continues:
+                items = {}  # the listing started over
+            items.update(page.items)
+            if not page.more:
+                return PrefixListing(items, page.revision, page.cluster_id)
+    raise AssertionError("a listing ends with a page that says no more follow")
+
+
+async def prefix_pages(
+    connection: EtcdConnection,
+    prefix: str,
+    page_size: int = LIST_PAGE_SIZE,
+    on_page: Callable[[], None] | None = None,
+    max_pages: int = LIST_MAX_PAGES,
+) -> AsyncGenerator[PrefixPage, None]:
+    """The listing of :func:`list_prefix`, a page at a time as each arrives. If the revision of the first
+    page is compacted before the last is read, the listing starts over: its next page does not continue."""
     if page_size < 1 or max_pages < 1:
         raise ValueError(f"a listing page holds at least one key, got {page_size} (of {max_pages} pages)")
     while True:
         try:
-            return await _read_pages(connection, prefix, page_size, on_page, max_pages)
+            async for page in _read_pages(connection, prefix, page_size, on_page, max_pages):
+                yield page
+            return
         except _CompactedMeanwhile as exc:
             log.info("listing %r: etcd compacted revision %s between two pages; listing again", prefix, exc)
 
@@ -73,10 +109,9 @@ async def _read_pages(
     page_size: int,
     on_page: Callable[[], None] | None,
     max_pages: int,
-) -> PrefixListing:
+) -> AsyncGenerator[PrefixPage, None]:
     end = prefix_range_end(prefix.encode())
     start, revision, cluster_id = prefix.encode(), 0, 0
-    items: dict[str, bytes] = {}
     while True:
         request = rpc.RangeRequest(key=start, range_end=end, limit=page_size, revision=revision)
 
@@ -92,14 +127,19 @@ async def _read_pages(
         reply = await connection.call(
             f"listing {prefix!r}", attempt, attempt_timeout=connection.request_timeout
         )
-        if not revision:
+        continues = bool(revision)
+        if not continues:
             revision, cluster_id = int(reply.header.revision), int(reply.header.cluster_id)
             left = int(reply.count) - len(reply.kvs)  # the first page's count: every key at this revision
             page_size = max(page_size, -(-left // max_pages))
         with gc_paused():  # many objects, none of them garbage: the collector would only rescan them
-            items.update((kv.key.decode(errors="replace"), bytes(kv.value)) for kv in reply.kvs)
+            items = {kv.key.decode(errors="replace"): bytes(kv.value) for kv in reply.kvs}
         if on_page is not None:
             on_page()
-        if not reply.more or not reply.kvs:
-            return PrefixListing(items, revision, cluster_id)
-        start = bytes(reply.kvs[-1].key) + b"\0"  # the next key after the last one read
+        more = bool(reply.more and reply.kvs)
+        if more:
+            start = bytes(reply.kvs[-1].key) + b"\0"  # the next key after the last one read
+        del reply  # the page's protobuf is garbage once copied: do not hold it while the consumer decodes
+        yield PrefixPage(items, revision, cluster_id, more=more, continues=continues)
+        if not more:
+            return

@@ -11,7 +11,8 @@ member to avoid after one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from typing import Any, NoReturn
 
 import anyio
@@ -23,7 +24,7 @@ from dyndisc._errors import AccessDeniedError, BackendUnavailableError
 from dyndisc.backends.etcd.connection import REQUIRE_LEADER, EtcdConnection, Stubs, Transient, Unreachable
 from dyndisc.backends.etcd.departures import Departures
 from dyndisc.backends.etcd.grpc_calls import grpc_await, stray_cancellation
-from dyndisc.backends.etcd.listing import LIST_PAGE_SIZE, list_prefix
+from dyndisc.backends.etcd.listing import LIST_PAGE_SIZE, list_prefix, prefix_pages
 from dyndisc.backends.kv import StoreDelete, StorePut
 from dyndisc.backends.kv.revisioned import (
     Cancelled,
@@ -58,6 +59,12 @@ class EtcdSource(RevisionedSource):
     async def list(self, prefix: str) -> Listing:
         found = await list_prefix(self.connection, prefix, self.page_size, self._page_read)
         return Listing(found.items, found.revision, found.cluster_id or None)
+
+    async def list_parts(self, prefix: str) -> AsyncGenerator[Listing, None]:
+        async with aclosing(prefix_pages(self.connection, prefix, self.page_size, self._page_read)) as pages:
+            async for page in pages:
+                cluster = page.cluster_id or None
+                yield Listing(page.items, page.revision, cluster, more=page.more, continues=page.continues)
 
     def _page_read(self) -> None:
         self.pages_read += 1

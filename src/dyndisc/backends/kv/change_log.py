@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import NoReturn
 
 import anyio
@@ -64,13 +64,19 @@ class ChangeLog(RevisionedSource):
         *,
         keep: int = KEEP_REVISIONS,
         progress_interval: float | None = PROGRESS_INTERVAL,
+        page_size: int | None = None,
     ) -> None:
         if keep < 1:
             raise ValueError(f"a change log keeps at least one revision, got {keep}")
+        if page_size is not None and page_size < 1:
+            raise ValueError(f"a listing part holds at least one key, got {page_size}")
         self._items = items
         self.keep = keep
         #: Seconds between progress notifications (``None``: never).
         self.progress_interval = progress_interval
+        #: Keys per part of a watch's listing (``None``: one part), as etcd's pages: a simulation then runs
+        #: the watches' paged snapshots, with other tasks running between two parts.
+        self.page_size = page_size
         #: The revision of the last change (0: none yet).
         self.revision = 0
         #: The oldest revision a stream can start from: the history before it is gone.
@@ -121,6 +127,20 @@ class ChangeLog(RevisionedSource):
         await anyio.lowlevel.checkpoint()  # a call, as to a server: other tasks run, cancellation is honoured
         items = self._items(prefix)
         return Listing(items, self.revision)
+
+    async def list_parts(self, prefix: str) -> AsyncGenerator[Listing, None]:
+        if self.page_size is None:
+            yield await self.list(prefix)
+            return
+        listing = await self.list(prefix)
+        keys = sorted(listing.items)
+        pages = [keys[i : i + self.page_size] for i in range(0, len(keys), self.page_size)] or [[]]
+        for number, page in enumerate(pages):
+            if number:
+                await anyio.lowlevel.checkpoint()  # the next page is another call: the store goes on
+            items = {key: listing.items[key] for key in page}
+            more, continues = number < len(pages) - 1, number > 0
+            yield Listing(items, listing.revision, listing.cluster, more=more, continues=continues)
 
     def classify(self, error: Exception, prefix: str) -> Failure | None:
         return None  # the log fails in no way of its own: anything else is a bug

@@ -165,10 +165,18 @@ class KvDiscovery(DiscoveryBackend):
         # Which instances this watch reported, as endpoint -> ids (the ids are the instances' own int
         # objects): a Removed names only an instance reported, and nothing else is held per instance here.
         known: dict[EndpointId, set[int]] = {}
+        parts: list[tuple[Instance, ...]] = []  # the decoded parts of a snapshot still arriving
         async for event in raw:
             if isinstance(event, StoreSnapshot):
-                instances = self._decode_all(event.items)
+                if not event.continues:
+                    parts.clear()
+                parts.append(self._decode_all(event.items))
+                more = event.more
                 del event  # the raw snapshot is garbage once decoded: do not hold it while suspended
+                if more:
+                    continue
+                instances = parts[0] if len(parts) == 1 else tuple(itertools.chain.from_iterable(parts))
+                parts.clear()
                 known = _ids_by_endpoint(instances)
                 yield Resync(instances=instances)
                 continue
@@ -202,10 +210,17 @@ class KvDiscovery(DiscoveryBackend):
             return next((i for i, p in enumerate(prefixes) if key.startswith(p)), None)
 
         merged = _Merged(self.parse, len(prefixes))
+        snapshot: dict[str, bytes] = {}  # a snapshot's parts so far
         async for event in raw:
             if isinstance(event, StoreSnapshot):
+                if not event.continues:
+                    snapshot = {}
+                snapshot.update(event.items)  # (not the part's own dict: other readers get it too)
+                if event.more:
+                    continue
                 for index, prefix in enumerate(prefixes):
-                    merged.snapshot(index, {k: v for k, v in event.items.items() if k.startswith(prefix)})
+                    merged.snapshot(index, {k: v for k, v in snapshot.items() if k.startswith(prefix)})
+                snapshot = {}
                 yield Resync(instances=tuple(merged.current()))
                 continue
             found = source(event.key)
@@ -254,9 +269,16 @@ class KvDiscovery(DiscoveryBackend):
         self, bucket: str, base: str, raw: AsyncIterator[StoreEvent]
     ) -> AsyncIterator[EntryEvent]:
         known: dict[str, MetadataEntry] = {}
+        snapshot: dict[str, bytes] = {}  # a snapshot's parts so far
         async for event in raw:
             if isinstance(event, StoreSnapshot):
-                found = (self._parse_entry(bucket, base, k, v) for k, v in sorted(event.items.items()))
+                if not event.continues:
+                    snapshot = {}
+                snapshot.update(event.items)  # (not the part's own dict: other readers get it too)
+                if event.more:
+                    continue
+                found = (self._parse_entry(bucket, base, k, v) for k, v in sorted(snapshot.items()))
+                snapshot = {}
                 known = {e.key: e for e in found if e is not None}
                 yield EntryResync(entries=tuple(known.values()))
                 continue

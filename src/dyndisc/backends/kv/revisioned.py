@@ -24,8 +24,8 @@ from __future__ import annotations
 import abc
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -45,12 +45,18 @@ RETRY_MIN, RETRY_MAX = 0.05, 1.0
 # -- what a source answers --------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Listing:
-    """A prefix's contents at one revision, and the identity of the history that revision belongs to."""
+    """A prefix's contents at one revision, and the identity of the history that revision belongs to; or a
+    part of them (:meth:`RevisionedSource.list_parts`): the parts of one listing are at one revision, in key
+    order."""
 
     items: dict[str, bytes]
     revision: int
     #: Which history the revision counts in (etcd's cluster id); ``None`` when the source cannot tell.
     cluster: int | None = None
+    #: More parts of this listing follow.
+    more: bool = False
+    #: This part continues the listing of the part before it (``False``: a listing starts, or starts over).
+    continues: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +123,12 @@ class RevisionedSource(abc.ABC):
         """Every key under ``prefix`` at one revision (the latest)."""
         raise NotImplementedError
 
+    async def list_parts(self, prefix: str) -> AsyncGenerator[Listing, None]:
+        """The same listing as it arrives, part by part, so what a page holds can be decoded while the next
+        one is on its way. A part that does not continue the one before starts the listing over (the source
+        had to: etcd compacted the revision of its first page). Here: one part, the whole listing."""
+        yield await self.list(prefix)
+
     @abc.abstractmethod
     async def watch(self, prefix: str, start: int, deliver: Callable[[WatchReply], None]) -> NoReturn:
         """Open a stream of the changes under ``prefix`` from revision ``start`` and hand each reply to
@@ -146,30 +158,50 @@ class _Relist(Exception):
 class Subscriber:
     """One consumer of a shared watch: a snapshot first, then puts and deletes, resynced if it lags.
 
-    Its snapshot comes from the shared watch's listing, or (joining a watch that has listed already, or
-    after falling behind) from a listing of its own; events queued meanwhile that the listing already
-    reflects (by revision) are dropped, so nothing is applied twice or out of order.
+    Its snapshot comes from the shared watch's listing, handed on part by part as the source reads it (the
+    consumer decodes one page while the next is on its way), or, joining a watch that has listed already
+    or is listing, or after falling behind, from a listing of its own; events queued meanwhile that the
+    listing already reflects (by revision) are dropped, so nothing is applied twice or out of order.
     """
 
     def __init__(self, shared: SharedWatch) -> None:
         self.shared = shared
         self._pending: deque[tuple[int, StorePut | StoreDelete]] = deque()
-        self._snapshot: tuple[dict[str, bytes], int] | None = None
-        #: Whether this subscriber must list the prefix itself (the shared listing is behind it).
-        self._must_list = shared.listed
+        #: Parts of a snapshot not yet consumed, each with the revision it is at.
+        self._parts: deque[tuple[StoreSnapshot, int]] = deque()
+        #: Whether a shared listing is reaching this subscriber part by part (its first part did).
+        self._receiving = False
+        #: Whether this subscriber must list the prefix itself: the shared listing is behind it, or has
+        #: already handed on its first part.
+        self._must_list = shared.listed or shared.listing
         self._wake = anyio.Event()
+        #: Set once the consumer may start reading: the watch is confirmed (or refused), or a snapshot has
+        #: begun to arrive in parts (its consumer decodes them while the rest is read and the watch opened).
+        self.may_start = anyio.Event()
+        #: Why the watch could not be confirmed, found after its consumer started reading: raised to it.
+        self.failure: Exception | None = None
 
-    def snapshot(self, items: dict[str, bytes], revision: int) -> None:
-        """The shared watch listed the prefix at ``revision``: that is this subscriber's next event."""
-        self._pending.clear()
-        self._snapshot = (items, revision)
-        self._must_list = False
+    def snapshot(self, part: Listing) -> None:
+        """A part of the shared watch's listing at ``part.revision``: the start of this subscriber's next
+        snapshot, or its continuation."""
+        if not part.continues:
+            self._pending.clear()
+            self._parts.clear()
+            self._must_list = False
+            self._receiving = True
+        elif not self._receiving:
+            return  # it did not have the listing's first part: it lists the prefix itself
+        snapshot = StoreSnapshot(part.items, more=part.more, continues=part.continues)
+        self._parts.append((snapshot, part.revision))
+        self._receiving = part.more
+        if part.more:
+            self.may_start.set()
         self._wake.set()
 
-    def _take_snapshot(self) -> dict[str, bytes]:
-        assert self._snapshot is not None
-        items, self._snapshot = self._snapshot[0], None
-        return items
+    def fail(self, error: Exception) -> None:
+        """The watch could not be confirmed: its consumer gets ``error`` (if it has started reading)."""
+        self.failure = error
+        self._wake.set()
 
     def push(self, event: StorePut | StoreDelete, revision: int) -> None:
         """Queue a change made at ``revision``; past the bound, list afresh instead (memory stays bounded)."""
@@ -182,7 +214,8 @@ class Subscriber:
     def resync(self) -> None:
         """Drop the backlog: the next event is a fresh snapshot, listed by this subscriber."""
         self._pending.clear()
-        self._snapshot = None
+        self._parts.clear()
+        self._receiving = False
         self._must_list = True
         self._wake.set()
 
@@ -190,16 +223,21 @@ class Subscriber:
         """The consumer's events, for as long as it reads them."""
         seen = 0  # the revision the last snapshot reflects: older queued events are in it already
         while True:
-            if self._snapshot is not None:
-                seen = self._snapshot[1]
-                # No local holds the snapshot: a large one is freed as soon as its consumer has decoded it.
-                yield StoreSnapshot(items=self._take_snapshot())
+            if self.failure is not None:
+                raise self.failure
+            if self._parts:
+                # No local holds the part: a large one is freed as soon as its consumer has decoded it.
+                seen = self._parts[0][1]
+                yield self._parts.popleft()[0]
             elif self._must_list:
                 self._must_list = False
-                listing = await self.shared.fetch()
-                if self._snapshot is None and not self._must_list:  # nothing newer arrived meanwhile
-                    self._snapshot = (listing.items, listing.revision)
-            elif self._pending:
+                async with aclosing(self.shared.source.list_parts(self.shared.prefix)) as parts:
+                    async for part in parts:
+                        if self._parts or self._receiving or self._must_list or self.failure:
+                            break  # something newer came meanwhile: this listing is void
+                        seen = part.revision
+                        yield StoreSnapshot(part.items, more=part.more, continues=part.continues)
+            elif self._pending and not self._receiving:
                 revision, event = self._pending.popleft()
                 if revision > seen:
                     yield event
@@ -219,6 +257,8 @@ class SharedWatch:
         self.revision = 0
         self.cluster: int | None = None
         self.listed = False
+        #: Whether a listing is being handed on to the subscribers (its first part has been, its last not).
+        self.listing = False
         self.needs_list = True
         # A dict, not a set: subscribers are told of a change in the order they came (a simulation replays).
         self.subscribers: dict[Subscriber, None] = {}
@@ -292,19 +332,26 @@ class SharedWatch:
             self.settled.set()
         self._refused_now = True
 
-    async def fetch(self) -> Listing:
-        """List the prefix: its contents, the revision they are at, the history that revision counts in."""
-        return await self.source.list(self.prefix)
-
     async def _list(self) -> None:
-        listing = await self.fetch()
-        self.revision = listing.revision
-        self.cluster = listing.cluster
+        # Each part goes on as it arrives: while the source reads the next page, subscribers decode this one.
+        part: Listing | None = None
+        try:
+            async with aclosing(self.source.list_parts(self.prefix)) as parts:
+                async for part in parts:
+                    self.listing = part.more
+                    for subscriber in self.subscribers:
+                        subscriber.snapshot(part)
+                    if not part.more:
+                        break
+        finally:
+            self.listing = False
+        if part is None or part.more:
+            raise StreamBroken(f"{self.source.name}'s listing of {self.prefix!r} ended before its last part")
+        self.revision = part.revision
+        self.cluster = part.cluster
         relisted, self.listed, self.needs_list = self.listed, True, False
         if relisted:
             self.relists += 1
-        for subscriber in self.subscribers:
-            subscriber.snapshot(listing.items, self.revision)
 
     def _handle(self, reply: WatchReply) -> None:
         if isinstance(reply, Changes):
@@ -349,7 +396,11 @@ async def subscribe(
     """Subscribe to the shared watch of ``prefix`` in ``watches`` (made on ``source`` if there is none);
     ``ready(shared)`` returns once the watch may be used (it raises if the source refused it). A new shared
     watch takes the prefix's outage log from ``outages`` (made there if missing), so an outage that outlives
-    its watches is logged once, not once per watch opened meanwhile."""
+    its watches is logged once, not once per watch opened meanwhile.
+
+    A snapshot that comes in parts is handed to the consumer from its first part, before ``ready`` returns
+    (nothing written after the first part's revision is missed: the watch starts after it), so a large one
+    is decoded while the rest is read; if ``ready`` then raises, the consumer's next read raises it."""
     shared = watches.get(prefix)
     if shared is None:
         outage = None if outages is None else outages.setdefault(prefix, outage_log(source, prefix))
@@ -359,9 +410,24 @@ async def subscribe(
     try:
         async with background_tasks() as tg:
             tg.start_soon(shared.lead)
-            await ready(shared)
+            tg.start_soon(_confirm, ready, shared, subscriber)
+            await subscriber.may_start.wait()
+            if subscriber.failure is not None:
+                raise subscriber.failure
             yield subscriber.events()
     finally:
         shared.subscribers.pop(subscriber, None)
         if not shared.subscribers and watches.get(prefix) is shared:
             del watches[prefix]
+
+
+async def _confirm(
+    ready: Callable[[SharedWatch], Awaitable[None]], shared: SharedWatch, subscriber: Subscriber
+) -> None:
+    """Wait for ``ready``; what it raises goes to the subscriber, whether or not its consumer is reading."""
+    try:
+        await ready(shared)
+    except Exception as exc:
+        subscriber.fail(exc)
+    finally:
+        subscriber.may_start.set()

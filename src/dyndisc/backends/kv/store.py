@@ -46,9 +46,18 @@ class StoreDelete:
 
 @dataclass(frozen=True, slots=True)
 class StoreSnapshot:
-    """Every key under the watched prefix, authoritatively: replace what you had."""
+    """Every key under the watched prefix, authoritatively: replace what you had.
+
+    A large snapshot may come in parts, in key order, so each can be decoded while the next is read: a part
+    with :attr:`more` set is followed by the rest; the snapshot is whole at the first part without it.
+    """
 
     items: dict[str, bytes]
+    #: More parts of this snapshot follow (apply nothing until the last one).
+    more: bool = False
+    #: This part continues the snapshot of the part before it (``False``: a snapshot starts here, and
+    #: replaces any parts of an earlier one still unfinished).
+    continues: bool = False
 
 
 StoreEvent = StorePut | StoreDelete | StoreSnapshot

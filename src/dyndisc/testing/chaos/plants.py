@@ -17,7 +17,7 @@ import anyio
 from dyndisc._events import Added, DiscoveryEvent, RemovalReason, Removed, Resync
 from dyndisc._instance_set import InstanceSet
 from dyndisc._models import Readiness
-from dyndisc.backends.kv import KvDiscovery
+from dyndisc.backends.kv import KvDiscovery, StoreSnapshot
 from dyndisc.backends.kv.discovery import _Merged
 from dyndisc.runtime import lease_keeper
 from dyndisc.runtime.lease_keeper import LeaseKeeper
@@ -60,6 +60,8 @@ PLANTS = {
     "list-skips-side": "agreement",
     # the key-value layer (KvDiscovery watch): a watch that has to resume ends quietly instead
     "watch-ends": "watchers keep running",
+    # the key-value layer (KvDiscovery watch): each part of a snapshot that comes in parts is taken whole
+    "parts-as-whole": "agreement",
 }
 PLANTABLE = tuple(PLANTS)
 
@@ -262,6 +264,24 @@ def _watch_ends() -> Rewrite:
     return rewrite
 
 
+def _parts_as_whole() -> list[tuple[Any, str, Any]]:
+    async def whole(raw: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for event in raw:
+            yield StoreSnapshot(event.items) if isinstance(event, StoreSnapshot) else event
+
+    found = []
+    for attribute in ("_translate", "_translate_merged"):
+        original = getattr(KvDiscovery, attribute)
+
+        def translate(
+            self: KvDiscovery, raw: AsyncIterator[Any], *args: Any, _original: Any = original
+        ) -> AsyncIterator[DiscoveryEvent]:
+            return _original(self, whole(raw), *args)  # type: ignore[no-any-return]
+
+        found.append((KvDiscovery, attribute, translate))
+    return found
+
+
 _SWAPS: dict[str, Callable[[], list[tuple[Any, str, Any]]]] = {
     "never-revokes": _never_revokes,
     "replaces-lease": _replaces_lease,
@@ -277,4 +297,5 @@ _SWAPS: dict[str, Callable[[], list[tuple[Any, str, Any]]]] = {
     "unbound-entries": _unbound_entries,
     "list-skips-side": _list_skips_side,
     "watch-ends": _watch_rewrite(_watch_ends),
+    "parts-as-whole": _parts_as_whole,
 }

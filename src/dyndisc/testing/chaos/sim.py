@@ -66,9 +66,16 @@ LATENCY_PROFILES = (0.0, 0.0, 0.005, 0.04)
 __all__ = ["BOUNDS", "FAULTS", "PLANTABLE", "WATCHERS", "WORKLOAD", "new_store", "simulate"]
 
 
+#: Keys per part of a watch's listing, by the seed (``None``: whole): small parts make a snapshot of a few
+#: dozen instances arrive in many, with the store changing between them.
+LIST_PAGE_SIZES = (None, None, 1, 4, 16)
+
+
 def new_store(seed: int) -> MemoryStore:
-    """The store of one simulated run: leases on the virtual clock, lease ids from the seed."""
-    return MemoryStore(clock=anyio.current_time, rng=random.Random(seed))
+    """The store of one simulated run: leases on the virtual clock, lease ids and listing parts from the
+    seed."""
+    page_size = random.Random(seed ^ 0x9A6E).choice(LIST_PAGE_SIZES)
+    return MemoryStore(clock=anyio.current_time, rng=random.Random(seed), list_page_size=page_size)
 
 
 #: Calls whose answer takes a virtual latency to come back too: those where "applied, but the caller not
