@@ -352,10 +352,11 @@ class RealRun:
                 # replacement and what it writes may move the quiet point on: wait again then), but no
                 # later than a run that never goes quiet should be judged.
                 latest = self.plan.duration + 3 * max(self.plan.ttls.values(), default=self.plan.ttl) + 10
+                # (a run past ``latest`` already, its last fault late and long, is judged at once)
                 while (settled := quiet_point(self.history) + self.target.bounds.converge + 0.5) > self.now():
-                    await anyio.sleep(min(settled, latest) - self.now())
                     if self.now() >= latest:
                         break
+                    await anyio.sleep(max(min(settled, latest) - self.now(), 0.0))
                 await self.read_truth()
                 await self.stop_agents()
                 tg.cancel_scope.cancel()

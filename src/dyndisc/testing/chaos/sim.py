@@ -179,10 +179,11 @@ class _Simulation:
             # after a revoke, and what it writes, may move the quiet point on: wait again then), but no
             # later than a run that never goes quiet should be judged (the checker will say why).
             latest = self.plan.duration + 3 * max(self.plan.ttls.values(), default=self.plan.ttl) + 5.0
+            # (a run past ``latest`` already, its last fault late and long, is judged at once)
             while (settled := quiet_point(self.history) + BOUNDS.converge + 0.5) > anyio.current_time():
-                await anyio.sleep(min(settled, latest) - anyio.current_time())
                 if anyio.current_time() >= latest:
                     break
+                await anyio.sleep(max(min(settled, latest) - anyio.current_time(), 0.0))
             await self.read_truth()
             tg.cancel_scope.cancel()
         return self.history
