@@ -144,11 +144,6 @@ async def test_a_silent_partition_is_noticed_and_healed_with_a_resync(
         assert watcher.stale_since is None
 
 
-@pytest.mark.xfail(
-    reason="not fixed: nats-py sends on reconnecting what was published while disconnected (chaos seed "
-    "2000 on NATS); holding requests while disconnected made a partition test fail once in CI: taken back",
-    strict=False,
-)
 async def test_a_write_that_timed_out_while_the_server_was_away_does_not_land_after(
     private_nats: MakeServer, make_store: MakeStore
 ) -> None:

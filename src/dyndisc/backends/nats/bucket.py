@@ -74,7 +74,7 @@ async def stream_info(
             raise ConfigurationError(
                 f"{where} has JetStream disabled: start it with -js (--jetstream)"
             ) from exc
-        except (TimeoutError, nats.errors.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.TimeoutError, nats.errors.OutboundBufferLimitError) as exc:
             guard.check_denied(started, subject)
             if anyio.current_time() >= deadline:
                 raise BackendUnavailableError(f"{where} did not answer a JetStream request in time") from exc

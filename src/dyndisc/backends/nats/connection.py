@@ -56,6 +56,7 @@ _WRONG_LAST_SEQUENCE = 10071
 #: or a server cut off from its cluster): retried within ``NATS_TIMEOUT``.
 _UNANSWERED = (
     nats.errors.TimeoutError,
+    nats.errors.OutboundBufferLimitError,  # not sent: the connection is down (nothing is buffered)
     nats.errors.NoRespondersError,
     nats.js.errors.NoStreamResponseError,
     nats.js.errors.ServiceUnavailableError,
@@ -148,6 +149,10 @@ class NatsBucket:
             # Two tries per server at start: a bad password or a dead address fails fast, never hangs.
             # Once connected, the client reconnects forever (set below).
             "max_reconnect_attempts": 1,
+            # Nothing is kept to be sent once reconnected: nats-py would send a request its caller was
+            # told had failed, late (a registration landing after its unregistration: chaos seed 2000 on
+            # NATS). A publish while disconnected fails at once (OutboundBufferLimitError) and is retried.
+            "pending_size": 0,
             "error_cb": on_error,
             "disconnected_cb": self._on_disconnected,
             "reconnected_cb": self._on_reconnected,
