@@ -198,6 +198,48 @@ async def test_a_resource_deleted_while_a_registration_is_in_flight_is_a_lost_le
     assert sorted(i.endpoint for i in listed) == ["a", "b"], "both registered again under the replacement"
 
 
+async def test_unregistering_after_an_update_cancelled_in_flight_removes_the_endpoint(
+    workers: Workers, cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by chaos seed 2010 on Kubernetes: an update (register again, new metadata) was cancelled while its
+    # apply was in flight. The resource went back to the earlier record, while the runtime kept the update's
+    # record as maybe written, and unregistered that one: the resource found no holder with that exact record,
+    # wrote nothing, and kept the endpoint (every later apply of the resource wrote it again).
+    host = await workers.start(await workers.pod("worker-0"), lease_ttl=60)
+    endpoint = host.runtime.endpoint("dyn.c.e")
+    await endpoint.register("tcp://h:1", {"v": 1})
+    resource = workers.resource(host)
+    real_call = resource._call
+    in_flight = anyio.Event()
+
+    async def answer_no_apply(method: str, path: str, what: str, **kwargs: object) -> object:
+        if method != "PATCH":
+            return await real_call(method, path, what, **kwargs)
+        await real_call(method, path, what, **kwargs)  # it lands; its answer never comes
+        in_flight.set()
+        await anyio.sleep_forever()
+
+    monkeypatch.setattr(resource, "_call", answer_no_apply)
+    with anyio.move_on_after(PROMPT) as scope:
+        async with anyio.create_task_group() as tg:
+
+            async def cancel_once_in_flight() -> None:
+                await in_flight.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(cancel_once_in_flight)
+            await endpoint.register("tcp://h:1", {"v": 2})
+    assert not scope.cancelled_caught, "the update's apply was never sent"
+    assert in_flight.is_set()
+    monkeypatch.setattr(resource, "_call", real_call)
+
+    await endpoint.unregister()
+    assert not (await get_cr(cluster, namespace, "worker-0"))["spec"]["data"].get("endpoints")
+    await host.runtime.endpoint("dyn.c.other").register("tcp://h:2")  # a later apply does not bring it back
+    endpoints = (await get_cr(cluster, namespace, "worker-0"))["spec"]["data"]["endpoints"]
+    assert sorted(endpoints) == ["dyn/c/other/43710f49c0cff"]
+
+
 async def test_an_entry_put_again_unbound_leaves_no_bound_copy_and_back(
     workers: Workers, cluster: Cluster, namespace: str
 ) -> None:

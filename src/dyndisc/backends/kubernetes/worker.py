@@ -353,13 +353,19 @@ class WorkerResource:
                 raise
 
     async def unregister(self, instance: Instance) -> None:
-        """Remove ``instance``'s endpoint from the resource (a no-op if it is not there)."""
+        """Remove ``instance``'s endpoint from the resource (a no-op if it is not there): from the holders
+        that registered this very record, else from every holder of a record of this instance (same endpoint
+        and id). The caller may know only an update it tried: one cancelled in flight leaves the holder with
+        the record before it, which stays written by every later apply unless removed (chaos seed 2010)."""
+        endpoint = instance.endpoint_id
         async with self._lock:
-            removed = {
-                token: registered.pop(instance.endpoint_id)
+            holding = {
+                token: registered
                 for token, registered in self._holders.items()
-                if registered.get(instance.endpoint_id) == instance
+                if (held := registered.get(endpoint)) is not None and held.instance_id == instance.instance_id
             }
+            exact = {token: r for token, r in holding.items() if r[endpoint] == instance}
+            removed = {token: registered.pop(endpoint) for token, registered in (exact or holding).items()}
             if not removed:
                 return
             try:
