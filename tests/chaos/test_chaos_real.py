@@ -98,6 +98,10 @@ REGRESSIONS: list[Any] = [
     # nats-py kept what was published while disconnected and sent it on reconnecting (the connection now
     # keeps nothing: pending_size=0). tests/backends/nats/test_nats_recovery.py.
     ("nats", 2000, 20.0),
+    # An endpoint unregistered just after an update of it was cancelled in flight stayed in the worker's
+    # resource: the runtime unregistered the record it had tried to write, the resource held the one before,
+    # and only an exact match was removed. tests/backends/kubernetes/test_kube_worker.py.
+    ("kubernetes", 2010, 20.0),
 ]
 
 
