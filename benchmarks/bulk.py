@@ -104,6 +104,7 @@ async def _raw(endpoint: str, count: int, traced: bool, *, pages: bool = False) 
                     start = bytes(reply.kvs[-1].key) + b"\0"
                     request = rpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision)
                     pending = asyncio.ensure_future(kv.Range(request))
+                    await asyncio.sleep(0)  # grpc sends it from a task of its own: let that task run first
                 for found in reply.kvs:
                     items[bytes(found.key)] = json.loads(found.value)
                 if not reply.more:

@@ -13,6 +13,7 @@ revision away between two pages, the listing starts over.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -25,6 +26,7 @@ from aetcd.utils import prefix_range_end
 
 from dyndisc._concurrency import gc_paused
 from dyndisc.backends.etcd.connection import EtcdConnection, Stubs
+from dyndisc.backends.etcd.grpc_calls import grpc_await, stray_cancellation
 
 log = logging.getLogger("dyndisc.etcd")
 
@@ -111,35 +113,72 @@ async def _read_pages(
     max_pages: int,
 ) -> AsyncGenerator[PrefixPage, None]:
     end = prefix_range_end(prefix.encode())
-    start, revision, cluster_id = prefix.encode(), 0, 0
-    while True:
-        request = rpc.RangeRequest(key=start, range_end=end, limit=page_size, revision=revision)
+    request = rpc.RangeRequest(key=prefix.encode(), range_end=end, limit=page_size)
+    reply = await _range(connection, prefix, request)
+    revision, cluster_id = int(reply.header.revision), int(reply.header.cluster_id)
+    left = int(reply.count) - len(reply.kvs)  # the first page's count: every key at this revision
+    page_size = max(page_size, -(-left // max_pages))
+    continues, ahead = False, None
+    try:
+        while True:
+            with gc_paused():  # many objects, none of them garbage: the collector would only rescan them
+                items = {kv.key.decode(errors="replace"): bytes(kv.value) for kv in reply.kvs}
+            if on_page is not None:
+                on_page()
+            more = bool(reply.more and reply.kvs)
+            if more:
+                # The next page is asked for before this one is handed on: etcd builds it while the reader
+                # decodes this one (asked after, it would wait for the decoding; a reader runs on our loop).
+                start = bytes(reply.kvs[-1].key) + b"\0"  # the next key after the last one read
+                request = rpc.RangeRequest(key=start, range_end=end, limit=page_size, revision=revision)
+                ahead = await _send(connection, request)
+            del reply  # the page's protobuf is garbage once copied: do not hold it while the reader decodes
+            yield PrefixPage(items, revision, cluster_id, more=more, continues=continues)
+            if not more:
+                return
+            reply = await _receive(connection, prefix, request, ahead)
+            continues, ahead = True, None
+    finally:
+        if ahead is not None:
+            ahead.cancel()  # the reader stopped reading: the page asked for ahead is not wanted
 
-        async def attempt(stubs: Stubs, metadata: Any, timeout: float, request: Any = request) -> Any:
-            try:
-                return await stubs.kv.Range(request, timeout=timeout, metadata=metadata)
-            except grpc.aio.AioRpcError as exc:
-                if request.revision and exc.code() == grpc.StatusCode.OUT_OF_RANGE:  # "... been compacted"
-                    raise _CompactedMeanwhile(request.revision) from None
+
+async def _range(connection: EtcdConnection, prefix: str, request: Any) -> Any:
+    """One page, with the ordinary retries (on another member, within the request timeout)."""
+
+    async def attempt(stubs: Stubs, metadata: Any, timeout: float) -> Any:
+        try:
+            return await stubs.kv.Range(request, timeout=timeout, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            if request.revision and exc.code() == grpc.StatusCode.OUT_OF_RANGE:  # "... been compacted"
+                raise _CompactedMeanwhile(request.revision) from None
+            raise
+
+    # A page may be large: give each attempt the whole request timeout.
+    return await connection.call(f"listing {prefix!r}", attempt, attempt_timeout=connection.request_timeout)
+
+
+async def _send(connection: EtcdConnection, request: Any) -> Any:
+    """A page's request sent now, its answer to be taken by :func:`_receive`; ``None`` if it could not be
+    sent (it is then asked with the ordinary retries)."""
+    try:
+        stubs, metadata = await connection.stubs()
+        return stubs.kv.Range(request, timeout=connection.request_timeout, metadata=metadata)
+    except (grpc.aio.AioRpcError, grpc.aio.UsageError, OSError):
+        return None
+
+
+async def _receive(connection: EtcdConnection, prefix: str, request: Any, ahead: Any) -> Any:
+    """The answer to a request sent ahead; if it failed, the page asked again with the ordinary retries."""
+    if ahead is not None:
+        try:
+            return await grpc_await(ahead)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.OUT_OF_RANGE:  # the listing's revision was compacted meanwhile
+                raise _CompactedMeanwhile(request.revision) from None
+        except grpc.aio.UsageError:
+            pass  # its channel was closed under it (its member is gone)
+        except asyncio.CancelledError:
+            if not stray_cancellation():
                 raise
-
-        # A page may be large: give each attempt the whole request timeout.
-        reply = await connection.call(
-            f"listing {prefix!r}", attempt, attempt_timeout=connection.request_timeout
-        )
-        continues = bool(revision)
-        if not continues:
-            revision, cluster_id = int(reply.header.revision), int(reply.header.cluster_id)
-            left = int(reply.count) - len(reply.kvs)  # the first page's count: every key at this revision
-            page_size = max(page_size, -(-left // max_pages))
-        with gc_paused():  # many objects, none of them garbage: the collector would only rescan them
-            items = {kv.key.decode(errors="replace"): bytes(kv.value) for kv in reply.kvs}
-        if on_page is not None:
-            on_page()
-        more = bool(reply.more and reply.kvs)
-        if more:
-            start = bytes(reply.kvs[-1].key) + b"\0"  # the next key after the last one read
-        del reply  # the page's protobuf is garbage once copied: do not hold it while the consumer decodes
-        yield PrefixPage(items, revision, cluster_id, more=more, continues=continues)
-        if not more:
-            return
+    return await _range(connection, prefix, request)
