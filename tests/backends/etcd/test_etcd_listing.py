@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 from typing import Any
 
 import pytest
@@ -171,3 +172,41 @@ async def test_a_large_prefix_takes_few_pages_whatever_the_page_size(
     listing = await list_prefix(store.connection, prefix, 2, on_page=counted, max_pages=4)
     assert listing.items == written
     assert pages == 1 + 4, "a page of 2 keys, then the other 48 in 4 pages of 12"
+
+
+class _RecordingKv:
+    """A KV stub that notes each ``Range`` as it is sent."""
+
+    def __init__(self, kv: Any, log: list[str]) -> None:
+        self._kv, self._log = kv, log
+
+    def Range(self, request: Any, **options: Any) -> Any:
+        self._log.append(f"sent from {request.key.decode()}")
+        return self._kv.Range(request, **options)
+
+
+async def test_the_next_page_is_asked_for_before_a_page_is_handed_on(
+    dyndisc_etcd_server: EtcdServer, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader decodes on the same event loop: a page asked for only after it was handed on would wait
+    for the decoding, and etcd would build it while nobody waits. So each page's request goes out first."""
+    store = make_store(dyndisc_etcd_server.client_url)
+    prefix = unique_prefix()
+    await _fill(store, prefix)
+    log: list[str] = []
+    stubs = store.connection.stubs
+
+    async def recording(member: int | None = None) -> Any:
+        found, metadata = await stubs(member)
+        proxy = copy.copy(found)
+        proxy.kv = _RecordingKv(found.kv, log)
+        return proxy, metadata
+
+    monkeypatch.setattr(store.connection, "stubs", recording)
+    async for page in prefix_pages(store.connection, prefix, PAGE):
+        log.append(f"handed on up to {max(page.items)}")
+    sent = [i for i, line in enumerate(log) if line.startswith("sent")]
+    handed = [i for i, line in enumerate(log) if line.startswith("handed")]
+    assert len(sent) == len(handed) > 2
+    # Page k + 1 is sent before page k is handed on (the first page is read before anything is handed on).
+    assert all(sent[k + 1] < handed[k] for k in range(len(handed) - 1)), log
