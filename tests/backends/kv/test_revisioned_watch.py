@@ -586,3 +586,29 @@ def test_a_listing_that_ends_before_its_last_part_is_read_again() -> None:
             assert "ended before its last part" in (watches[PREFIX].last_error or "")
 
     virtual(test)
+
+
+def test_a_subscriber_resynced_in_the_middle_of_a_listing_lists_for_itself() -> None:
+    """``resync()`` means "your next event is a snapshot of your own": parts of a shared listing it was
+    receiving are not continued for it (it would apply a snapshot without its beginning)."""
+
+    async def test() -> None:
+        source, second_page = ScriptedSource(), anyio.Event()
+        source.listings.append(
+            [_part(A, 10, more=True, continues=False), second_page, _part(B, 10, more=False, continues=True)]
+        )
+        source.listings.append(Listing({**A, **B}, 10, cluster=1))  # its own
+        source.streams.append([Created(10, cluster=1), _put("c", "c", 11)])
+        watches: dict[str, SharedWatch] = {}
+        async with subscribe(watches, source, PREFIX, _established) as events:
+            assert await anext(events) == StoreSnapshot(items=A, more=True)
+            (subscriber,) = watches[PREFIX].subscribers
+            subscriber.resync()
+            second_page.set()
+            assert await take(events, 2) == [
+                StoreSnapshot(items={**A, **B}),
+                StorePut(key=f"{PREFIX}c", value=b"c"),
+            ]
+            assert source.lists == 2
+
+    virtual(test)
