@@ -232,6 +232,12 @@ async def _established(shared: SharedWatch) -> None:
         raise shared.refusal
 
 
+async def _join(watches: dict[str, SharedWatch], source: RevisionedSource, saw: list[StoreEvent]) -> None:
+    """A second subscriber: its first two events go to ``saw``."""
+    async with subscribe(watches, source, PREFIX, _established) as events:
+        saw.extend(await take(events, 2))
+
+
 def _put(key: str, value: str, revision: int) -> Changes:
     return Changes([(revision, StorePut(key=f"{PREFIX}{key}", value=value.encode()))])
 
@@ -306,13 +312,9 @@ def test_a_joiners_own_listing_gives_way_to_a_newer_shared_one() -> None:
         watches: dict[str, SharedWatch] = {}
         joiner_saw: list[StoreEvent] = []
 
-        async def join() -> None:
-            async with subscribe(watches, source, PREFIX, _established) as events:
-                joiner_saw.extend(await take(events, 2))
-
         async with subscribe(watches, source, PREFIX, _established) as first, anyio.create_task_group() as tg:
             assert await anext(first) == StoreSnapshot(items=old.items)
-            tg.start_soon(join)
+            tg.start_soon(_join, watches, source, joiner_saw)
             while source.lists < 2:  # the joiner is listing for itself
                 await anyio.lowlevel.checkpoint()
             relisted.set()
@@ -539,13 +541,9 @@ def test_a_subscriber_joining_in_the_middle_of_a_listing_lists_for_itself() -> N
         watches: dict[str, SharedWatch] = {}
         joiner_saw: list[StoreEvent] = []
 
-        async def join() -> None:
-            async with subscribe(watches, source, PREFIX, _established) as events:
-                joiner_saw.extend(await take(events, 2))
-
         async with subscribe(watches, source, PREFIX, _established) as first, anyio.create_task_group() as tg:
             assert await anext(first) == StoreSnapshot(items=A, more=True)
-            tg.start_soon(join)
+            tg.start_soon(_join, watches, source, joiner_saw)
             while len(watches[PREFIX].subscribers) < 2:
                 await anyio.lowlevel.checkpoint()
             second_page.set()  # the joiner missed the first part: it will list the prefix itself
