@@ -284,7 +284,7 @@ def test_a_stream_that_cannot_tell_its_cluster_is_not_another_cluster() -> None:
     virtual(test)
 
 
-def test_a_history_that_went_backwards_relists() -> None:
+def test_a_history_that_went_backwards_relists(caplog: pytest.LogCaptureFixture) -> None:
     async def test() -> None:
         source = ScriptedSource()
         source.listings.extend([Listing({f"{PREFIX}a": b"1"}, 10, cluster=1), Listing({}, 5, cluster=1)])
@@ -298,7 +298,10 @@ def test_a_history_that_went_backwards_relists() -> None:
             ]
             assert watches[PREFIX].relists == 1
 
-    virtual(test)
+    with caplog.at_level(logging.WARNING, logger="dyndisc.scripted"):
+        virtual(test)
+    # An operator is told why every watcher of the prefix gets a fresh snapshot.
+    assert any("history changed" in m and "listing the prefix again" in m for _, m in _logged(caplog))
 
 
 def test_a_joiners_own_listing_gives_way_to_a_newer_shared_one() -> None:
