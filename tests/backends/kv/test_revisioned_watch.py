@@ -613,3 +613,42 @@ def test_a_subscriber_resynced_in_the_middle_of_a_listing_lists_for_itself() -> 
             assert source.lists == 2
 
     virtual(test)
+
+
+def test_a_joiners_own_listing_in_parts_stops_reading_once_a_newer_snapshot_came() -> None:
+    """Its own listing is void then: reading it on would make the reader wait on pages it will drop."""
+
+    async def test() -> None:
+        source, relisted, own_page, never = ScriptedSource(), anyio.Event(), anyio.Event(), anyio.Event()
+        source.listings.append(Listing(A, 10, cluster=1))  # the shared listing
+        source.listings.append(  # the joiner's own, in parts; its third part would never come
+            [
+                _part(A, 10, more=True, continues=False),
+                own_page,
+                _part(B, 10, more=True, continues=True),
+                never,
+                _part(C, 10, more=False, continues=True),
+            ]
+        )
+        source.listings.append(Listing(B, 12, cluster=1))  # the relist
+        source.streams.append([Created(10, cluster=1), relisted, Compacted(12)])
+        source.streams.append([Created(12, cluster=1), _put("c", "c", 13)])
+        watches: dict[str, SharedWatch] = {}
+        joiner_saw: list[StoreEvent] = []
+
+        async def join() -> None:
+            async with subscribe(watches, source, PREFIX, _established) as events:
+                for _ in range(2):
+                    joiner_saw.append(await anext(events))
+
+        async with subscribe(watches, source, PREFIX, _established) as first, anyio.create_task_group() as tg:
+            assert await anext(first) == StoreSnapshot(items=A)
+            tg.start_soon(join)
+            while not joiner_saw:  # the first part of the joiner's own listing
+                await anyio.lowlevel.checkpoint()
+            relisted.set()
+            assert await anext(first) == StoreSnapshot(items=B)
+            own_page.set()  # its second part arrives after the newer snapshot: the listing stops there
+        assert joiner_saw == [StoreSnapshot(items=A, more=True), StoreSnapshot(items=B)]
+
+    virtual(test)
