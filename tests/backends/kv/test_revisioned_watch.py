@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
-from typing import NoReturn
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from typing import Any, NoReturn
 
 import anyio
 import pytest
@@ -167,6 +167,19 @@ def test_a_subscriber_joining_a_running_watch_lists_itself_and_the_next_one_resu
 Step = Listing | anyio.Event | Exception
 
 
+async def _play(script: Sequence[Any]) -> AsyncIterator[Any]:
+    """A script's steps in turn, each after a checkpoint: an event is waited for, an error raised, anything
+    else handed on."""
+    for step in script:
+        await anyio.lowlevel.checkpoint()
+        if isinstance(step, anyio.Event):
+            await step.wait()
+        elif isinstance(step, Exception):
+            raise step
+        else:
+            yield step
+
+
 class ScriptedSource(RevisionedSource):
     """Listings and streams told in advance. A listing may wait for an event before it answers; a stream's
     script holds replies to deliver, errors to raise and events to wait for, and stays open once it has run
@@ -198,25 +211,15 @@ class ScriptedSource(RevisionedSource):
             yield await self.list(prefix)
             return
         self.lists += 1
-        for step in self.listings.popleft():
-            await anyio.lowlevel.checkpoint()
-            if isinstance(step, anyio.Event):
-                await step.wait()
-            elif isinstance(step, Exception):
-                raise step
-            else:
-                yield step
+        script = self.listings.popleft()
+        assert isinstance(script, list)
+        async for part in _play(script):
+            yield part
 
     async def watch(self, prefix: str, start: int, deliver: Callable[[WatchReply], None]) -> NoReturn:
         self.opened.append(start)
-        for step in self.streams.popleft() if self.streams else []:
-            await anyio.lowlevel.checkpoint()
-            if isinstance(step, anyio.Event):
-                await step.wait()
-            elif isinstance(step, Exception):
-                raise step
-            else:
-                deliver(step)
+        async for reply in _play(self.streams.popleft() if self.streams else []):
+            deliver(reply)
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
