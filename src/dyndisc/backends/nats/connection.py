@@ -149,9 +149,7 @@ class NatsBucket:
             # Two tries per server at start: a bad password or a dead address fails fast, never hangs.
             # Once connected, the client reconnects forever (set below).
             "max_reconnect_attempts": 1,
-            # Nothing is kept to be sent once reconnected: nats-py would send a request its caller was
-            # told had failed, late (a registration landing after its unregistration: chaos seed 2000 on
-            # NATS). A publish while disconnected fails at once (OutboundBufferLimitError) and is retried.
+            # Nothing kept for a reconnect, sent late after its caller gave up (chaos seed 2000): retried.
             "pending_size": 0,
             "error_cb": on_error,
             "disconnected_cb": self._on_disconnected,
@@ -315,23 +313,19 @@ class NatsBucket:
             raise AccessDeniedError(self.refusal(violation, key=key, subject=exact))
 
     async def request(
-        self,
-        what: str,
-        call: Callable[[float], Awaitable[_T]],
-        *,
-        subject: str,
-        key: str | None = None,
+        self, what: str, call: Callable[[float], Awaitable[_T]], *, subject: str, key: str | None = None
     ) -> _T:
         """Make a JetStream request on ``subject``, ``call(timeout)``, retrying one that got no answer, within
         ``settings.timeout``; one the server refuses (a permission violation on ``subject``) raises
         :class:`~dyndisc.AccessDeniedError` at once (``key``: the KV key written, for the message).
 
         Each attempt is bounded by the client's own request timeout (no timeout scope of ours: this is on
-        every write's path; the one cancel scope is what a violation cancels). A request written just before
-        a connection broke is lost with it (NATS requests are at most once); the client reconnects within a
-        second, so a retry usually succeeds. Retried writes are conditional or idempotent, and the callers
-        treat "it was already done" as done. A request nobody answers may mean the server is cut off from its
-        cluster: :attr:`probe` moves the connection to another server if so.
+        every write's path; the one cancel scope is what a violation cancels). A request written just before a
+        connection broke is lost with it (NATS requests are at most once), and none is sent while it is down
+        (nothing is kept to be sent late); the client reconnects within a second. Retried writes are
+        conditional or idempotent, and the callers treat "it was already done" as done. A request nobody
+        answers may mean the server is cut off from its cluster: :attr:`probe` moves the connection to another
+        server if so.
         """
         with self.denials.watching(subject) as waiter:
             return await self._retrying(what, call, subject, key)
