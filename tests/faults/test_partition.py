@@ -45,8 +45,11 @@ async def test_a_partitioned_worker_leaves_then_comes_back_once(make_target: Mak
         await anyio.sleep(max(0.0, 2 * target.ttl - (time.monotonic() - partitioned)))
         target.proxy.restore()
         healed = time.monotonic()
+        # Back under a new id, and both endpoints registered again under it (the id changes first: checking
+        # convergence in between would hold the watchers to the endpoints not written yet).
+        mine = lambda: registrations([cut_off.runtime], query)  # noqa: E731
         with anyio.fail_after(PROMPT * 2):
-            while cut_off.runtime.instance_id == old:  # noqa: ASYNC110 - the runtime has no change event
+            while cut_off.runtime.instance_id == old or len(mine()) < 2:  # noqa: ASYNC110 - no change event
                 await anyio.sleep(0.05)
         reregistered = time.monotonic() - healed
         back = await assert_converged(watchers, target.fresh, query, bound=PROMPT * 2, expected=both)
