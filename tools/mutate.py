@@ -391,8 +391,14 @@ class Result:
     ident: str
     describe: str
     status: str  # killed, survived, timeout, invalid, stale (its module was edited during the run)
+    #: The check that failed: a test's node id where pytest named one, else the command.
     by: str
     seconds: float
+    #: The module's source the mutant was judged on (a result is reused only for the same source).
+    source_hash: str = ""
+    #: Failures that did not repeat: a test that failed once and passed when run again alone is the
+    #: machine's load, not the mutant (or a race the mutant opens too rarely to count as caught).
+    flaky: int = 0
 
 
 def _scratch() -> Path:
@@ -402,43 +408,75 @@ def _scratch() -> Path:
 
 
 def run_one(mutant: Mutant, timeout: float) -> Result:
-    """Plant ``mutant`` in a scratch copy of ``src/`` and run its module's checks against it."""
+    """Plant ``mutant`` in a scratch copy of ``src/`` and run its module's checks against it.
+
+    A failing test is run again on its own before it counts as a kill: under several mutants at once a
+    timing test can fail from load alone, and a kill that is not the mutant's would flatter the score. A
+    test the mutant breaks fails again; one that passes is counted as flaky and the next checks judge.
+    """
     started = time.monotonic()
     scratch = _scratch()
+
+    def result(status: str, by: str = "", flaky: int = 0) -> Result:
+        seconds = time.monotonic() - started if status not in ("stale", "invalid") else 0.0
+        return Result(mutant.ident, mutant.describe(), status, by, seconds, mutant.source_hash, flaky)
+
     try:
         target = scratch / "src" / mutant.module
         source = target.read_text()
         if _hash(source) != mutant.source_hash:  # edited during the run: judge this mutant again later
-            return Result(mutant.ident, mutant.describe(), "stale", "", 0.0)
+            return result("stale")
         try:
             target.write_text(apply(source, mutant))
         except SyntaxError:
-            return Result(mutant.ident, mutant.describe(), "invalid", "", 0.0)
+            return result("invalid")
         env = {
             **os.environ,
             "PYTHONPATH": str(scratch / "src"),
             "PYTHONDONTWRITEBYTECODE": "1",
             "DYNDISC_CHAOS_SEEDS": "200",
         }
+        flaky = 0
         for command in TARGETS[mutant.module]:
             argv = [*command]
             if "dyndisc.testing.chaos" in argv:
                 argv += ["--out", str(scratch / "chaos-out")]
             try:
-                done = subprocess.run(
-                    argv, cwd=ROOT, env=env, capture_output=True, timeout=timeout, check=False
-                )
+                done = _run(argv, env, timeout)
             except subprocess.TimeoutExpired:
-                return Result(
-                    mutant.ident, mutant.describe(), "timeout", _name(command), time.monotonic() - started
-                )
-            if done.returncode != 0:
-                return Result(
-                    mutant.ident, mutant.describe(), "killed", _name(command), time.monotonic() - started
-                )
-        return Result(mutant.ident, mutant.describe(), "survived", "", time.monotonic() - started)
+                return result("timeout", _name(command), flaky)
+            if done.returncode == 0:
+                continue
+            failed = _failed_tests(done.stdout)
+            if not failed:  # the simulation (seeded: its failures repeat), or pytest could not even start
+                return result("killed", _name(command), flaky)
+            if _fails_again(command, failed[0], env, timeout):
+                return result("killed", failed[0], flaky)
+            flaky += 1
+        return result("survived", "", flaky)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _failed_tests(output: str) -> list[str]:
+    """The node ids of pytest's summary lines (``FAILED tests/x.py::test - why``)."""
+    summary = (line for line in output.splitlines() if line.startswith(("FAILED ", "ERROR ")))
+    return [line.split()[1] for line in summary]
+
+
+def _fails_again(command: list[str], test: str, env: dict[str, str], timeout: float) -> bool:
+    """Whether ``test`` fails once more, run on its own (with ``command``'s per-test timeout)."""
+    per_test = CORE_TIMEOUT if command is CORE_UNIT else []
+    try:
+        return _run([*PYTEST, *per_test, test], env, timeout).returncode != 0
+    except subprocess.TimeoutExpired:
+        return True
 
 
 def _name(command: list[str]) -> str:
@@ -504,6 +542,10 @@ def main() -> int:
             result = Result(**json.loads(line))
             if result.status != "stale":
                 done[result.ident] = result
+    # A result stands for the source it was judged on: a module edited since is judged again.
+    for mutant in chosen:
+        if mutant.ident in done and done[mutant.ident].source_hash != mutant.source_hash:
+            del done[mutant.ident]
     pending = [m for m in chosen if m.ident not in done]
     print(f"{len(chosen)} mutants, {len(chosen) - len(pending)} already judged, {args.jobs} at a time")
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
@@ -537,9 +579,12 @@ def _report(results: list[Result], show: int) -> int:
         f"\n{len(judged)} mutants: {len(killed)} killed, {len(equal)} equivalent, {len(live)} survived "
         f"-> score {score:.1f}%"
     )
+    if flaky := sum(r.flaky for r in judged):
+        print(f"  {flaky} failures did not repeat when run again alone (load), and were not counted")
     by: dict[str, int] = {}
     for r in killed:
-        by[r.by or "timeout"] = by.get(r.by or "timeout", 0) + 1
+        check = (r.by or "timeout").split("::")[0]
+        by[check] = by.get(check, 0) + 1
     for check, count in sorted(by.items(), key=lambda kv: -kv[1]):
         print(f"  killed by {check}: {count}")
     for r in live[:show]:
