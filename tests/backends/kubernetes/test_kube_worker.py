@@ -198,8 +198,22 @@ async def test_a_resource_deleted_while_a_registration_is_in_flight_is_a_lost_le
     assert sorted(i.endpoint for i in listed) == ["a", "b"], "both registered again under the replacement"
 
 
+class _Warnings(logging.Handler):
+    """The warnings a logger gave, kept as text."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 async def test_unregistering_after_an_update_cancelled_in_flight_removes_the_endpoint(
-    workers: Workers, cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch
+    workers: Workers,
+    cluster: Cluster,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Found by chaos seed 2010 on Kubernetes: an update (register again, new metadata) was cancelled while its
     # apply was in flight. The resource went back to the earlier record, while the runtime kept the update's
@@ -220,6 +234,9 @@ async def test_unregistering_after_an_update_cancelled_in_flight_removes_the_end
         await anyio.sleep_forever()
 
     monkeypatch.setattr(resource, "_call", answer_no_apply)
+    warned = _Warnings()
+    logging.getLogger("dyndisc.kubernetes").addHandler(warned)
+    monkeypatch.setattr(logging.getLogger("dyndisc.kubernetes"), "level", logging.WARNING)
     with anyio.move_on_after(PROMPT) as scope:
         async with anyio.create_task_group() as tg:
 
@@ -232,6 +249,12 @@ async def test_unregistering_after_an_update_cancelled_in_flight_removes_the_end
     assert not scope.cancelled_caught, "the update's apply was never sent"
     assert in_flight.is_set()
     monkeypatch.setattr(resource, "_call", real_call)
+    # The resource differs from what the worker holds: its next check (or its follower, if it saw the
+    # change first) re-applies it, and does not blame someone else for it.
+    await resource.check(next(iter(resource._holders)))
+    logging.getLogger("dyndisc.kubernetes").removeHandler(warned)
+    assert any("(by a write of this worker's own cut short); re-applying it" in w for w in warned.lines)
+    assert not any("someone else" in w for w in warned.lines)
 
     await endpoint.unregister()
     assert not (await get_cr(cluster, namespace, "worker-0"))["spec"]["data"].get("endpoints")

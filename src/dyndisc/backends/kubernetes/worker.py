@@ -96,6 +96,9 @@ class WorkerResource:
         self._recreated: set[int] = set()
         #: Whether :attr:`follower` has seen :attr:`known_rv` (or later): its copy can then be trusted.
         self.synced = False
+        #: Whether the last apply was cut short with no answer: it may have landed, so a difference the
+        #: next check finds may be this worker's own write rather than someone else's.
+        self._cut_short = False
         #: The name-scoped reflector of this resource, while the runtime follows it.
         self.follower: SharedReflector[WorkerRecord] | None = None
         #: Keep-alive checks made, and requests they sent (diagnostics: no request while the follower is in
@@ -215,14 +218,21 @@ class WorkerResource:
             if self._foreign_writer(cached):
                 assert cached is not None
                 raise self._conflict(cached)
-        applied = await self._call(
-            "PATCH",
-            self.path,
-            f"applying {self.title}",
-            query={"fieldManager": FIELD_MANAGER, "force": "true"},
-            body=self._body(),
-            content_type="application/apply-patch+yaml",
-        )
+        try:
+            applied = await self._call(
+                "PATCH",
+                self.path,
+                f"applying {self.title}",
+                query={"fieldManager": FIELD_MANAGER, "force": "true"},
+                body=self._body(),
+                content_type="application/apply-patch+yaml",
+            )
+        except KubeStatusError:
+            raise  # answered: it did not land
+        except BaseException:
+            self._cut_short = True  # cancelled, or no answer: it may have landed
+            raise
+        self._cut_short = False
         self._wrote(applied)
 
     async def create(self, holder: int) -> None:
@@ -316,7 +326,8 @@ class WorkerResource:
                 or set(record.instances) != set(self.endpoints.values())
                 or set(record.entries) != set(self.entries.values())
             ):
-                log.warning("%s was changed by someone else; re-applying it", self.title)
+                by = "a write of this worker's own cut short" if self._cut_short else "someone else"
+                log.warning("%s was changed (by %s); re-applying it", self.title, by)
                 await self._apply()
                 return
             # Changed, but not in anything of ours (a label, an annotation): it is ours as it is.
