@@ -228,6 +228,12 @@ class InstanceSet:
         self._started.set()
         self._stop()
 
+    def abandoned(self) -> None:
+        """Its first user gave up while the watch started: the set stops, and the users waiting for it (who
+        were not cancelled) find it gone and start another."""
+        self._started.set()
+        self._stop()
+
     async def wait_started(self) -> None:
         """Wait until the first ``Resync`` is applied; raise what stopped the watch before that."""
         await self._started.wait()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from anyio.abc import TaskGroup
 
 from dyndisc._errors import RuntimeNotStartedError
@@ -55,6 +56,10 @@ class Watches:
                 found.acquire()
                 try:
                     await self._tasks.start(found.run_until_unused)
+                except anyio.get_cancelled_exc_class():
+                    # This user gave up, not the watch: the users waiting for it start one themselves.
+                    found.abandoned()
+                    raise
                 except BaseException as exc:
                     found.failed(exc)
                     raise
