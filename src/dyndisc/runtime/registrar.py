@@ -63,8 +63,9 @@ class Registrar:
         self._endpoint_locks = KeyedLocks()
         self._entry_locks = KeyedLocks()
         self._metrics = metrics()
-        #: Registrations reported to the metrics (so leaving the runtime subtracts exactly those).
-        self._counted = 0
+        #: Registrations reported to the metrics (so leaving the runtime subtracts exactly those); ``None``
+        #: once it has left (a call still in flight then must not count again what the revoke removed).
+        self._counted: int | None = 0
 
     # -- endpoints -------------------------------------------------------------------------------------
     async def register(
@@ -197,22 +198,17 @@ class Registrar:
         entry.to_json()  # too large or not JSON: refused before anything changes
         self.registrations.unwant_entry(ident)
         async with self._entry_locks.hold(ident):
-            self.registrations.take_written_entry(ident)
+            self.registrations.forget_written_entry(ident)
             await self.backend.put_entry(entry, None)
 
     async def forget_entry(self, ident: Hashable, bucket: str, key: str) -> None:
-        """Delete the entry ``ident`` (where it was written, else at ``bucket``/``key``)."""
+        """Delete the entry ``ident`` at ``bucket``/``key``, where it is written under the current lease (a
+        copy written under an earlier lease went with that lease)."""
         self.registrations.unwant_entry(ident)
         async with self._entry_locks.hold(ident):
-            written = self.registrations.take_written_entry(ident)
-            if written is not None:
-                bucket, key = written.entry.bucket, written.entry.key
-            try:
-                await self.backend.delete_entry(bucket, key)
-            except BaseException:
-                if written is not None:
-                    self.registrations.wrote_entry(ident, written)
-                raise
+            # Forgotten even if the delete fails: nobody wants it any more, and its lease's end removes it.
+            self.registrations.forget_written_entry(ident)
+            await self.backend.delete_entry(bucket, key)
 
     # -- a replacement lease ---------------------------------------------------------------------------
     async def carry(self, lease: Lease) -> None:
@@ -272,7 +268,7 @@ class Registrar:
 
     # -- counting --------------------------------------------------------------------------------------
     def _count(self) -> None:
-        if self._metrics.enabled:
+        if self._metrics.enabled and self._counted is not None:
             now = len(self.registrations)
             if now != self._counted:
                 self._metrics.registered(self.backend.name, now - self._counted)
@@ -282,7 +278,7 @@ class Registrar:
         """Leaving: the registrations are gone from the metrics."""
         if self._metrics.enabled and self._counted:
             self._metrics.registered(self.backend.name, -self._counted)
-            self._counted = 0
+        self._counted = None
 
 
 async def _until_answered(attempt: Callable[[], Awaitable[None]]) -> None:

@@ -171,9 +171,9 @@ class Registrations:
         """``written`` is (or may be) in the store for ``ident``; ``None``: nothing is."""
         _restore(self._written_entries, ident, written)
 
-    def take_written_entry(self, ident: Hashable) -> WrittenEntry | None:
-        """Forget and return what is written for the entry ``ident``."""
-        return self._written_entries.pop(ident, None)
+    def forget_written_entry(self, ident: Hashable) -> None:
+        """Forget what is written for the entry ``ident``."""
+        self._written_entries.pop(ident, None)
 
     def entries_to_carry(self, lease: Lease) -> list[Hashable]:
         """The wanted entries not written under ``lease``."""
