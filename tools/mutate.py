@@ -67,6 +67,7 @@ CORE_UNIT = [
             "test_runtime_facade",
             "test_registrar_edges",
             "test_watch_sharing",
+            "test_instance_set_lifecycle",
         )
     ),
 ]
