@@ -13,6 +13,7 @@ from etcd_helpers import MakeServer, MakeStore, next_event, unique_prefix
 
 from dyndisc.backends.etcd import EtcdStore
 from dyndisc.backends.etcd.listing import list_prefix, prefix_pages
+from dyndisc.backends.etcd.watch import EtcdSource
 from dyndisc.backends.kv import StoreSnapshot
 from dyndisc.testing.servers import EtcdServer
 
@@ -210,3 +211,20 @@ async def test_the_next_page_is_asked_for_before_a_page_is_handed_on(
     assert len(sent) == len(handed) > 2
     # Page k + 1 is sent before page k is handed on (the first page is read before anything is handed on).
     assert all(sent[k + 1] < handed[k] for k in range(len(handed) - 1)), log
+
+
+async def test_the_watch_source_lists_a_prefix_whole_in_pages_with_its_revision_and_cluster(
+    dyndisc_etcd_server: EtcdServer, make_store: MakeStore
+) -> None:
+    # The source's whole listing (its interface's own; the watches read it in parts) is the parts joined.
+    store = make_store(dyndisc_etcd_server.client_url)
+    prefix = unique_prefix()
+    written = await _fill(store, prefix)
+    source = EtcdSource(store.connection, page_size=PAGE)
+    listing = await source.list(prefix)
+    assert listing.items == written
+    assert listing.items == await _whole_range_at(store, prefix, listing.revision)
+    assert source.pages_read == -(-KEYS // PAGE)
+    assert listing.cluster is not None
+    parts = [p async for p in source.list_parts(prefix)]
+    assert parts[-1].cluster == listing.cluster, "one cluster, however it is read"
