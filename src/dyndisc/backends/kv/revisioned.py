@@ -188,7 +188,6 @@ class Subscriber:
             self._pending.clear()
             self._parts.clear()
             self._must_list = False
-            self._receiving = True
         elif not self._receiving:
             return  # it did not have the listing's first part: it lists the prefix itself
         snapshot = StoreSnapshot(part.items, more=part.more, continues=part.continues)
