@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import base64
 import copy
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
 from etcd_helpers import MakeServer, MakeStore, next_event, unique_prefix
 
+from dyndisc import AccessDeniedError, BackendUnavailableError
 from dyndisc.backends.etcd import EtcdStore
+from dyndisc.backends.etcd.connection import EtcdConnection
 from dyndisc.backends.etcd.listing import list_prefix, prefix_pages
 from dyndisc.backends.etcd.watch import EtcdSource
 from dyndisc.backends.kv import StoreSnapshot
+from dyndisc.backends.kv.revisioned import Failure
 from dyndisc.testing.servers import EtcdServer
 
 #: A page far smaller than the prefix, so a listing takes many pages.
@@ -228,3 +231,13 @@ async def test_the_watch_source_lists_a_prefix_whole_in_pages_with_its_revision_
     assert listing.cluster is not None
     parts = [p async for p in source.list_parts(prefix)]
     assert parts[-1].cluster == listing.cluster, "one cluster, however it is read"
+
+
+def test_the_watch_source_takes_an_unreachable_or_refusing_server_for_a_refusal_and_a_bug_for_a_bug() -> None:
+    # A refusal is retried and also told to the subscribers still waiting for their watch; an error that is
+    # neither a server's answer nor an outage is a bug, and propagates (None).
+    source = EtcdSource(cast(EtcdConnection, None))
+    refusals = (BackendUnavailableError("no member answers"), AccessDeniedError("etcd refused the password"))
+    for error in refusals:
+        assert source.classify(error, "/p/") == Failure(error, refused=True)
+    assert source.classify(ValueError("a bug"), "/p/") is None
