@@ -98,8 +98,10 @@ async def prefix_pages(
         raise ValueError(f"a listing page holds at least one key, got {page_size} (of {max_pages} pages)")
     while True:
         try:
-            async for page in _read_pages(connection, prefix, page_size, on_page, max_pages):
-                yield page
+            # Closed with this generator, not whenever the loop finalizes it: its page asked ahead goes then.
+            async with aclosing(_read_pages(connection, prefix, page_size, on_page, max_pages)) as pages:
+                async for page in pages:
+                    yield page
             return
         except _CompactedMeanwhile as exc:
             log.info("listing %r: etcd compacted revision %s between two pages; listing again", prefix, exc)
