@@ -82,10 +82,8 @@ def backend_tests(name: str) -> list[str]:
     return [*PYTEST, f"tests/backends/{name}"]
 
 
-RUNTIME = [CORE_UNIT, CHAOS, conformance("memory")]
-#: The checks with no server (about 20 s each, sleeps mostly): one past this many seconds is a mutant that
-#: hangs (often spinning, which would slow every other mutant running beside it for the whole --timeout).
-QUICK_TIMEOUT = 120.0
+MEMORY_CONFORMANCE = conformance("memory")
+RUNTIME = [CORE_UNIT, CHAOS, MEMORY_CONFORMANCE]
 #: The resume logic of revisioned watches, on the simulation's virtual clock (about a second).
 KV = backend_tests("kv")
 ETCD = [
@@ -98,6 +96,10 @@ ETCD = [
         "tests/faults/test_etcd_restart.py",
     ],
 ]
+#: The checks with no server (about 20 s each, sleeps mostly): one past :data:`QUICK_TIMEOUT` is a mutant
+#: that hangs (often spinning, which would slow every other mutant running beside it for the whole --timeout).
+QUICK_CHECKS = (CORE_UNIT, CHAOS, MEMORY_CONFORMANCE, KV)
+QUICK_TIMEOUT = 120.0
 #: The core modules and the checks that judge their mutants, cheapest first (the first failing check kills).
 TARGETS: dict[str, list[list[str]]] = {
     "dyndisc/runtime/registrations.py": RUNTIME,
@@ -107,11 +109,11 @@ TARGETS: dict[str, list[list[str]]] = {
     "dyndisc/runtime/watches.py": RUNTIME,
     "dyndisc/runtime/distributed.py": RUNTIME,
     "dyndisc/_instance_set.py": RUNTIME,
-    "dyndisc/backends/kv/discovery.py": [KV, CORE_UNIT, conformance("memory"), CHAOS],
-    "dyndisc/backends/kv/layouts.py": [KV, CORE_UNIT, conformance("memory"), CHAOS],
-    "dyndisc/backends/memory.py": [KV, CORE_UNIT, conformance("memory"), CHAOS],
-    "dyndisc/backends/kv/change_log.py": [KV, conformance("memory"), CHAOS],
-    "dyndisc/backends/kv/revisioned.py": [KV, conformance("memory"), CHAOS, *ETCD],
+    "dyndisc/backends/kv/discovery.py": [KV, CORE_UNIT, MEMORY_CONFORMANCE, CHAOS],
+    "dyndisc/backends/kv/layouts.py": [KV, CORE_UNIT, MEMORY_CONFORMANCE, CHAOS],
+    "dyndisc/backends/memory.py": [KV, CORE_UNIT, MEMORY_CONFORMANCE, CHAOS],
+    "dyndisc/backends/kv/change_log.py": [KV, MEMORY_CONFORMANCE, CHAOS],
+    "dyndisc/backends/kv/revisioned.py": [KV, MEMORY_CONFORMANCE, CHAOS, *ETCD],
     "dyndisc/backends/file/records.py": [backend_tests("file"), conformance("file")],
     "dyndisc/backends/file/leases.py": [backend_tests("file"), conformance("file")],
     "dyndisc/backends/file/watch.py": [backend_tests("file"), conformance("file")],
@@ -448,9 +450,9 @@ def run_one(mutant: Mutant, timeout: float) -> Result:
             argv = [*command]
             if "dyndisc.testing.chaos" in argv:
                 argv += ["--out", str(scratch / "chaos-out")]
-            quick = command is CORE_UNIT or command is CHAOS or command[-1] == "memory" or command is KV
+            limit = min(timeout, QUICK_TIMEOUT) if any(command is q for q in QUICK_CHECKS) else timeout
             try:
-                done = _run(argv, env, min(timeout, QUICK_TIMEOUT) if quick else timeout)
+                done = _run(argv, env, limit)
             except subprocess.TimeoutExpired:
                 return result("timeout", _name(command), flaky)
             if done.returncode == 0:
@@ -458,7 +460,7 @@ def run_one(mutant: Mutant, timeout: float) -> Result:
             failed = _failed_tests(done.stdout)
             if not failed:  # the simulation (seeded: its failures repeat), or pytest could not even start
                 return result("killed", _name(command), flaky)
-            if _fails_again(command, failed[0], env, timeout):
+            if _fails_again(command, failed[0], env, limit):
                 return result("killed", failed[0], flaky)
             flaky += 1
         return result("survived", "", flaky)
