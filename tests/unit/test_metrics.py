@@ -4,7 +4,7 @@ extra."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import anyio
 import prometheus_client
@@ -12,19 +12,8 @@ import pytest
 
 from dyndisc import Added, DistributedRuntime, KvDiscovery, Lease, MemoryStore
 from dyndisc._errors import ConfigurationError
-from dyndisc._metrics import Metrics, PrometheusMetrics, _choose, metrics, set_metrics
+from dyndisc._metrics import Metrics, _choose, metrics, set_metrics
 from dyndisc.testing import FaultyStore
-
-
-@pytest.fixture
-def registry() -> Iterator[prometheus_client.CollectorRegistry]:
-    """A private registry recorded into for the duration of the test."""
-    fresh = prometheus_client.CollectorRegistry()
-    previous = set_metrics(PrometheusMetrics(fresh))
-    try:
-        yield fresh
-    finally:
-        set_metrics(previous)
 
 
 class FailingOnce(KvDiscovery):

@@ -4,8 +4,6 @@ for good and what it forgets of the lost one, seen in the store, the metrics and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import anyio
 import prometheus_client
 import pytest
@@ -22,7 +20,6 @@ from dyndisc import (
     MetadataEntry,
     RecordTooLargeError,
 )
-from dyndisc._metrics import PrometheusMetrics, set_metrics
 from dyndisc.runtime.health import HealthRecorder
 from dyndisc.runtime.lease_keeper import LeaseChange, LeaseKeeper
 from dyndisc.runtime.metadata import Metadata
@@ -89,17 +86,6 @@ class Parts:
 
     async def values(self) -> list[object]:
         return [e.value for e in await self.backend.list_entries("v1/custom")]
-
-
-@pytest.fixture
-def registry() -> Iterator[prometheus_client.CollectorRegistry]:
-    """A private registry recorded into for the duration of the test (made before the parts that count)."""
-    fresh = prometheus_client.CollectorRegistry()
-    previous = set_metrics(PrometheusMetrics(fresh))
-    try:
-        yield fresh
-    finally:
-        set_metrics(previous)
 
 
 def registered(registry: prometheus_client.CollectorRegistry) -> float | None:
@@ -194,24 +180,21 @@ async def test_a_replacement_forgets_what_the_lost_lease_held_that_nobody_wants(
     await parts.registrar.unregister(E)  # nothing of it is left to delete: the store is not asked
 
 
-async def test_an_unregistration_that_ends_after_the_runtime_left_counts_nothing() -> None:
+async def test_an_unregistration_that_ends_after_the_runtime_left_counts_nothing(
+    registry: prometheus_client.CollectorRegistry,
+) -> None:
     # Found by the mutants of the registrar's leaving: a call in flight as the runtime left counted its
     # registrations again when it ended, after the revoke had removed them (the gauge read 1, not 0).
-    registry = prometheus_client.CollectorRegistry()
-    previous = set_metrics(PrometheusMetrics(registry))
-    try:
-        store = FaultyStore(MemoryStore())
-        async with anyio.create_task_group() as tg:
-            async with DistributedRuntime(KvDiscovery(store)) as runtime:
-                await runtime.endpoint("ns.c.e").register("tcp://h:1")
-                f = runtime.endpoint("ns.c.f")
-                await f.register("tcp://h:2")
-                gate = store.gate("delete")
-                tg.start_soon(f.unregister)  # a task that outlives the runtime's 'async with'
-                with anyio.fail_after(5):
-                    await gate.arrived.wait()
-            gate.open()  # the runtime left (lease revoked, gauge back to 0); the delete ends now
-        value = registry.get_sample_value("dyndisc_registered_endpoints", {"backend": "memory"})
-        assert value == 0, f"{value} endpoints counted after the runtime left"
-    finally:
-        set_metrics(previous)
+    store = FaultyStore(MemoryStore())
+    async with anyio.create_task_group() as tg:
+        async with DistributedRuntime(KvDiscovery(store)) as runtime:
+            await runtime.endpoint("ns.c.e").register("tcp://h:1")
+            f = runtime.endpoint("ns.c.f")
+            await f.register("tcp://h:2")
+            gate = store.gate("delete")
+            tg.start_soon(f.unregister)  # a task that outlives the runtime's 'async with'
+            with anyio.fail_after(5):
+                await gate.arrived.wait()
+        gate.open()  # the runtime left (lease revoked, gauge back to 0); the delete ends now
+    value = registry.get_sample_value("dyndisc_registered_endpoints", {"backend": "memory"})
+    assert value == 0, f"{value} endpoints counted after the runtime left"
