@@ -13,6 +13,7 @@ directories of longer keys, and names starting with ``.`` are free for temporary
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -140,15 +141,34 @@ class FileLayout:
         return self.kv_dir.joinpath(*(encode_segment(s) for s in segments))
 
 
+class ForeignFile(OSError):
+    """A file dyndisc did not write where one of its files belongs: a symlink, a FIFO, a socket, a directory
+    or a file too big for a record. Unlike a read that fails for the reader's own trouble (``EIO``,
+    ``EMFILE``), this says something about the file itself, the same to every reader."""
+
+
+#: What ``open`` says of a symlink (with ``O_NOFOLLOW``) or a socket: the file itself is not one of ours.
+_FOREIGN_ERRNOS = frozenset({errno.ELOOP, errno.ENXIO})
+
+
 def read_regular_file(path: Path) -> tuple[bytes, os.stat_result]:
-    """Read a small regular file without following a symlink or blocking on a FIFO planted in the root."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    """Read a small regular file without following a symlink or blocking on a FIFO planted in the root.
+
+    Raises :class:`ForeignFile` for what is not a small regular file, and any other :class:`OSError` (the
+    file is missing, or this process cannot read it now) as it came.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in _FOREIGN_ERRNOS:
+            raise ForeignFile(exc.errno, f"{exc.strerror} (not a regular file)", str(path)) from exc
+        raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise OSError(f"{path} is not a regular file")
+            raise ForeignFile(f"{path} is not a regular file")
         if info.st_size > MAX_FILE_BYTES:
-            raise OSError(f"{path} is {info.st_size} bytes, more than any record ({MAX_FILE_BYTES})")
+            raise ForeignFile(f"{path} is {info.st_size} bytes, more than any record ({MAX_FILE_BYTES})")
         return os.read(fd, info.st_size), info  # files are replaced whole, never grown in place
     finally:
         os.close(fd)

@@ -1,7 +1,9 @@
 """The read side of the file store: what is on disk under a root, and which of it is alive.
 
 Every reader (a list, a watch, a create that finds a key taken) treats the records of a missing, expired or
-unreadable lease as gone, and whoever notices first removes the expired lease file and then the records.
+corrupt lease as gone, and whoever notices first removes the expired lease file and then the records. A read
+that fails for the reader's own trouble (an I/O error, no file descriptor left) decides nothing: the call
+fails with :class:`~dyndisc.BackendUnavailableError`, and no record is taken for gone.
 Whether a lease expired is decided under the lease file's lock (:mod:`dyndisc.backends.file.leases`), and a
 record is removed only if the file taken still names the dead lease (:func:`~.layout.remove_if`): a renewal
 or a write that lands while a reader decides wins. Files dyndisc did not write are skipped with one warning
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 
+from dyndisc._errors import BackendUnavailableError
 from dyndisc._events import RemovalReason
 from dyndisc.backends.file.layout import (
     CORRUPT,
@@ -26,6 +29,7 @@ from dyndisc.backends.file.layout import (
     RECORD_SUFFIX,
     Corrupt,
     FileLayout,
+    ForeignFile,
     Record,
     decode_segment,
     read_regular_file,
@@ -46,6 +50,15 @@ BUSY_RECHECK = 0.05
 TEMP_PREFIX = ".tmp-"
 #: A record a reader renamed aside to judge it before removing it (:meth:`Records.remove_record_of`).
 GRAVE_PREFIX = ".grave-"
+
+
+def cannot_read(path: Path, exc: OSError) -> BackendUnavailableError:
+    """The error of a read that failed for this process's own trouble (``EIO``, ``EMFILE``, ``EACCES``):
+    it says nothing of the file, so nothing is decided from it (no record is taken for gone, and none is
+    removed); the call fails, and a watch starts again, as in an outage."""
+    return BackendUnavailableError(
+        f"cannot read {path} now ({exc.strerror or exc}): nothing was decided from it; try again"
+    )
 
 
 class Records:
@@ -117,7 +130,7 @@ class Records:
                 raise ValueError(f"TTL {ttl} is not a positive number of seconds")
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (ForeignFile, ValueError, KeyError, TypeError) as exc:
             self.warn_once(
                 path,
                 "lease file %s is unreadable (%s): its records are treated as gone; delete the file",
@@ -125,6 +138,8 @@ class Records:
                 exc,
             )
             return None
+        except OSError as exc:
+            raise cannot_read(path, exc) from exc
         return ttl
 
     def read_record(self, path: Path) -> Record | Corrupt | None:
@@ -133,9 +148,11 @@ class Records:
             data, _info = read_regular_file(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except OSError as exc:
+        except ForeignFile as exc:
             self.warn_once(path, "skipping unreadable record %s: %s; delete it", path, exc)
             return CORRUPT
+        except OSError as exc:
+            raise cannot_read(path, exc) from exc
         header, newline, value = data.partition(b"\n")
         try:
             if not (newline and header.startswith(RECORD_MAGIC)):

@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from dyndisc._errors import ConfigurationError, LeaseNotFoundError
+from dyndisc._errors import BackendUnavailableError, ConfigurationError, LeaseNotFoundError
 from dyndisc._retry import Backoff
 from dyndisc.backends.base import Lease
 from dyndisc.backends.diagnosis import BackendDoctor
@@ -174,7 +174,10 @@ class FileStore(KeyValueStore):
     def _put(self, key: str, value: bytes, lease_id: int) -> None:
         self._require_lease(lease_id)
         path = self.record_path(key)
-        previous = self.records.read_record(path)
+        try:
+            previous = self.records.read_record(path)
+        except BackendUnavailableError:
+            previous = None  # replaced whatever it holds: only whose it was goes unrecorded (see _revoke)
         self._write_file(path, encode_record(value, lease_id))
         if isinstance(previous, Record) and previous.lease_id != lease_id:
             self._own_keys.get(previous.lease_id, set()).discard(key)
