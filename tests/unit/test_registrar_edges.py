@@ -198,3 +198,24 @@ async def test_an_unregistration_that_ends_after_the_runtime_left_counts_nothing
         gate.open()  # the runtime left (lease revoked, gauge back to 0); the delete ends now
     value = registry.get_sample_value("dyndisc_registered_endpoints", {"backend": "memory"})
     assert value == 0, f"{value} endpoints counted after the runtime left"
+
+
+async def test_an_entry_deleted_or_made_unbound_leaves_nothing_of_itself_in_the_runtime() -> None:
+    """A runtime that creates and deletes entries for days (event channels come and go) keeps nothing per
+    entry it no longer holds: what it remembers as written goes with the entry, not only at the next lease."""
+    parts = Parts()
+    await parts.keeper.grant()
+    idents = [("entry", "v1/custom", f"k{i}") for i in range(3)]
+    for _, bucket, key in idents:
+        await parts.metadata.put_entry(MetadataEntry(bucket, key, {"v": 1}), bound=True)
+    assert all(parts.registrations.written_entry(i) is not None for i in idents)
+
+    await parts.metadata.delete_entry("v1/custom", "k0")
+    await parts.metadata.put_entry(MetadataEntry("v1/custom", "k1", {"v": 2}), bound=False)
+    assert parts.registrations.written_entry(idents[0]) is None, "deleted"
+    assert parts.registrations.written_entry(idents[1]) is None, "no longer the lease's"
+    assert parts.registrations.written_entry(idents[2]) is not None
+    assert {e.key: e.value for e in await parts.backend.list_entries("v1/custom")} == {
+        "k1": {"v": 2},
+        "k2": {"v": 1},
+    }
