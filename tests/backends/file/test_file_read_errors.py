@@ -27,6 +27,7 @@ from dyndisc import (
     DiscoveryEvent,
     DistributedRuntime,
     InstanceQuery,
+    Lease,
     Removed,
     Resync,
 )
@@ -64,12 +65,18 @@ def faults(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> D
     return injected
 
 
+async def two_stores_one_record(root: Path) -> tuple[FileStore, FileStore, Lease]:
+    """An owner that wrote :data:`KEY` under a lease of its own, and another store (process) on its root."""
+    owner, other = FileStore(root), FileStore(root)
+    lease = await owner.grant(30)
+    await owner.create(KEY, b"v", lease.id)
+    return owner, other, lease
+
+
 async def test_a_lease_file_the_reader_cannot_read_now_keeps_its_records(
     tmp_path: Path, faults: DiskFaults
 ) -> None:
-    owner, reader = FileStore(tmp_path), FileStore(tmp_path)
-    lease = await owner.grant(30)
-    await owner.create(KEY, b"v", lease.id)
+    owner, reader, lease = await two_stores_one_record(tmp_path)
     faults.failing.add(owner.lease_path(lease.id))
 
     with pytest.raises(BackendUnavailableError, match=re.escape(f"{lease.id:016x}.lease")) as raised:
@@ -88,9 +95,7 @@ async def test_a_lease_file_the_reader_cannot_read_now_keeps_its_records(
 async def test_a_record_the_reader_cannot_read_now_fails_the_listing_instead_of_missing_from_it(
     tmp_path: Path, faults: DiskFaults
 ) -> None:
-    owner, reader = FileStore(tmp_path), FileStore(tmp_path)
-    lease = await owner.grant(30)
-    await owner.create(KEY, b"v", lease.id)
+    owner, reader, lease = await two_stores_one_record(tmp_path)
     await owner.create("/services/n/c/e/2", b"w", lease.id)
     faults.failing.add(owner.record_path(KEY))
 
@@ -105,9 +110,8 @@ async def test_a_record_written_over_with_a_reader_that_cannot_read_it_is_not_ta
 ) -> None:
     """A create that finds the key taken reads the record there to see whose it is: unreadable now, the key
     is not free (the create fails clearly) and the record stays."""
-    owner, other = FileStore(tmp_path), FileStore(tmp_path)
-    lease, theirs = await owner.grant(30), await other.grant(30)
-    await owner.create(KEY, b"v", lease.id)
+    owner, other, _ = await two_stores_one_record(tmp_path)
+    theirs = await other.grant(30)
     faults.failing.add(owner.record_path(KEY))
     with pytest.raises(BackendUnavailableError, match=re.escape("e/1.rec")):
         await other.create(KEY, b"mine", theirs.id)
