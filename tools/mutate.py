@@ -100,6 +100,11 @@ ETCD = [
 #: that hangs (often spinning, which would slow every other mutant running beside it for the whole --timeout).
 QUICK_CHECKS = (CORE_UNIT, CHAOS, MEMORY_CONFORMANCE, KV)
 QUICK_TIMEOUT = 120.0
+#: Failures that did not repeat, set aside in one mutant's checks, before the mutant is left unjudged (the
+#: machine is too loaded for its checks to say anything).
+MAX_FLAKY = 5
+#: Results a resumed run judges again: of a module edited during the run, or of a run too loaded to tell.
+UNJUDGED = ("stale", "unjudged")
 #: The core modules and the checks that judge their mutants, cheapest first (the first failing check kills).
 TARGETS: dict[str, list[list[str]]] = {
     "dyndisc/runtime/registrations.py": RUNTIME,
@@ -451,18 +456,24 @@ def run_one(mutant: Mutant, timeout: float) -> Result:
             if "dyndisc.testing.chaos" in argv:
                 argv += ["--out", str(scratch / "chaos-out")]
             limit = min(timeout, QUICK_TIMEOUT) if any(command is q for q in QUICK_CHECKS) else timeout
-            try:
-                done = _run(argv, env, limit)
-            except subprocess.TimeoutExpired:
-                return result("timeout", _name(command), flaky)
-            if done.returncode == 0:
-                continue
-            failed = _failed_tests(done.stdout)
-            if not failed:  # the simulation (seeded: its failures repeat), or pytest could not even start
-                return result("killed", _name(command), flaky)
-            if _fails_again(command, failed[0], env, limit):
-                return result("killed", failed[0], flaky)
-            flaky += 1
+            # A check stops at its first failure (-x): a failure that does not repeat is set aside and the
+            # check runs again without it, or the tests after it would never have judged the mutant.
+            while True:
+                try:
+                    done = _run(argv, env, limit)
+                except subprocess.TimeoutExpired:
+                    return result("timeout", _name(command), flaky)
+                if done.returncode == 0:
+                    break
+                failed = _failed_tests(done.stdout)
+                if not failed:  # the simulation (seeded: its failures repeat), or pytest could not start
+                    return result("killed", _name(command), flaky)
+                if _fails_again(command, failed[0], env, limit):
+                    return result("killed", failed[0], flaky)
+                flaky += 1
+                if flaky > MAX_FLAKY:
+                    return result("unjudged", failed[0], flaky)
+                argv += ["--deselect", failed[0]]
         return result("survived", "", flaky)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -551,7 +562,7 @@ def main() -> int:
     if args.out is not None and args.out.exists():
         for line in args.out.read_text().splitlines():
             result = Result(**json.loads(line))
-            if result.status != "stale":
+            if result.status not in UNJUDGED:
                 done[result.ident] = result
     # A result stands for the source it was judged on: a module edited since is judged again.
     for mutant in chosen:
@@ -577,9 +588,11 @@ def main() -> int:
 
 def _report(results: list[Result], show: int) -> int:
     same = equivalent()
-    judged = [r for r in results if r.status not in ("invalid", "stale")]
-    if stale := len(results) - len(judged) - sum(r.status == "invalid" for r in results):
+    judged = [r for r in results if r.status not in ("invalid", *UNJUDGED)]
+    if stale := sum(r.status == "stale" for r in results):
         print(f"{stale} mutants of modules edited during the run were not judged: run again")
+    if loaded := sum(r.status == "unjudged" for r in results):
+        print(f"{loaded} mutants were not judged: more than {MAX_FLAKY} failures did not repeat; run again")
     killed = [r for r in judged if r.status in ("killed", "timeout")]
     survived = [r for r in judged if r.status == "survived"]
     equal = [r for r in survived if place(r.ident) in same]

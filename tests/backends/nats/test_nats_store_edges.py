@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 
 import anyio
+import nats
 import pytest
+from nats.js import api
 from nats_helpers import PROMPT, MakeServer, MakeStore, eventually, unique_prefix
 
 from dyndisc import BackendUnavailableError, LeaseNotFoundError
@@ -141,3 +143,40 @@ async def test_the_owner_of_a_lease_removed_by_another_client_purges_its_keys_as
     assert headers is not None
     assert (headers.get(KV_OPERATION), headers.get(PURGE_REASON)) == ("DEL", None), headers
     assert await other.get_prefix(key) == {}
+
+
+async def test_each_keep_alive_is_one_write_expecting_the_revision_the_last_one_made(
+    dyndisc_nats_server: NatsServer, make_store: MakeStore
+) -> None:
+    # docs/backends/nats.md: the keep-alive re-publishes the lease key alone, conditional on the revision
+    # this store last wrote (Nats-Expected-Last-Subject-Sequence): one message per renewal. A plain NATS
+    # subscriber of the lease key's subject hears every write sent to it, stored or refused.
+    owner = make_store(dyndisc_nats_server.url)
+    lease = await owner.grant(30)
+    granted = await owner.connection.get(lease_key(lease.id, owner.scope))
+    assert granted is not None
+    heard: list[dict[str, str]] = []
+    revoked = anyio.Event()
+
+    async def on_msg(msg: nats.aio.msg.Msg) -> None:
+        headers = dict(msg.headers or {})
+        if headers.get(KV_OPERATION) == "DEL":
+            revoked.set()  # the owner's last write: everything it sent before has been heard
+        else:
+            heard.append(headers)
+
+    nc = await nats.connect(dyndisc_nats_server.url)
+    try:
+        await nc.subscribe(f"$KV.{owner.bucket}.{lease_key(lease.id, owner.scope)}", cb=on_msg)
+        await nc.flush()  # subscribed before the first renewal is sent
+        for _ in range(3):
+            assert await owner.keep_alive(lease.id) == 30
+        await owner.revoke(lease.id)
+        with anyio.fail_after(PROMPT):
+            await revoked.wait()
+    finally:
+        await nc.close()
+    expected = [int(h[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE]) for h in heard]
+    assert len(expected) == 3, heard
+    assert expected[0] == granted.seq
+    assert expected[0] < expected[1] < expected[2], expected
