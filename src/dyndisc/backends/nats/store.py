@@ -52,6 +52,9 @@ log = logging.getLogger("dyndisc.nats")
 
 #: Orphaned keys (of ended leases) purged at once by one reader (each is one JetStream request).
 PURGE_CONCURRENCY = 64
+#: Renewals of a lease key sent in a row when each finds our own newer renewal there (one that landed while
+#: its answer was lost) before the keep-alive says the connection is in trouble.
+_REFRESH_ATTEMPTS = 3
 #: A revision no key reaches: a publish expecting it is refused unwritten (the doctor's write probe).
 _NO_SUCH_REVISION = 2**62
 
@@ -168,10 +171,11 @@ class NatsStore(KeyValueStore):
         )
 
     async def _refresh(self, state: _LeaseState, lease_id: int) -> int | None:
-        """Re-publish the lease key with a fresh TTL if it is still the one we wrote; else ``None``."""
+        """Re-publish the lease key with a fresh TTL if it is still the one we wrote; else ``None``. Raises
+        :class:`~dyndisc.BackendUnavailableError` if renewals keep landing with their answers lost."""
         nats_key = self._lease_key(lease_id)
         expected = state.revision
-        for _ in range(3):
+        for _ in range(_REFRESH_ATTEMPTS):
             try:
                 return await self.connection.publish(
                     nats_key,
@@ -189,7 +193,13 @@ class NatsStore(KeyValueStore):
                     state.expired = found is not None and is_expiry(found.headers)
                     return None
                 expected = int(found.seq or 0)
-        return None
+        # Each renewal landed (the lease key is ours, renewed) but its answer was lost: a connection that
+        # drops answers is an outage to ride out on the same lease, never a reason to give the lease up.
+        state.revision = expected
+        raise BackendUnavailableError(
+            f"renewing lease {lease_id:x} in NATS KV bucket {self.bucket!r}: "
+            f"{_REFRESH_ATTEMPTS} renewals in a row landed with no answer"
+        )
 
     def _forget(self, lease_id: int) -> list[tuple[str, int]]:
         """Forget a lease that ended; the keys we wrote under it, and their revisions, to delete."""
