@@ -481,17 +481,3 @@ async def test_a_key_deleted_a_moment_ago_can_be_created_again(
     await store.delete(key)
     assert await store.create(key, b"2", lease.id) is None
     assert await store.get_prefix(key) == {key: b"2"}
-
-
-async def test_a_closed_watch_is_not_resynced_at_the_next_reconnect(
-    dyndisc_nats_server: NatsServer, make_store: MakeStore
-) -> None:
-    """A frontend opens and closes watches for days: a closed one leaves nothing behind in its connection
-    (each reconnect would otherwise resync every watch ever opened, and the log would count them)."""
-    store = make_store(dyndisc_nats_server.url)
-    async with store.watch(unique_prefix()) as events:
-        assert await next_event(events) == StoreSnapshot(items={})
-        assert len(store.connection.on_reconnect) == 1
-    async with store.watch(unique_prefix()) as events:
-        assert await next_event(events) == StoreSnapshot(items={})
-    assert not store.connection.on_reconnect

@@ -364,6 +364,10 @@ class NatsStore(KeyValueStore):
                     return
                 if await self.connection.remove(nats_key, expected=int(found.seq or 0)):
                     return
+        # Said, not returned quietly: the caller (an unregistration) must not take the key for gone.
+        raise BackendUnavailableError(
+            f"could not delete {key!r} from NATS KV bucket {self.bucket!r}: it kept changing under us"
+        )
 
     async def get_prefix(self, prefix: str) -> dict[str, bytes]:
         # The keys first, then the leases (as a watch does): a key's lease is older than the key, so a lease
