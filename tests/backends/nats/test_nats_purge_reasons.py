@@ -307,5 +307,14 @@ async def test_renewals_that_land_unanswered_are_an_outage_not_a_lost_lease(
     assert kept is not None
     assert kept.data == b"1"
     assert headers.get(PURGE_REASON) is None, headers
+    publish = owner.connection.publish
+    sent: list[str] = []
+
+    async def counted(nats_key: str, value: bytes, **kwargs: Any) -> int:
+        sent.append(nats_key)
+        return await publish(nats_key, value, **kwargs)
+
+    monkeypatch.setattr(owner.connection, "publish", counted)
     assert await owner.keep_alive(lease.id) == 30, "the same lease, renewed once answers come again"
+    assert len(sent) == 1, "one write, expecting the revision of the renewal that landed unanswered"
     assert await owner.get_prefix(key) == {key: b"1"}
