@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import anyio
+import nats
+from nats.js import api
 
 from dyndisc.backends.nats import NatsStore
+from dyndisc.backends.nats.feed import MARKER_REASON
 from dyndisc.testing.servers import NatsServer
 
 MakeServer = Callable[..., NatsServer]
@@ -41,3 +45,52 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what:
                 await anyio.sleep(0.05)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+class RawBucket:
+    """A dyndisc bucket read and written with plain nats-py."""
+
+    def __init__(self, js: Any, bucket: str) -> None:
+        self.js = js
+        self.bucket = bucket
+
+    async def last(self, nats_key: str) -> api.RawStreamMsg | None:
+        """The last message stored for ``nats_key`` (a value or a deletion marker), ``None`` if none."""
+        try:
+            found: api.RawStreamMsg = await self.js.get_msg(
+                f"KV_{self.bucket}", subject=f"$KV.{self.bucket}.{nats_key}"
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        return found
+
+    async def headers(self, nats_key: str) -> dict[str, str]:
+        """The headers of the last message of ``nats_key``, which must exist."""
+        found = await self.last(nats_key)
+        assert found is not None, f"nothing stored for {nats_key!r}"
+        return dict(found.headers or {})
+
+    async def expired(self, nats_key: str) -> bool:
+        """Whether the last message of ``nats_key`` is the server's expiry marker."""
+        found = await self.last(nats_key)
+        return found is not None and MARKER_REASON in (found.headers or {})
+
+    async def gone(self, nats_key: str) -> bool:
+        """Whether nothing at all is stored for ``nats_key`` (its expiry marker too has expired)."""
+        return await self.last(nats_key) is None
+
+    async def delete(self, nats_key: str) -> None:
+        """Delete ``nats_key`` as any KV client does (``nats kv del``): a ``KV-Operation: DEL`` marker."""
+        kv = await self.js.key_value(self.bucket)
+        await kv.delete(nats_key)
+
+
+@asynccontextmanager
+async def raw_bucket(server: NatsServer, bucket: str) -> AsyncIterator[RawBucket]:
+    """A dyndisc bucket read and written with plain nats-py, never through dyndisc (whose readers hide, and
+    purge, what they find orphaned)."""
+    nc = await nats.connect(server.url)
+    try:
+        yield RawBucket(nc.jetstream(), bucket)
+    finally:
+        await nc.close()

@@ -16,66 +16,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import nats
 import pytest
-from nats.js import api
-from nats_helpers import PROMPT, MakeStore, eventually, next_event, unique_prefix
+from nats_helpers import PROMPT, MakeStore, eventually, next_event, raw_bucket, unique_prefix
 
 from dyndisc import BackendUnavailableError, LeaseNotFoundError, RemovalReason
 from dyndisc.backends.kv import StoreDelete, StorePut, StoreSnapshot
 from dyndisc.backends.nats import NatsStore
 from dyndisc.backends.nats.connection import WrongRevision
-from dyndisc.backends.nats.feed import KV_OPERATION, MARKER_REASON, PURGE_REASON, KvChange, KvFeed
+from dyndisc.backends.nats.feed import KV_OPERATION, PURGE_REASON, KvChange, KvFeed
 from dyndisc.backends.nats.keys import LEASES_FILTER, encode_key, is_internal, lease_key
 from dyndisc.testing.servers import NatsServer
-
-
-class _RawBucket:
-    """A dyndisc bucket read and written with plain nats-py."""
-
-    def __init__(self, js: Any, bucket: str) -> None:
-        self.js = js
-        self.bucket = bucket
-
-    async def last(self, nats_key: str) -> api.RawStreamMsg | None:
-        """The last message stored for ``nats_key`` (a value or a deletion marker), ``None`` if none."""
-        try:
-            return await self.js.get_msg(f"KV_{self.bucket}", subject=f"$KV.{self.bucket}.{nats_key}")
-        except nats.js.errors.NotFoundError:
-            return None
-
-    async def headers(self, nats_key: str) -> dict[str, str]:
-        """The headers of the last message of ``nats_key``, which must exist."""
-        found = await self.last(nats_key)
-        assert found is not None, f"nothing stored for {nats_key!r}"
-        return dict(found.headers or {})
-
-    async def expired(self, nats_key: str) -> bool:
-        """Whether the last message of ``nats_key`` is the server's expiry marker."""
-        found = await self.last(nats_key)
-        return found is not None and MARKER_REASON in (found.headers or {})
-
-    async def gone(self, nats_key: str) -> bool:
-        """Whether nothing at all is stored for ``nats_key`` (its expiry marker too has expired)."""
-        return await self.last(nats_key) is None
-
-    async def delete(self, nats_key: str) -> None:
-        """Delete ``nats_key`` as any KV client does (``nats kv del``): a ``KV-Operation: DEL`` marker."""
-        kv = await self.js.key_value(self.bucket)
-        await kv.delete(nats_key)
-
-
-@asynccontextmanager
-async def _raw(server: NatsServer, bucket: str) -> AsyncIterator[_RawBucket]:
-    nc = await nats.connect(server.url)
-    try:
-        yield _RawBucket(nc.jetstream(), bucket)
-    finally:
-        await nc.close()
 
 
 class _Lagging:
@@ -118,7 +71,7 @@ async def test_an_owner_that_finds_its_lease_expired_deletes_its_keys_at_once_sa
     owner, watcher = make_store(dyndisc_nats_server.url), make_store(dyndisc_nats_server.url)
     key = f"{unique_prefix()}a"
     lagging = _Lagging(watcher, monkeypatch)
-    async with _raw(dyndisc_nats_server, owner.bucket) as raw, watcher.watch(key) as events:
+    async with raw_bucket(dyndisc_nats_server, owner.bucket) as raw, watcher.watch(key) as events:
         assert await next_event(events) == StoreSnapshot(items={})
         lease = await owner.grant(2)  # never renewed: the server ends it after two seconds
         await owner.create(key, b"1", lease.id)
@@ -141,7 +94,7 @@ async def test_an_owner_whose_lease_key_another_client_deleted_deletes_its_keys_
     owner, watcher = make_store(dyndisc_nats_server.url), make_store(dyndisc_nats_server.url)
     key = f"{unique_prefix()}a"
     lagging = _Lagging(watcher, monkeypatch)
-    async with _raw(dyndisc_nats_server, owner.bucket) as raw, watcher.watch(key) as events:
+    async with raw_bucket(dyndisc_nats_server, owner.bucket) as raw, watcher.watch(key) as events:
         assert await next_event(events) == StoreSnapshot(items={})
         lease = await owner.grant(30)
         await owner.create(key, b"1", lease.id)
@@ -163,7 +116,7 @@ async def test_the_keys_of_a_lease_its_owner_revoked_leave_even_a_lagging_watche
     owner, watcher = make_store(dyndisc_nats_server.url), make_store(dyndisc_nats_server.url)
     key = f"{unique_prefix()}a"
     lagging = _Lagging(watcher, monkeypatch)
-    async with _raw(dyndisc_nats_server, owner.bucket) as raw, watcher.watch(key) as events:
+    async with raw_bucket(dyndisc_nats_server, owner.bucket) as raw, watcher.watch(key) as events:
         assert await next_event(events) == StoreSnapshot(items={})
         lease = await owner.grant(30)
         await owner.create(key, b"1", lease.id)
@@ -185,7 +138,7 @@ async def test_watchers_say_left_for_a_lease_key_another_client_deleted_and_purg
     key = f"{unique_prefix()}a"
     lagging = _Lagging(late, monkeypatch)
     async with (
-        _raw(dyndisc_nats_server, owner.bucket) as raw,
+        raw_bucket(dyndisc_nats_server, owner.bucket) as raw,
         prompt.watch(key) as heard,
         late.watch(key) as lagged,
     ):
@@ -218,7 +171,7 @@ async def test_a_list_purges_the_keys_of_a_lease_whose_every_trace_is_gone(
     bucket = f"t{uuid.uuid4().hex[:12]}"
     owner, reader = (make_store(dyndisc_nats_server.url, kv_bucket=bucket, kv_marker_ttl=1) for _ in range(2))
     prefix = unique_prefix()
-    async with _raw(dyndisc_nats_server, bucket) as raw:
+    async with raw_bucket(dyndisc_nats_server, bucket) as raw:
         try:
             lease = await owner.grant(1)  # never renewed
             await owner.create(f"{prefix}a", b"1", lease.id)
@@ -262,7 +215,7 @@ async def test_a_watcher_whose_view_of_the_leases_came_up_short_purges_nothing_l
 
     monkeypatch.setattr(watcher.connection, "open_feed", short_of_the_lease)
     monkeypatch.setattr(watcher, "_purge_orphans", tracked)
-    async with _raw(dyndisc_nats_server, owner.bucket) as raw, watcher.watch(key) as events:
+    async with raw_bucket(dyndisc_nats_server, owner.bucket) as raw, watcher.watch(key) as events:
         assert await next_event(events) == StoreSnapshot(items={})
         with anyio.fail_after(PROMPT):
             await tried.wait()
@@ -301,7 +254,7 @@ async def test_renewals_that_land_unanswered_are_an_outage_not_a_lost_lease(
         _renewals_land_unanswered(owner, broken)
         with pytest.raises(BackendUnavailableError, match="landed with no answer"):
             await owner.keep_alive(lease.id)
-    async with _raw(dyndisc_nats_server, owner.bucket) as raw:
+    async with raw_bucket(dyndisc_nats_server, owner.bucket) as raw:
         kept = await raw.last(encode_key(key))
         headers = await raw.headers(encode_key(key))
     assert kept is not None

@@ -13,38 +13,14 @@ what they find orphaned).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-
-import nats
 import pytest
 from nats.js import api
-from nats_helpers import MakeStore, unique_prefix
+from nats_helpers import MakeStore, raw_bucket, unique_prefix
 
 from dyndisc import BackendUnavailableError
 from dyndisc.backends.nats.feed import KV_OPERATION
 from dyndisc.backends.nats.keys import encode_key
 from dyndisc.testing.servers import NatsServer
-
-LastMessage = Callable[[str], Awaitable[api.RawStreamMsg | None]]
-
-
-@asynccontextmanager
-async def _raw_last(server: NatsServer, bucket: str) -> AsyncIterator[LastMessage]:
-    """Reads the last message stored for a NATS key of ``bucket`` (``None`` if none) with plain nats-py."""
-    nc = await nats.connect(server.url)
-    js = nc.jetstream()
-
-    async def last(nats_key: str) -> api.RawStreamMsg | None:
-        try:
-            return await js.get_msg(f"KV_{bucket}", subject=f"$KV.{bucket}.{nats_key}")
-        except nats.js.errors.NotFoundError:
-            return None
-
-    try:
-        yield last
-    finally:
-        await nc.close()
 
 
 async def test_a_delete_that_another_client_beat_to_the_key_deletes_its_rewrite_too(
@@ -71,8 +47,8 @@ async def test_a_delete_that_another_client_beat_to_the_key_deletes_its_rewrite_
     monkeypatch.setattr(deleter.connection, "get", rewritten_after_the_read)
     await deleter.delete(key)
     assert rewrites, "the delete read the key"
-    async with _raw_last(dyndisc_nats_server, deleter.bucket) as last:
-        found = await last(encode_key(key))
+    async with raw_bucket(dyndisc_nats_server, deleter.bucket) as raw:
+        found = await raw.last(encode_key(key))
     assert found is not None
     assert (found.headers or {}).get(KV_OPERATION) == "DEL", (found.data, found.headers)
     assert int(found.seq or 0) > rewrites[0], "deleted after the rewrite"
