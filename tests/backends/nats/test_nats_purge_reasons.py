@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import pytest
-from nats_helpers import PROMPT, MakeStore, eventually, next_event, raw_bucket, unique_prefix
+from nats_helpers import PROMPT, MakeStore, RawBucket, eventually, next_event, raw_bucket, unique_prefix
 
-from dyndisc import BackendUnavailableError, LeaseNotFoundError, RemovalReason
-from dyndisc.backends.kv import StoreDelete, StorePut, StoreSnapshot
+from dyndisc import BackendUnavailableError, Lease, LeaseNotFoundError, RemovalReason
+from dyndisc.backends.kv import StoreDelete, StoreEvent, StorePut, StoreSnapshot
 from dyndisc.backends.nats import NatsStore
 from dyndisc.backends.nats.connection import WrongRevision
 from dyndisc.backends.nats.feed import KV_OPERATION, PURGE_REASON, KvChange, KvFeed
@@ -56,6 +58,46 @@ class _Lagging:
         self.deaf = True
 
 
+@dataclass
+class _Heard:
+    """A key the owner wrote under its lease, heard by a watcher that then stopped hearing the lease keys."""
+
+    owner: NatsStore
+    lease: Lease
+    key: str
+    raw: RawBucket
+    events: AsyncIterator[StoreEvent]
+
+    def lease_key(self) -> str:
+        return lease_key(self.lease.id, self.owner.scope)
+
+    async def deleted_saying(self, purged: str | None, reason: RemovalReason) -> None:
+        """The key's last message is a deletion whose ``Dyndisc-Purged`` header is ``purged``, and the
+        watcher's next event is the key's removal for ``reason``."""
+        headers = await self.raw.headers(encode_key(self.key))
+        assert (headers.get(KV_OPERATION), headers.get(PURGE_REASON)) == ("DEL", purged), headers
+        assert await _reason(self.events, self.key) == reason
+
+
+@asynccontextmanager
+async def _heard_by_a_lagging_watcher(
+    server: NatsServer, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch, ttl: float
+) -> AsyncIterator[_Heard]:
+    """An owner's key under a lease of ``ttl`` seconds, written while a watcher watched it; the watcher then
+    stops hearing the lease keys (:class:`_Lagging`), so what it says of the key's end is what the key's own
+    deletion says."""
+    owner, watcher = make_store(server.url), make_store(server.url)
+    key = f"{unique_prefix()}a"
+    lagging = _Lagging(watcher, monkeypatch)
+    async with raw_bucket(server, owner.bucket) as raw, watcher.watch(key) as events:
+        assert await next_event(events) == StoreSnapshot(items={})
+        lease = await owner.grant(ttl)
+        await owner.create(key, b"1", lease.id)
+        assert await next_event(events) == StorePut(key=key, value=b"1")
+        lagging.lag()
+        yield _Heard(owner, lease, key, raw, events)
+
+
 async def _reason(events: AsyncIterator[Any], key: str) -> RemovalReason | None:
     """The reason of the next event, which must be the deletion of ``key``."""
     gone = await next_event(events)
@@ -68,22 +110,13 @@ async def test_an_owner_that_finds_its_lease_expired_deletes_its_keys_at_once_sa
 ) -> None:
     # No reader purges (the only watcher stopped hearing the lease keys): the owner's keep-alive, finding the
     # server's expiry marker, deletes the lease's keys before it reports the loss, and says they expired.
-    owner, watcher = make_store(dyndisc_nats_server.url), make_store(dyndisc_nats_server.url)
-    key = f"{unique_prefix()}a"
-    lagging = _Lagging(watcher, monkeypatch)
-    async with raw_bucket(dyndisc_nats_server, owner.bucket) as raw, watcher.watch(key) as events:
-        assert await next_event(events) == StoreSnapshot(items={})
-        lease = await owner.grant(2)  # never renewed: the server ends it after two seconds
-        await owner.create(key, b"1", lease.id)
-        assert await next_event(events) == StorePut(key=key, value=b"1")
-        lagging.lag()
-        ended = lease_key(lease.id, owner.scope)
-        await eventually(lambda: raw.expired(ended), 2 * PROMPT, "the server to expire the lease key")
+    async with _heard_by_a_lagging_watcher(dyndisc_nats_server, make_store, monkeypatch, ttl=2) as heard:
+        # The lease is never renewed: the server ends it after two seconds.
+        ended = heard.lease_key()
+        await eventually(lambda: heard.raw.expired(ended), 2 * PROMPT, "the server to expire the lease key")
         with pytest.raises(LeaseNotFoundError):
-            await owner.keep_alive(lease.id)
-        headers = await raw.headers(encode_key(key))  # deleted by the time the loss is reported
-        assert (headers.get(KV_OPERATION), headers.get(PURGE_REASON)) == ("DEL", "expired"), headers
-        assert await _reason(events, key) == RemovalReason.EXPIRED
+            await heard.owner.keep_alive(heard.lease.id)
+        await heard.deleted_saying("expired", RemovalReason.EXPIRED)  # by the time the loss is reported
 
 
 async def test_an_owner_whose_lease_key_another_client_deleted_deletes_its_keys_saying_they_left(
@@ -91,21 +124,11 @@ async def test_an_owner_whose_lease_key_another_client_deleted_deletes_its_keys_
 ) -> None:
     # Another client deleted the lease key (an operator's 'nats kv del', or the first step of a revoke by
     # another process): the lease did not expire, so the owner's purge of its keys must not say it did.
-    owner, watcher = make_store(dyndisc_nats_server.url), make_store(dyndisc_nats_server.url)
-    key = f"{unique_prefix()}a"
-    lagging = _Lagging(watcher, monkeypatch)
-    async with raw_bucket(dyndisc_nats_server, owner.bucket) as raw, watcher.watch(key) as events:
-        assert await next_event(events) == StoreSnapshot(items={})
-        lease = await owner.grant(30)
-        await owner.create(key, b"1", lease.id)
-        assert await next_event(events) == StorePut(key=key, value=b"1")
-        lagging.lag()
-        await raw.delete(lease_key(lease.id, owner.scope))
+    async with _heard_by_a_lagging_watcher(dyndisc_nats_server, make_store, monkeypatch, ttl=30) as heard:
+        await heard.raw.delete(heard.lease_key())
         with pytest.raises(LeaseNotFoundError):
-            await owner.keep_alive(lease.id)
-        headers = await raw.headers(encode_key(key))  # deleted by the time the loss is reported
-        assert (headers.get(KV_OPERATION), headers.get(PURGE_REASON)) == ("DEL", None), headers
-        assert await _reason(events, key) == RemovalReason.LEFT
+            await heard.owner.keep_alive(heard.lease.id)
+        await heard.deleted_saying(None, RemovalReason.LEFT)  # by the time the loss is reported
 
 
 async def test_the_keys_of_a_lease_its_owner_revoked_leave_even_a_lagging_watcher_as_left(
@@ -113,19 +136,9 @@ async def test_the_keys_of_a_lease_its_owner_revoked_leave_even_a_lagging_watche
 ) -> None:
     # A revoke is a clean exit: its deletions of the keys say nothing of expiry, so a watcher that hears them
     # before the lease key's delete says "left" too.
-    owner, watcher = make_store(dyndisc_nats_server.url), make_store(dyndisc_nats_server.url)
-    key = f"{unique_prefix()}a"
-    lagging = _Lagging(watcher, monkeypatch)
-    async with raw_bucket(dyndisc_nats_server, owner.bucket) as raw, watcher.watch(key) as events:
-        assert await next_event(events) == StoreSnapshot(items={})
-        lease = await owner.grant(30)
-        await owner.create(key, b"1", lease.id)
-        assert await next_event(events) == StorePut(key=key, value=b"1")
-        lagging.lag()
-        await owner.revoke(lease.id)
-        headers = await raw.headers(encode_key(key))
-        assert (headers.get(KV_OPERATION), headers.get(PURGE_REASON)) == ("DEL", None), headers
-        assert await _reason(events, key) == RemovalReason.LEFT
+    async with _heard_by_a_lagging_watcher(dyndisc_nats_server, make_store, monkeypatch, ttl=30) as heard:
+        await heard.owner.revoke(heard.lease.id)
+        await heard.deleted_saying(None, RemovalReason.LEFT)
 
 
 async def test_watchers_say_left_for_a_lease_key_another_client_deleted_and_purge_its_keys_as_left(
