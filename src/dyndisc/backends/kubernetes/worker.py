@@ -230,7 +230,10 @@ class WorkerResource:
         except KubeStatusError:
             raise  # answered: it did not land
         except BaseException:
-            self._cut_short = True  # cancelled, or no answer: it may have landed
+            # Cancelled, or no answer: it may have landed, so neither the version we knew nor a follower's
+            # copy of it says what the server holds now; the next check asks the server.
+            self._cut_short = True
+            self.known_rv, self.synced = None, False
             raise
         self._cut_short = False
         self._wrote(applied)
