@@ -9,13 +9,16 @@ plane) and its mock engine (``python -m dynamo.mocker``), on loopback, with the 
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from refkit import (
     TIMINGS,
+    Proc,
     Reference,
     dyndisc_argv,
     dyndisc_env,
@@ -28,6 +31,7 @@ from refkit import (
 from dyndisc import DistributedRuntime, EndpointId, InstanceQuery, KvDiscovery
 from dyndisc.backends.etcd import EtcdSettings, EtcdStore
 from dyndisc.backends.kubernetes import PodIdentity
+from dyndisc.backends.kubernetes.errors import KubeStatusError
 from dyndisc.testing.servers import EtcdServer, KubeApiServer
 from harnesses.kubernetes import Cluster
 
@@ -61,22 +65,53 @@ async def listed_then_dropped_on_exit(
     tmp_path: Path,
     *,
     gone_within: float,
+    residue: Callable[[], Awaitable[str | None]] | None = None,
 ) -> None:
     """Start the frontend and a dyndisc worker with a model: the frontend lists it, and drops it within
-    ``gone_within`` seconds of the worker's SIGTERM."""
+    ``gone_within`` seconds of the worker's SIGTERM; the worker leaves cleanly and (``residue``: what the
+    store still holds of it, ``None`` for nothing) leaves nothing behind. If the frontend keeps the model,
+    the failure says which side kept it."""
     url = f"http://127.0.0.1:{port}"
     model = f"dd-{uuid.uuid4().hex[:6]}"
     worker = dyndisc_argv("--endpoint", f"{model}.backend.generate", "--model", model)
     async with (
-        spawn("frontend", frontend, ref_env, tmp_path),
+        spawn("frontend", frontend, ref_env, tmp_path) as front,
         spawn("dd-worker", worker, dd_env, tmp_path) as dd,
     ):
         registered = await dd.lines.wait_for("model", timeout=30)
         _, listed = await wait_for_models(url, lambda ids: model in ids, START, model)
         TIMINGS.add(f"frontend ({label}): dyndisc model registered -> listed", listed - registered["t"])
         stopped = dd.signal(signal.SIGTERM)
-        _, gone = await wait_for_models(url, lambda ids: model not in ids, gone_within, f"{model} gone")
+        try:
+            _, gone = await wait_for_models(url, lambda ids: model not in ids, gone_within, f"{model} gone")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {await _who_kept_it(dd, front, residue)}") from None
         TIMINGS.add(f"frontend ({label}): dyndisc worker SIGTERM -> model dropped", gone - stopped)
+        await dd.lines.wait_for("stopped", timeout=10, what="after SIGTERM (the runtime left cleanly)")
+        left = await residue() if residue is not None else None
+        assert left is None, f"the worker left cleanly, but the store still holds {left}"
+
+
+async def _who_kept_it(dd: Proc, front: Proc, residue: Callable[[], Awaitable[str | None]] | None) -> str:
+    """What tells a worker that did not leave from a frontend that did not follow (the short summary line
+    of a failure is all a CI log may keep, so it is said there)."""
+    said_stopped = any(line.get("event") == "stopped" for line in dd.lines.items)
+    left = "left cleanly" if said_stopped else "did not say stopped"
+    worker = f"the worker {left} (exit {dd.process.returncode})"
+    store = f"; the store holds {await residue() or 'nothing of it'}" if residue is not None else ""
+    return (
+        f"{worker}{store}; worker stderr: {_lines(dd)!r}; frontend warnings and removals: "
+        f"{_lines(front, notable=True)!r}"
+    )
+
+
+def _lines(proc: Proc, *, notable: bool = False, count: int = 8) -> str:
+    """The last lines of ``proc``'s stderr without colours; with ``notable``, only warnings, errors and
+    removals (the frontend's watch errors and discovery events, not its line per answered poll)."""
+    plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in proc.log_tail(2000).splitlines()]
+    if notable:
+        plain = [line for line in plain if re.search(r"WARN|ERROR|removed|Removed|stopped|ended", line)]
+    return "\n".join(plain[-count:])
 
 
 async def test_a_reference_frontend_serves_dyndisc_models_and_dyndisc_reads_the_mockers(
@@ -171,7 +206,19 @@ async def test_a_reference_frontend_on_kubernetes_serves_a_dyndisc_model(
             {"DYN_DISCOVERY_BACKEND": "kubernetes", **pod_env(dyndisc_kube_apiserver, worker_pod)}
         )
         frontend = frontend_argv(reference, port, "kubernetes")
-        # The worker deletes its resource as it stops; the frontend's watch follows.
+        worker_resource = f"{cluster.crs_path(namespace)}/{worker_pod.name}"
+
+        async def residue() -> str | None:
+            try:
+                found = await cluster.call("GET", worker_resource)
+            except KubeStatusError as exc:
+                return None if exc.status == 404 else f"(GET {worker_resource} answered {exc.status})"
+            meta = found.get("metadata") or {}
+            return f"{worker_resource} (uid {meta.get('uid')}, deletion {meta.get('deletionTimestamp')})"
+
+        # The worker deletes its resource as it stops; the frontend's watch follows at once (~50 ms). The
+        # bound is wider: a frontend whose resource watch broke just then relists after kube-rs's backoff
+        # (0.8 s doubling to 30 s), and that is the reference's to do, not dyndisc's.
         await listed_then_dropped_on_exit(
-            "kubernetes", frontend, port, ref_env, dd_env, tmp_path, gone_within=15
+            "kubernetes", frontend, port, ref_env, dd_env, tmp_path, gone_within=60, residue=residue
         )

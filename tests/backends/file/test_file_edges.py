@@ -487,7 +487,8 @@ async def test_a_watch_reports_an_expiry_due_in_a_moment_in_that_moment(tmp_path
     owner, watcher = FileStore(tmp_path), FileStore(tmp_path, rescan_interval=60)
     lease = await owner.grant(TTL)
     await owner.create(KEY, b"v", lease.id)
-    renewed = time.time_ns() - int((TTL - 0.1) * 10**9)  # 0.1 s left
+    # 0.4 s left: room for the watch to start on a loaded machine, and well before the 1 s a floor would take.
+    renewed = time.time_ns() - int((TTL - 0.4) * 10**9)
     os.utime(owner.lease_path(lease.id), ns=(renewed, renewed))
     async with watcher.watch("/services/") as events:
         assert await anext(events) == StoreSnapshot(items={KEY: b"v"})
