@@ -101,8 +101,7 @@ class WorkerResource:
         self._cut_short = False
         #: The name-scoped reflector of this resource, while the runtime follows it.
         self.follower: SharedReflector[WorkerRecord] | None = None
-        #: Keep-alive checks made, and requests they sent (diagnostics: no request while the follower is in
-        #: step with the server).
+        #: Keep-alive checks made, and requests they sent (a diagnostic: none while the follower is in step).
         self.checks = 0
         self.keep_alive_requests = 0
 
@@ -230,10 +229,9 @@ class WorkerResource:
         except KubeStatusError:
             raise  # answered: it did not land
         except BaseException:
-            # Cancelled, or no answer: it may have landed, so neither the version we knew nor a follower's
-            # copy of it says what the server holds now; the next check asks the server.
-            self._cut_short = True
-            self.known_rv, self.synced = None, False
+            # Cancelled, or no answer: it may have landed. Until a check reads the server, the version
+            # this worker knew (and a follower's copy of it) no longer says what the server holds.
+            self._cut_short, self.known_rv, self.synced = True, None, False
             raise
         self._cut_short = False
         self._wrote(applied)
