@@ -12,6 +12,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -149,10 +150,13 @@ class Proc:
             return await self.process.wait()
 
     def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` of the process's stderr, without terminal colours (the reference's logger
+        colours its lines even into a file)."""
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+            text = self.log.read_text(errors="replace")
         except OSError:
             return ""
+        return "\n".join(re.sub(r"\x1b\[[0-9;]*m", "", line) for line in text.splitlines()[-lines:])
 
     async def _pump(self) -> None:
         assert self.process.stdout is not None

@@ -106,12 +106,12 @@ async def _who_kept_it(dd: Proc, front: Proc, residue: Callable[[], Awaitable[st
 
 
 def _lines(proc: Proc, *, notable: bool = False, count: int = 8) -> str:
-    """The last lines of ``proc``'s stderr without colours; with ``notable``, only warnings, errors and
-    removals (the frontend's watch errors and discovery events, not its line per answered poll)."""
-    plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in proc.log_tail(2000).splitlines()]
+    """The last lines of ``proc``'s stderr; with ``notable``, only warnings, errors and removals (the
+    frontend's watch errors and discovery events, not its line per answered poll)."""
+    lines = proc.log_tail(2000).splitlines()
     if notable:
-        plain = [line for line in plain if re.search(r"WARN|ERROR|removed|Removed|stopped|ended", line)]
-    return "\n".join(plain[-count:])
+        lines = [line for line in lines if re.search(r"WARN|ERROR|removed|Removed|stopped|ended", line)]
+    return "\n".join(lines[-count:])
 
 
 async def test_a_reference_frontend_serves_dyndisc_models_and_dyndisc_reads_the_mockers(
